@@ -1,0 +1,200 @@
+"""Command line: ``python run.py CONFIG [key=value ...]`` (also the ``ignite-lstm`` command).
+
+Exit status: 0 done, 2 bad input (config, data file, output folder, checkpoint),
+3 training diverged (NaN/inf loss), 130 interrupted by Ctrl-C (a checkpoint was saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import ignite.distributed as idist
+from omegaconf import OmegaConf
+
+from ignite_lstm.checkpointing import CheckpointMismatch, find_checkpoint
+from ignite_lstm.config import ConfigError, load_config
+from ignite_lstm.h5io import DataFileError
+
+__all__ = ["main", "prepare_run", "RunDirError"]
+
+logger = logging.getLogger("ignite_lstm")
+MIN_FREE_BYTES = 50 * 2**20  # checkpoints of the default model are well under 1 MB each
+
+
+class RunDirError(ValueError):
+    """The run folder cannot be used (exists, not writable, full, nothing to resume)."""
+
+
+def _newest_run_with_checkpoint(candidates: list[Path]) -> tuple[Path, Path] | None:
+    for run_dir in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
+        checkpoint = find_checkpoint(run_dir / "checkpoints")
+        if checkpoint is not None:
+            return run_dir, checkpoint
+    return None
+
+
+def prepare_run(cfg: Any, stem: str) -> dict[str, str | None]:
+    """Choose and check the run folder before anything is trained; write its config.yaml.
+
+    A new run gets ``output_dir/name`` (``name`` defaults to ``<config stem>-<time>``)
+    and is refused if that folder already holds files. ``resume=auto`` continues the
+    newest run of ``name`` (or of this config's runs) that has a checkpoint;
+    ``resume=PATH`` continues from that checkpoint file.
+
+    Returns:
+        ``{"run_dir": str, "resume_from": str | None}``.
+
+    Raises:
+        RunDirError: with the folder and the reason.
+    """
+    out = Path(cfg.output_dir)
+    resume_from = None
+    if cfg.resume == "auto":
+        if cfg.name:
+            candidates = [out / cfg.name] if (out / cfg.name).is_dir() else []
+        else:
+            candidates = [p for p in out.glob(f"{stem}-*") if p.is_dir()] if out.is_dir() else []
+        found = _newest_run_with_checkpoint(candidates)
+        if found is None:
+            where = out / cfg.name if cfg.name else out / f"{stem}-*"
+            raise RunDirError(f"resume=auto: no training checkpoint found in {where}/checkpoints.")
+        run_dir, checkpoint = found
+        resume_from = str(checkpoint)
+    elif cfg.resume:
+        checkpoint = Path(cfg.resume)
+        if not checkpoint.is_file():
+            raise RunDirError(f"resume={cfg.resume}: the checkpoint file does not exist.")
+        run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+        resume_from = str(checkpoint)
+    else:
+        if cfg.name:
+            run_dir = out / cfg.name
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise RunDirError(
+                    f"Run folder {run_dir} already holds a run; pass resume=auto to continue it, "
+                    f"or another name=... for a new run."
+                )
+        else:
+            base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_dir, n = out / base, 1
+            while run_dir.exists():
+                n += 1
+                run_dir = out / f"{base}-{n}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"Output folder {run_dir} is not writable: {exc.strerror or exc}.") from exc
+    free = shutil.disk_usage(run_dir).free
+    if free < MIN_FREE_BYTES:
+        raise RunDirError(f"Output folder {run_dir} has only {free // 2**20} MiB free; at least "
+                          f"{MIN_FREE_BYTES // 2**20} MiB are needed.")
+    config_file = run_dir / ("config.yaml" if resume_from is None else f"config-resume-{int(time.time())}.yaml")
+    OmegaConf.save(cfg, config_file)
+    return {"run_dir": str(run_dir), "resume_from": resume_from}
+
+
+def _setup_logging(rank: int, run_dir: str | None = None) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(level)
+    logging.getLogger("ignite").setLevel(logging.WARNING)  # Engine start/finish lines for every evaluation
+    if not any(getattr(h, "_ignite_lstm", False) for h in root.handlers):
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(fmt)
+        stream._ignite_lstm = True  # type: ignore[attr-defined]
+        root.addHandler(stream)
+    if run_dir and rank == 0:
+        file_handler = logging.FileHandler(Path(run_dir) / "train.log")
+        file_handler.setFormatter(fmt)
+        root.addHandler(file_handler)
+
+
+def _worker(local_rank: int, cfg: Any, stem: str, plan: dict | None) -> None:
+    from ignite_lstm.training import run_training  # torch-heavy import, after the config is known good
+
+    if plan is None:  # started by torchrun: rank 0 chooses the folder for everyone
+        text = ""
+        if idist.get_rank() == 0:
+            try:
+                text = json.dumps(prepare_run(cfg, stem))
+            except RunDirError as exc:
+                text = json.dumps({"error": str(exc)})
+        plan = json.loads(idist.broadcast(text, src=0, safe_mode=True))
+        if "error" in plan:
+            raise RunDirError(plan["error"])
+    _setup_logging(idist.get_rank(), plan["run_dir"])
+    run_training(local_rank, cfg, plan["run_dir"], plan["resume_from"])
+
+
+def _summary(run_dir: Path, frequencies: Sequence[float]) -> str:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = json.loads((run_dir / "history.json").read_text())
+    seconds = [e["time/epoch_seconds"] for e in history["epochs"] if "time/epoch_seconds" in e]
+    rows = ["mse"] + [f"mse_f{f:g}" for f in frequencies] + ["rmse", "mae", "corr", "r2", "snr"]
+    lines = [f"Run folder: {run_dir}",
+             f"Epochs: {len(history['epochs'])}, mean epoch time {sum(seconds) / max(len(seconds), 1):.2f} s",
+             f"{'metric':<10}{'train':>12}{'val':>12}{'test':>12}"]
+    for row in rows:
+        cells = [metrics.get(f"{split}/{row}") for split in ("train", "val", "test")]
+        lines.append(f"{row:<10}" + "".join(f"{c:>12.5f}" if c is not None else f"{'-':>12}" for c in cells))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="ignite-lstm", description="Train a stateful L = 1 LSTM on the signal-extraction task.",
+        epilog="Example: python run.py configs/base.yaml train.epochs=20 resume=auto",
+    )
+    parser.add_argument("config", help="YAML config file, e.g. configs/base.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-3")
+    args = parser.parse_args(argv)
+    torchrun = "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+    _setup_logging(int(os.environ.get("RANK", 0)))
+    stem = Path(args.config).stem
+    try:
+        cfg = load_config(args.config, args.overrides)
+        plan = None if torchrun else prepare_run(cfg, stem)
+        d = cfg.distributed
+        nproc = d.nproc_per_node if (d.backend and not torchrun) else None
+        with idist.Parallel(backend=d.backend, nproc_per_node=nproc) as parallel:
+            parallel.run(_worker, cfg, stem, plan)
+    except (ConfigError, RunDirError, DataFileError, CheckpointMismatch) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # typed training outcomes, also when raised in a spawned process
+        from ignite_lstm.training import TrainingDiverged, TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            hint = " ".join(shlex.quote(a) for a in [sys.argv[0], args.config, *args.overrides])
+            print(f"Interrupted; checkpoint saved to {exc.checkpoint}. Resume with: python {hint} "
+                  f"resume={exc.checkpoint}", file=sys.stderr)
+            return 130
+        if isinstance(exc, TrainingDiverged):
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
+        raise
+    if plan is not None and idist.get_rank() == 0:
+        print(_summary(Path(plan["run_dir"]), cfg.data.frequencies))
+    return 0
+
+
+def main_exit() -> None:
+    """Console-script entry point (``ignite-lstm CONFIG ...``)."""
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Trainer and evaluator factories for stateful one-step-at-a-time models.
+
+A batch is ``(x, y)`` with x (B, T, F) and y (B, T, O): B whole sequences. The
+trainer's process function owns the recurrent state: it resets it at the start of
+every batch (every sequence starts at n = 0), walks time in windows of
+``tbptt_steps`` steps, carries the state across windows and detaches it at every
+window boundary. Three execution paths compute the same numbers:
+
+- ``stepwise``: the literal loop, one ``model.step`` call per time step (reference);
+- ``fused``: one ``model(x_window, state)`` call per window; for ``tbptt_steps=1``
+  with ``update="sequence"`` and a ``StatefulLSTM``, the exact chunked form of
+  ``ignite_lstm.fused`` over ``chunk_steps`` steps at a time;
+- ``auto``: the fastest exact path for the settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from ignite.engine import Engine, EventEnum
+from ignite.utils import convert_tensor
+
+from ignite_lstm.fused import elementwise_loss
+from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.state import detach_state
+
+__all__ = ["TimeEvents", "create_trainer", "create_evaluator", "select_execution"]
+
+logger = logging.getLogger(__name__)
+
+UPDATES = ("sequence", "window")
+EXECUTIONS = ("auto", "fused", "stepwise")
+
+
+class TimeEvents(EventEnum):
+    """Events fired inside one trainer iteration, once per truncated-BPTT window.
+
+    ``engine.state.window`` counts windows since the start of training
+    (``(iteration - 1) * windows_per_batch + index``, so it survives a resume), which
+    makes ``TimeEvents.WINDOW_COMPLETED(every=100)`` work. At ``WINDOW_COMPLETED``
+    ``engine.state.window_loss`` holds the window's loss (a 0-dim tensor, no graph).
+    """
+
+    WINDOW_STARTED = "window_started"
+    WINDOW_COMPLETED = "window_completed"
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside a DistributedDataParallel/DataParallel wrapper."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def _no_sync(model: nn.Module, last: bool):
+    """Accumulate gradients locally until the last backward of an optimizer step (DDP only)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel) and not last:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def _step_fn(model: nn.Module) -> Callable:
+    """The L = 1 call: ``model.step`` when the model has one and is not wrapped.
+
+    A DDP-wrapped model is called through its forward (length-1 sequence) so that
+    its gradient hooks see the call.
+    """
+    if model is _unwrap(model) and callable(getattr(model, "step", None)):
+        return model.step
+
+    def step(x_t, state):
+        y, state = model(x_t.unsqueeze(1), state)
+        return y.squeeze(1), state
+
+    return step
+
+
+def select_execution(model: nn.Module, loss_fn: Callable, tbptt_steps: int, update: str, engine: str = "auto") -> str:
+    """Resolve the execution path: ``"stepwise"``, ``"fused"`` or ``"fused-detached"``.
+
+    ``fused-detached`` (the chunked form of ``ignite_lstm.fused``) applies to a
+    ``StatefulLSTM`` with ``tbptt_steps=1``, ``update="sequence"`` and a mean-reduced
+    elementwise loss; ``auto`` takes it there, ``fused`` windows for ``tbptt_steps > 1``
+    and the per-step loop otherwise (``update="window"`` with ``tbptt_steps=1`` is an
+    optimizer step per time step: inherently sequential).
+    """
+    if engine not in EXECUTIONS:
+        raise ValueError(f"Argument engine should be one of {EXECUTIONS}, got {engine!r}.")
+    detached_ok = (
+        tbptt_steps == 1
+        and update == "sequence"
+        and isinstance(_unwrap(model), StatefulLSTM)
+        and elementwise_loss(loss_fn) is not None
+    )
+    if engine == "stepwise":
+        return "stepwise"
+    if detached_ok:
+        return "fused-detached"
+    if engine == "fused" or tbptt_steps > 1:
+        return "fused"
+    return "stepwise"
+
+
+def _prepare(batch, device, non_blocking):
+    x, y = batch[0], batch[1]
+    return convert_tensor(x, device, non_blocking), convert_tensor(y, device, non_blocking)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"Argument {name} should be an integer, got {type(value).__name__}.")
+    if value < 1:
+        raise ValueError(f"Argument {name} should be positive, got {value}.")
+
+
+def create_trainer(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable,
+    *,
+    tbptt_steps: int = 1,
+    update: str = "sequence",
+    grad_clip: float | None = None,
+    device: str | torch.device | None = None,
+    engine: str = "auto",
+    chunk_steps: int = 250,
+    non_blocking: bool = False,
+    prepare_batch: Callable = _prepare,
+) -> Engine:
+    """Create an Ignite trainer that steps a stateful model one time step per call.
+
+    Args:
+        model: any module with ``forward(x, state=None) -> (y, state)`` for x (B, T, F);
+            ``step(x_t, state) -> (y_t, state)`` for x_t (B, F) is used when present.
+            The state may be None, a tensor, a tuple or a dict of tensors.
+        optimizer: the optimizer of ``model``'s parameters.
+        loss_fn: ``loss_fn(y_pred, y)`` on (B, K, O) windows; the reported loss is the
+            mean over all T steps (exact for mean-reduced losses).
+        tbptt_steps: window length K: the state is detached every K steps
+            (1 is the literal L = 1 setting: no gradient through time).
+        update: ``"sequence"`` (one optimizer step per batch, gradients summed over
+            windows) or ``"window"`` (one optimizer step per window).
+        grad_clip: max gradient norm before each optimizer step, or None.
+        device: where batches are moved (the model is not moved).
+        engine: ``"auto"``, ``"fused"`` or ``"stepwise"``, see ``select_execution``.
+        chunk_steps: steps per chunk of the ``fused-detached`` path (bounds memory).
+        non_blocking: passed to the batch transfer.
+        prepare_batch: ``(batch, device, non_blocking) -> (x, y)``.
+
+    Returns:
+        An ``Engine`` whose output is ``{"loss": float, "grad_norm": float}`` and which
+        fires ``TimeEvents.WINDOW_STARTED``/``WINDOW_COMPLETED`` per window. Its
+        attribute ``execution`` names the path taken.
+
+    Example:
+        >>> model = StatefulLSTM(5, 32)
+        >>> opt = torch.optim.Adam(model.parameters(), 1e-3)
+        >>> trainer = create_trainer(model, opt, nn.MSELoss(), tbptt_steps=100)
+        >>> @trainer.on(TimeEvents.WINDOW_COMPLETED(every=10))
+        ... def log_window(engine):
+        ...     print(engine.state.window, engine.state.window_loss.item())
+    """
+    _check_positive_int("tbptt_steps", tbptt_steps)
+    _check_positive_int("chunk_steps", chunk_steps)
+    if update not in UPDATES:
+        raise ValueError(f"Argument update should be one of {UPDATES}, got {update!r}.")
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(f"Argument grad_clip should be positive or None, got {grad_clip}.")
+    execution = select_execution(model, loss_fn, tbptt_steps, update, engine)
+    step = _step_fn(model)
+    elementwise = elementwise_loss(loss_fn)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def optimizer_step() -> torch.Tensor:
+        if grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        optimizer.step()
+        return norm
+
+    def run_window(x_w: torch.Tensor, state):
+        if execution == "stepwise":
+            outputs = []
+            for t in range(x_w.shape[1]):
+                y_t, state = step(x_w[:, t], state)
+                outputs.append(y_t)
+            return torch.stack(outputs, dim=1), state
+        return model(x_w, state)
+
+    def fire_window(engine: Engine, event: TimeEvents, window: int) -> None:
+        engine.state.window = window
+        engine.fire_event(event)
+
+    def update_windows(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T = x.shape[1]
+        n_windows = math.ceil(T / tbptt_steps)
+        first = (engine.state.iteration - 1) * n_windows
+        state = None  # every sequence of the batch starts here
+        total = y.new_zeros(())
+        norm = y.new_zeros(())
+        if update == "sequence":
+            optimizer.zero_grad(set_to_none=True)
+        for w in range(n_windows):
+            start, stop = w * tbptt_steps, min(T, (w + 1) * tbptt_steps)
+            fire_window(engine, TimeEvents.WINDOW_STARTED, first + w + 1)
+            if update == "window":
+                optimizer.zero_grad(set_to_none=True)
+            last = update == "window" or w == n_windows - 1
+            with _no_sync(model, last):
+                y_pred, state = run_window(x[:, start:stop], state)
+                loss = loss_fn(y_pred, y[:, start:stop])
+                (loss * ((stop - start) / T) if update == "sequence" else loss).backward()
+            state = detach_state(state)  # the window boundary
+            if update == "window":
+                norm = optimizer_step()
+            loss = loss.detach()
+            total += loss * (stop - start)
+            engine.state.window_loss = loss
+            fire_window(engine, TimeEvents.WINDOW_COMPLETED, first + w + 1)
+        if update == "sequence":
+            norm = optimizer_step()
+        return total / T, norm
+
+    def update_detached(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # tbptt_steps == 1, update == "sequence": every step is a window.
+        T = x.shape[1]
+        first = (engine.state.iteration - 1) * T
+        state = None
+        total = y.new_zeros(())
+        optimizer.zero_grad(set_to_none=True)
+        for start in range(0, T, chunk_steps):
+            stop = min(T, start + chunk_steps)
+            with _no_sync(model, stop == T):
+                y_pred, state = model(x[:, start:stop], state, detach_every_step=True)
+                loss = loss_fn(y_pred, y[:, start:stop])
+                (loss * ((stop - start) / T)).backward()
+            total += loss.detach() * (stop - start)
+            step_losses = elementwise(y_pred.detach(), y[:, start:stop])
+            step_losses = step_losses.transpose(0, 1).reshape(stop - start, -1).mean(1)  # (C,)
+            for t in range(stop - start):
+                fire_window(engine, TimeEvents.WINDOW_STARTED, first + start + t + 1)
+                engine.state.window_loss = step_losses[t]
+                fire_window(engine, TimeEvents.WINDOW_COMPLETED, first + start + t + 1)
+        return total / T, optimizer_step()
+
+    body = update_detached if execution == "fused-detached" else update_windows
+
+    def _update(engine: Engine, batch) -> dict[str, float]:
+        model.train()
+        x, y = prepare_batch(batch, device, non_blocking)
+        loss, norm = body(engine, x, y)
+        return {"loss": loss.item(), "grad_norm": float(norm)}
+
+    trainer = Engine(_update)
+    trainer.register_events(
+        *TimeEvents, event_to_attr={TimeEvents.WINDOW_STARTED: "window", TimeEvents.WINDOW_COMPLETED: "window"}
+    )
+    trainer.state.window_loss = None
+    trainer.execution = execution
+    logger.debug("Trainer execution path: %s", execution)
+    return trainer
+
+
+def create_evaluator(
+    model: nn.Module,
+    metrics: dict | None = None,
+    *,
+    device: str | torch.device | None = None,
+    engine: str = "auto",
+    non_blocking: bool = False,
+    prepare_batch: Callable = _prepare,
+) -> Engine:
+    """Create an Ignite evaluator: every sequence from a reset state through all T steps.
+
+    One evaluator serves the train, validation and test splits. The metrics see
+    every time step of every sequence once: the output is
+    ``{"y_pred": (B*T, O), "y": (B*T, O), "x": (B*T, F)}``.
+
+    Args:
+        model: a model following the contract of ``create_trainer``.
+        metrics: name -> Ignite ``Metric``, attached under that name.
+        device: where batches are moved.
+        engine: ``"auto"``/``"fused"`` (one ``model(x)`` call per batch) or
+            ``"stepwise"`` (one ``model.step`` call per time step).
+        non_blocking: passed to the batch transfer.
+        prepare_batch: ``(batch, device, non_blocking) -> (x, y)``.
+
+    Returns:
+        An ``Engine``; after ``evaluator.run(loader)`` the values are in
+        ``evaluator.state.metrics``.
+
+    Example:
+        >>> evaluator = create_evaluator(model, build_metrics([1.0, 3.0, 5.0, 7.0]))
+        >>> evaluator.run(loader).metrics["mse"]
+    """
+    if engine not in EXECUTIONS:
+        raise ValueError(f"Argument engine should be one of {EXECUTIONS}, got {engine!r}.")
+    net = _unwrap(model)  # no gradients here, so no DDP hooks are needed
+    step = _step_fn(net)
+
+    @torch.no_grad()
+    def _infer(_: Engine, batch) -> dict[str, torch.Tensor]:
+        net.eval()
+        x, y = prepare_batch(batch, device, non_blocking)
+        if engine == "stepwise":
+            state, outputs = None, []
+            for t in range(x.shape[1]):
+                y_t, state = step(x[:, t], state)
+                outputs.append(y_t)
+            y_pred = torch.stack(outputs, dim=1)
+        else:
+            y_pred, _ = net(x)
+        return {
+            "y_pred": y_pred.reshape(-1, y_pred.shape[-1]),
+            "y": y.reshape(-1, y.shape[-1]),
+            "x": x.reshape(-1, x.shape[-1]),
+        }
+
+    evaluator = Engine(_infer)
+    for name, metric in (metrics or {}).items():
+        metric.attach(evaluator, name)
+    return evaluator

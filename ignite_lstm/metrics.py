@@ -1,0 +1,170 @@
+"""Evaluation metrics for the signal-extraction task.
+
+The evaluator's ``engine.state.output`` is a dict ``{"y_pred": (N, O), "y": (N, O), "x": (N, F_in)}``
+with N = B*T (every time step of every sequence flattened) and ``x[:, 1:1+F]`` the one-hot selector
+of the wanted frequency. Ignite's regression metrics divide by the first dimension, so every metric
+built here sees y_pred and y flattened to (N*O,): all values are element-wise.
+
+``SignalToNoiseRatio`` is the one metric Ignite lacks; everything else is Ignite's own, configured by
+``build_metrics``. ``metric_direction`` tells checkpointing and early stopping which way is better.
+"""
+
+import math
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+from ignite.exceptions import NotComputableError
+from ignite.metrics import MeanAbsoluteError, MeanSquaredError, Metric, RootMeanSquaredError
+from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
+from ignite.metrics.regression import PearsonCorrelation, R2Score
+
+__all__ = ["METRIC_NAMES", "SignalToNoiseRatio", "build_metrics", "metric_direction"]
+
+
+class SignalToNoiseRatio(Metric):
+    r"""Signal-to-noise ratio in dB over every element seen.
+
+    .. math:: \text{SNR} = 10 \log_{10} \frac{\sum y^2}{\sum (y - \hat{y})^2}
+
+    ``update`` takes ``(y_pred, y)`` (or the engine's dict, via ``required_output_keys``) of any
+    equal shapes. Sums are kept in float64 and reduced across ranks.
+
+    Returns ``inf`` when the error sum is 0 (a perfect prediction) and ``-inf`` when the signal sum is
+    0 but the error is not.
+    """
+
+    _state_dict_all_req_keys = ("_sum_signal", "_sum_error", "_num_elements")
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._sum_signal = torch.tensor(0.0, dtype=self._double_dtype, device=self._device)
+        self._sum_error = torch.tensor(0.0, dtype=self._double_dtype, device=self._device)
+        self._num_elements = 0
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[torch.Tensor]) -> None:
+        """Add one batch.
+
+        Args:
+            output: ``(y_pred, y)``, tensors of the same shape.
+        """
+        y_pred, y = output[0].detach(), output[1].detach()
+        if y_pred.shape != y.shape:
+            raise ValueError(f"Input data shapes should be the same, but given {y_pred.shape} and {y.shape}")
+        y = y.to(self._double_dtype)
+        error = y - y_pred.to(self._double_dtype)
+        self._sum_signal += y.square().sum().to(self._device)
+        self._sum_error += error.square().sum().to(self._device)
+        self._num_elements += y.numel()
+
+    @sync_all_reduce("_sum_signal", "_sum_error", "_num_elements")
+    def compute(self) -> float:
+        """Returns the SNR in dB over everything seen since ``reset`` (all ranks)."""
+        if self._num_elements == 0:
+            raise NotComputableError("SignalToNoiseRatio must have at least one example before it can be computed.")
+        signal, error = self._sum_signal.item(), self._sum_error.item()
+        if error == 0.0:
+            return math.inf
+        if signal == 0.0:
+            return -math.inf
+        return 10.0 * math.log10(signal / error)
+
+
+_FACTORIES: dict[str, Callable[..., Metric]] = {
+    "mse": MeanSquaredError,
+    "rmse": RootMeanSquaredError,
+    "mae": MeanAbsoluteError,
+    "corr": PearsonCorrelation,
+    "r2": R2Score,
+    "snr": SignalToNoiseRatio,
+}
+_DIRECTIONS = {"mse": "min", "rmse": "min", "mae": "min", "corr": "max", "r2": "max", "snr": "max"}
+
+METRIC_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+"""Names accepted by ``build_metrics``; per-frequency keys add ``_f<Hz>`` to them."""
+
+_KEY_RE = re.compile(r"^(?P<base>[a-z0-9]+)(?:_f.+)?$")
+
+
+def _flatten(output: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    # (N, O) -> (N*O,): Ignite divides by the first dimension, we want element-wise means.
+    return output["y_pred"].reshape(-1), output["y"].reshape(-1)
+
+
+def _select_frequency(index: int, num_frequencies: int) -> Callable[[dict], tuple[torch.Tensor, torch.Tensor]]:
+    def transform(output: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        selector = output["x"][:, 1 : 1 + num_frequencies]  # (N, F)
+        rows = selector.argmax(dim=1) == index  # (N,); may select nothing in this batch
+        return output["y_pred"][rows].reshape(-1), output["y"][rows].reshape(-1)
+
+    return transform
+
+
+def _check_names(argument: str, names: Sequence[str]) -> None:
+    if isinstance(names, str):
+        raise TypeError(f"Argument {argument} should be a sequence of metric names, got a string {names!r}.")
+    unknown = [n for n in names if n not in _FACTORIES]
+    if unknown:
+        raise ValueError(f"Argument {argument} has unknown metric names {unknown}; allowed: {list(METRIC_NAMES)}.")
+
+
+def build_metrics(
+    frequencies: Sequence[float] | None = None,
+    *,
+    names: Sequence[str] = ("mse", "rmse", "mae", "corr", "r2", "snr"),
+    per_frequency: Sequence[str] = ("mse",),
+    device: str | torch.device = "cpu",
+) -> dict[str, Metric]:
+    """Build fresh metric instances for the evaluator's dict output.
+
+    Every metric flattens y_pred and y, each (N, O), to (N*O,) before updating, so MSE, MAE, RMSE,
+    Pearson correlation, R2 and SNR are all over single elements. Per-frequency metrics keep only the
+    rows whose selector ``x[:, 1:1+F].argmax(dim=1)`` is that frequency's index (F = len(frequencies)).
+
+    A batch without a given frequency contributes nothing to that frequency's metrics; a whole split
+    without it makes ``compute`` raise ``NotComputableError`` (so does an empty split for any metric).
+
+    Args:
+        frequencies: the task's frequencies in Hz, in selector order. None: no per-frequency metrics.
+        names: overall metrics, keyed by the bare name (``"mse"``, ``"snr"``, ...).
+        per_frequency: metrics also computed per frequency, keyed ``f"{name}_f{freq:g}"``
+            (``mse_f3`` for 3 Hz, ``mse_f2.5`` for 2.5 Hz). Ignored when ``frequencies`` is None.
+        device: where the metrics accumulate.
+
+    Returns:
+        A new dict ``{key: Metric}``, ready for ``metric.attach(evaluator, key)``.
+    """
+    _check_names("names", names)
+    _check_names("per_frequency", per_frequency)
+    metrics: dict[str, Metric] = {
+        name: _FACTORIES[name](output_transform=_flatten, device=device) for name in names
+    }
+    if frequencies is None:
+        return metrics
+    frequencies = list(frequencies)
+    if not frequencies:
+        raise ValueError("Argument frequencies should be a non-empty sequence or None, got [].")
+    suffixes = [f"{freq:g}" for freq in frequencies]
+    if len(set(suffixes)) != len(suffixes):
+        raise ValueError(f"Argument frequencies should have distinct values as formatted by :g, got {suffixes}.")
+    for name in per_frequency:
+        for index, suffix in enumerate(suffixes):
+            transform = _select_frequency(index, len(frequencies))
+            metrics[f"{name}_f{suffix}"] = _FACTORIES[name](output_transform=transform, device=device)
+    return metrics
+
+
+def metric_direction(name: str) -> str:
+    """Which way a metric improves, for checkpoint scores and early stopping.
+
+    Args:
+        name: a key from ``build_metrics``: a bare name (``"snr"``) or a per-frequency key (``"mse_f3"``).
+
+    Returns:
+        ``"min"`` for mse, rmse, mae (and their per-frequency keys), ``"max"`` for corr, r2, snr.
+    """
+    match = _KEY_RE.match(name) if isinstance(name, str) else None
+    if match is None or match["base"] not in _DIRECTIONS:
+        raise ValueError(f"Unknown metric {name!r}; allowed: {list(METRIC_NAMES)}, optionally with a _f<Hz> suffix.")
+    return _DIRECTIONS[match["base"]]

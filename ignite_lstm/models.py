@@ -1,0 +1,170 @@
+"""The stateful LSTM and the model contract the engines rely on.
+
+Contract (any model may follow it, see ``create_trainer``)::
+
+    y, state = model(x, state=None)     # x (B, T, F) -> y (B, T, O)
+    y_t, state = model.step(x_t, state) # x_t (B, F) -> y_t (B, O), optional
+
+``state=None`` means "start of a sequence" (zeros). ``step`` is the L = 1 call;
+a model without ``step`` is stepped as ``model(x_t[:, None], state)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ignite_lstm.fused import detached_steps_forward
+
+__all__ = ["StatefulLSTM", "LSTMState", "load_model"]
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, H)
+
+
+class StatefulLSTM(nn.Module):
+    """A stack of single-layer LSTMs with a linear read-out, stepped one sample at a time.
+
+    Each layer is its own ``nn.LSTM`` so that every layer's hidden sequence is
+    reachable (the exact fused L = 1 trainer needs it); dropout sits between layers
+    as in ``nn.LSTM(dropout=...)``.
+
+    Args:
+        input_size: features per time step F.
+        hidden_size: hidden units H per layer.
+        num_layers: stacked LSTM layers.
+        dropout: dropout probability on the output of every layer but the last.
+        output_size: outputs per time step O.
+
+    Example:
+        >>> model = StatefulLSTM(input_size=5, hidden_size=32)
+        >>> y, state = model(torch.zeros(2, 100, 5))         # (2, 100, 1)
+        >>> y_t, state = model.step(torch.zeros(2, 5), state)  # (2, 1)
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        output_size: int = 1,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+            ("num_layers", num_layers),
+            ("output_size", output_size),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"Argument {name} should be an integer, got {type(value).__name__}.")
+            if value < 1:
+                raise ValueError(f"Argument {name} should be positive, got {value}.")
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool):
+            raise TypeError(f"Argument dropout should be a float, got {type(dropout).__name__}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"Argument dropout should be in [0, 1), got {dropout}.")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.dropout = float(dropout)
+        self.output_size = output_size
+        sizes = [input_size] + [hidden_size] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.LSTM(n_in, hidden_size, batch_first=True) for n_in in sizes)
+        self.head = nn.Linear(hidden_size, output_size)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments: ``StatefulLSTM(**model.config)`` rebuilds the model."""
+        return {
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "dropout": self.dropout,
+            "output_size": self.output_size,
+        }
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> LSTMState:
+        """Zero state (h, c), each (num_layers, B, H)."""
+        p = self.head.weight
+        shape = (self.num_layers, batch_size, self.hidden_size)
+        h = torch.zeros(shape, device=device or p.device, dtype=dtype or p.dtype)
+        return h, torch.zeros_like(h)
+
+    def forward(
+        self, x: torch.Tensor, state: LSTMState | None = None, detach_every_step: bool = False
+    ) -> tuple[torch.Tensor, LSTMState]:
+        """Run T steps at once (fused). x: (B, T, F) -> y: (B, T, O), state (h, c).
+
+        With ``detach_every_step=True`` the outputs carry the gradient of the per-step
+        loop that detaches the state after every step (the literal L = 1 setting),
+        computed in the exact fused form of ``ignite_lstm.fused``.
+        """
+        if detach_every_step:
+            return detached_steps_forward(self, x, state)
+        if state is None:
+            state = self.init_state(x.shape[0], x.device, x.dtype)
+        h0, c0 = state
+        hs, cs = [], []
+        out = x
+        for i, lstm in enumerate(self.layers):
+            if i > 0 and self.dropout > 0.0:
+                out = F.dropout(out, self.dropout, self.training)
+            out, (h, c) = lstm(out, (h0[i : i + 1], c0[i : i + 1]))  # (B, T, H)
+            hs.append(h)
+            cs.append(c)
+        return self.head(out), (torch.cat(hs), torch.cat(cs))
+
+    def step(self, x_t: torch.Tensor, state: LSTMState | None = None) -> tuple[torch.Tensor, LSTMState]:
+        """One time step (the L = 1 call). x_t: (B, F) -> y_t: (B, O), state (h, c)."""
+        if state is None:
+            state = self.init_state(x_t.shape[0], x_t.device, x_t.dtype)
+        h0, c0 = state
+        hs, cs = [], []
+        out = x_t
+        for i, lstm in enumerate(self.layers):
+            if i > 0 and self.dropout > 0.0:
+                out = F.dropout(out, self.dropout, self.training)
+            # One fused kernel per layer: far cheaper per call than nn.LSTM on a length-1 sequence.
+            h, c = torch.lstm_cell(
+                out, (h0[i], c0[i]), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0
+            )
+            hs.append(h)
+            cs.append(c)
+            out = h
+        return self.head(out), (torch.stack(hs), torch.stack(cs))
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[StatefulLSTM, dict]:
+    """Rebuild a ``StatefulLSTM`` from a checkpoint or model file written by this package.
+
+    The file must hold ``model_args`` (the constructor arguments) and ``model`` (the
+    state dict); everything else in it is returned as the second value.
+
+    Args:
+        path: a ``.pt`` file written by ``run.py`` (final model or training checkpoint).
+        map_location: where to load the tensors.
+
+    Returns:
+        (model in eval mode, the file's other entries).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file {path} does not exist.")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ValueError(f"Model file {path} could not be read as a torch file: {exc}") from exc
+    if not isinstance(obj, dict) or "model_args" not in obj or "model" not in obj:
+        raise ValueError(
+            f"Model file {path} is not a StatefulLSTM file of this package: it needs 'model_args' and 'model'."
+        )
+    model = StatefulLSTM(**obj["model_args"])
+    model.load_state_dict(obj["model"])
+    model.eval()
+    rest = {k: v for k, v in obj.items() if k not in ("model", "model_args")}
+    return model, rest

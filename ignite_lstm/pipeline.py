@@ -1,0 +1,122 @@
+"""From a validated config to data, model, optimizer and loss (the ``setup_*`` functions)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Iterator
+
+import ignite.distributed as idist
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from ignite_lstm.data import SignalDataset, ensure_split
+from ignite_lstm.models import StatefulLSTM
+
+__all__ = ["setup_data", "setup_model", "setup_optimizer", "setup_loss", "split_params", "ShardSampler"]
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+}
+LOSSES = {"mse": nn.MSELoss, "l1": nn.L1Loss, "huber": nn.HuberLoss, "smooth_l1": nn.SmoothL1Loss}
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: every item on exactly one rank, no padding.
+
+    Evaluation must count every sequence once; ``DistributedSampler`` pads the
+    last shard with repeats, which would count them twice in the metrics.
+    """
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
+
+
+def split_params(data_cfg: Any, split: str) -> dict[str, Any]:
+    """Generation parameters of one split (the HDF5 file is keyed by them)."""
+    part = data_cfg[split]
+    return {
+        "frequencies": [float(f) for f in data_cfg.frequencies],
+        "fs": float(data_cfg.fs),
+        "duration": float(data_cfg.duration),
+        "amplitude_range": [float(a) for a in data_cfg.amplitude],
+        "phase_scale": float(data_cfg.phase_scale),
+        "noise_sigma": float(data_cfg.noise_sigma),
+        "n_mixtures": int(part.mixtures),
+        "seed": int(part.seed),
+    }
+
+
+def setup_data(cfg: Any) -> dict[str, Any]:
+    """Generate or reuse the split files and build datasets and loaders.
+
+    Returns:
+        ``{"datasets": {split: SignalDataset}, "files": {split: Path},
+        "train_loader": DataLoader, "eval_loaders": {split: DataLoader}}``. The train
+        loader shuffles with ``DistributedSampler(seed=cfg.seed)`` (a permutation that
+        depends on the seed and the epoch only, so a resumed run sees the same
+        batches) and takes ``batch_size / world_size`` sequences per rank.
+    """
+    rank, world = idist.get_rank(), idist.get_world_size()
+    datasets, files = {}, {}
+    for split in SPLITS:
+        path, data = ensure_split(cfg.data.dir, split, split_params(cfg.data, split))
+        datasets[split] = SignalDataset(data.mixture, data.target, input_scale=cfg.data.input_scale)
+        files[split] = path
+    batch = cfg.train.batch_size
+    if batch % world:
+        raise ValueError(f"train.batch_size ({batch}) must be divisible by the number of processes ({world}).")
+    train_sampler = DistributedSampler(datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    train_loader = DataLoader(datasets["train"], batch_size=batch // world, sampler=train_sampler)
+    eval_loaders = {
+        split: DataLoader(ds, batch_size=cfg.eval.batch_size, sampler=ShardSampler(len(ds), rank, world))
+        for split, ds in datasets.items()
+    }
+    return {"datasets": datasets, "files": files, "train_loader": train_loader, "eval_loaders": eval_loaders}
+
+
+def setup_model(cfg: Any) -> StatefulLSTM:
+    """The ``StatefulLSTM`` for the task: input [S, one-hot of F], one output."""
+    n_freq = len(cfg.data.frequencies)
+    return StatefulLSTM(
+        input_size=1 + n_freq,
+        hidden_size=cfg.model.hidden_size,
+        num_layers=cfg.model.num_layers,
+        dropout=cfg.model.dropout,
+        output_size=1,
+    )
+
+
+def setup_optimizer(name: str, params, *, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
+    """One of adam, adamw, sgd, rmsprop (momentum applies to sgd and rmsprop)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Argument name should be one of {tuple(OPTIMIZERS)}, got {name!r}.")
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
+    if name in ("sgd", "rmsprop"):
+        kwargs["momentum"] = momentum
+    return OPTIMIZERS[name](params, **kwargs)
+
+
+def setup_loss(name: str) -> nn.Module:
+    """One of mse, l1, huber, smooth_l1 (all mean-reduced and elementwise)."""
+    if name not in LOSSES:
+        raise ValueError(f"Argument name should be one of {tuple(LOSSES)}, got {name!r}.")
+    return LOSSES[name]()
+
+
+def steps_per_epoch(n_batches: int, n_steps: int, tbptt_steps: int, update: str) -> int:
+    """Optimizer steps per epoch: one per batch, or one per window."""
+    return n_batches * (math.ceil(n_steps / tbptt_steps) if update == "window" else 1)

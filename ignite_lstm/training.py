@@ -1,0 +1,254 @@
+"""One training run on one process of ``idist.Parallel``: engines, handlers, resume, results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, Timer
+from ignite.metrics import Average, RunningAverage
+from ignite.utils import manual_seed
+from omegaconf import OmegaConf
+
+from ignite_lstm.checkpointing import FixedState, RNGState
+from ignite_lstm.engines import create_evaluator, create_trainer
+from ignite_lstm.handlers import (
+    attach_checkpoints,
+    attach_early_stopping,
+    attach_progress,
+    attach_tensorboard,
+    attach_terminate_on_nan,
+    load_extra_handlers,
+)
+from ignite_lstm.history import MetricsHistory
+from ignite_lstm.metrics import build_metrics
+from ignite_lstm.pipeline import setup_data, setup_loss, setup_model, setup_optimizer, steps_per_epoch
+from ignite_lstm.schedules import setup_lr_scheduler
+
+__all__ = ["run_training", "TrainingDiverged", "TrainingInterrupted"]
+
+logger = logging.getLogger("ignite_lstm")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C: a checkpoint was saved; ``checkpoint`` is its path."""
+
+    def __init__(self, message: str, checkpoint: str | None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return idist.device() if idist.get_world_size() > 1 else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
+    return {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | None) -> dict[str, Any]:
+    """Train, validate every ``eval.every`` epochs, evaluate all splits at the end.
+
+    Args:
+        local_rank: given by ``idist.Parallel``.
+        cfg: the validated config.
+        run_dir: the run folder (already created and checked by rank 0's caller).
+        resume_from: a training checkpoint to continue from, or None.
+
+    Returns:
+        ``{"metrics": {"train/mse": ..., "test/mse_f3": ...}, "epochs": n, "epoch_seconds": s, ...}``.
+
+    Raises:
+        TrainingDiverged: non-finite loss (files up to the last good epoch are intact).
+        TrainingInterrupted: Ctrl-C; a checkpoint to resume from was saved.
+    """
+    rank = idist.get_rank()
+    run_dir = Path(run_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    manual_seed(cfg.seed)
+    device = _device(cfg.device)
+
+    data = setup_data(cfg)
+    model = idist.auto_model(setup_model(cfg).to(device))
+    net = model.module if hasattr(model, "module") else model
+    optimizer = idist.auto_optim(
+        setup_optimizer(cfg.train.optimizer, model.parameters(), lr=cfg.train.lr,
+                        weight_decay=cfg.train.weight_decay, momentum=cfg.train.momentum)
+    )
+    loss_fn = setup_loss(cfg.train.loss)
+    trainer = create_trainer(model, optimizer, loss_fn, tbptt_steps=cfg.train.tbptt_steps, update=cfg.train["update"],
+                             grad_clip=cfg.train.grad_clip, device=device, engine=cfg.train.engine,
+                             chunk_steps=cfg.train.chunk_steps)
+    freqs = list(cfg.data.frequencies)
+    val_evaluator = create_evaluator(model, build_metrics(freqs, device=device), device=device, engine=cfg.eval.engine)
+    final_evaluator = create_evaluator(model, build_metrics(freqs, device=device), device=device,
+                                       engine=cfg.eval.engine)
+    h = cfg.handlers
+    if h.terminate_on_nan:
+        attach_terminate_on_nan(trainer)  # first, so that nothing after it sees a NaN iteration
+    RunningAverage(output_transform=lambda o: o["loss"]).attach(trainer, "running_loss")
+    Average(output_transform=lambda o: o["loss"]).attach(trainer, "epoch_loss")
+    epoch_timer = Timer()  # training time of an epoch, paused before validation and checkpoints
+    epoch_timer.attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
+    logger.info("Training path: %s (tbptt_steps=%d, update=%s)", trainer.execution, cfg.train.tbptt_steps,
+                cfg.train["update"])
+
+    history = MetricsHistory()
+    train_loader = data["train_loader"]
+    train_sampler = train_loader.sampler
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train_sampler.set_epoch(e.state.epoch - 1))
+
+    n_steps = data["datasets"]["train"].n_steps
+    sched_cfg = h.lr_scheduler
+    scheduler = setup_lr_scheduler(
+        trainer, optimizer, name=sched_cfg.name, lr=cfg.train.lr, epochs=cfg.train.epochs,
+        steps_per_epoch=steps_per_epoch(len(train_loader), n_steps, cfg.train.tbptt_steps, cfg.train["update"]),
+        update=cfg.train["update"], warmup_epochs=sched_cfg.warmup_epochs, min_lr=sched_cfg.min_lr,
+        step_size=sched_cfg.step_size, gamma=sched_cfg.gamma, val_evaluator=val_evaluator,
+        monitor=sched_cfg.monitor, mode=_mode(sched_cfg.monitor), patience=sched_cfg.patience,
+        factor=sched_cfg.factor,
+    )
+
+    def validate(engine: Engine) -> None:
+        values = {"train/loss": engine.state.metrics["epoch_loss"], "lr": optimizer.param_groups[0]["lr"],
+                  "time/epoch_seconds": epoch_timer.value()}
+        if engine.state.epoch % cfg.eval.every == 0 or engine.state.epoch == cfg.train.epochs:
+            values.update(_prefixed("val", val_evaluator.run(data["eval_loaders"]["val"]).metrics))
+        history.record(engine.state.epoch, values)
+        shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if "_f" not in k)
+        logger.info("Epoch %d/%d %s", engine.state.epoch, cfg.train.epochs, shown)
+        if rank == 0:
+            history.save(run_dir / "history.json")
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(event_filter=lambda e, _: _finite(e)), validate)
+
+    stopper = None
+    if h.early_stopping.enabled:
+        stopper = attach_early_stopping(trainer, val_evaluator, monitor=h.early_stopping.monitor,
+                                        patience=h.early_stopping.patience, min_delta=h.early_stopping.min_delta)
+    model_args = FixedState(net.config, "model arguments", must_match=tuple(net.config))
+    to_save: dict[str, Any] = {"model": model, "optimizer": optimizer, "trainer": trainer, "history": history,
+                               "model_args": model_args, "rng": RNGState(),
+                               "config": FixedState(OmegaConf.to_container(cfg), "config")}
+    if scheduler is not None:
+        to_save["lr_scheduler"] = scheduler
+    if stopper is not None:
+        to_save["early_stopping"] = stopper
+    checkpoints = {}
+    if h.checkpoint.enabled:
+        checkpoints = attach_checkpoints(
+            trainer, val_evaluator, to_save, {"model": model, "model_args": model_args}, run_dir / "checkpoints",
+            monitor=h.checkpoint.monitor, n_saved=h.checkpoint.n_saved, every=h.checkpoint.every,
+        )
+    if rank == 0:
+        if h.tensorboard.enabled:
+            attach_tensorboard(trainer, val_evaluator, optimizer, run_dir / "tb", every=h.tensorboard.every,
+                               window_every=h.tensorboard.window_every, histograms=h.tensorboard.histograms,
+                               model=net)
+        if h.progress_bar:
+            attach_progress(trainer)
+    load_extra_handlers(h.extra, trainer, val_evaluator, cfg)
+
+    if resume_from:
+        logger.info("Resuming from %s", resume_from)
+        checkpoint = torch.load(resume_from, map_location=device, weights_only=True)
+        Checkpoint.load_objects({k: v for k, v in to_save.items() if k != "config"}, checkpoint)
+
+    interrupted = _install_sigint(trainer)
+    try:
+        trainer.run(train_loader, max_epochs=cfg.train.epochs)
+    finally:
+        _restore_sigint(interrupted)
+
+    if interrupted["flag"]:
+        saved = None
+        if "interrupted" in checkpoints:
+            checkpoints["interrupted"](trainer)
+            saved = str(run_dir / "checkpoints" / checkpoints["interrupted"].last_checkpoint) \
+                if rank == 0 else None
+        raise TrainingInterrupted("Training interrupted by Ctrl-C", saved)
+    if not _finite(trainer):
+        last = checkpoints.get("last")
+        kept = f" The last good checkpoint is {run_dir / 'checkpoints' / last.last_checkpoint}." \
+            if last is not None and last.last_checkpoint else ""
+        raise TrainingDiverged(
+            f"Loss became {trainer.state.output['loss']} at epoch {trainer.state.epoch}, iteration "
+            f"{trainer.state.iteration}; training stopped.{kept} Lower train.lr or set train.grad_clip."
+        )
+
+    if stopper is not None and h.early_stopping.restore_best and checkpoints.get("best") is not None:
+        best = checkpoints["best"].last_checkpoint
+        if best is not None:
+            logger.info("Restoring the best weights from %s", best)
+            state = torch.load(run_dir / "checkpoints" / best, map_location=device, weights_only=True)
+            net.load_state_dict(state["model"])
+
+    final: dict[str, float] = {}
+    for split, loader in data["eval_loaders"].items():
+        final.update(_prefixed(split, final_evaluator.run(loader).metrics))
+    if rank == 0:
+        _write_json(run_dir / "metrics.json", final)
+        history.save(run_dir / "history.json")
+        torch.save({"model": net.state_dict(), "model_args": net.config,
+                    "config": OmegaConf.to_container(cfg)}, run_dir / "model.pt")
+    return {"metrics": final, "epochs": trainer.state.epoch, "execution": trainer.execution,
+            "epoch_seconds": _mean(history.series("time/epoch_seconds")), "run_dir": str(run_dir)}
+
+
+def _mode(monitor: str) -> str:
+    from ignite_lstm.metrics import metric_direction
+
+    return metric_direction(monitor)
+
+
+def _finite(engine: Engine) -> bool:
+    output = engine.state.output
+    return not isinstance(output, dict) or math.isfinite(output.get("loss", 0.0))
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _install_sigint(trainer: Engine) -> dict[str, Any]:
+    """First Ctrl-C: finish the current iteration, then stop and save; second: abort now."""
+    state: dict[str, Any] = {"flag": False, "previous": None}
+    if threading.current_thread() is not threading.main_thread():
+        return state
+
+    def handler(signum, frame):
+        if state["flag"]:
+            raise KeyboardInterrupt
+        state["flag"] = True
+        logger.warning("Ctrl-C: stopping after this iteration and saving a checkpoint (press again to abort).")
+        trainer.terminate()
+
+    state["previous"] = signal.signal(signal.SIGINT, handler)
+    return state
+
+
+def _restore_sigint(state: dict[str, Any]) -> None:
+    if state["previous"] is not None:
+        signal.signal(signal.SIGINT, state["previous"])
