@@ -245,7 +245,7 @@ def _check_cross(cfg: dict, problems: list[str]) -> None:
     amp = data.get("amplitude")
     if isinstance(amp, list) and len(amp) == 2 and all(isinstance(a, (int, float)) for a in amp) and amp[0] > amp[1]:
         problems.append(f"data.amplitude: {amp!r} must be [low, high] with low <= high")
-    freqs = data.get("frequencies")
+    freqs = data.get("frequencies", DataConfig().frequencies)  # the defaults name the mse_f<Hz> monitors too
     if isinstance(freqs, list) and len(set(freqs)) != len(freqs):
         problems.append(f"data.frequencies: {freqs!r} must not repeat a frequency")
     handlers = _section(cfg, "handlers")
@@ -271,6 +271,16 @@ def validate_config(values: dict, source: str = "configuration") -> DictConfig:
     """Check a plain dict against the schema and return the complete, read-only config.
 
     Missing keys take the schema's defaults. Raises ``ConfigError`` with every problem.
+
+    Example:
+        >>> cfg = validate_config({"train": {"epochs": 5}})
+        >>> cfg.train.epochs, cfg.train.batch_size  # the rest from the schema
+        (5, 40)
+        >>> validate_config({"train": {"epochs": 0, "lr": "fast"}})
+        Traceback (most recent call last):
+        ConfigError: Invalid configuration (2 problems):
+          - train.epochs: 0 is out of range: must be >= 1
+          - train.lr: 'fast' has the wrong type: expected float
     """
     problems: list[str] = []
     _check_section("", values, Config, problems)
@@ -281,6 +291,14 @@ def validate_config(values: dict, source: str = "configuration") -> DictConfig:
     cfg = OmegaConf.merge(OmegaConf.structured(Config), values)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _override_problem(override: str) -> str | None:
+    try:
+        OmegaConf.from_dotlist([override])
+    except Exception as exc:  # yaml.YAMLError for a value such as [1,2
+        return f"override {override!r}: the value is not valid YAML ({exc})"
+    return None
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
@@ -295,6 +313,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
 
     Raises:
         ConfigError: unreadable file, bad override, unknown key, wrong type or value.
+
+    Example:
+        >>> cfg = load_config("configs/base.yaml", ["train.lr=1e-3", "train.epochs=5"])
+        >>> cfg.train.lr, cfg.train.epochs
+        (0.001, 5)
     """
     path = Path(path)
     if not path.is_file():
@@ -305,9 +328,14 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
         raise ConfigError([f"{path}: not a readable YAML file ({exc})"]) from exc
     except Exception as exc:  # yaml.YAMLError and friends
         raise ConfigError([f"{path}: not a readable YAML file ({exc})"]) from exc
+    if not isinstance(base, DictConfig):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
     bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0]]
     if bad:
         raise ConfigError([f"override {o!r}: expected key=value" for o in bad])
+    bad = [_override_problem(o) for o in overrides]
+    if any(bad):
+        raise ConfigError([p for p in bad if p])
     try:
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
         values = OmegaConf.to_container(merged, resolve=True)

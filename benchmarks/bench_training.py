@@ -1,0 +1,154 @@
+"""Speed of the L = 1 training paths, evaluation and streaming (a script, not a test).
+
+Workload (issue 4): 40 sequences x 10,000 steps, StatefulLSTM(5 -> 64 x 2 layers -> 1),
+tbptt_steps = 1 (state detached after every step), one optimizer step per batch.
+Each configuration runs in its own subprocess so that its peak memory (max RSS) is
+its own.
+
+    python benchmarks/bench_training.py            # full workload (several minutes)
+    python benchmarks/bench_training.py --quick    # 1,000 steps per sequence
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+SEQUENCES, FEATURES, HIDDEN, LAYERS = 40, 5, 64, 2
+
+
+def _data(steps: int):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(SEQUENCES, steps, FEATURES, generator=g)
+    y = torch.randn(SEQUENCES, steps, 1, generator=g)
+    return x, y
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def worker_train(engine: str, batch: int, steps: int, threads: int | None) -> dict:
+    import torch
+    import torch.nn as nn
+
+    from ignite_lstm.engines import create_trainer
+    from ignite_lstm.models import StatefulLSTM
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x, y = _data(steps)
+    batches = [(x[i : i + batch], y[i : i + batch]) for i in range(0, SEQUENCES, batch)]
+    model = StatefulLSTM(FEATURES, HIDDEN, LAYERS)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=1, update="sequence", engine=engine)
+    trainer.run(batches[:1], max_epochs=1)  # warm-up: allocator, oneDNN primitives
+    start = time.perf_counter()
+    trainer.run(batches, max_epochs=1)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_mib": _peak_mib(), "execution": trainer.execution}
+
+
+def worker_eval(steps: int, threads: int | None) -> dict:
+    import torch
+
+    from ignite_lstm.engines import create_evaluator
+    from ignite_lstm.models import StatefulLSTM
+
+    if threads:
+        torch.set_num_threads(threads)
+    x, y = _data(steps)
+    model = StatefulLSTM(FEATURES, HIDDEN, LAYERS)
+    evaluator = create_evaluator(model, {})
+    evaluator.run([(x[:8], y[:8])])
+    start = time.perf_counter()
+    evaluator.run([(x, y)])
+    seconds = time.perf_counter() - start
+    return {"steps_per_s": SEQUENCES * steps / seconds, "seconds": seconds, "peak_mib": _peak_mib()}
+
+
+def worker_stream(samples: int) -> dict:
+    import torch
+
+    from ignite_lstm.models import StatefulLSTM
+
+    torch.set_num_threads(1)
+    model = StatefulLSTM(FEATURES, HIDDEN, LAYERS).eval()
+    x = torch.randn(samples, 1, FEATURES)
+    with torch.inference_mode():
+        state = None
+        for t in range(200):
+            _, state = model.step(x[t], state)
+        state = None
+        start = time.perf_counter()
+        for t in range(samples):
+            _, state = model.step(x[t], state)
+        seconds = time.perf_counter() - start
+    return {"us_per_sample": seconds / samples * 1e6}
+
+
+def _run(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1,000 steps per sequence instead of 10,000")
+    parser.add_argument("--steps", type=int, default=None, help="steps per sequence (overrides --quick)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for training/evaluation")
+    parser.add_argument("--skip-stepwise-40", action="store_true", help="skip the stepwise batch-40 run")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, *rest = args.worker
+        threads = int(rest[-1]) if rest and rest[-1] != "None" else None
+        if kind == "train":
+            result = worker_train(rest[0], int(rest[1]), int(rest[2]), threads)
+        elif kind == "eval":
+            result = worker_eval(int(rest[0]), threads)
+        else:
+            result = worker_stream(int(rest[0]))
+        print(json.dumps(result))
+        return
+
+    steps = args.steps or (1000 if args.quick else 10000)
+    th = str(args.threads)
+    import torch
+
+    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads by default")
+    print(f"Workload: {SEQUENCES} sequences x {steps} steps, LSTM {FEATURES}->{HIDDEN}x{LAYERS}, "
+          f"tbptt_steps=1, update=sequence")
+    rows = {}
+    for batch in (8, 40):
+        for engine in ("stepwise", "fused"):
+            if engine == "stepwise" and batch == 40 and args.skip_stepwise_40:
+                continue
+            rows[(engine, batch)] = _run(["train", engine, str(batch), str(steps), th])
+            r = rows[(engine, batch)]
+            print(f"  train {engine:<8} ({r['execution']:<14}) batch {batch:>2}: {r['seconds']:8.2f} s/epoch, "
+                  f"peak {r['peak_mib']:7.0f} MiB", flush=True)
+    for batch in (8, 40):
+        if ("stepwise", batch) in rows:
+            ratio = rows[("stepwise", batch)]["seconds"] / rows[("fused", batch)]["seconds"]
+            print(f"  speed-up fused vs stepwise at batch {batch}: {ratio:.1f}x")
+    ratio8 = rows[("stepwise", 8)]["seconds"] / rows[("fused", 40)]["seconds"]
+    print(f"  fused batch 40 vs stepwise batch 8: {ratio8:.1f}x")
+    ev = _run(["eval", str(steps), th])
+    print(f"  evaluation (fused, batch 40): {ev['steps_per_s']:,.0f} sequence-steps/s, peak {ev['peak_mib']:.0f} MiB")
+    st = _run(["stream", "20000"])
+    print(f"  streaming model.step, batch 1, 1 thread: {st['us_per_sample']:.1f} us/sample")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny config file and a runner for ``python run.py`` as a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The quick preset shrunk further: 200 steps per sequence, one mixture per split, two epochs.
+QUICK_YAML = """\
+output_dir: runs
+data:
+  dir: data
+  duration: 0.2
+  train: {seed: 1, mixtures: 1}
+  val: {seed: 3, mixtures: 1}
+  test: {seed: 2, mixtures: 1}
+model:
+  hidden_size: 8
+train:
+  epochs: 2
+  batch_size: 4
+  tbptt_steps: 50
+eval:
+  batch_size: 4
+handlers:
+  progress_bar: false
+"""
+
+
+def write_quick_config(directory: Path, name: str = "quick.yaml") -> Path:
+    """Write the tiny config into ``directory`` and return its path."""
+    path = Path(directory) / name
+    path.write_text(QUICK_YAML)
+    return path
+
+
+def _run_cli(args: Sequence[str | Path], cwd: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python run.py ARGS`` in ``cwd`` with this interpreter; output is captured as text."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def quick_config(tmp_path: Path) -> Path:
+    """The tiny config written to ``tmp_path / "quick.yaml"`` (relative ``runs`` and ``data`` folders)."""
+    return write_quick_config(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def make_quick_config() -> Callable[..., Path]:
+    """``make_quick_config(directory)``: write the tiny config there (for fixtures wider than a test)."""
+    return write_quick_config
+
+
+@pytest.fixture(scope="session")
+def run_cli() -> Callable[..., subprocess.CompletedProcess]:
+    """``run_cli(args, cwd)``: run ``python run.py`` as a subprocess and return the CompletedProcess."""
+    return _run_cli

@@ -1,0 +1,186 @@
+"""The config schema, ``load_config`` with overrides, and every refusal's exact wording."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from omegaconf.errors import ReadonlyConfigError
+
+from ignite_lstm.config import Config, ConfigError, load_config, validate_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TOP_KEYS = "seed, output_dir, name, device, threads, resume, data, model, train, eval, handlers, distributed"
+MONITORS = "mse, rmse, mae, corr, r2, snr, mse_f1, mse_f3, mse_f5, mse_f7"
+
+
+def _keys(node: dict, prefix: str = "") -> set[str]:
+    """Every dotted key of a nested mapping, sections included."""
+    keys = set()
+    for key, value in node.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= _keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _problems(values: dict) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        validate_config(values)
+    return info.value.problems
+
+
+@pytest.mark.parametrize("name", ["base.yaml", "quick.yaml"])
+def test_presets_load_and_validate(name):
+    cfg = load_config(CONFIGS / name)
+    assert cfg.model.hidden_size >= 1
+    assert list(cfg.data.frequencies) == [1.0, 3.0, 5.0, 7.0]
+
+
+def test_base_yaml_holds_every_setting_of_the_schema_and_nothing_else():
+    in_file = _keys(OmegaConf.to_container(OmegaConf.load(CONFIGS / "base.yaml")))
+    in_schema = _keys(OmegaConf.to_container(OmegaConf.structured(Config)))
+    assert sorted(in_schema - in_file) == []
+    assert sorted(in_file - in_schema) == []
+
+
+def test_missing_keys_take_the_schema_defaults():
+    cfg = validate_config({"model": {"hidden_size": 8}, "train": {"optimizer": "sgd"}})
+    defaults = Config()
+    assert cfg.model.hidden_size == 8
+    assert cfg.model.num_layers == defaults.model.num_layers
+    assert cfg.train.optimizer == "sgd"
+    assert cfg.train.lr == defaults.train.lr
+    assert list(cfg.data.frequencies) == defaults.data.frequencies
+    assert cfg.data.train.seed == defaults.data.train.seed
+    assert cfg.handlers.checkpoint.monitor == "mse"
+    assert cfg.name is None and cfg.distributed.backend is None
+
+
+def test_overrides_apply_with_yaml_typing():
+    cfg = load_config(CONFIGS / "quick.yaml",
+                      ["train.lr=1e-3", "model.hidden_size=8", "data.frequencies=[1,2]", "name=trial"])
+    assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
+    assert cfg.model.hidden_size == 8 and isinstance(cfg.model.hidden_size, int)
+    assert list(cfg.data.frequencies) == [1.0, 2.0]
+    assert all(isinstance(f, float) for f in cfg.data.frequencies)
+    assert cfg.name == "trial"
+    assert cfg.train.epochs == 2  # from quick.yaml, untouched by the overrides
+
+
+@pytest.mark.parametrize("values, problem", [
+    ({"foo": 1}, f"foo: unknown key; allowed here: {TOP_KEYS}"),
+    ({"model": {"hidden": 3}}, "model.hidden: unknown key; allowed here: hidden_size, num_layers, dropout"),
+    ({"data": {"train": {"seeds": 3}}}, "data.train.seeds: unknown key; allowed here: seed, mixtures"),
+    ({"model": 3}, "model: 3 has the wrong type: expected a section (mapping)"),
+    ({"model": {"hidden_size": "8"}}, "model.hidden_size: '8' has the wrong type: expected int"),
+    ({"train": {"epochs": True}}, "train.epochs: True has the wrong type: expected int"),
+    ({"train": {"lr": [0.1]}}, "train.lr: [0.1] has the wrong type: expected float"),
+    ({"model": {"hidden_size": None}}, "model.hidden_size: None has the wrong type: expected int"),
+    ({"data": {"frequencies": 3.0}}, "data.frequencies: 3.0 has the wrong type: expected a list of float"),
+    ({"model": {"hidden_size": -4}}, "model.hidden_size: -4 is out of range: must be >= 1"),
+    ({"train": {"lr": 0}}, "train.lr: 0 is out of range: must be > 0.0"),
+    ({"model": {"dropout": 1.0}}, "model.dropout: 1.0 is out of range: must be < 1.0"),
+    ({"data": {"frequencies": [1.0, -3.0]}}, "data.frequencies[1]: -3.0 is out of range: must be > 0.0"),
+    ({"train": {"optimizer": "adagrad"}},
+     "train.optimizer: 'adagrad' is not allowed: choose one of 'adam', 'adamw', 'sgd', 'rmsprop'"),
+    ({"train": {"loss": "hinge"}},
+     "train.loss: 'hinge' is not allowed: choose one of 'mse', 'l1', 'huber', 'smooth_l1'"),
+    ({"train": {"update": "batch"}}, "train.update: 'batch' is not allowed: choose one of 'sequence', 'window'"),
+    ({"train": {"engine": "cuda"}}, "train.engine: 'cuda' is not allowed: choose one of 'auto', 'fused', 'stepwise'"),
+    ({"eval": {"engine": "cuda"}}, "eval.engine: 'cuda' is not allowed: choose one of 'auto', 'fused', 'stepwise'"),
+    ({"handlers": {"lr_scheduler": {"name": "exp"}}},
+     "handlers.lr_scheduler.name: 'exp' is not allowed: choose one of 'none', 'step', 'cosine', 'plateau'"),
+    ({"distributed": {"backend": "mpi", "nproc_per_node": 2}},
+     "distributed.backend: 'mpi' is not allowed: choose one of 'gloo', 'nccl'"),
+    ({"data": {"amplitude": [1.2, 0.8]}}, "data.amplitude: [1.2, 0.8] must be [low, high] with low <= high"),
+    ({"data": {"amplitude": [0.8, 1.0, 1.2]}}, "data.amplitude: [0.8, 1.0, 1.2] must have exactly 2 entries"),
+    ({"data": {"frequencies": []}}, "data.frequencies: [] must have at least 1 entries"),
+    ({"data": {"frequencies": [1.0, 3.0, 1.0]}}, "data.frequencies: [1.0, 3.0, 1.0] must not repeat a frequency"),
+    ({"handlers": {"checkpoint": {"monitor": "loss"}}},
+     f"handlers.checkpoint.monitor: 'loss' is not a validation metric: choose one of {MONITORS}"),
+    ({"handlers": {"early_stopping": {"monitor": "mse_f2"}}},
+     f"handlers.early_stopping.monitor: 'mse_f2' is not a validation metric: choose one of {MONITORS}"),
+    ({"handlers": {"lr_scheduler": {"monitor": "accuracy"}}},
+     f"handlers.lr_scheduler.monitor: 'accuracy' is not a validation metric: choose one of {MONITORS}"),
+    ({"distributed": {"nproc_per_node": 2}},
+     "distributed.nproc_per_node: more than 1 process needs distributed.backend (gloo or nccl)"),
+    ({"handlers": {"extra": ["mypkg.handlers"]}},
+     "handlers.extra[0]: 'mypkg.handlers' must look like 'package.module:function'"),
+    ({"handlers": {"extra": ["mypkg:a:b"]}}, "handlers.extra[0]: 'mypkg:a:b' must look like 'package.module:function'"),
+    ({"handlers": {"extra": [3]}}, "handlers.extra[0]: 3 has the wrong type: expected str"),
+])
+def test_each_refusal_names_key_value_and_what_is_allowed(values, problem):
+    assert _problems(values) == [problem]
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        validate_config(values)
+
+
+def test_monitor_accepts_a_per_frequency_metric():
+    cfg = validate_config({"handlers": {"checkpoint": {"monitor": "mse_f3"}}})  # default frequencies 1, 3, 5, 7
+    assert cfg.handlers.checkpoint.monitor == "mse_f3"
+    cfg = validate_config({"data": {"frequencies": [1.5, 2.0]},
+                           "handlers": {"early_stopping": {"monitor": "mse_f1.5"}}})
+    assert cfg.handlers.early_stopping.monitor == "mse_f1.5"
+    # quick.yaml does not list the frequencies: the defaults decide which mse_f<Hz> exist
+    cfg = load_config(CONFIGS / "quick.yaml", ["handlers.lr_scheduler.monitor=mse_f7"])
+    assert cfg.handlers.lr_scheduler.monitor == "mse_f7"
+    assert _problems({"data": {"frequencies": [1.0, 2.0]}, "handlers": {"checkpoint": {"monitor": "mse_f3"}}}) == [
+        "handlers.checkpoint.monitor: 'mse_f3' is not a validation metric: "
+        "choose one of mse, rmse, mae, corr, r2, snr, mse_f1, mse_f2"
+    ]
+
+
+def test_several_problems_are_reported_at_once():
+    overrides = ["foo=1", "model.hidden_size=0", "train.optimizer=adagrad", "data.amplitude=[2,1]",
+                 "distributed.nproc_per_node=4"]
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS / "quick.yaml", overrides)
+    problems = info.value.problems
+    assert len(problems) == 5
+    for key in ("foo", "model.hidden_size", "train.optimizer", "data.amplitude", "distributed.nproc_per_node"):
+        assert sum(p.startswith(f"{key}: ") for p in problems) == 1, key
+    assert str(info.value).startswith(f"Invalid configuration {CONFIGS / 'quick.yaml'} (5 problems):\n  - ")
+
+
+def test_missing_config_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: the config file does not exist")):
+        load_config(path)
+
+
+def test_malformed_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: [8, 16\ntrain:\n  lr: 1\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: not a readable YAML file (")):
+        load_config(path)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: the top level must be a mapping of sections")):
+        load_config(path, ["train.lr=0.1"])
+
+
+@pytest.mark.parametrize("override", ["train.lr", "=3"])
+def test_override_without_key_and_equals_sign(override):
+    with pytest.raises(ConfigError, match=re.escape(f"override {override!r}: expected key=value")):
+        load_config(CONFIGS / "quick.yaml", [override])
+
+
+def test_override_with_a_value_that_is_not_yaml():
+    with pytest.raises(ConfigError, match=re.escape("override 'data.frequencies=[1,2': the value is not valid YAML")):
+        load_config(CONFIGS / "quick.yaml", ["train.lr=0.1", "data.frequencies=[1,2"])
+
+
+def test_the_returned_config_is_read_only():
+    cfg = load_config(CONFIGS / "quick.yaml")
+    with pytest.raises(ReadonlyConfigError):
+        cfg.train.lr = 1.0
+    with pytest.raises(ReadonlyConfigError):
+        cfg.data.frequencies[0] = 2.0
+    assert OmegaConf.is_readonly(cfg)
+    assert cfg.train.lr == Config().train.lr
