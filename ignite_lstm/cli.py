@@ -55,6 +55,7 @@ def prepare_run(cfg: Any, stem: str) -> dict[str, str | None]:
 
     Raises:
         RunDirError: with the folder and the reason.
+        CheckpointMismatch: the checkpoint to resume cannot continue with this config.
     """
     out = Path(cfg.output_dir)
     resume_from = None
@@ -89,6 +90,15 @@ def prepare_run(cfg: Any, stem: str) -> dict[str, str | None]:
             while run_dir.exists():
                 n += 1
                 run_dir = out / f"{base}-{n}"
+    if resume_from is not None:
+        _check_resume(cfg, resume_from)
+    nearest = run_dir  # free space is checked before anything is created
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    free = shutil.disk_usage(nearest).free
+    if free < MIN_FREE_BYTES:
+        raise RunDirError(f"Output folder {run_dir} has only {free // 2**20} MiB free; at least "
+                          f"{MIN_FREE_BYTES // 2**20} MiB are needed.")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -96,13 +106,29 @@ def prepare_run(cfg: Any, stem: str) -> dict[str, str | None]:
         probe.unlink()
     except OSError as exc:
         raise RunDirError(f"Output folder {run_dir} is not writable: {exc.strerror or exc}.") from exc
-    free = shutil.disk_usage(run_dir).free
-    if free < MIN_FREE_BYTES:
-        raise RunDirError(f"Output folder {run_dir} has only {free // 2**20} MiB free; at least "
-                          f"{MIN_FREE_BYTES // 2**20} MiB are needed.")
     config_file = run_dir / ("config.yaml" if resume_from is None else f"config-resume-{int(time.time())}.yaml")
     OmegaConf.save(cfg, config_file)
     return {"run_dir": str(run_dir), "resume_from": resume_from}
+
+
+def _check_resume(cfg: Any, checkpoint: str) -> None:
+    """Model shape, finished or early-stopped run: refused before anything is written."""
+    from ignite_lstm.checkpointing import check_resumable, read_checkpoint
+    from ignite_lstm.pipeline import setup_model
+
+    es = cfg.handlers.early_stopping
+    check_resumable(read_checkpoint(checkpoint), model_args=setup_model(cfg).config, epochs=cfg.train.epochs,
+                    patience=es.patience if es.enabled else None, source=checkpoint)
+
+
+def _discard_unused_run_dir(plan: dict | None) -> None:
+    """Remove a new run folder that bad input stopped before any checkpoint (nothing half-written)."""
+    if plan is None or plan.get("resume_from"):
+        return
+    run_dir = Path(plan["run_dir"])
+    if run_dir.is_dir() and not any((run_dir / "checkpoints").glob("*.pt")):
+        logging.shutdown()  # close train.log before removing it
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _setup_logging(rank: int, run_dir: str | None = None) -> None:
@@ -165,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torchrun = "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
     _setup_logging(int(os.environ.get("RANK", 0)))
     stem = Path(args.config).stem
+    plan = None
     try:
         cfg = load_config(args.config, args.overrides)
         plan = None if torchrun else prepare_run(cfg, stem)
@@ -173,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with idist.Parallel(backend=d.backend, nproc_per_node=nproc) as parallel:
             parallel.run(_worker, cfg, stem, plan)
     except (ConfigError, RunDirError, DataFileError, CheckpointMismatch) as exc:
+        _discard_unused_run_dir(plan)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -182,9 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ignite_lstm.training import TrainingDiverged, TrainingInterrupted
 
         if isinstance(exc, TrainingInterrupted):
-            hint = " ".join(shlex.quote(a) for a in [sys.argv[0], args.config, *args.overrides])
-            print(f"Interrupted; checkpoint saved to {exc.checkpoint}. Resume with: python {hint} "
-                  f"resume={exc.checkpoint}", file=sys.stderr)
+            kept = [a for a in args.overrides if not a.startswith("resume=")]
+            hint = " ".join(shlex.quote(a) for a in [sys.argv[0], args.config, *kept, f"resume={exc.checkpoint}"])
+            print(f"{exc}; checkpoint saved to {exc.checkpoint}. Resume with: python {hint}", file=sys.stderr)
             return 130
         if isinstance(exc, TrainingDiverged):
             print(f"error: {exc}", file=sys.stderr)
@@ -198,3 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def main_exit() -> None:
     """Console-script entry point (``ignite-lstm CONFIG ...``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_exit()

@@ -92,6 +92,7 @@ class EvalConfig:
     batch_size: int = _f(40, ge=1)
     every: int = _f(1, ge=1)
     engine: str = _f("auto", choices=("auto", "fused", "stepwise"))
+    report: bool = True
 
 
 @dataclass
@@ -234,6 +235,10 @@ def _check_section(prefix: str, values: Any, schema: type, problems: list[str]) 
             _check(f"{prefix + '.' if prefix else ''}{name}", values[name], hints[name], dict(f.metadata), problems)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _section(values: Any, key: str) -> dict:
     section = values.get(key) if isinstance(values, dict) else None
     return section if isinstance(section, dict) else {}
@@ -258,6 +263,14 @@ def _check_cross(cfg: dict, problems: list[str]) -> None:
             problems.append(
                 f"handlers.{section}.monitor: {monitor!r} is not a validation metric: choose one of {', '.join(allowed)}"
             )
+    sched, train = _section(handlers, "lr_scheduler"), _section(cfg, "train")
+    warmup, epochs = sched.get("warmup_epochs", 0.0), train.get("epochs", TrainConfig().epochs)
+    if _is_number(warmup) and _is_number(epochs) and warmup >= epochs:
+        problems.append(f"handlers.lr_scheduler.warmup_epochs: {warmup!r} must be shorter than train.epochs ({epochs})")
+    stop, ckpt = _section(handlers, "early_stopping"), _section(handlers, "checkpoint")
+    if stop.get("enabled") is True and stop.get("restore_best", True) is True and ckpt.get("enabled", True) is False:
+        problems.append("handlers.early_stopping.restore_best: true needs handlers.checkpoint.enabled: true "
+                        "(the best weights are read from the best checkpoint)")
     dist = _section(cfg, "distributed")
     if dist.get("backend") is None and dist.get("nproc_per_node", 1) != 1:
         problems.append("distributed.nproc_per_node: more than 1 process needs distributed.backend (gloo or nccl)")
@@ -270,7 +283,17 @@ def _check_cross(cfg: dict, problems: list[str]) -> None:
 def validate_config(values: dict, source: str = "configuration") -> DictConfig:
     """Check a plain dict against the schema and return the complete, read-only config.
 
-    Missing keys take the schema's defaults. Raises ``ConfigError`` with every problem.
+    Missing keys take the schema's defaults.
+
+    Args:
+        values: the nested plain dict (e.g. a loaded YAML file).
+        source: what to call it in the error message.
+
+    Returns:
+        The complete, read-only ``DictConfig``.
+
+    Raises:
+        ConfigError: listing every problem at once.
 
     Example:
         >>> cfg = validate_config({"train": {"epochs": 5}})

@@ -126,6 +126,13 @@ def ensure_split(
     Raises:
         DataFileError: the file exists but is corrupt or holds other parameters;
             the message names the file and suggests deleting it.
+
+    Example:
+        >>> params = dict(frequencies=[1.0, 3.0], fs=1000.0, duration=0.5, amplitude_range=[0.8, 1.2],
+        ...               phase_scale=0.01, noise_sigma=0.0, n_mixtures=2, seed=1)
+        >>> path, split = ensure_split("data", "train", params)  # generated once, then read back
+        >>> path.name, split.mixture.shape
+        ('train-788045f614.h5', (2, 500))
     """
     params = canonical_params(params)
     path = Path(directory) / split_filename(split, params)

@@ -92,6 +92,16 @@ def select_execution(model: nn.Module, loss_fn: Callable, tbptt_steps: int, upda
     and the per-step loop otherwise (``update="window"`` with ``tbptt_steps=1`` is an
     optimizer step per time step: inherently sequential).
 
+    Args:
+        model: the model (a DDP wrapper is looked through).
+        loss_fn: the loss; the chunked path needs a mean-reduced elementwise one.
+        tbptt_steps: the window length K.
+        update: ``"sequence"`` or ``"window"``.
+        engine: the user's choice, ``"auto"``, ``"fused"`` or ``"stepwise"``.
+
+    Returns:
+        The path name that ``create_trainer`` will run.
+
     Example:
         >>> select_execution(StatefulLSTM(5, 32), nn.MSELoss(), tbptt_steps=1, update="sequence")
         'fused-detached'

@@ -24,19 +24,58 @@ import torch.nn.functional as F
 __all__ = ["detached_steps_forward", "elementwise_loss"]
 
 
-def _previous_cells(f: torch.Tensor, ig: torch.Tensor, c0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """c_{t-1} for every t of c_t = f_t * c_{t-1} + ig_t, and the last c.
+class _DetachedCells(torch.autograd.Function):
+    """One LSTM layer at all C x B positions, each from its detached previous state.
 
-    f, ig: (B, C, H) without graph; c0: (B, H). Returns ((B, C, H), (B, H)).
+    Rows are time-major: row ``t * B + b`` is step t of sequence b. Forward computes
+    the gates once, runs the cheap cell recurrence c_t = f_t * c_{t-1} + i_t * g_t over
+    them (the previous cells are constants of the gradient), and returns h; the
+    backward is written out so that the whole layer costs three matrix products and
+    a handful of elementwise passes, without autograd's per-op bookkeeping.
     """
-    f_tm = f.transpose(0, 1).contiguous()  # (C, B, H): contiguous rows per step
-    ig_tm = ig.transpose(0, 1).contiguous()
-    prev = torch.empty_like(f_tm)
-    c = c0
-    for t in range(f_tm.shape[0]):
-        prev[t] = c
-        c = torch.addcmul(ig_tm[t], f_tm[t], c)
-    return prev.transpose(0, 1), c
+
+    @staticmethod
+    def forward(ctx, inp, h_prev, c0, w_ih, w_hh, b_ih, b_hh):
+        # inp (C*B, In), h_prev (C*B, H) constant, c0 (B, H) constant.
+        B, H = c0.shape
+        C = inp.shape[0] // B
+        gates = torch.addmm(b_ih + b_hh, inp, w_ih.t())
+        gates.addmm_(h_prev, w_hh.t())  # (C*B, 4H), order i, f, g, o
+        gates[:, : 2 * H].sigmoid_()
+        gates[:, 2 * H : 3 * H].tanh_()
+        gates[:, 3 * H :].sigmoid_()
+        i, f, g, o = gates.view(C, B, 4 * H).split(H, dim=2)
+        ig = i * g
+        cells = torch.empty(C + 1, B, H, dtype=inp.dtype, device=inp.device)  # cells[t] = c_{t-1}
+        cells[0] = c0
+        for t in range(C):
+            torch.addcmul(ig[t], f[t], cells[t], out=cells[t + 1])
+        tanh_c = cells[1:].tanh().view(C * B, H)
+        h = o.reshape(C * B, H) * tanh_c
+        ctx.save_for_backward(inp, h_prev, cells, gates, tanh_c, w_ih, w_hh)
+        c_end = cells[C].clone()
+        ctx.mark_non_differentiable(c_end)  # the carried state is detached (its backward ignores it)
+        return h, c_end
+
+    @staticmethod
+    def backward(ctx, dh, _):
+        inp, h_prev, cells, gates, tanh_c, w_ih, w_hh = ctx.saved_tensors
+        H = h_prev.shape[1]
+        i, f, g, o = gates.split(H, dim=1)
+        c_prev = cells[:-1].reshape(-1, H)
+        d_gates = torch.empty_like(gates)
+        d_i, d_f, d_g, d_o = d_gates.split(H, dim=1)
+        torch.mul(dh, tanh_c, out=d_o)  # dL/do
+        dc = dh * o * (1.0 - tanh_c * tanh_c)  # dL/dc
+        d_o.mul_(o * (1.0 - o))
+        torch.mul(dc, g, out=d_i).mul_(i * (1.0 - i))
+        torch.mul(dc, c_prev, out=d_f).mul_(f * (1.0 - f))
+        torch.mul(dc, i, out=d_g).mul_(1.0 - g * g)
+        d_inp = d_gates @ w_ih if ctx.needs_input_grad[0] else None
+        d_w_ih = d_gates.t() @ inp
+        d_w_hh = d_gates.t() @ h_prev
+        d_b = d_gates.sum(0)
+        return d_inp, None, None, d_w_ih, d_w_hh, d_b, d_b
 
 
 def detached_steps_forward(model: nn.Module, x: torch.Tensor, state) -> tuple[torch.Tensor, tuple]:
@@ -53,40 +92,40 @@ def detached_steps_forward(model: nn.Module, x: torch.Tensor, state) -> tuple[to
     if state is None:
         state = model.init_state(x.shape[0], x.device, x.dtype)
     h0, c0 = (s.detach() for s in state)
-    masks = [None] * len(model.layers)
+    B, C, _ = x.shape
+    H = model.hidden_size
+    masks = [None] * len(model.layers)  # time-major (C, B, H), shared by both passes
     if model.training and model.dropout > 0.0:
         keep = 1.0 - model.dropout
         for i in range(1, len(model.layers)):
-            shape = (x.shape[0], x.shape[1], model.hidden_size)
-            masks[i] = torch.bernoulli(torch.full(shape, keep, device=x.device, dtype=x.dtype)) / keep
+            masks[i] = torch.bernoulli(torch.full((C, B, H), keep, device=x.device, dtype=x.dtype)) / keep
 
-    # Pass 1: every layer's hidden sequence, no graph.
-    hidden = []
+    # Pass 1: every layer's hidden sequence by the fused recurrence, no graph.
+    h_prev = []
     with torch.no_grad():
         inp = x
         for i, lstm in enumerate(model.layers):
             if masks[i] is not None:
-                inp = inp * masks[i]
+                inp = inp * masks[i].transpose(0, 1)
             inp, _ = lstm(inp, (h0[i : i + 1], c0[i : i + 1]))  # (B, C, H)
-            hidden.append(inp)
+            prev = torch.empty(C, B, H, dtype=x.dtype, device=x.device)
+            prev[0] = h0[i]
+            prev[1:] = inp[:, :-1].transpose(0, 1)
+            h_prev.append((prev.view(C * B, H), inp[:, -1].clone()))
 
     # Pass 2: all positions at once, each from its detached previous state.
     h_last, c_last = [], []
-    inp = x
+    inp = x.transpose(0, 1).reshape(C * B, -1)
     for i, lstm in enumerate(model.layers):
         if masks[i] is not None:
-            inp = inp * masks[i]
-        h_prev = torch.cat([h0[i].unsqueeze(1), hidden[i][:, :-1]], dim=1)  # (B, C, H)
-        gates = F.linear(inp, lstm.weight_ih_l0, lstm.bias_ih_l0) + F.linear(h_prev, lstm.weight_hh_l0, lstm.bias_hh_l0)
-        i_g, f_g, g_g, o_g = gates.chunk(4, dim=2)
-        i_g, f_g, g_g, o_g = i_g.sigmoid(), f_g.sigmoid(), g_g.tanh(), o_g.sigmoid()
-        with torch.no_grad():
-            c_prev, c_end = _previous_cells(f_g, i_g * g_g, c0[i])
-        c = f_g * c_prev + i_g * g_g
-        inp = o_g * c.tanh()  # (B, C, H)
-        h_last.append(hidden[i][:, -1])
+            inp = inp * masks[i].view(C * B, H)
+        inp, c_end = _DetachedCells.apply(
+            inp, h_prev[i][0], c0[i], lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0
+        )
+        h_last.append(h_prev[i][1])
         c_last.append(c_end)
-    return model.head(inp), (torch.stack(h_last), torch.stack(c_last))
+    y = model.head(inp).view(C, B, -1).transpose(0, 1)  # (B, C, O)
+    return y, (torch.stack(h_last), torch.stack(c_last))
 
 
 _ELEMENTWISE = {

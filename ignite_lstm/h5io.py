@@ -109,6 +109,9 @@ def write_split(path: str | os.PathLike, data: SplitData, split: str) -> Path:
     Returns:
         The destination path. A reader never sees a half-written file: the data
         goes to a temporary file in the same folder, then ``os.replace``.
+
+    Example:
+        >>> path = write_split("data/train.h5", split, "train")  # split from generate_split
     """
     split = _check_split_name(split)
     params = canonical_params(data.params)
@@ -211,6 +214,11 @@ def read_split(
         DataFileError: the file does not exist, is not a readable HDF5 file,
             lacks a dataset or attribute, has another format_version, a wrong
             shape or dtype, NaN/inf values, or parameters other than expected.
+
+    Example:
+        >>> data = read_split("data/train.h5", expected_params=split.params, expected_split="train")
+        >>> data.mixture.shape  # (M, T)
+        (2, 500)
     """
     path = Path(path)
     if expected_params is not None:

@@ -134,6 +134,12 @@ def build_metrics(
 
     Returns:
         A new dict ``{key: Metric}``, ready for ``metric.attach(evaluator, key)``.
+
+    Example:
+        >>> metrics = build_metrics([1.0, 3.0], names=("mse", "snr"))
+        >>> sorted(metrics)
+        ['mse', 'mse_f1', 'mse_f3', 'snr']
+        >>> evaluator = create_evaluator(model, metrics)  # attached under these keys
     """
     _check_names("names", names)
     _check_names("per_frequency", per_frequency)
@@ -163,6 +169,10 @@ def metric_direction(name: str) -> str:
 
     Returns:
         ``"min"`` for mse, rmse, mae (and their per-frequency keys), ``"max"`` for corr, r2, snr.
+
+    Example:
+        >>> metric_direction("mse_f3"), metric_direction("snr")
+        ('min', 'max')
     """
     match = _KEY_RE.match(name) if isinstance(name, str) else None
     if match is None or match["base"] not in _DIRECTIONS:

@@ -151,6 +151,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
 
     Returns:
         (model in eval mode, the file's other entries).
+
+    Example:
+        >>> model, rest = load_model("runs/base-20261129-120000/model.pt")
+        >>> y_t, state = model.step(torch.zeros(1, 5))
     """
     path = Path(path)
     if not path.is_file():

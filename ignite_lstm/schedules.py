@@ -1,4 +1,20 @@
-"""Learning-rate schedules from Ignite's param schedulers, stepped once per optimizer step."""
+"""Learning-rate schedules from Ignite's param schedulers, stepped once per optimizer step.
+
+With ``S`` optimizer steps in the run, steps numbered ``s = 0 .. S-1`` and a
+warm-up of ``W`` steps (``W = 0``: none; else at least 2), the rate of step ``s`` is:
+
+- warm-up, ``s < W``: ``lr * (f + (1 - f) * s / (W - 1))`` with ``f = 0.01``, a
+  line from 1% of ``lr`` at the first step to ``lr`` at step ``W - 1``;
+- after it, with ``u = s - (W - 1)`` (``u = s`` without warm-up) and
+  ``U = S - (W - 1)`` (``U = S``) the steps left:
+
+  - ``step``: ``lr * gamma ** (u // (step_size * steps_per_epoch))``;
+  - ``cosine``: ``min_lr + (lr - min_lr) * (1 + cos(pi * u / U)) / 2``;
+  - ``plateau``: ``lr``, times ``factor`` whenever the validation ``monitor`` has not
+    improved (by more than torch's relative threshold 1e-4) for more than
+    ``patience`` validations, never below ``min_lr``; validations during the
+    warm-up are not counted.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +32,17 @@ from ignite.handlers import (
 
 from ignite_lstm.engines import TimeEvents
 
-__all__ = ["setup_lr_scheduler", "SCHEDULES"]
+__all__ = ["setup_lr_scheduler", "warmup_steps", "SCHEDULES", "WARMUP_START_FACTOR"]
 
 SCHEDULES = ("none", "step", "cosine", "plateau")
 WARMUP_START_FACTOR = 0.01  # warm-up starts at 1% of the base learning rate
+
+
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
+    """Warm-up length in optimizer steps: 0 for none, else at least 2 (a line needs two points)."""
+    if warmup_epochs <= 0:
+        return 0
+    return max(2, int(round(warmup_epochs * steps_per_epoch)))
 
 
 def setup_lr_scheduler(
@@ -41,21 +64,33 @@ def setup_lr_scheduler(
     patience: int = 5,
     factor: float = 0.5,
 ) -> Any:
-    """Attach a learning-rate schedule and return it (None for ``"none"``).
+    """Attach a learning-rate schedule (see the module docstring) and return it.
 
     The schedules count optimizer steps: ``steps_per_epoch`` of them per epoch
-    (batches, times windows when ``update="window"``), and are called before each
-    step (``ITERATION_STARTED`` or ``TimeEvents.WINDOW_STARTED``).
+    (batches, times windows when ``update="window"``), and set the rate before each
+    step (``Events.ITERATION_STARTED`` or ``TimeEvents.WINDOW_STARTED``).
 
-    - ``step``: ``lr * gamma ** (epoch // step_size)`` (epoch counted from 0);
-    - ``cosine``: from ``lr`` down to ``min_lr`` over all remaining steps;
-    - ``plateau``: ``lr * factor`` when the validation ``monitor`` has not improved
-      for ``patience`` validations (Ignite's ``ReduceLROnPlateauScheduler``).
-
-    Each may start with a linear warm-up from 1% of ``lr`` over ``warmup_epochs``.
+    Args:
+        trainer: the trainer from ``create_trainer``.
+        optimizer: its optimizer (one parameter group).
+        name: ``"none"``, ``"step"``, ``"cosine"`` or ``"plateau"``.
+        lr: the peak rate (the optimizer's).
+        epochs, steps_per_epoch: the run's length.
+        update: the trainer's ``update`` (which event is an optimizer step).
+        warmup_epochs: linear warm-up length in epochs (may be fractional; 0: none).
+        min_lr: cosine end value, plateau floor.
+        step_size, gamma: ``step`` decay every ``step_size`` epochs by ``gamma``.
+        val_evaluator, monitor, mode, patience, factor: the ``plateau`` schedule's
+            validation evaluator, metric, direction (``"min"``/``"max"``), patience and factor.
 
     Returns:
-        The scheduler (it has ``state_dict``/``load_state_dict`` for checkpoints).
+        None for ``"none"``, else an object with ``state_dict``/``load_state_dict``
+        for checkpoints.
+
+    Example:
+        >>> scheduler = setup_lr_scheduler(trainer, optimizer, name="cosine", lr=3e-3, epochs=100,
+        ...                                steps_per_epoch=20, update="window", warmup_epochs=3)
+        >>> to_save["lr_scheduler"] = scheduler
     """
     if name not in SCHEDULES:
         raise ValueError(f"Argument name should be one of {SCHEDULES}, got {name!r}.")
@@ -63,32 +98,51 @@ def setup_lr_scheduler(
         return None
     event = TimeEvents.WINDOW_STARTED if update == "window" else Events.ITERATION_STARTED
     total = epochs * steps_per_epoch
-    warmup = int(round(warmup_epochs * steps_per_epoch))
+    warmup = warmup_steps(warmup_epochs, steps_per_epoch)
     if warmup >= total:
         raise ValueError(f"Argument warmup_epochs ({warmup_epochs}) should be shorter than the run ({epochs} epochs).")
+    start = lr * WARMUP_START_FACTOR
     if name == "plateau":
-        scheduler = ReduceLROnPlateauScheduler(
-            optimizer, metric_name=monitor, trainer=trainer, mode=mode, patience=patience, factor=factor, min_lr=min_lr
-        )
         if val_evaluator is None:
             raise ValueError("Argument val_evaluator is required by the plateau schedule.")
-        val_evaluator.add_event_handler(Events.COMPLETED, scheduler)
-        if warmup:
-            ramp = PiecewiseLinear(optimizer, "lr", [(0, lr * WARMUP_START_FACTOR), (warmup, lr)])
-            # Only during the warm-up, so that the ramp never undoes a plateau reduction.
-            trainer.add_event_handler(event(event_filter=lambda _, n: n <= warmup + 1), ramp)
-            return _Pair(scheduler, ramp)
-        return scheduler
+        plateau = _Plateau(optimizer, metric_name=monitor, trainer=trainer, mode=mode, patience=patience,
+                           factor=factor, min_lr=float(min_lr), param_group_index=0)
+
+        def after_warmup(evaluator: Engine) -> None:
+            if trainer.state.epoch * steps_per_epoch >= warmup:
+                plateau(evaluator)
+
+        val_evaluator.add_event_handler(Events.COMPLETED, after_warmup)
+        if not warmup:
+            return plateau
+        ramp = PiecewiseLinear(optimizer, "lr", [(0, start), (warmup - 1, lr)])
+        # Only during the warm-up, so that the ramp never undoes a plateau reduction.
+        trainer.add_event_handler(event(event_filter=lambda _, n: n <= warmup), ramp)
+        return _Pair(plateau, ramp)
+    remaining = total - (warmup - 1) if warmup else total
     if name == "cosine":
-        base = CosineAnnealingScheduler(optimizer, "lr", lr, min_lr, cycle_size=max(2, total - warmup + 1))
-    else:  # step
-        base = LRScheduler(
-            torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size * steps_per_epoch, gamma=gamma)
-        )
+        base: Any = CosineAnnealingScheduler(optimizer, "lr", lr, min_lr, cycle_size=max(2, remaining))
+    else:  # step; the torch scheduler itself, which create_lr_scheduler_with_warmup knows how to shift
+        base = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size * steps_per_epoch, gamma=gamma)
     if warmup:
-        base = create_lr_scheduler_with_warmup(base, lr * WARMUP_START_FACTOR, warmup, warmup_end_value=lr)
-    trainer.add_event_handler(event, base)
-    return base
+        scheduler = create_lr_scheduler_with_warmup(base, start, warmup, warmup_end_value=lr)
+    else:
+        scheduler = base if name == "cosine" else LRScheduler(base)
+    trainer.add_event_handler(event, scheduler)
+    return scheduler
+
+
+class _Plateau(ReduceLROnPlateauScheduler):
+    """Ignite's plateau scheduler with a checkpointable state.
+
+    Ignite stores a bound method on the torch scheduler, which then appears in its
+    ``state_dict`` and cannot be saved with ``weights_only``; it is left out here.
+    """
+
+    def state_dict(self) -> Any:
+        state = super().state_dict()
+        state["scheduler"] = {k: v for k, v in state["scheduler"].items() if not callable(v)}
+        return state
 
 
 class _Pair:

@@ -240,6 +240,13 @@ def generate_split(
     Returns:
         `SplitData` with ``t`` (T,) float64, ``mixture`` (M, T) float32,
         ``target`` (F, T) float32 and the canonical ``params``.
+
+    Example:
+        >>> split = generate_split(frequencies=[1.0, 3.0], fs=1000.0, duration=0.5,
+        ...                        amplitude_range=(0.8, 1.2), phase_scale=0.01,
+        ...                        noise_sigma=0.0, n_mixtures=2, seed=1)
+        >>> split.mixture.shape, split.target.shape, split.t.shape
+        ((2, 500), (2, 500), (500,))
     """
     params = _check_params(
         frequencies=frequencies,

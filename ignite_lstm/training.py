@@ -6,31 +6,39 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, Timer
+from ignite.handlers import Timer
 from ignite.metrics import Average, RunningAverage
 from ignite.utils import manual_seed
 from omegaconf import OmegaConf
 
-from ignite_lstm.checkpointing import FixedState, RNGState
+from ignite_lstm.checkpointing import (
+    FixedState,
+    RNGState,
+    SkipBatches,
+    check_resumable,
+    config_changes,
+    read_checkpoint,
+    resume_from_checkpoint,
+)
 from ignite_lstm.engines import create_evaluator, create_trainer
 from ignite_lstm.handlers import (
+    StopOnInterrupt,
     attach_checkpoints,
     attach_early_stopping,
     attach_progress,
     attach_tensorboard,
     attach_terminate_on_nan,
+    checkpointer_states,
     load_extra_handlers,
 )
 from ignite_lstm.history import MetricsHistory
-from ignite_lstm.metrics import build_metrics
+from ignite_lstm.metrics import build_metrics, metric_direction
 from ignite_lstm.pipeline import setup_data, setup_loss, setup_model, setup_optimizer, steps_per_epoch
 from ignite_lstm.schedules import setup_lr_scheduler
 
@@ -53,7 +61,9 @@ class TrainingInterrupted(RuntimeError):
 
 def _device(name: str) -> torch.device:
     if name == "auto":
-        return idist.device() if idist.get_world_size() > 1 else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if idist.get_world_size() > 1:
+            return idist.device()
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
@@ -70,6 +80,10 @@ def _write_json(path: Path, obj: Any) -> None:
 def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | None) -> dict[str, Any]:
     """Train, validate every ``eval.every`` epochs, evaluate all splits at the end.
 
+    Handler order on the trainer's ``EPOCH_COMPLETED``: epoch metrics, validation
+    (which decides the best checkpoint, early stopping and the plateau schedule),
+    the history, the epoch and last checkpoints, TensorBoard, extra handlers.
+
     Args:
         local_rank: given by ``idist.Parallel``.
         cfg: the validated config.
@@ -82,11 +96,18 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
     Raises:
         TrainingDiverged: non-finite loss (files up to the last good epoch are intact).
         TrainingInterrupted: Ctrl-C; a checkpoint to resume from was saved.
+        CheckpointMismatch: ``resume_from`` does not fit this config.
     """
     rank = idist.get_rank()
     run_dir = Path(run_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    checkpoint = None
+    if resume_from:  # a checkpoint that cannot continue this config fails before any work
+        checkpoint = read_checkpoint(resume_from)
+        check_resumable(checkpoint, model_args=setup_model(cfg).config, epochs=cfg.train.epochs,
+                        patience=cfg.handlers.early_stopping.patience if cfg.handlers.early_stopping.enabled
+                        else None, source=resume_from)
     manual_seed(cfg.seed)
     device = _device(cfg.device)
 
@@ -109,27 +130,32 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
     if h.terminate_on_nan:
         attach_terminate_on_nan(trainer)  # first, so that nothing after it sees a NaN iteration
     RunningAverage(output_transform=lambda o: o["loss"]).attach(trainer, "running_loss")
-    Average(output_transform=lambda o: o["loss"]).attach(trainer, "epoch_loss")
+    epoch_loss = Average(output_transform=lambda o: o["loss"])
+    epoch_loss.attach(trainer, "epoch_loss")
     epoch_timer = Timer()  # training time of an epoch, paused before validation and checkpoints
     epoch_timer.attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
     logger.info("Training path: %s (tbptt_steps=%d, update=%s)", trainer.execution, cfg.train.tbptt_steps,
                 cfg.train["update"])
 
     history = MetricsHistory()
-    train_loader = data["train_loader"]
-    train_sampler = train_loader.sampler
+    train_data = SkipBatches(data["train_loader"])
+    train_sampler = data["train_loader"].sampler
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train_sampler.set_epoch(e.state.epoch - 1))
 
     n_steps = data["datasets"]["train"].n_steps
+    spe = steps_per_epoch(len(train_data), n_steps, cfg.train.tbptt_steps, cfg.train["update"])
     sched_cfg = h.lr_scheduler
     scheduler = setup_lr_scheduler(
-        trainer, optimizer, name=sched_cfg.name, lr=cfg.train.lr, epochs=cfg.train.epochs,
-        steps_per_epoch=steps_per_epoch(len(train_loader), n_steps, cfg.train.tbptt_steps, cfg.train["update"]),
+        trainer, optimizer, name=sched_cfg.name, lr=cfg.train.lr, epochs=cfg.train.epochs, steps_per_epoch=spe,
         update=cfg.train["update"], warmup_epochs=sched_cfg.warmup_epochs, min_lr=sched_cfg.min_lr,
         step_size=sched_cfg.step_size, gamma=sched_cfg.gamma, val_evaluator=val_evaluator,
-        monitor=sched_cfg.monitor, mode=_mode(sched_cfg.monitor), patience=sched_cfg.patience,
+        monitor=sched_cfg.monitor, mode=metric_direction(sched_cfg.monitor), patience=sched_cfg.patience,
         factor=sched_cfg.factor,
     )
+    stopper = None
+    if h.early_stopping.enabled:  # on the evaluator before the checkpoints: "last" holds this epoch's count
+        stopper = attach_early_stopping(trainer, val_evaluator, monitor=h.early_stopping.monitor,
+                                        patience=h.early_stopping.patience, min_delta=h.early_stopping.min_delta)
 
     def validate(engine: Engine) -> None:
         values = {"train/loss": engine.state.metrics["epoch_loss"], "lr": optimizer.param_groups[0]["lr"],
@@ -142,26 +168,25 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
         if rank == 0:
             history.save(run_dir / "history.json")
 
-    trainer.add_event_handler(Events.EPOCH_COMPLETED(event_filter=lambda e, _: _finite(e)), validate)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, validate)
 
-    stopper = None
-    if h.early_stopping.enabled:
-        stopper = attach_early_stopping(trainer, val_evaluator, monitor=h.early_stopping.monitor,
-                                        patience=h.early_stopping.patience, min_delta=h.early_stopping.min_delta)
-    model_args = FixedState(net.config, "model arguments", must_match=tuple(net.config))
-    to_save: dict[str, Any] = {"model": model, "optimizer": optimizer, "trainer": trainer, "history": history,
-                               "model_args": model_args, "rng": RNGState(),
-                               "config": FixedState(OmegaConf.to_container(cfg), "config")}
+    model_args = FixedState(net.config, "model arguments")
+    config_state = FixedState(OmegaConf.to_container(cfg, resolve=True), "config")
+    to_save: dict[str, Any] = {"model": model, "model_args": model_args, "optimizer": optimizer,
+                               "trainer": trainer, "history": history, "rng": RNGState(),
+                               "epoch_loss": epoch_loss, "config": config_state}
     if scheduler is not None:
         to_save["lr_scheduler"] = scheduler
     if stopper is not None:
         to_save["early_stopping"] = stopper
-    checkpoints = {}
-    if h.checkpoint.enabled:
-        checkpoints = attach_checkpoints(
-            trainer, val_evaluator, to_save, {"model": model, "model_args": model_args}, run_dir / "checkpoints",
-            monitor=h.checkpoint.monitor, n_saved=h.checkpoint.n_saved, every=h.checkpoint.every,
-        )
+    checkpoints = attach_checkpoints(
+        trainer, val_evaluator, to_save, {"model": model, "model_args": model_args}, run_dir / "checkpoints",
+        enabled=h.checkpoint.enabled, monitor=h.checkpoint.monitor, n_saved=h.checkpoint.n_saved,
+        every=h.checkpoint.every,
+    )
+    if stopper is not None and h.early_stopping.restore_best and "best" not in checkpoints:
+        logger.warning("handlers.early_stopping.restore_best needs handlers.checkpoint.enabled: the final "
+                       "evaluation uses the last weights.")
     if rank == 0:
         if h.tensorboard.enabled:
             attach_tensorboard(trainer, val_evaluator, optimizer, run_dir / "tb", every=h.tensorboard.every,
@@ -170,40 +195,47 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
         if h.progress_bar:
             attach_progress(trainer)
     load_extra_handlers(h.extra, trainer, val_evaluator, cfg)
+    interrupt = StopOnInterrupt(trainer)  # after everything: its EPOCH_COMPLETED check comes last
 
-    if resume_from:
-        logger.info("Resuming from %s", resume_from)
-        checkpoint = torch.load(resume_from, map_location=device, weights_only=True)
-        Checkpoint.load_objects({k: v for k, v in to_save.items() if k != "config"}, checkpoint)
+    if checkpoint is not None:
+        resume_from_checkpoint(checkpoint, to_save, trainer, train_data, source=resume_from)
+        checkpointer_states(checkpoints, checkpoint)
+        changed = config_changes(config_state.loaded or {}, config_state.value)
+        if changed:
+            logger.warning("Resuming with changed settings: %s", "; ".join(changed))
 
-    interrupted = _install_sigint(trainer)
     try:
-        trainer.run(train_loader, max_epochs=cfg.train.epochs)
+        trainer.run(train_data, max_epochs=cfg.train.epochs)
     finally:
-        _restore_sigint(interrupted)
+        interrupt.close()
 
-    if interrupted["flag"]:
-        saved = None
-        if "interrupted" in checkpoints:
-            checkpoints["interrupted"](trainer)
-            saved = str(run_dir / "checkpoints" / checkpoints["interrupted"].last_checkpoint) \
-                if rank == 0 else None
-        raise TrainingInterrupted("Training interrupted by Ctrl-C", saved)
-    if not _finite(trainer):
+    finished = trainer.state.iteration >= cfg.train.epochs * trainer.state.epoch_length or (
+        stopper is not None and stopper.counter >= stopper.patience)
+    if interrupt.requested and finished:  # nothing left to resume: finish with the final evaluation
+        logger.warning("Ctrl-C after the last epoch: finishing the final evaluation (press again to abort).")
+    elif interrupt.requested:
+        checkpoints["interrupted"](trainer)
+        saved = checkpoints["interrupted"].last_checkpoint
+        raise TrainingInterrupted(f"Training interrupted by Ctrl-C at epoch {trainer.state.epoch}, iteration "
+                                  f"{trainer.state.iteration}", str(saved) if saved else None)
+    if h.terminate_on_nan and not _finite(trainer):
         last = checkpoints.get("last")
-        kept = f" The last good checkpoint is {run_dir / 'checkpoints' / last.last_checkpoint}." \
-            if last is not None and last.last_checkpoint else ""
+        if last is None:
+            kept = " No checkpoint was kept (handlers.checkpoint.enabled is false)."
+        elif last.last_checkpoint is None:
+            kept = " No checkpoint had been written yet."
+        else:
+            kept = f" The last good checkpoint is {last.last_checkpoint}."
         raise TrainingDiverged(
             f"Loss became {trainer.state.output['loss']} at epoch {trainer.state.epoch}, iteration "
             f"{trainer.state.iteration}; training stopped.{kept} Lower train.lr or set train.grad_clip."
         )
 
-    if stopper is not None and h.early_stopping.restore_best and checkpoints.get("best") is not None:
-        best = checkpoints["best"].last_checkpoint
+    if stopper is not None and h.early_stopping.restore_best and "best" in checkpoints:
+        best = checkpoints["best"].last_checkpoint  # the highest score of the files kept
         if best is not None:
             logger.info("Restoring the best weights from %s", best)
-            state = torch.load(run_dir / "checkpoints" / best, map_location=device, weights_only=True)
-            net.load_state_dict(state["model"])
+            net.load_state_dict(torch.load(best, map_location=device, weights_only=True)["model"])
 
     final: dict[str, float] = {}
     for split, loader in data["eval_loaders"].items():
@@ -212,15 +244,14 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
         _write_json(run_dir / "metrics.json", final)
         history.save(run_dir / "history.json")
         torch.save({"model": net.state_dict(), "model_args": net.config,
-                    "config": OmegaConf.to_container(cfg)}, run_dir / "model.pt")
+                    "config": OmegaConf.to_container(cfg, resolve=True)}, run_dir / "model.pt")
+        if cfg.eval.report:
+            from ignite_lstm.report import write_report  # matplotlib only when a report is wanted
+
+            write_report(run_dir, net, data["datasets"], frequencies=list(cfg.data.frequencies), fs=cfg.data.fs,
+                         history=history.state_dict(), device=device, batch_size=cfg.eval.batch_size)
     return {"metrics": final, "epochs": trainer.state.epoch, "execution": trainer.execution,
             "epoch_seconds": _mean(history.series("time/epoch_seconds")), "run_dir": str(run_dir)}
-
-
-def _mode(monitor: str) -> str:
-    from ignite_lstm.metrics import metric_direction
-
-    return metric_direction(monitor)
 
 
 def _finite(engine: Engine) -> bool:
@@ -230,25 +261,3 @@ def _finite(engine: Engine) -> bool:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
-
-
-def _install_sigint(trainer: Engine) -> dict[str, Any]:
-    """First Ctrl-C: finish the current iteration, then stop and save; second: abort now."""
-    state: dict[str, Any] = {"flag": False, "previous": None}
-    if threading.current_thread() is not threading.main_thread():
-        return state
-
-    def handler(signum, frame):
-        if state["flag"]:
-            raise KeyboardInterrupt
-        state["flag"] = True
-        logger.warning("Ctrl-C: stopping after this iteration and saving a checkpoint (press again to abort).")
-        trainer.terminate()
-
-    state["previous"] = signal.signal(signal.SIGINT, handler)
-    return state
-
-
-def _restore_sigint(state: dict[str, Any]) -> None:
-    if state["previous"] is not None:
-        signal.signal(signal.SIGINT, state["previous"])

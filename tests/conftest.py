@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,14 @@ from typing import Callable, Sequence
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tiny tensors gain nothing from a second thread, and on a busy 2-core machine OpenMP
+# threads that wait for each other slow torch down by orders of magnitude. Subprocesses
+# (run.py) inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402  (after the variable, which torch reads once at import)
+
+torch.set_num_threads(1)
 
 # The quick preset shrunk further: 200 steps per sequence, one mixture per split, two epochs.
 QUICK_YAML = """\
@@ -28,6 +37,7 @@ train:
   tbptt_steps: 50
 eval:
   batch_size: 4
+  report: false
 handlers:
   progress_bar: false
 """

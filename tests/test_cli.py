@@ -36,7 +36,7 @@ def first_run(tmp_path_factory, make_quick_config, run_cli):
     """One real ``python run.py quick.yaml name=first`` in a fresh folder: (process, working folder)."""
     cwd = tmp_path_factory.mktemp("cli-run")
     config = make_quick_config(cwd)
-    return run_cli([config, "name=first"], cwd), cwd
+    return run_cli([config, "name=first", "eval.report=true"], cwd), cwd
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -126,6 +126,11 @@ def test_run_writes_the_run_folder_and_prints_the_final_table(first_run):
 
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
     assert "Epoch 2/2" in (run / "train.log").read_text()
+    report = run / "report"  # the evaluation report of every run (ignite_lstm.report)
+    assert json.loads((report / "metrics.json").read_text())["test/mse_f3"] == pytest.approx(
+        json.loads((run / "metrics.json").read_text())["test/mse_f3"], rel=1e-6)
+    for png in ("extraction_f3.png", "extraction_all.png", "training_curves.png", "spectra.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
 
 def test_second_run_with_the_same_name_is_refused_and_leaves_the_first_alone(first_run, monkeypatch, capsys):

@@ -1,0 +1,203 @@
+"""Helpers for the run-management tests: tiny configs, CLI runs, fault injection.
+
+The ``handlers.extra`` entries here (``handler_helpers:pause``, ``...:nan_batch``,
+``...:scripted_metric``) are read from environment variables so that they work in
+a subprocess of ``run.py`` as well as in-process; each acts at one exact iteration
+or epoch, so the tests never depend on timing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from ignite.engine import Engine, Events
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+CONFIG = str(REPO / "configs" / "base.yaml")
+
+# 8 training sequences of 200 steps, batch 4: 2 iterations per epoch, 4 windows of 50 steps each
+# (update=window: 8 optimizer steps per epoch). Two layers with dropout, so that an exact resume
+# needs the random generators restored.
+TINY = [
+    "data.duration=0.2", "data.train.mixtures=2", "model.hidden_size=8", "model.num_layers=2",
+    "model.dropout=0.3", "train.epochs=4", "train.batch_size=4", "train.tbptt_steps=50", "eval.batch_size=8",
+    "threads=1", "handlers.progress_bar=false", "handlers.lr_scheduler.warmup_epochs=1",
+    "handlers.early_stopping.enabled=true", "handlers.early_stopping.patience=10",
+]
+ITERATIONS_PER_EPOCH = 2
+
+
+def tiny_args(data_dir: Path, output_dir: Path, name: str, *extra: str) -> list[str]:
+    """``run.py`` arguments: the base config with the tiny overrides, one run folder."""
+    return [CONFIG, *TINY, f"data.dir={data_dir}", f"output_dir={output_dir}", f"name={name}", *extra]
+
+
+def run_cli(args: Sequence[str]) -> int:
+    """``ignite_lstm.cli.main`` in this process; the log handlers it adds are removed afterwards."""
+    from ignite_lstm.cli import main
+
+    root = logging.getLogger()
+    before, threads = list(root.handlers), torch.get_num_threads()
+    try:
+        return main(list(args))
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in before:
+                root.removeHandler(handler)
+                handler.close()
+        torch.set_num_threads(threads)
+
+
+def spawn_cli(args: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``python run.py ARGS`` as a real subprocess, its output in ``log``, this folder importable
+    for ``handlers.extra``."""
+    full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=REPO, env=full_env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 300.0) -> None:
+    """Wait until ``path`` exists; fail with the process's output if it ends first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run.py ended (exit {proc.returncode}) before {path.name}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {path}:\n{log.read_text()}")
+        time.sleep(0.05)
+
+
+_REFERENCE: dict[str, Path] = {}
+
+
+def reference_run(tmp_path_factory) -> Path:
+    """The run folder of the tiny config trained without interruption (once per test session)."""
+    if "run_dir" not in _REFERENCE:
+        root = tmp_path_factory.mktemp("reference")
+        assert run_cli(tiny_args(root / "data", root / "runs", "reference")) == 0
+        _REFERENCE["run_dir"] = root / "runs" / "reference"
+    return _REFERENCE["run_dir"]
+
+
+@dataclass
+class Background:
+    """A ``run.py`` subprocess of the tiny config that pauses at the end of iteration ``pause_at``."""
+
+    proc: subprocess.Popen
+    data_dir: Path
+    output_dir: Path
+    name: str
+    marker: Path
+    log: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+    def wait_until_paused(self) -> None:
+        wait_for(self.marker, self.proc, self.log)
+
+
+KILL_AT = 2 * ITERATIONS_PER_EPOCH + 1  # SIGKILL in the first iteration of epoch 3 (test_resume)
+INTERRUPT_AT = ITERATIONS_PER_EPOCH + 1  # Ctrl-C in the first of epoch 2's two iterations (test_faults)
+_BACKGROUND: dict[str, Background] = {}
+
+
+def background_runs(tmp_path_factory) -> dict[str, Background]:
+    """The subprocess runs of test_resume ("killed") and test_faults ("ctrl_c"), both started on first use.
+
+    Starting them together, early, lets their slow start (imports) overlap with the other tests.
+    Left-over processes are killed when the test session ends.
+    """
+    if not _BACKGROUND:
+        root = tmp_path_factory.mktemp("background")
+        for name, pause_at in (("killed", KILL_AT), ("ctrl_c", INTERRUPT_AT)):
+            marker, log = root / f"{name}.paused", root / f"{name}.log"
+            args = tiny_args(root / f"data-{name}", root / "runs", name, "handlers.extra=[handler_helpers:pause]")
+            proc = spawn_cli(args, {"PAUSE_AT": str(pause_at), "PAUSE_MARKER": str(marker)}, log)
+            _BACKGROUND[name] = Background(proc, root / f"data-{name}", root / "runs", name, marker, log)
+        atexit.register(_stop_background)
+    return _BACKGROUND
+
+
+def _stop_background() -> None:
+    for run in _BACKGROUND.values():
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+
+
+def history(run_dir: Path) -> list[dict[str, float]]:
+    """Every epoch's entry of history.json, without the wall-clock times."""
+    epochs = json.loads((run_dir / "history.json").read_text())["epochs"]
+    return [{k: v for k, v in e.items() if not k.startswith("time/")} for e in epochs]
+
+
+def assert_same_history(a: list[dict], b: list[dict], tol: float = 1e-6) -> None:
+    assert [e["epoch"] for e in a] == [e["epoch"] for e in b]
+    for ea, eb in zip(a, b):
+        assert ea.keys() == eb.keys(), ea["epoch"]
+        for key in ea:
+            assert abs(ea[key] - eb[key]) <= tol * max(1.0, abs(eb[key])), (ea["epoch"], key, ea[key], eb[key])
+
+
+# --- handlers.extra entries ------------------------------------------------------------------------
+
+
+def pause(trainer: Engine, evaluator: Engine, config: Any) -> None:
+    """At the end of iteration ``$PAUSE_AT``: create ``$PAUSE_MARKER``, then wait for Ctrl-C (or a kill)."""
+    at, marker = int(os.environ["PAUSE_AT"]), Path(os.environ["PAUSE_MARKER"])
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=at))
+    def _wait(engine: Engine) -> None:
+        marker.write_text(str(engine.state.iteration))
+        deadline = time.monotonic() + 300  # never outlive a test that has failed
+        while not engine.state.interrupt_requested:
+            if time.monotonic() > deadline:
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.01)
+
+
+def nan_batch(trainer: Engine, evaluator: Engine, config: Any) -> None:
+    """Replace the inputs of iteration ``$NAN_AT`` by NaN: that iteration's loss is NaN."""
+
+    @trainer.on(Events.ITERATION_STARTED(once=int(os.environ["NAN_AT"])))
+    def _poison(engine: Engine) -> None:
+        x, y = engine.state.batch[0], engine.state.batch[1]
+        engine.state.batch = [torch.full_like(x, float("nan")), y]
+
+
+def scripted_metric(trainer: Engine, evaluator: Engine, config: Any) -> None:
+    """Overwrite a validation metric by a script: ``$SCRIPT="mse:0.5,0.3,..."``, one value per epoch.
+
+    Runs on the evaluator's EPOCH_COMPLETED, after the metrics are computed and before
+    the COMPLETED handlers (best checkpoint, early stopping, plateau) read them.
+    """
+    name, _, values = os.environ["SCRIPT"].partition(":")
+    script = [float(v) for v in values.split(",")]
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _override(engine: Engine) -> None:
+        engine.state.metrics[name] = script[trainer.state.epoch - 1]
+
+
+def ctrl_c(trainer: Engine, evaluator: Engine, config: Any) -> None:
+    """Send a real SIGINT to this process at the end of iteration ``$CTRL_C_AT``."""
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=int(os.environ["CTRL_C_AT"])))
+    def _press(_: Engine) -> None:
+        os.kill(os.getpid(), signal.SIGINT)

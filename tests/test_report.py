@@ -1,0 +1,123 @@
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ignite_lstm.data import SignalDataset
+from ignite_lstm.metrics import METRIC_NAMES
+from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.report import evaluate_splits, metrics_table, write_report
+from ignite_lstm.signal import generate_split
+
+FREQS = [1.0, 3.0, 5.0, 7.0]
+FS = 1000.0
+SCALE = 4.0
+
+
+def _datasets():
+    """train: 2 mixtures, test: 1 mixture, T = 200 steps each."""
+    datasets = {}
+    for split, seed, mixtures in (("train", 1, 2), ("test", 2, 1)):
+        data = generate_split(frequencies=FREQS, fs=FS, duration=0.2, amplitude_range=[0.8, 1.2],
+                              phase_scale=0.01, noise_sigma=0.0, n_mixtures=mixtures, seed=seed)
+        datasets[split] = SignalDataset(data.mixture, data.target, input_scale=SCALE)
+    return datasets
+
+
+def _model():
+    torch.manual_seed(0)
+    return StatefulLSTM(input_size=1 + len(FREQS), hidden_size=8).eval()
+
+
+def _reference(model, dataset):
+    """Direct numpy metrics of model(x) on every item of the dataset: {name, name_f<Hz>: value}."""
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))])  # (M*F, T, 1+F)
+    y = torch.stack([dataset[i][1] for i in range(len(dataset))])
+    with torch.no_grad():
+        pred = model(x)[0][..., 0].double().numpy()  # (M*F, T)
+    y = y[..., 0].double().numpy()
+    k = dataset.frequency_index.numpy()
+
+    def stats(p, t):
+        err = p - t
+        return {
+            "mse": np.mean(err**2),
+            "rmse": np.sqrt(np.mean(err**2)),
+            "mae": np.mean(np.abs(err)),
+            "corr": np.corrcoef(p, t)[0, 1],
+            "r2": 1 - np.sum(err**2) / np.sum((t - t.mean()) ** 2),
+            "snr": 10 * np.log10(np.sum(t**2) / np.sum(err**2)),
+        }
+
+    values = stats(pred.ravel(), y.ravel())
+    for i, f in enumerate(FREQS):
+        values.update({f"{n}_f{f:g}": v for n, v in stats(pred[k == i].ravel(), y[k == i].ravel()).items()})
+    return values, pred.reshape(dataset.n_mixtures, len(FREQS), -1)
+
+
+def test_evaluate_splits_matches_numpy():
+    model, datasets = _model(), _datasets()
+    metrics, predictions = evaluate_splits(model, datasets, frequencies=FREQS, batch_size=3,
+                                           keep_predictions=("test",))
+    assert set(predictions) == {"test"}
+    for split, dataset in datasets.items():
+        reference, pred = _reference(model, dataset)
+        assert {k for k in metrics if k.startswith(f"{split}/")} == {f"{split}/{k}" for k in reference}
+        for key, value in reference.items():
+            # corr and r2 are differences of float32-accumulated sums in Ignite: absolute tolerance
+            tolerance = 1e-5 if key.startswith(("corr", "r2")) else 1e-7
+            assert metrics[f"{split}/{key}"] == pytest.approx(value, rel=1e-5, abs=tolerance), key
+    assert predictions["test"].shape == (1, 4, 200)
+    np.testing.assert_allclose(predictions["test"], pred, rtol=0, atol=1e-6)
+
+
+def test_metrics_table_layout():
+    metrics = {f"{s}/{n}{f}": 0.5 for s in ("train", "test") for n in METRIC_NAMES
+               for f in ["", "_f1", "_f3"]}
+    metrics["test/mse_f3"] = 0.25
+    metrics["train/mse_f3"] = 0.125
+    metrics["test/snr"] = math.inf
+    del metrics["train/mae_f1"]
+    text = metrics_table(metrics, frequencies=[1.0, 3.0], splits=["train", "test"])
+    lines = text.splitlines()
+    assert lines[:3] == ["## MSE per frequency", "", "| frequency | train | test | test / train |"]
+    assert "| 3 Hz | 0.125 | 0.25 | 2.000 |" in lines
+    assert "| frequency | MSE | RMSE | MAE | corr | R² | SNR (dB) |" in lines
+    assert "| 1 Hz | 0.5 | 0.5 | – | 0.5 | 0.5 | 0.50 |" in lines  # missing train/mae_f1
+    assert "| all | 0.5 | 0.5 | 0.5 | 0.5 | 0.5 | inf |" in lines  # test/snr
+
+
+def test_write_report_writes_json_markdown_and_figures(tmp_path):
+    model, datasets = _model(), _datasets()
+    history = {"epochs": [{"epoch": e, "train/loss": 0.5 / e, "val/mse": 0.6 / e, "val/mse_f3": 0.7 / e,
+                           "val/snr": float(e), "lr": 1e-3 / e} for e in (1, 2, 3)]}
+    metrics = write_report(tmp_path, model, datasets, frequencies=FREQS, fs=FS, history=history)
+    report = tmp_path / "report"
+    assert json.loads((report / "metrics.json").read_text()) == metrics
+    assert metrics["test/mse_f3"] == pytest.approx(_reference(model, datasets["test"])[0]["mse_f3"], rel=1e-5)
+    names = ["extraction_f3.png", "extraction_all.png", "spectra.png", "training_curves.png"]
+    for name in names:
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert sorted(p.name for p in report.iterdir()) == sorted(names + ["metrics.json", "metrics.md"])
+    text = (report / "metrics.md").read_text()
+    assert "![extraction](extraction_f3.png)" in text and "![training_curves](training_curves.png)" in text
+    assert "| 3 Hz |" in text and "## test" in text
+
+
+def test_write_report_without_history_skips_curves(tmp_path, caplog):
+    datasets = {"test": _datasets()["test"]}
+    out = tmp_path / "elsewhere"
+    with caplog.at_level(logging.INFO, logger="ignite_lstm.report"):
+        metrics = write_report(tmp_path, _model(), datasets, frequencies=FREQS, fs=FS, output_dir=out)
+    assert set(k.split("/")[0] for k in metrics) == {"test"}
+    assert not (out / "training_curves.png").exists()
+    assert "training_curves" not in (out / "metrics.md").read_text()
+    assert "No training history" in caplog.text
+
+
+def test_write_report_rejects_unknown_figure_split(tmp_path):
+    with pytest.raises(ValueError, match=r"Argument figure_split should be one of \['train', 'test'\], got 'val'\."):
+        write_report(tmp_path, _model(), _datasets(), frequencies=FREQS, fs=FS, figure_split="val")
