@@ -73,7 +73,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(100, ge=1)
+    epochs: int = _f(120, ge=1)
     batch_size: int = _f(40, ge=1)
     tbptt_steps: int = _f(500, ge=1)
     update: str = _f("window", choices=("sequence", "window"))
@@ -114,7 +114,7 @@ class EarlyStoppingConfig:
 
 @dataclass
 class LRSchedulerConfig:
-    name: str = _f("cosine", choices=("none", "step", "cosine", "plateau"))
+    name: str = _f("cosine", choices=("none", "step", "cosine", "plateau", "onecycle"))
     warmup_epochs: float = _f(0.0, ge=0.0)
     min_lr: float = _f(0.0, ge=0.0)
     step_size: int = _f(10, ge=1)
@@ -128,7 +128,7 @@ class LRSchedulerConfig:
 class TensorboardConfig:
     enabled: bool = True
     every: int = _f(1, ge=1)
-    window_every: int = _f(0, ge=0)
+    window_every: int = _f(10, ge=0)
     histograms: bool = False
 
 

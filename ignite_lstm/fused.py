@@ -63,14 +63,18 @@ class _DetachedCells(torch.autograd.Function):
         H = h_prev.shape[1]
         i, f, g, o = gates.split(H, dim=1)
         c_prev = cells[:-1].reshape(-1, H)
+        one = gates.new_ones(())
+        # Activation slopes in one pass: x - x^2 is sigmoid' for i, f, o; tanh' = 1 - g^2.
+        slope = torch.addcmul(gates, gates, gates, value=-1.0)
+        torch.addcmul(one, g, g, value=-1.0, out=slope[:, 2 * H : 3 * H])
+        dc = torch.addcmul(one, tanh_c, tanh_c, value=-1.0).mul_(o).mul_(dh)  # dL/dc
         d_gates = torch.empty_like(gates)
         d_i, d_f, d_g, d_o = d_gates.split(H, dim=1)
-        torch.mul(dh, tanh_c, out=d_o)  # dL/do
-        dc = dh * o * (1.0 - tanh_c * tanh_c)  # dL/dc
-        d_o.mul_(o * (1.0 - o))
-        torch.mul(dc, g, out=d_i).mul_(i * (1.0 - i))
-        torch.mul(dc, c_prev, out=d_f).mul_(f * (1.0 - f))
-        torch.mul(dc, i, out=d_g).mul_(1.0 - g * g)
+        torch.mul(dc, g, out=d_i)
+        torch.mul(dc, c_prev, out=d_f)
+        torch.mul(dc, i, out=d_g)
+        torch.mul(dh, tanh_c, out=d_o)
+        d_gates.mul_(slope)  # dL/d(pre-activation gates)
         d_inp = d_gates @ w_ih if ctx.needs_input_grad[0] else None
         d_w_ih = d_gates.t() @ inp
         d_w_hh = d_gates.t() @ h_prev

@@ -10,6 +10,10 @@ warm-up of ``W`` steps (``W = 0``: none; else at least 2), the rate of step ``s`
 
   - ``step``: ``lr * gamma ** (u // (step_size * steps_per_epoch))``;
   - ``cosine``: ``min_lr + (lr - min_lr) * (1 + cos(pi * u / U)) / 2``;
+  - ``onecycle``: torch's ``OneCycleLR`` over all ``S`` steps (wrapped by Ignite's
+    ``LRScheduler``): a cosine rise from ``lr / 25`` to ``lr`` over the warm-up
+    (``pct_start = W / S``; 0.3 when ``W = 0``), then a cosine fall to ``lr / 25e4``;
+    with Adam it also cycles ``beta1`` between 0.95 and 0.85;
   - ``plateau``: ``lr``, times ``factor`` whenever the validation ``monitor`` has not
     improved (by more than torch's relative threshold 1e-4) for more than
     ``patience`` validations, never below ``min_lr``; validations during the
@@ -34,7 +38,7 @@ from ignite_lstm.engines import TimeEvents
 
 __all__ = ["setup_lr_scheduler", "warmup_steps", "SCHEDULES", "WARMUP_START_FACTOR"]
 
-SCHEDULES = ("none", "step", "cosine", "plateau")
+SCHEDULES = ("none", "step", "cosine", "plateau", "onecycle")
 WARMUP_START_FACTOR = 0.01  # warm-up starts at 1% of the base learning rate
 
 
@@ -73,7 +77,7 @@ def setup_lr_scheduler(
     Args:
         trainer: the trainer from ``create_trainer``.
         optimizer: its optimizer (one parameter group).
-        name: ``"none"``, ``"step"``, ``"cosine"`` or ``"plateau"``.
+        name: ``"none"``, ``"step"``, ``"cosine"``, ``"plateau"`` or ``"onecycle"``.
         lr: the peak rate (the optimizer's).
         epochs, steps_per_epoch: the run's length.
         update: the trainer's ``update`` (which event is an optimizer step).
@@ -119,6 +123,13 @@ def setup_lr_scheduler(
         # Only during the warm-up, so that the ramp never undoes a plateau reduction.
         trainer.add_event_handler(event(event_filter=lambda _, n: n <= warmup), ramp)
         return _Pair(plateau, ramp)
+    if name == "onecycle":
+        pct_start = warmup / total if warmup else 0.3
+        scheduler = LRScheduler(
+            torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=pct_start)
+        )
+        trainer.add_event_handler(event, scheduler)
+        return scheduler
     remaining = total - (warmup - 1) if warmup else total
     if name == "cosine":
         base: Any = CosineAnnealingScheduler(optimizer, "lr", lr, min_lr, cycle_size=max(2, remaining))

@@ -92,7 +92,7 @@ def test_overrides_apply_with_yaml_typing():
     ({"train": {"engine": "cuda"}}, "train.engine: 'cuda' is not allowed: choose one of 'auto', 'fused', 'stepwise'"),
     ({"eval": {"engine": "cuda"}}, "eval.engine: 'cuda' is not allowed: choose one of 'auto', 'fused', 'stepwise'"),
     ({"handlers": {"lr_scheduler": {"name": "exp"}}},
-     "handlers.lr_scheduler.name: 'exp' is not allowed: choose one of 'none', 'step', 'cosine', 'plateau'"),
+     "handlers.lr_scheduler.name: 'exp' is not allowed: choose one of 'none', 'step', 'cosine', 'plateau', 'onecycle'"),
     ({"distributed": {"backend": "mpi", "nproc_per_node": 2}},
      "distributed.backend: 'mpi' is not allowed: choose one of 'gloo', 'nccl'"),
     ({"data": {"amplitude": [1.2, 0.8]}}, "data.amplitude: [1.2, 0.8] must be [low, high] with low <= high"),

@@ -120,7 +120,26 @@ def test_plateau_decays_on_scripted_validation_values_and_stops_at_min_lr(monito
     assert len(set(lrs[(warmup or 1) - 1:])) == 4  # lr, lr/2, lr/4, then the floor lr/5
 
 
-@pytest.mark.parametrize("name", ["step", "cosine", "plateau"])
+@pytest.mark.parametrize("warmup_epochs", [0.0, 1.5])
+def test_onecycle_follows_one_cycle_formula_at_every_step(warmup_epochs):
+    epochs, spe = 5, 4
+    total = epochs * spe
+    trainer, _, _, lrs = _recorded_run("onecycle", epochs, spe, warmup_epochs)
+    trainer.run(range(spe), max_epochs=epochs)
+    warmup = warmup_steps(warmup_epochs, spe)
+    up = (warmup / total if warmup else 0.3) * total - 1  # the step at which the peak is reached
+    initial, final = LR / 25.0, LR / 25.0 / 1e4
+
+    def cos_between(start, end, frac):
+        return end + (start - end) / 2.0 * (math.cos(math.pi * frac) + 1)
+
+    expected = [cos_between(initial, LR, s / up) if s <= up else cos_between(LR, final, (s - up) / (total - 1 - up))
+                for s in range(total)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    assert max(lrs) == pytest.approx(LR) and lrs[-1] == pytest.approx(final)
+
+
+@pytest.mark.parametrize("name", ["step", "cosine", "plateau", "onecycle"])
 def test_schedule_state_survives_a_weights_only_checkpoint_and_continues_exactly(name):
     spe, epochs = 2, 6
 
