@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import shlex
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -148,21 +150,85 @@ def _setup_logging(rank: int, run_dir: str | None = None) -> None:
         root.addHandler(file_handler)
 
 
-def _worker(local_rank: int, cfg: Any, stem: str, plan: dict | None) -> None:
-    from ignite_lstm.training import run_training  # torch-heavy import, after the config is known good
+def _worker(local_rank: int, cfg: Any, stem: str, plan: dict | None, outcomes: Any = None) -> None:
+    # torch-heavy import, after the config is known good
+    from ignite_lstm.training import TrainingDiverged, TrainingInterrupted, run_training
 
-    if plan is None:  # started by torchrun: rank 0 chooses the folder for everyone
-        text = ""
-        if idist.get_rank() == 0:
-            try:
-                text = json.dumps(prepare_run(cfg, stem))
-            except RunDirError as exc:
-                text = json.dumps({"error": str(exc)})
-        plan = json.loads(idist.broadcast(text, src=0, safe_mode=True))
-        if "error" in plan:
-            raise RunDirError(plan["error"])
-    _setup_logging(idist.get_rank(), plan["run_dir"])
-    run_training(local_rank, cfg, plan["run_dir"], plan["resume_from"])
+    try:
+        if plan is None:  # started by torchrun: rank 0 chooses the folder for everyone
+            text = ""
+            if idist.get_rank() == 0:
+                try:
+                    text = json.dumps(prepare_run(cfg, stem))
+                except RunDirError as exc:
+                    text = json.dumps({"error": str(exc)})
+            plan = json.loads(idist.broadcast(text, src=0, safe_mode=True))
+            if "error" in plan:
+                raise RunDirError(plan["error"])
+        _setup_logging(idist.get_rank(), plan["run_dir"])
+        run_training(local_rank, cfg, plan["run_dir"], plan["resume_from"])
+    except (RunDirError, DataFileError, CheckpointMismatch, TrainingDiverged, TrainingInterrupted) as exc:
+        if outcomes is not None:  # a spawned process: the launcher would see a traceback text only
+            outcomes.put((idist.get_rank(), type(exc), str(exc), getattr(exc, "checkpoint", None)))
+        raise
+
+
+def _raise_reported(outcomes: Any) -> None:
+    """Raise, in the launcher, the typed error that a spawned rank reported (the lowest rank's)."""
+    from ignite_lstm.training import TrainingInterrupted
+
+    reports = []
+    while not outcomes.empty():
+        reports.append(outcomes.get())
+    if reports:
+        _, kind, message, checkpoint = min(reports, key=lambda r: r[0])
+        raise (kind(message, checkpoint) if kind is TrainingInterrupted else kind(message)) from None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(cfg: Any, stem: str, plan: dict | None, nproc: int | None) -> None:
+    """Run ``_worker`` here (one process, or one of torchrun's) or on ``nproc`` spawned processes.
+
+    Spawned ranks report their typed errors (bad data file, Ctrl-C, divergence) through a
+    queue, so that the launcher exits as one process would (2, 130, 3).
+    """
+    d = cfg.distributed
+    outcomes = multiprocessing.get_context("spawn").SimpleQueue() if nproc else None
+    # Ignite's default rendezvous port is a fixed one (2222): a second run on this machine would fail.
+    port = _free_port() if nproc and "MASTER_PORT" not in os.environ else None
+    try:
+        with idist.Parallel(backend=d.backend, nproc_per_node=nproc, master_port=port) as parallel:
+            parallel.run(_worker, cfg, stem, plan, outcomes)
+    except KeyboardInterrupt:
+        if outcomes is None:
+            raise
+        # A terminal's Ctrl-C reaches the ranks too: they stop at a safe point and save a checkpoint.
+        for child in multiprocessing.active_children():
+            child.join()
+        _raise_reported(outcomes)
+        raise
+    except Exception:
+        if outcomes is not None:
+            _raise_reported(outcomes)
+        raise
+
+
+def _check_world(cfg: Any, world: int, torchrun: bool) -> None:
+    """Settings that depend on the number of processes, checked before anything is written."""
+    problems = []
+    if torchrun and world > 1 and not cfg.distributed.backend:
+        problems.append(f"distributed.backend: null cannot join torchrun's {world} processes (each would train "
+                        f"alone); set gloo (CPU) or nccl (GPU)")
+    if cfg.train.batch_size % world:
+        problems.append(f"train.batch_size: {cfg.train.batch_size} is not divisible by the {world} processes "
+                        f"(each trains on an equal share of the global batch); use a multiple of {world}")
+    if problems:
+        raise ConfigError(problems)
 
 
 def _summary(run_dir: Path, frequencies: Sequence[float]) -> str:
@@ -194,11 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = None
     try:
         cfg = load_config(args.config, args.overrides)
-        plan = None if torchrun else prepare_run(cfg, stem)
         d = cfg.distributed
         nproc = d.nproc_per_node if (d.backend and not torchrun) else None
-        with idist.Parallel(backend=d.backend, nproc_per_node=nproc) as parallel:
-            parallel.run(_worker, cfg, stem, plan)
+        _check_world(cfg, int(os.environ.get("WORLD_SIZE", 1)) if torchrun else nproc or 1, torchrun)
+        plan = None if torchrun else prepare_run(cfg, stem)
+        _launch(cfg, stem, plan, nproc)
     except (ConfigError, RunDirError, DataFileError, CheckpointMismatch) as exc:
         _discard_unused_run_dir(plan)
         print(f"error: {exc}", file=sys.stderr)

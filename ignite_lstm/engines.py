@@ -20,6 +20,7 @@ import logging
 import math
 from typing import Any, Callable
 
+import ignite.distributed as idist
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, EventEnum
@@ -172,7 +173,8 @@ def create_trainer(
         prepare_batch: ``(batch, device, non_blocking) -> (x, y)``.
 
     Returns:
-        An ``Engine`` whose output is ``{"loss": float, "grad_norm": float}`` and which
+        An ``Engine`` whose output is ``{"loss": float, "grad_norm": float}`` (with several
+        processes, the loss is the mean over them: the loss of the global batch) and which
         fires ``TimeEvents.WINDOW_STARTED``/``WINDOW_COMPLETED`` per window. Its
         attribute ``execution`` names the path taken.
 
@@ -281,6 +283,10 @@ def create_trainer(
         model.train()
         x, y = prepare_batch(batch, device, non_blocking)
         loss, norm = body(engine, x, y)
+        if idist.get_world_size() > 1:
+            # Every rank reports (and TerminateOnNan stops on) the same loss; the gradient
+            # norm already is the same after DDP's averaging.
+            loss = idist.all_reduce(loss) / idist.get_world_size()
         return {"loss": loss.item(), "grad_norm": float(norm)}
 
     trainer = Engine(_update)

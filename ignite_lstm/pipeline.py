@@ -68,7 +68,9 @@ def setup_data(cfg: Any) -> dict[str, Any]:
         "train_loader": DataLoader, "eval_loaders": {split: DataLoader}}``. The train
         loader shuffles with ``DistributedSampler(seed=cfg.seed)`` (a permutation that
         depends on the seed and the epoch only, so a resumed run sees the same
-        batches) and takes ``batch_size / world_size`` sequences per rank.
+        batches) and takes ``batch_size / world_size`` sequences per rank. Each
+        evaluation loader holds this rank's ``ShardSampler`` shard (every sequence on
+        exactly one rank; a rank without any gets one empty batch).
     """
     rank, world = idist.get_rank(), idist.get_world_size()
     datasets, files = {}, {}
@@ -81,11 +83,21 @@ def setup_data(cfg: Any) -> dict[str, Any]:
         raise ValueError(f"train.batch_size ({batch}) must be divisible by the number of processes ({world}).")
     train_sampler = DistributedSampler(datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     train_loader = DataLoader(datasets["train"], batch_size=batch // world, sampler=train_sampler)
-    eval_loaders = {
-        split: DataLoader(ds, batch_size=cfg.eval.batch_size, sampler=ShardSampler(len(ds), rank, world))
-        for split, ds in datasets.items()
-    }
+    eval_loaders = {split: _eval_loader(ds, cfg.eval.batch_size, rank, world) for split, ds in datasets.items()}
     return {"datasets": datasets, "files": files, "train_loader": train_loader, "eval_loaders": eval_loaders}
+
+
+def _eval_loader(dataset: SignalDataset, batch_size: int, rank: int, world: int) -> Any:
+    """This rank's shard of ``dataset`` in batches; one empty batch for a rank without sequences.
+
+    Every rank must run the evaluator, whose metrics all-reduce their sums when computed;
+    Ignite refuses to run on no data, and an empty batch adds nothing to a sum.
+    """
+    sampler = ShardSampler(len(dataset), rank, world)
+    if len(sampler):
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+    x, y = dataset[0]  # (T, F), (T, O)
+    return [(x.new_empty((0, *x.shape)), y.new_empty((0, *y.shape)))]
 
 
 def setup_model(cfg: Any) -> StatefulLSTM:

@@ -6,6 +6,8 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -245,13 +247,30 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
         history.save(run_dir / "history.json")
         torch.save({"model": net.state_dict(), "model_args": net.config,
                     "config": OmegaConf.to_container(cfg, resolve=True)}, run_dir / "model.pt")
-        if cfg.eval.report:
+        if cfg.eval.report and idist.get_world_size() > 1:
+            _report_in_own_process(run_dir, device)
+        elif cfg.eval.report:
             from ignite_lstm.report import write_report  # matplotlib only when a report is wanted
 
             write_report(run_dir, net, data["datasets"], frequencies=list(cfg.data.frequencies), fs=cfg.data.fs,
                          history=history.state_dict(), device=device, batch_size=cfg.eval.batch_size)
     return {"metrics": final, "epochs": trainer.state.epoch, "execution": trainer.execution,
             "epoch_seconds": _mean(history.series("time/epoch_seconds")), "run_dir": str(run_dir)}
+
+
+def _report_in_own_process(run_dir: Path, device: torch.device) -> None:
+    """``python -m ignite_lstm.evaluate RUN_DIR``: the report of model.pt from a process of its own.
+
+    The report evaluates whole splits on one process, but inside the process group every
+    metric all-reduces its sums when computed, which rank 0 alone cannot do.
+    """
+    done = subprocess.run([sys.executable, "-m", "ignite_lstm.evaluate", str(run_dir), "--device", str(device)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        logger.warning("The report could not be written (python -m ignite_lstm.evaluate %s):\n%s", run_dir,
+                       done.stderr.strip())
+    else:
+        logger.info("Report written to %s", run_dir / "report")
 
 
 def _finite(engine: Engine) -> bool:

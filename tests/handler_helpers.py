@@ -33,7 +33,7 @@ CONFIG = str(REPO / "configs" / "base.yaml")
 TINY = [
     "data.duration=0.2", "data.train.mixtures=2", "model.hidden_size=8", "model.num_layers=2",
     "model.dropout=0.3", "train.epochs=4", "train.batch_size=4", "train.tbptt_steps=50", "eval.batch_size=8",
-    "threads=1", "handlers.progress_bar=false", "handlers.lr_scheduler.warmup_epochs=1",
+    "threads=1", "handlers.progress_bar=false", "handlers.lr_scheduler.name=cosine", "handlers.lr_scheduler.warmup_epochs=1",
     "handlers.early_stopping.enabled=true", "handlers.early_stopping.patience=10",
 ]
 ITERATIONS_PER_EPOCH = 2
