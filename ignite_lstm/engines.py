@@ -199,10 +199,13 @@ def create_trainer(
     elementwise = elementwise_loss(loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def optimizer_step() -> torch.Tensor:
+    def optimizer_step(report_norm: bool = True) -> torch.Tensor | None:
+        # Only the batch's last step reports its norm: without clipping, computing it for
+        # every window would add a reduction over all gradients to the per-window loop.
+        norm = None
         if grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        else:
+        elif report_norm:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         optimizer.step()
         return norm
@@ -229,7 +232,7 @@ def create_trainer(
         first = (engine.state.iteration - 1) * n_windows
         state = None  # every sequence of the batch starts here
         total = y.new_zeros(())
-        norm = y.new_zeros(())
+        norm = None
         if update == "sequence":
             optimizer.zero_grad(set_to_none=True)
         for w in range(n_windows):
@@ -244,7 +247,7 @@ def create_trainer(
                 (loss * ((stop - start) / T) if update == "sequence" else loss).backward()
             state = detach_state(state)  # the window boundary
             if update == "window":
-                norm = optimizer_step()
+                norm = optimizer_step(report_norm=w == n_windows - 1)
             loss = loss.detach()
             total += loss * (stop - start)
             engine.state.window_loss = loss
