@@ -21,7 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["detached_steps_forward", "elementwise_loss"]
+from ignite_lstm import native
+
+__all__ = ["detached_steps_forward", "elementwise_loss", "native_forward", "native_step"]
 
 
 class _DetachedCells(torch.autograd.Function):
@@ -150,3 +152,98 @@ def elementwise_loss(loss_fn):
         if type(loss_fn) is cls and getattr(loss_fn, "reduction", None) == "mean":
             return lambda a, b, _m=loss_fn, _fn=fn: _fn(_m, a, b)
     return None
+
+
+def _dropout_masks(model: nn.Module, T: int, B: int, like: torch.Tensor) -> list:
+    """One inverted-dropout mask (T, B, H) per layer input after the first (None: no dropout)."""
+    masks = [None] * len(model.layers)
+    if model.training and model.dropout > 0.0:
+        keep = 1.0 - model.dropout
+        for i in range(1, len(model.layers)):
+            masks[i] = torch.bernoulli(torch.full((T, B, model.hidden_size), keep, dtype=like.dtype)) / keep
+    return masks
+
+
+def native_forward(model: nn.Module, x: torch.Tensor, state, detach_every_step: bool = False,
+                   chunk_steps: int = 512) -> tuple[torch.Tensor, tuple]:
+    """``StatefulLSTM.forward`` on the native CPU kernel (``ignite_lstm.native``).
+
+    With gradients, each layer is one ``native.lstm_layer`` call over all T steps
+    (through time, or with the state detached after every step). Without, the steps
+    are walked in chunks of ``chunk_steps`` so that memory does not grow with T.
+
+    Args:
+        model: a ``StatefulLSTM`` on the CPU.
+        x: (B, T, F) inputs; state: (h, c), each (num_layers, B, H), or None.
+        detach_every_step: the gradient of the literal L = 1 loop.
+        chunk_steps: steps per chunk without gradients.
+
+    Returns:
+        y (B, T, O) and the state after the last step (detached when ``detach_every_step``).
+    """
+    B, T, _ = x.shape
+    if state is None:
+        state = model.init_state(B, x.device, x.dtype)
+    h0, c0 = state
+    grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))
+    if not grad:
+        return _native_inference(model, x, h0, c0, chunk_steps)
+    if detach_every_step:
+        h0, c0 = h0.detach(), c0.detach()
+    masks = _dropout_masks(model, T, B, x)
+    inp = x.transpose(0, 1)  # (T, B, F): the kernel walks time-major rows
+    hs, cs = [], []
+    for i, lstm in enumerate(model.layers):
+        if masks[i] is not None:
+            inp = inp * masks[i]
+        inp, h, c = native.lstm_layer(
+            inp.contiguous(), h0[i], c0[i], lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0,
+            recurrent=not detach_every_step,
+        )
+        hs.append(h)
+        cs.append(c)
+    state = (torch.stack(hs), torch.stack(cs))
+    if detach_every_step:
+        state = (state[0].detach(), state[1].detach())
+    return model.head(inp).transpose(0, 1), state
+
+
+def _layers(model: nn.Module) -> list:
+    # nn.LSTM keeps (w_ih, w_hh, b_ih, b_hh) in _flat_weights, current after .to()/assignment; reading
+    # it skips four Module.__getattr__ calls per layer on the per-sample streaming path.
+    return [m._flat_weights for m in model.layers]
+
+
+def _native_inference(model, x, h0, c0, chunk_steps):
+    B, T, _ = x.shape
+    h, c = (s.detach().contiguous() for s in (h0, c0))
+    y = x.new_empty(T, B, model.output_size)
+    dropout = model.training and model.dropout > 0.0
+    runner = None if dropout else native.stack_runner(model, _layers(model), (model.head.weight, model.head.bias), x.dtype)
+    for start in range(0, T, chunk_steps):
+        stop = min(T, start + chunk_steps)
+        inp = x[:, start:stop].transpose(0, 1).contiguous()  # (C, B, F)
+        if runner is not None:
+            _, y[start:stop], h, c = runner.run(inp, h, c)
+            continue
+        masks = _dropout_masks(model, stop - start, B, x)  # layer by layer, to put the masks between them
+        h, c = h.clone(), c.clone()
+        for i, params in enumerate(_layers(model)):
+            if masks[i] is not None:
+                inp = inp * masks[i]
+            inp, h[i], c[i] = native.lstm_layer_inference(inp, h[i], c[i], *params)
+        torch.addmm(model.head.bias, inp.view(-1, inp.shape[-1]), model.head.weight.t(),
+                    out=y[start:stop].view(-1, model.output_size))
+    return y.transpose(0, 1), (h, c)
+
+
+def native_step(model: nn.Module, x_t: torch.Tensor, state) -> tuple[torch.Tensor, tuple]:
+    """``StatefulLSTM.step`` on the native kernel, without gradients. x_t (B, F) -> y_t (B, O)."""
+    if state is None:
+        state = model.init_state(x_t.shape[0], x_t.device, x_t.dtype)
+    if model.training and model.dropout > 0.0:
+        y, state = _native_inference(model, x_t[:, None], *state, 1)
+        return y[:, 0], state
+    runner = native.stack_runner(model, _layers(model), (model.head.weight, model.head.bias), x_t.dtype)
+    _, y, h, c = runner.run(x_t.contiguous()[None], state[0].contiguous(), state[1].contiguous())
+    return y[0], (h, c)
