@@ -3,7 +3,8 @@
 Workload (issue 4): 40 sequences x 10,000 steps, StatefulLSTM(5 -> 64 x 2 layers -> 1),
 tbptt_steps = 1 (state detached after every step), one optimizer step per batch.
 Each configuration runs in its own subprocess so that its peak memory (max RSS) is
-its own.
+its own. "native" rows use the compiled kernel of ``ignite_lstm.native``; "pytorch"
+rows the same paths on PyTorch's own LSTM code (``IGNITE_LSTM_NATIVE=0``).
 
     python benchmarks/bench_training.py            # full workload (several minutes)
     python benchmarks/bench_training.py --quick    # 1,000 steps per sequence
@@ -104,8 +105,11 @@ def worker_stream(samples: int) -> dict:
     return {"us_per_sample": seconds / samples * 1e6, "nn_lstm_us_per_sample": baseline / samples * 1e6}
 
 
-def _run(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=True)
+def _run(args: list[str], kernel: str = "native") -> dict:
+    env = dict(os.environ, IGNITE_LSTM_NATIVE="1" if kernel == "native" else "0")
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=True, env=env
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -139,24 +143,28 @@ def main() -> None:
           f"tbptt_steps=1, update=sequence")
     rows = {}
     for batch in (8, 40):
-        for engine in ("stepwise", "fused"):
+        for engine, kernel in (("stepwise", "pytorch"), ("fused", "native"), ("fused", "pytorch")):
             if engine == "stepwise" and batch == 40 and args.skip_stepwise_40:
                 continue
-            rows[(engine, batch)] = _run(["train", engine, str(batch), str(steps), th])
-            r = rows[(engine, batch)]
-            print(f"  train {engine:<8} ({r['execution']:<14}) batch {batch:>2}: {r['seconds']:8.2f} s/epoch, "
+            r = rows[(engine, kernel, batch)] = _run(["train", engine, str(batch), str(steps), th], kernel)
+            print(f"  train {engine:<8} {kernel:<7} ({r['execution']:<14}) batch {batch:>2}: {r['seconds']:8.2f} s/epoch, "
                   f"peak {r['peak_mib']:7.0f} MiB", flush=True)
     for batch in (8, 40):
-        if ("stepwise", batch) in rows:
-            ratio = rows[("stepwise", batch)]["seconds"] / rows[("fused", batch)]["seconds"]
-            print(f"  speed-up fused vs stepwise at batch {batch}: {ratio:.1f}x")
-    ratio8 = rows[("stepwise", 8)]["seconds"] / rows[("fused", 40)]["seconds"]
-    print(f"  fused batch 40 vs stepwise batch 8: {ratio8:.1f}x")
-    ev = _run(["eval", str(steps), th])
-    print(f"  evaluation (fused, batch 40): {ev['steps_per_s']:,.0f} sequence-steps/s, peak {ev['peak_mib']:.0f} MiB")
-    st = _run(["stream", "20000"])
-    print(f"  streaming model.step, batch 1, 1 thread: {st['us_per_sample']:.1f} us/sample "
-          f"(a plain nn.LSTM call per step: {st['nn_lstm_us_per_sample']:.1f} us/sample)")
+        if ("stepwise", "pytorch", batch) in rows:
+            base = rows[("stepwise", "pytorch", batch)]["seconds"]
+            print(f"  speed-up over stepwise at batch {batch}: fused native "
+                  f"{base / rows[('fused', 'native', batch)]['seconds']:.1f}x, fused pytorch "
+                  f"{base / rows[('fused', 'pytorch', batch)]['seconds']:.1f}x")
+    ratio8 = rows[("stepwise", "pytorch", 8)]["seconds"] / rows[("fused", "native", 40)]["seconds"]
+    print(f"  fused native batch 40 vs stepwise batch 8: {ratio8:.1f}x")
+    for kernel in ("native", "pytorch"):
+        ev = _run(["eval", str(steps), th], kernel)
+        print(f"  evaluation {kernel:<7} (batch 40): {ev['steps_per_s']:11,.0f} sequence-steps/s, "
+              f"peak {ev['peak_mib']:.0f} MiB", flush=True)
+    for kernel in ("native", "pytorch"):
+        st = _run(["stream", "20000"], kernel)
+        print(f"  streaming model.step {kernel:<7} batch 1, 1 thread: {st['us_per_sample']:6.1f} us/sample "
+              f"(a plain nn.LSTM call per step: {st['nn_lstm_us_per_sample']:.1f} us/sample)", flush=True)
 
 
 if __name__ == "__main__":

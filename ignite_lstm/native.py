@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "disabled", "lstm_layer", "lstm_layer_inference", "stack_runner"]
+__all__ = ["available", "describe", "disabled", "lstm_layer", "lstm_layer_inference", "stack_runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,28 @@ def available(*tensors: torch.Tensor) -> bool:
         if dtype not in _DTYPES or any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
             return False
     return _library() is not None
+
+
+def describe(device: torch.device | None = None) -> str:
+    """Which LSTM code runs on ``device`` (the CPU by default), in words for a log line.
+
+    Args:
+        device: where the model is.
+
+    Returns:
+        For example ``"native (AVX2/FMA, OpenMP, 2 threads)"`` or ``"PyTorch"``.
+
+    Example:
+        >>> logger.info("LSTM kernel: %s", describe())
+    """
+    if device is not None and device.type != "cpu":
+        return "PyTorch"
+    lib = _library()
+    if lib is None:
+        return "PyTorch (native kernel off or not built)"
+    simd = "AVX2/FMA" if lib.ignite_lstm_simd() else "portable C++"
+    threads = f"OpenMP, {torch.get_num_threads()} threads" if lib.ignite_lstm_openmp() else "1 thread"
+    return f"native ({simd}, {threads})"
 
 
 @contextlib.contextmanager

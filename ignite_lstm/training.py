@@ -19,6 +19,7 @@ from ignite.metrics import Average, RunningAverage
 from ignite.utils import manual_seed
 from omegaconf import OmegaConf
 
+from ignite_lstm import native
 from ignite_lstm.checkpointing import (
     FixedState,
     RNGState,
@@ -136,8 +137,8 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
     epoch_loss.attach(trainer, "epoch_loss")
     epoch_timer = Timer()  # training time of an epoch, paused before validation and checkpoints
     epoch_timer.attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
-    logger.info("Training path: %s (tbptt_steps=%d, update=%s)", trainer.execution, cfg.train.tbptt_steps,
-                cfg.train["update"])
+    logger.info("Training path: %s (tbptt_steps=%d, update=%s), LSTM kernel: %s", trainer.execution,
+                cfg.train.tbptt_steps, cfg.train["update"], native.describe(device))
 
     history = MetricsHistory()
     train_data = SkipBatches(data["train_loader"])

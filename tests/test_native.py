@@ -219,3 +219,10 @@ def test_lstm_layer_matches_nn_lstm_directly():
     torch.testing.assert_close(hs, ref, rtol=0, atol=1e-14)
     torch.testing.assert_close(h, h_ref[0], rtol=0, atol=1e-14)
     torch.testing.assert_close(c, c_ref[0], rtol=0, atol=1e-14)
+
+
+def test_describe_names_the_code_that_runs():
+    assert native.describe().startswith("native (")
+    assert native.describe(torch.device("cuda")) == "PyTorch"
+    with native.disabled():
+        assert native.describe() == "PyTorch (native kernel off or not built)"
