@@ -6,8 +6,8 @@ step than computing. ``csrc/lstm_cpu.cpp`` runs the whole chain in one call (reg
 blocked products, fused gate activations), and its backward: one pass from the last
 step to the first, either through time (``recurrent=True``, truncated BPTT inside a
 window) or with the previous state of every step a constant (the literal L = 1
-setting). The large, parallel products (input projections, weight gradients) stay with
-PyTorch. Threads (PyTorch's own OpenMP threads) split the batch: sequences are independent.
+setting). The large, parallel products (weight gradients, the input gradient) stay
+with PyTorch. Threads (PyTorch's own OpenMP threads) split the batch: sequences are independent.
 
 The library is compiled on first use with the system C++ compiler (about a second)
 into a cache folder (``$IGNITE_LSTM_CACHE``, else ``~/.cache/ignite_lstm``) and reused.
@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import logging
 import operator
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 import weakref
 from pathlib import Path
 
 import torch
+
+from ignite_lstm._kernel_build import build_library
 
 __all__ = ["available", "describe", "disabled", "lstm_layer", "lstm_layer_inference", "stack_runner"]
 
@@ -40,55 +37,16 @@ logger = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.cpp"
 _ABI = 4
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
-_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC"]
 _MIN_ROWS_PER_THREAD = 4  # below this, a thread's share of a step costs less than handing it over
 
 _lock = threading.Lock()
 _state = {"lib": None, "tried": False, "off": 0}
 
 
-def _cache_dir() -> Path:
-    if os.environ.get("IGNITE_LSTM_CACHE"):
-        return Path(os.environ["IGNITE_LSTM_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ignite_lstm"
-
-
-def _compile(cxx: str, flags: list[str], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        subprocess.run([cxx, *flags, str(_SOURCE), "-o", tmp], check=True, capture_output=True, text=True, timeout=120)
-        os.replace(tmp, out)  # atomic: another process building the same file finds a whole one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _build() -> ctypes.CDLL:
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if not cxx:
-        raise RuntimeError("no C++ compiler found (set CXX or install g++)")
-    source = _SOURCE.read_bytes()
-    # -march=native: AVX2/FMA where the CPU has them; -fopenmp: PyTorch's OpenMP threads (see the .cpp)
-    for flags in (_FLAGS + ["-march=native", "-fopenmp"], _FLAGS + ["-march=native"], _FLAGS):
-        key = hashlib.sha256(source + " ".join([cxx, *flags, platform.machine(), platform.node()]).encode())
-        path = _cache_dir() / f"lstm_cpu-{key.hexdigest()[:16]}.so"
-        try:
-            if not path.exists():
-                _compile(cxx, flags, path)
-            lib = ctypes.CDLL(str(path))
-            break
-        except subprocess.CalledProcessError as exc:
-            error = exc.stderr.strip().splitlines()[-1:] or [str(exc)]
-            last = RuntimeError(f"{cxx} failed: {error[0]}")
-        except OSError as exc:
-            last = RuntimeError(str(exc))
-    else:
-        raise last
+    lib = build_library(_SOURCE)
     if lib.ignite_lstm_abi() != _ABI:
-        raise RuntimeError(f"{path} has ABI {lib.ignite_lstm_abi()}, expected {_ABI}")
+        raise RuntimeError(f"{lib._name} has ABI {lib.ignite_lstm_abi()}, expected {_ABI}")
     p, i = ctypes.c_void_p, ctypes.c_int
     for name in ("lstm_packed_size", "lstm_forward_work", "lstm_stack_work", "lstm_backward_work"):
         getattr(lib, name).restype = ctypes.c_longlong

@@ -1,6 +1,7 @@
 """The native CPU kernel against PyTorch's own LSTM code (ignite_lstm/native.py)."""
 
 import logging
+import tempfile
 
 import pytest
 import torch
@@ -226,3 +227,14 @@ def test_describe_names_the_code_that_runs():
     assert native.describe(torch.device("cuda")) == "PyTorch"
     with native.disabled():
         assert native.describe() == "PyTorch (native kernel off or not built)"
+
+
+def test_unwritable_cache_folder_falls_back_to_a_temp_folder(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder's parent should be")
+    monkeypatch.setenv("IGNITE_LSTM_CACHE", str(blocker / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    lib = native._build()
+    assert lib.ignite_lstm_abi() == native._ABI
+    assert len(list((tmp_path / "tmp").glob("ignite_lstm-*/lstm_cpu-*.so"))) == 1

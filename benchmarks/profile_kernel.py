@@ -1,0 +1,91 @@
+"""Where the time of the L = 1 paths goes on this CPU (a script, not a test).
+
+Prints, with one torch thread:
+
+1. the cost per step of one LSTM layer (batch 40, 64 inputs, H = 64) without
+   gradients: PyTorch's ``nn.LSTM`` against the native kernel of ``ignite_lstm.native``,
+   and the kernel's arithmetic rate;
+2. the split of one ``fused-detached`` training chunk (250 steps x 40 sequences,
+   ``StatefulLSTM(5 -> 64 x 2)``, forward and backward) between the kernel's forward
+   pass, its backward pass and everything else (PyTorch: the weight-gradient matrix
+   products, the read-out, the loss).
+
+    python benchmarks/profile_kernel.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ignite_lstm import native
+from ignite_lstm.models import StatefulLSTM
+
+B, C, H, IN = 40, 250, 64, 64
+
+
+def _seconds(fn, repeats: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def _timed(name: str, totals: dict):
+    inner = getattr(native, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        inner(*args, **kwargs)
+        totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
+
+    return wrapper
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    if not native.available():
+        raise SystemExit("The native kernel is not built here (see the warning above); nothing to profile.")
+    g = torch.Generator().manual_seed(0)
+    lstm = torch.nn.LSTM(IN, H)
+    x = torch.randn(C, B, IN, generator=g)
+    h = torch.zeros(1, B, H)
+    params = [tuple(lstm.parameters())]
+    runner = native.stack_runner(lstm, params, (torch.zeros(1, H), None), torch.float32)
+    with torch.no_grad():
+        t_torch = _seconds(lambda: lstm(x, (h, h)), 20) / C
+        t_native = _seconds(lambda: runner.run(x, h, h), 20) / C
+    flop = 2 * B * (IN + H) * 4 * H  # gate pre-activations: inputs and previous state
+    print(f"One layer, batch {B}, {IN} inputs, H = {H}, no gradients, 1 thread, per step:")
+    print(f"  nn.LSTM        {t_torch * 1e6:7.1f} us")
+    print(f"  native kernel  {t_native * 1e6:7.1f} us  ({flop / t_native / 1e9:.1f} GFLOP/s with the gates)")
+
+    model = StatefulLSTM(5, H, num_layers=2)
+    xs = torch.randn(B, C, 5, generator=g)
+    ys = torch.randn(B, C, 1, generator=g)
+    totals: dict = {}
+    real = native._forward, native._backward
+    native._forward, native._backward = _timed("_forward", totals), _timed("_backward", totals)
+    try:
+        def chunk():
+            y, _ = model(xs, None, detach_every_step=True)
+            F.mse_loss(y, ys).backward()
+
+        chunk()
+        totals.clear()
+        repeats = 20
+        total = _seconds(chunk, repeats)  # the mean of `repeats` calls; totals also hold the warm-up call
+    finally:
+        native._forward, native._backward = real
+    fwd, bwd = (totals.get(k, 0.0) / (repeats + 1) for k in ("_forward", "_backward"))
+    print(f"One fused-detached chunk ({C} steps x {B} sequences, 2 layers, 1 thread): {total * 1e3:.1f} ms")
+    for name, t in (("kernel forward", fwd), ("kernel backward", bwd), ("PyTorch (products, read-out, loss)",
+                                                                        total - fwd - bwd)):
+        print(f"  {name:<36} {t * 1e3:6.1f} ms  {t / total:5.1%}")
+
+
+if __name__ == "__main__":
+    main()
