@@ -35,7 +35,7 @@ __all__ = ["available", "describe", "disabled", "lstm_layer", "lstm_layer_infere
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.cpp"
-_ABI = 4
+_ABI = 5
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _MIN_ROWS_PER_THREAD = 4  # below this, a thread's share of a step costs less than handing it over
 
@@ -52,7 +52,7 @@ def _build() -> ctypes.CDLL:
         getattr(lib, name).restype = ctypes.c_longlong
     for suffix in _DTYPES.values():
         getattr(lib, f"lstm_pack_{suffix}").argtypes = [i] * 2 + [p] * 5
-        getattr(lib, f"lstm_forward_{suffix}").argtypes = [i] * 5 + [p] * 10
+        getattr(lib, f"lstm_forward_{suffix}").argtypes = [i] * 5 + [p] * 11
         getattr(lib, f"lstm_stack_forward_{suffix}").argtypes = [i] * 7 + [p] * 11
         getattr(lib, f"lstm_backward_{suffix}").argtypes = [i] * 5 + [p] * 10
     return lib
@@ -182,11 +182,11 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _forward(x, packed, H, h0, c0, hs, cs=None, gates=None, h_n=None, c_n=None) -> None:
+def _forward(x, packed, H, h0, c0, hs, cs=None, gates=None, xh=None, h_n=None, c_n=None) -> None:
     T, B, I = x.shape
     n = _threads(B, T)
     work = x.new_empty(n * _library().lstm_forward_work(B, H))
-    ptrs = [_ptr(t) for t in (x, packed, h0, c0, hs, cs, gates, h_n, c_n, work)]
+    ptrs = [_ptr(t) for t in (x, packed, h0, c0, hs, cs, gates, xh, h_n, c_n, work)]
     _fn("lstm_forward", x.dtype)(n, T, B, I, H, *ptrs)
 
 
@@ -298,39 +298,39 @@ def lstm_layer_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
 class _Layer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, recurrent):
-        T, B, _ = x.shape
+        T, B, I = x.shape
         H = w_hh.shape[1]
         x, h0, c0 = x.contiguous(), h0.contiguous(), c0.contiguous()
         hs, cs, gates = x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, 4 * H)
+        xh = x.new_empty(T, B, I + H + 1)  # rows [x_t, h_{t-1}, 1]: one product gives all weight gradients
         h_n, c_n = x.new_empty(B, H), x.new_empty(B, H)
-        _forward(x, _pack(w_ih, w_hh, b_ih, b_hh), H, h0, c0, hs, cs, gates, h_n, c_n)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, hs, cs, gates)
+        _forward(x, _pack(w_ih, w_hh, b_ih, b_hh), H, h0, c0, hs, cs, gates, xh, h_n, c_n)
+        ctx.save_for_backward(c0, w_ih, w_hh, cs, gates, xh)
         ctx.recurrent = recurrent
         ctx.set_materialize_grads(False)  # unused outputs (often the final state) get None, not zeros
         return hs, h_n, c_n
+
     @staticmethod
     def backward(ctx, d_hs, d_hn, d_cn):
-        x, h0, c0, w_ih, w_hh, hs, cs, gates = ctx.saved_tensors
-        T, B, H = hs.shape
-        d_hs = d_hs.contiguous() if d_hs is not None else hs.new_zeros(T, B, H)
+        c0, w_ih, w_hh, cs, gates, xh = ctx.saved_tensors
+        T, B, H = cs.shape
+        I = w_ih.shape[1]
+        d_hs = d_hs.contiguous() if d_hs is not None else cs.new_zeros(T, B, H)
         if d_hn is not None:
             d_hs = d_hs.clone()
             d_hs[-1] += d_hn
         recurrent = ctx.recurrent
         want_h0, want_c0 = ctx.needs_input_grad[1:3]
         dz = torch.empty_like(gates)
-        dh0 = hs.new_empty(B, H) if recurrent and want_h0 else None
-        dc0 = hs.new_empty(B, H) if recurrent and want_c0 else None
+        dh0 = cs.new_empty(B, H) if recurrent and want_h0 else None
+        dc0 = cs.new_empty(B, H) if recurrent and want_c0 else None
         dc_n = d_cn.contiguous() if d_cn is not None else None
         _backward(recurrent, gates, cs, c0, d_hs, w_hh.contiguous(), dc_n, dz, dh0, dc0)
         dz2 = dz.view(T * B, 4 * H)
-        d_x = (dz2 @ w_ih).view(x.shape) if ctx.needs_input_grad[0] else None
-        d_w_ih = dz2.t() @ x.reshape(T * B, -1)
-        d_w_hh = dz[0].t() @ h0  # step 0 reads the initial state, the others the previous output
-        if T > 1:
-            d_w_hh.addmm_(dz[1:].reshape(-1, 4 * H).t(), hs[:-1].reshape(-1, H))
-        d_b = dz2.sum(0)
-        return d_x, dh0, dc0, d_w_ih, d_w_hh, d_b, d_b, None
+        d_x = (dz2 @ w_ih).view(T, B, I) if ctx.needs_input_grad[0] else None
+        d_w = dz2.t() @ xh.view(T * B, I + H + 1)  # (4H, I + H + 1) = [dW_ih, dW_hh, db]
+        d_b = d_w[:, I + H].contiguous()
+        return d_x, dh0, dc0, d_w[:, :I].contiguous(), d_w[:, I : I + H].contiguous(), d_b, d_b.clone(), None
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, recurrent: bool = True):

@@ -316,15 +316,17 @@ struct Packed {
 //   x (T, B, I); packed: the layer's parameters as lstm_pack wrote them.
 //   h0, c0 (B, H) in; hs (T, B, H) out.
 //   cs (T, B, H) cells and gates (T, B, 4H) activated gates: kept for a backward, or nullptr.
+//   xh (T, B, I + H + 1) or nullptr: the rows [x_t, h_{t-1}, 1] for the backward's one weight-gradient
+//   product, dz^T @ xh = [dW_ih, dW_hh, db].
 //   h_n, c_n (B, H): final state, or nullptr.
-//   work: forward_work(rows, I, H) values of scratch.
+//   work: forward_work(rows, H) values of scratch.
 template <typename T>
 int64_t forward_work(int rows, int H) { return static_cast<int64_t>(rows) * 6 * H; }
 
 template <typename T>
 void forward(int T_, int B, int I, int H, int b0, int b1, const T* x, const T* packed, const T* h0, const T* c0,
-             T* hs, T* cs, T* gates, T* h_n, T* c_n, T* work) {
-  const int G = 4 * H, rows = b1 - b0;
+             T* hs, T* cs, T* gates, T* xh, T* h_n, T* c_n, T* work) {
+  const int G = 4 * H, rows = b1 - b0, X = I + H + 1;
   const Packed<T> p(I, H, packed);
   T* scratch = work;
   const T* h_prev = h0 + static_cast<int64_t>(b0) * H;
@@ -333,6 +335,14 @@ void forward(int T_, int B, int I, int H, int b0, int b1, const T* x, const T* p
     const int64_t row0 = static_cast<int64_t>(t) * B + b0;
     T* z = gates ? gates + row0 * G : scratch;
     p.gates(rows, x + row0 * I, I, h_prev, z);
+    if (xh) {
+      for (int r = 0; r < rows; ++r) {
+        T* out = xh + (row0 + r) * X;
+        std::memcpy(out, x + (row0 + r) * I, sizeof(T) * I);
+        std::memcpy(out + I, h_prev + static_cast<int64_t>(r) * H, sizeof(T) * H);
+        out[I + H] = T(1);
+      }
+    }
     T* h = hs + row0 * H;
     // Cells not kept live in two scratch buffers after the gates, used in turn.
     T* c = cs ? cs + row0 * H : scratch + static_cast<int64_t>(rows) * G + static_cast<int64_t>(t & 1) * rows * H;
@@ -465,7 +475,7 @@ void parallel_rows(int threads, int B, int64_t per_thread, double* work_base, si
 
 extern "C" {
 
-int ignite_lstm_abi(void) { return 4; }
+int ignite_lstm_abi(void) { return 5; }
 
 int ignite_lstm_openmp(void) {
 #ifdef _OPENMP
@@ -494,10 +504,10 @@ long long lstm_backward_work(int B, int H) { return backward_work<double>(B, H);
     Packed<T>::write(I, H, w_ih, w_hh, b_ih, b_hh, out);                                                          \
   }                                                                                                               \
   void lstm_forward_##SUFFIX(int threads, int T_, int B, int I, int H, const T* x, const T* packed, const T* h0,  \
-                             const T* c0, T* hs, T* cs, T* gates, T* h_n, T* c_n, T* work) {                      \
+                             const T* c0, T* hs, T* cs, T* gates, T* xh, T* h_n, T* c_n, T* work) {               \
     parallel_rows(threads, B, forward_work<T>(B, H), reinterpret_cast<double*>(work), sizeof(T),                 \
                   [&](int b0, int b1, char* w) {                                                                  \
-                    forward<T>(T_, B, I, H, b0, b1, x, packed, h0, c0, hs, cs, gates, h_n, c_n,                   \
+                    forward<T>(T_, B, I, H, b0, b1, x, packed, h0, c0, hs, cs, gates, xh, h_n, c_n,               \
                                reinterpret_cast<T*>(w));                                                          \
                   });                                                                                             \
   }                                                                                                               \
