@@ -5,7 +5,9 @@ Prints, with one torch thread:
 1. the cost per step of one LSTM layer (batch 40, 64 inputs, H = 64) without
    gradients: PyTorch's ``nn.LSTM`` against the native kernel of ``ignite_lstm.native``,
    and the kernel's arithmetic rate;
-2. the split of one ``fused-detached`` training chunk (250 steps x 40 sequences,
+2. the cost of one streaming ``model.step`` at batch 1 (``StatefulLSTM(5 -> 64 x 2)``)
+   against the kernel call inside it;
+3. the split of one ``fused-detached`` training chunk (250 steps x 40 sequences,
    ``StatefulLSTM(5 -> 64 x 2)``, forward and backward) between the kernel's forward
    pass, its backward pass and everything else (PyTorch: the weight-gradient matrix
    products, the read-out, the loss).
@@ -63,7 +65,18 @@ def main() -> None:
     print(f"  nn.LSTM        {t_torch * 1e6:7.1f} us")
     print(f"  native kernel  {t_native * 1e6:7.1f} us  ({flop / t_native / 1e9:.1f} GFLOP/s with the gates)")
 
-    model = StatefulLSTM(5, H, num_layers=2)
+    model = StatefulLSTM(5, H, num_layers=2).eval()
+    x1 = torch.randn(1, 1, 5, generator=g)
+    state = model.init_state(1)
+    layers = [m._flat_weights for m in model.layers]
+    stack = native.stack_runner(model, layers, (model.head.weight, model.head.bias), torch.float32)
+    with torch.inference_mode():
+        t_step = _seconds(lambda: model.step(x1[0], state), 20000)
+        t_call = _seconds(lambda: stack.run(x1, *state), 20000)
+    print(f"Streaming, batch 1, 1 thread: model.step {t_step * 1e6:.1f} us, of which the kernel call "
+          f"(with its output tensors) {t_call * 1e6:.1f} us")
+
+    model.train()
     xs = torch.randn(B, C, 5, generator=g)
     ys = torch.randn(B, C, 1, generator=g)
     totals: dict = {}

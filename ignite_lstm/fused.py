@@ -185,7 +185,9 @@ def native_forward(model: nn.Module, x: torch.Tensor, state, detach_every_step: 
     if state is None:
         state = model.init_state(B, x.device, x.dtype)
     h0, c0 = state
-    grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters()))
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad or h0.requires_grad or c0.requires_grad or any(p.requires_grad for p in model.parameters())
+    )
     if not grad:
         return _native_inference(model, x, h0, c0, chunk_steps)
     if detach_every_step:

@@ -238,3 +238,17 @@ def test_unwritable_cache_folder_falls_back_to_a_temp_folder(tmp_path, monkeypat
     lib = native._build()
     assert lib.ignite_lstm_abi() == native._ABI
     assert len(list((tmp_path / "tmp").glob("ignite_lstm-*/lstm_cpu-*.so"))) == 1
+
+
+def test_gradient_reaches_the_initial_state_of_a_frozen_model():
+    model = _model(2).requires_grad_(False)
+    x = _data(2, 6)
+    h0, c0 = (s.requires_grad_(True) for s in _state(model, 2, torch.float64))
+    y, _ = model(x, (h0, c0))
+    y.sum().backward()
+    got = h0.grad.clone(), c0.grad.clone()
+    h0.grad = c0.grad = None
+    with native.disabled():
+        model(x, (h0, c0))[0].sum().backward()
+    torch.testing.assert_close(got[0], h0.grad, rtol=0, atol=1e-13)
+    torch.testing.assert_close(got[1], c0.grad, rtol=0, atol=1e-13)
