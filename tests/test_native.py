@@ -273,3 +273,23 @@ def test_float32_activations_are_accurate_over_the_whole_range():
     for got, true in ((c[0], c_true), (h[0], h_true)):
         rel = ((got.double() - true).abs() / true.abs()).max().item()
         assert rel <= 1e-6  # float32 rounding of a few operations (PyTorch's own path: ~5e-7 here)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_propagates_to_its_own_sequence_only(dtype):
+    # A NaN must stay a NaN (TerminateOnNan relies on it), and sequences must not mix.
+    model = _model(2, hidden=16, dtype=dtype)
+    x = _data(8, 6, dtype=dtype)
+    x[3, 2, 0] = float("nan")
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            y, (h, c) = model(x)
+        bad = torch.zeros(8, dtype=torch.bool)
+        bad[3] = True
+        assert torch.isnan(y[3, 2:]).all() and not torch.isnan(y[3, :2]).any()
+        assert not torch.isnan(y[~bad]).any()
+        assert torch.isnan(h[:, 3]).all() and not torch.isnan(h[:, ~bad]).any()
+        assert torch.isnan(c[:, 3]).all()
+    with torch.no_grad():
+        y_t, _ = model.step(x[:, 2], None)
+    assert torch.isnan(y_t[3]).all() and not torch.isnan(y_t[~bad]).any()

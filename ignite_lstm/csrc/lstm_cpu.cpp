@@ -66,7 +66,9 @@ inline double tanh_(double x) { return std::tanh(x); }
 
 #ifdef IGNITE_LSTM_AVX2
 inline __m256 exp8(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  // Clamp with x as the second operand: max/min return it when either is NaN, so NaN propagates
+  // (the other order would turn a NaN into -87 and hide it from TerminateOnNan).
+  x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
