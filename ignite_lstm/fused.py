@@ -13,6 +13,11 @@ The cell state, which ``nn.LSTM`` does not return per step, follows from the
 cheap elementwise recurrence c_t = f_t * c_{t-1} + i_t * g_t once h is known.
 This is the gradient of the per-step loop, computed with a few large matrix
 products instead of C small ones; tests/test_fused.py proves the equality.
+
+That is the PyTorch implementation (``detached_steps_forward``), used where the
+native kernel cannot run. On the CPU, ``native_forward`` and ``native_step`` run
+``StatefulLSTM`` on ``ignite_lstm.native`` instead: its backward with the state
+detached after every step is the same algorithm, written out in C++.
 """
 
 from __future__ import annotations
