@@ -105,11 +105,7 @@ def detached_steps_forward(model: nn.Module, x: torch.Tensor, state) -> tuple[to
     h0, c0 = (s.detach() for s in state)
     B, C, _ = x.shape
     H = model.hidden_size
-    masks = [None] * len(model.layers)  # time-major (C, B, H), shared by both passes
-    if model.training and model.dropout > 0.0:
-        keep = 1.0 - model.dropout
-        for i in range(1, len(model.layers)):
-            masks[i] = torch.bernoulli(torch.full((C, B, H), keep, device=x.device, dtype=x.dtype)) / keep
+    masks = _dropout_masks(model, C, B, x)  # time-major (C, B, H), shared by both passes
 
     # Pass 1: every layer's hidden sequence by the fused recurrence, no graph.
     h_prev = []
@@ -165,7 +161,8 @@ def _dropout_masks(model: nn.Module, T: int, B: int, like: torch.Tensor) -> list
     if model.training and model.dropout > 0.0:
         keep = 1.0 - model.dropout
         for i in range(1, len(model.layers)):
-            masks[i] = torch.bernoulli(torch.full((T, B, model.hidden_size), keep, dtype=like.dtype)) / keep
+            shape = (T, B, model.hidden_size)
+            masks[i] = torch.bernoulli(torch.full(shape, keep, device=like.device, dtype=like.dtype)) / keep
     return masks
 
 

@@ -96,9 +96,9 @@ class StatefulLSTM(nn.Module):
         h = torch.zeros(shape, device=device or p.device, dtype=dtype or p.dtype)
         return h, torch.zeros_like(h)
 
-    def _native(self, x: torch.Tensor, state: LSTMState | None) -> bool:
+    def _native(self, x: torch.Tensor) -> bool:
         """Whether the native CPU kernel runs this call (see ``ignite_lstm.native``)."""
-        return x.device.type == "cpu" and native.available(x)
+        return native.available(x)
 
     def forward(
         self, x: torch.Tensor, state: LSTMState | None = None, detach_every_step: bool = False
@@ -109,7 +109,7 @@ class StatefulLSTM(nn.Module):
         loop that detaches the state after every step (the literal L = 1 setting),
         computed in the exact fused form of ``ignite_lstm.fused``.
         """
-        if self._native(x, state):
+        if self._native(x):
             return native_forward(self, x, state, detach_every_step)
         if detach_every_step:
             return detached_steps_forward(self, x, state)
@@ -128,7 +128,7 @@ class StatefulLSTM(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: LSTMState | None = None) -> tuple[torch.Tensor, LSTMState]:
         """One time step (the L = 1 call). x_t: (B, F) -> y_t: (B, O), state (h, c)."""
-        if not torch.is_grad_enabled() and self._native(x_t, state):
+        if not torch.is_grad_enabled() and self._native(x_t):
             return native_step(self, x_t, state)  # with gradients: the literal torch cell (the reference)
         if state is None:
             state = self.init_state(x_t.shape[0], x_t.device, x_t.dtype)

@@ -9,7 +9,7 @@ window) or with the previous state of every step a constant (the literal L = 1
 setting). The large, parallel products (weight gradients, the input gradient) stay
 with PyTorch. Threads (PyTorch's own OpenMP threads) split the batch: sequences are independent.
 
-The library is compiled on first use with the system C++ compiler (about a second)
+The library is compiled on first use with the system C++ compiler (a few seconds)
 into a cache folder (``$IGNITE_LSTM_CACHE``, else ``~/.cache/ignite_lstm``) and reused.
 Without a compiler, on a GPU, or with ``IGNITE_LSTM_NATIVE=0``, the models fall back to
 their PyTorch code; ``available()`` tells which.

@@ -32,8 +32,10 @@ import pytest
 import torch
 from ignite.engine import Events
 from ignite.utils import manual_seed
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from conftest import QUICK_YAML
 from handler_helpers import run_cli as run_main
 from ignite_lstm.config import load_config
 from ignite_lstm.engines import create_evaluator, create_trainer
@@ -200,30 +202,14 @@ def test_the_reported_training_loss_is_the_mean_over_all_processes(trained, case
 
 # --- run.py on 2 processes --------------------------------------------------------------------------
 
-QUICK = """\
-output_dir: runs
-data:
-  dir: data
-  duration: 0.2
-  train: {seed: 1, mixtures: 2}
-  val: {seed: 3, mixtures: 1}
-  test: {seed: 2, mixtures: 1}
-model:
-  hidden_size: 8
-train:
-  epochs: 2
-  batch_size: 4
-  tbptt_steps: 50
-eval:
-  batch_size: 1          # the one-process evaluation below then sees the same batches
-  report: false          # the slow test writes one
-handlers:
-  progress_bar: false
-threads: 1
-distributed:
-  backend: gloo
-  nproc_per_node: 2
-"""
+# conftest's tiny preset, for 2 gloo processes: 2 training mixtures (a batch per rank), an
+# evaluation batch of 1 (the one-process evaluation below then sees the same batches).
+QUICK = OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.create(QUICK_YAML), {
+    "data": {"train": {"mixtures": 2}},
+    "eval": {"batch_size": 1},
+    "threads": 1,
+    "distributed": {"backend": "gloo", "nproc_per_node": 2},
+}))
 
 
 def _run_py(args, cwd: Path, env: dict | None = None, **popen) -> subprocess.Popen:

@@ -118,9 +118,6 @@ constexpr int NB = 8;
 #endif
 
 template <typename T>
-int64_t packed_size(int K, int N) { return static_cast<int64_t>(K) * N; }
-
-template <typename T>
 void pack(int K, int N, const T* w, T* out) {
   const int nb = N - N % NB, nt = N - nb;
   for (int n0 = 0; n0 < nb; n0 += NB)
