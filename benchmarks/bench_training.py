@@ -51,7 +51,7 @@ def worker_train(engine: str, batch: int, steps: int, threads: int | None) -> di
     batches = [(x[i : i + batch], y[i : i + batch]) for i in range(0, SEQUENCES, batch)]
     model = StatefulLSTM(FEATURES, HIDDEN, LAYERS)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=1, update="sequence", engine=engine)
+    trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=1, update="sequence", execution=engine)
     trainer.run(batches[:1], max_epochs=1)  # warm-up: allocator, oneDNN primitives
     start = time.perf_counter()
     trainer.run(batches, max_epochs=1)

@@ -77,7 +77,7 @@ def main() -> None:
     trainer.run(train, max_epochs=10)
 
     fused = evaluator.run(val).metrics["mse"]
-    stepwise = create_evaluator(model, build_metrics(names=("mse",)), engine="stepwise").run(val).metrics["mse"]
+    stepwise = create_evaluator(model, build_metrics(names=("mse",)), execution="stepwise").run(val).metrics["mse"]
     print(f"windows seen: {trainer.state.window} (every 50th: {windows})")
     print(f"GRU val mse: fused {fused:.5f}, stepwise {stepwise:.5f} (untrained {start:.4f})")
 

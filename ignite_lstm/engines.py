@@ -7,10 +7,12 @@ every batch (every sequence starts at n = 0), walks time in windows of
 window boundary. Three execution paths compute the same numbers:
 
 - ``stepwise``: the literal loop, one ``model.step`` call per time step (reference);
-- ``fused``: one ``model(x_window, state)`` call per window; for ``tbptt_steps=1``
-  with ``update="sequence"`` and a ``StatefulLSTM``, the exact chunked form of
-  ``ignite_lstm.fused`` over ``chunk_steps`` steps at a time;
-- ``auto``: the fastest exact path for the settings.
+- ``fused``: one ``model(x_window, state)`` call per window;
+- ``fused-detached``: for ``tbptt_steps=1`` with ``update="sequence"`` and a model
+  that advertises ``supports_detach_every_step`` (see ``ignite_lstm.models``), one
+  ``model(x_chunk, state, detach_every_step=True)`` call per ``chunk_steps`` steps.
+
+``execution="auto"`` takes the fastest exact path for the settings.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import warnings
 from typing import Any, Callable
 
 import ignite.distributed as idist
@@ -26,8 +29,7 @@ import torch.nn as nn
 from ignite.engine import Engine, EventEnum
 from ignite.utils import convert_tensor
 
-from ignite_lstm.fused import elementwise_loss
-from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.losses import elementwise_loss
 from ignite_lstm.state import detach_state
 
 __all__ = ["TimeEvents", "create_trainer", "create_evaluator", "select_execution"]
@@ -39,16 +41,28 @@ EXECUTIONS = ("auto", "fused", "stepwise")
 
 
 class TimeEvents(EventEnum):
-    """Events fired inside one trainer iteration, once per truncated-BPTT window.
+    """Events fired inside one trainer iteration, around the real computation.
+
+    - ``WINDOW_STARTED`` / ``WINDOW_COMPLETED``: before and after each truncated-BPTT
+      window is computed (and, with ``update="window"``, its optimizer step taken), on
+      the ``fused`` and ``stepwise`` paths. A handler at ``WINDOW_STARTED`` affects its
+      window (the learning-rate schedules rely on it). At ``WINDOW_COMPLETED``
+      ``engine.state.window_loss`` holds the window's loss (a 0-dim tensor, no graph).
+      Not fired on ``fused-detached``, where no window is computed on its own.
+    - ``CHUNK_COMPLETED``: after each part of the batch that is computed in one go, on
+      every path: a window on ``fused``/``stepwise``, ``chunk_steps`` one-step windows on
+      ``fused-detached``. ``engine.state.window_losses`` holds their losses, a (n,)
+      tensor without graph, and ``engine.state.window`` the last of them. Loggers of
+      window losses listen here (``attach_tensorboard`` does).
 
     ``engine.state.window`` counts windows since the start of training
     (``(iteration - 1) * windows_per_batch + index``, so it survives a resume), which
-    makes ``TimeEvents.WINDOW_COMPLETED(every=100)`` work. At ``WINDOW_COMPLETED``
-    ``engine.state.window_loss`` holds the window's loss (a 0-dim tensor, no graph).
+    makes ``TimeEvents.WINDOW_COMPLETED(every=100)`` work.
     """
 
     WINDOW_STARTED = "window_started"
     WINDOW_COMPLETED = "window_completed"
+    CHUNK_COMPLETED = "chunk_completed"
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -61,11 +75,6 @@ def _no_sync(model: nn.Module, last: bool):
     if isinstance(model, nn.parallel.DistributedDataParallel) and not last:
         return model.no_sync()
     return contextlib.nullcontext()
-
-
-def _listened(engine: Engine, event: TimeEvents) -> bool:
-    """Whether any handler is attached to ``event`` (filtered ones included)."""
-    return bool(engine._event_handlers.get(event))
 
 
 def _step_fn(model: nn.Module) -> Callable:
@@ -84,21 +93,32 @@ def _step_fn(model: nn.Module) -> Callable:
     return step
 
 
-def select_execution(model: nn.Module, loss_fn: Callable, tbptt_steps: int, update: str, engine: str = "auto") -> str:
+def _resolve_execution(execution: str, engine: str | None) -> str:
+    if engine is not None:  # the argument's name before 0.2
+        warnings.warn("Argument engine is deprecated; use execution=.", DeprecationWarning, stacklevel=3)
+        execution = engine
+    if execution not in EXECUTIONS:
+        raise ValueError(f"Argument execution should be one of {EXECUTIONS}, got {execution!r}.")
+    return execution
+
+
+def select_execution(model: nn.Module, loss_fn: Callable, tbptt_steps: int, update: str, execution: str = "auto",
+                     *, engine: str | None = None) -> str:
     """Resolve the execution path: ``"stepwise"``, ``"fused"`` or ``"fused-detached"``.
 
-    ``fused-detached`` (the chunked form of ``ignite_lstm.fused``) applies to a
-    ``StatefulLSTM`` with ``tbptt_steps=1``, ``update="sequence"`` and a mean-reduced
-    elementwise loss; ``auto`` takes it there, ``fused`` windows for ``tbptt_steps > 1``
-    and the per-step loop otherwise (``update="window"`` with ``tbptt_steps=1`` is an
-    optimizer step per time step: inherently sequential).
+    ``fused-detached`` applies to a model that advertises ``supports_detach_every_step``
+    (``StatefulLSTM`` does) with ``tbptt_steps=1``, ``update="sequence"`` and a
+    mean-reduced elementwise loss; ``auto`` takes it there, ``fused`` windows for
+    ``tbptt_steps > 1`` and the per-step loop otherwise (``update="window"`` with
+    ``tbptt_steps=1`` is an optimizer step per time step: inherently sequential).
 
     Args:
         model: the model (a DDP wrapper is looked through).
         loss_fn: the loss; the chunked path needs a mean-reduced elementwise one.
         tbptt_steps: the window length K.
         update: ``"sequence"`` or ``"window"``.
-        engine: the user's choice, ``"auto"``, ``"fused"`` or ``"stepwise"``.
+        execution: the user's choice, ``"auto"``, ``"fused"`` or ``"stepwise"``.
+        engine: deprecated name of ``execution``.
 
     Returns:
         The path name that ``create_trainer`` will run.
@@ -109,21 +129,29 @@ def select_execution(model: nn.Module, loss_fn: Callable, tbptt_steps: int, upda
         >>> select_execution(my_gru_model, nn.MSELoss(), tbptt_steps=1, update="sequence")
         'stepwise'
     """
-    if engine not in EXECUTIONS:
-        raise ValueError(f"Argument engine should be one of {EXECUTIONS}, got {engine!r}.")
+    execution = _resolve_execution(execution, engine)
     detached_ok = (
         tbptt_steps == 1
         and update == "sequence"
-        and isinstance(_unwrap(model), StatefulLSTM)
+        and getattr(_unwrap(model), "supports_detach_every_step", False) is True
         and elementwise_loss(loss_fn) is not None
     )
-    if engine == "stepwise":
+    if execution == "stepwise":
         return "stepwise"
     if detached_ok:
         return "fused-detached"
-    if engine == "fused" or tbptt_steps > 1:
+    if execution == "fused" or tbptt_steps > 1:
         return "fused"
     return "stepwise"
+
+
+def _run_steps(step: Callable, x: torch.Tensor, state) -> tuple[torch.Tensor, Any]:
+    """The literal loop: one L = 1 call per time step. x (B, T, F) -> y (B, T, O)."""
+    outputs = []
+    for t in range(x.shape[1]):
+        y_t, state = step(x[:, t], state)
+        outputs.append(y_t)
+    return torch.stack(outputs, dim=1), state
 
 
 def _prepare(batch, device, non_blocking):
@@ -147,10 +175,11 @@ def create_trainer(
     update: str = "sequence",
     grad_clip: float | None = None,
     device: str | torch.device | None = None,
-    engine: str = "auto",
+    execution: str = "auto",
     chunk_steps: int = 250,
     non_blocking: bool = False,
     prepare_batch: Callable = _prepare,
+    engine: str | None = None,
 ) -> Engine:
     """Create an Ignite trainer that steps a stateful model one time step per call.
 
@@ -167,16 +196,17 @@ def create_trainer(
             windows) or ``"window"`` (one optimizer step per window).
         grad_clip: max gradient norm before each optimizer step, or None.
         device: where batches are moved (the model is not moved).
-        engine: ``"auto"``, ``"fused"`` or ``"stepwise"``, see ``select_execution``.
+        execution: ``"auto"``, ``"fused"`` or ``"stepwise"``, see ``select_execution``.
         chunk_steps: steps per chunk of the ``fused-detached`` path (bounds memory).
         non_blocking: passed to the batch transfer.
         prepare_batch: ``(batch, device, non_blocking) -> (x, y)``.
+        engine: deprecated name of ``execution``.
 
     Returns:
         An ``Engine`` whose output is ``{"loss": float, "grad_norm": float}`` (with several
         processes, the loss is the mean over them: the loss of the global batch) and which
-        fires ``TimeEvents.WINDOW_STARTED``/``WINDOW_COMPLETED`` per window. Its
-        attribute ``execution`` names the path taken.
+        fires the ``TimeEvents``. ``trainer.state.execution`` names the path taken
+        (``trainer.execution`` too, deprecated).
 
     Example:
         >>> model = StatefulLSTM(5, 32)
@@ -194,7 +224,7 @@ def create_trainer(
         raise TypeError(f"Argument grad_clip should be a number or None, got {type(grad_clip).__name__}.")
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"Argument grad_clip should be positive or None, got {grad_clip}.")
-    execution = select_execution(model, loss_fn, tbptt_steps, update, engine)
+    path = select_execution(model, loss_fn, tbptt_steps, update, _resolve_execution(execution, engine))
     step = _step_fn(model)
     elementwise = elementwise_loss(loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -210,22 +240,6 @@ def create_trainer(
         optimizer.step()
         return norm
 
-    def run_window(x_w: torch.Tensor, state):
-        if execution == "stepwise":
-            outputs = []
-            for t in range(x_w.shape[1]):
-                y_t, state = step(x_w[:, t], state)
-                outputs.append(y_t)
-            return torch.stack(outputs, dim=1), state
-        return model(x_w, state)
-
-    def fire_window(engine: Engine, event: TimeEvents, window: int) -> None:
-        engine.state.window = window
-        # Firing costs tens of microseconds even with nobody listening; at one window
-        # per time step that would dominate the fused-detached path.
-        if _listened(engine, event):
-            engine.fire_event(event)
-
     def update_windows(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = x.shape[1]
         n_windows = math.ceil(T / tbptt_steps)
@@ -237,12 +251,14 @@ def create_trainer(
             optimizer.zero_grad(set_to_none=True)
         for w in range(n_windows):
             start, stop = w * tbptt_steps, min(T, (w + 1) * tbptt_steps)
-            fire_window(engine, TimeEvents.WINDOW_STARTED, first + w + 1)
+            engine.state.window = first + w + 1
+            engine.fire_event(TimeEvents.WINDOW_STARTED)
             if update == "window":
                 optimizer.zero_grad(set_to_none=True)
             last = update == "window" or w == n_windows - 1
             with _no_sync(model, last):
-                y_pred, state = run_window(x[:, start:stop], state)
+                x_w = x[:, start:stop]
+                y_pred, state = _run_steps(step, x_w, state) if path == "stepwise" else model(x_w, state)
                 loss = loss_fn(y_pred, y[:, start:stop])
                 (loss * ((stop - start) / T) if update == "sequence" else loss).backward()
             state = detach_state(state)  # the window boundary
@@ -251,13 +267,15 @@ def create_trainer(
             loss = loss.detach()
             total += loss * (stop - start)
             engine.state.window_loss = loss
-            fire_window(engine, TimeEvents.WINDOW_COMPLETED, first + w + 1)
+            engine.fire_event(TimeEvents.WINDOW_COMPLETED)
+            engine.state.window_losses = loss.reshape(1)
+            engine.fire_event(TimeEvents.CHUNK_COMPLETED)
         if update == "sequence":
             norm = optimizer_step()
         return total / T, norm
 
     def update_detached(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # tbptt_steps == 1, update == "sequence": every step is a window.
+        # tbptt_steps == 1, update == "sequence": every step is a window, computed a chunk at a time.
         T = x.shape[1]
         first = (engine.state.iteration - 1) * T
         state = None
@@ -270,17 +288,13 @@ def create_trainer(
                 loss = loss_fn(y_pred, y[:, start:stop])
                 (loss * ((stop - start) / T)).backward()
             total += loss.detach() * (stop - start)
-            if _listened(engine, TimeEvents.WINDOW_STARTED) or _listened(engine, TimeEvents.WINDOW_COMPLETED):
-                step_losses = elementwise(y_pred.detach(), y[:, start:stop])
-                step_losses = step_losses.transpose(0, 1).reshape(stop - start, -1).mean(1)  # (C,)
-                for t in range(stop - start):
-                    fire_window(engine, TimeEvents.WINDOW_STARTED, first + start + t + 1)
-                    engine.state.window_loss = step_losses[t]
-                    fire_window(engine, TimeEvents.WINDOW_COMPLETED, first + start + t + 1)
+            step_losses = elementwise(y_pred.detach(), y[:, start:stop])  # (B, C, O)
+            engine.state.window_losses = step_losses.transpose(0, 1).reshape(stop - start, -1).mean(1)  # (C,)
             engine.state.window = first + stop
+            engine.fire_event(TimeEvents.CHUNK_COMPLETED)
         return total / T, optimizer_step()
 
-    body = update_detached if execution == "fused-detached" else update_windows
+    body = update_detached if path == "fused-detached" else update_windows
 
     def _update(engine: Engine, batch) -> dict[str, float]:
         model.train()
@@ -293,12 +307,12 @@ def create_trainer(
         return {"loss": loss.item(), "grad_norm": float(norm)}
 
     trainer = Engine(_update)
-    trainer.register_events(
-        *TimeEvents, event_to_attr={TimeEvents.WINDOW_STARTED: "window", TimeEvents.WINDOW_COMPLETED: "window"}
-    )
+    trainer.register_events(*TimeEvents, event_to_attr={e: "window" for e in TimeEvents})
     trainer.state.window_loss = None
-    trainer.execution = execution
-    logger.debug("Trainer execution path: %s", execution)
+    trainer.state.window_losses = None
+    trainer.state.execution = path
+    trainer.execution = path  # deprecated alias of state.execution
+    logger.debug("Trainer execution path: %s", path)
     return trainer
 
 
@@ -307,9 +321,10 @@ def create_evaluator(
     metrics: dict | None = None,
     *,
     device: str | torch.device | None = None,
-    engine: str = "auto",
+    execution: str = "auto",
     non_blocking: bool = False,
     prepare_batch: Callable = _prepare,
+    engine: str | None = None,
 ) -> Engine:
     """Create an Ignite evaluator: every sequence from a reset state through all T steps.
 
@@ -321,10 +336,11 @@ def create_evaluator(
         model: a model following the contract of ``create_trainer``.
         metrics: name -> Ignite ``Metric``, attached under that name.
         device: where batches are moved.
-        engine: ``"auto"``/``"fused"`` (one ``model(x)`` call per batch) or
+        execution: ``"auto"``/``"fused"`` (one ``model(x)`` call per batch) or
             ``"stepwise"`` (one ``model.step`` call per time step).
         non_blocking: passed to the batch transfer.
         prepare_batch: ``(batch, device, non_blocking) -> (x, y)``.
+        engine: deprecated name of ``execution``.
 
     Returns:
         An ``Engine``; after ``evaluator.run(loader)`` the values are in
@@ -334,8 +350,7 @@ def create_evaluator(
         >>> evaluator = create_evaluator(model, build_metrics([1.0, 3.0, 5.0, 7.0]))
         >>> evaluator.run(loader).metrics["mse"]
     """
-    if engine not in EXECUTIONS:
-        raise ValueError(f"Argument engine should be one of {EXECUTIONS}, got {engine!r}.")
+    execution = _resolve_execution(execution, engine)
     net = _unwrap(model)  # no gradients here, so no DDP hooks are needed
     step = _step_fn(net)
 
@@ -343,14 +358,7 @@ def create_evaluator(
     def _infer(_: Engine, batch) -> dict[str, torch.Tensor]:
         net.eval()
         x, y = prepare_batch(batch, device, non_blocking)
-        if engine == "stepwise":
-            state, outputs = None, []
-            for t in range(x.shape[1]):
-                y_t, state = step(x[:, t], state)
-                outputs.append(y_t)
-            y_pred = torch.stack(outputs, dim=1)
-        else:
-            y_pred, _ = net(x)
+        y_pred, _ = _run_steps(step, x, None) if execution == "stepwise" else net(x)
         return {
             "y_pred": y_pred.reshape(-1, y_pred.shape[-1]),
             "y": y.reshape(-1, y.shape[-1]),

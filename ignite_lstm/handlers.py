@@ -20,6 +20,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, EarlyStopping, ProgressBar, TerminateOnNan, global_step_from_engine
 
+from ignite_lstm._compat import quiet_handler_logger
 from ignite_lstm.engines import TimeEvents
 from ignite_lstm.metrics import metric_direction
 
@@ -250,13 +251,19 @@ def attach_tensorboard(
         group = {"sum": 0.0, "n": 0}
 
         def window_group(engine: Engine) -> None:
-            group["sum"] = group["sum"] + engine.state.window_loss  # a 0-dim tensor: no sync per window
-            group["n"] += 1
-            if engine.state.window % window_every == 0:
-                tb.writer.add_scalar("train/window_loss", float(group["sum"]) / group["n"], engine.state.window)
-                group["sum"], group["n"] = 0.0, 0
+            # CHUNK_COMPLETED: the losses of windows (last - n, last], on every execution path.
+            losses, last = engine.state.window_losses, engine.state.window
+            first, i = last - losses.numel() + 1, 0
+            while i < losses.numel():
+                end = min(losses.numel(), i + window_every - (first + i - 1) % window_every)  # next group boundary
+                group["sum"] = group["sum"] + losses[i:end].sum()  # a 0-dim tensor: no sync per window
+                group["n"] += end - i
+                if (first + end - 1) % window_every == 0:
+                    tb.writer.add_scalar("train/window_loss", float(group["sum"]) / group["n"], first + end - 1)
+                    group["sum"], group["n"] = 0.0, 0
+                i = end
 
-        trainer.add_event_handler(TimeEvents.WINDOW_COMPLETED, window_group)
+        trainer.add_event_handler(TimeEvents.CHUNK_COMPLETED, window_group)
     if histograms and model is not None:
         tb.attach(trainer, WeightsHistHandler(model), Events.EPOCH_COMPLETED)
     trainer.add_event_handler(Events.COMPLETED, lambda _: tb.close())
@@ -301,7 +308,7 @@ def attach_terminate_on_nan(trainer: Engine) -> TerminateOnNan:
         >>> math.isfinite(trainer.state.output["loss"])  # False if it stopped early
     """
     handler = TerminateOnNan(output_transform=lambda o: o["loss"])
-    handler.logger.handlers.clear()  # it adds its own stream handler; our log setup shows the warning once
+    quiet_handler_logger(handler)  # our log setup shows its warning once
     trainer.add_event_handler(Events.ITERATION_COMPLETED, handler)
     return handler
 

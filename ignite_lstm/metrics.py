@@ -5,8 +5,8 @@ with N = B*T (every time step of every sequence flattened) and ``x[:, 1:1+F]`` t
 of the wanted frequency. Ignite's regression metrics divide by the first dimension, so every metric
 built here sees y_pred and y flattened to (N*O,): all values are element-wise.
 
-``SignalToNoiseRatio`` is the one metric Ignite lacks; everything else is Ignite's own, configured by
-``build_metrics`` (correlation and R2 with their running sums in float64). Every metric all-reduces its
+``SignalToNoiseRatio`` is the one metric Ignite lacks; MSE, RMSE and MAE are Ignite's own, configured by
+``build_metrics``; correlation and R2 are Ignite's definitions with their running sums in float64. Every metric all-reduces its
 sums across processes when computed. ``metric_direction`` tells checkpointing and early stopping which
 way is better.
 """
@@ -19,7 +19,6 @@ import torch
 from ignite.exceptions import NotComputableError
 from ignite.metrics import MeanAbsoluteError, MeanSquaredError, Metric, RootMeanSquaredError
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
-from ignite.metrics.regression import PearsonCorrelation, R2Score
 
 __all__ = ["METRIC_NAMES", "SignalToNoiseRatio", "build_metrics", "metric_direction"]
 
@@ -73,29 +72,65 @@ class SignalToNoiseRatio(Metric):
         return 10.0 * math.log10(signal / error)
 
 
-class _Float64Sums:
-    """Keeps the running sums of an Ignite metric in float64 (``_double_dtype``).
+class _MomentSums(Metric):
+    """Running float64 sums of y, y_pred, their squares, their product and the squared error.
 
-    Ignite's ``PearsonCorrelation`` and ``R2Score`` add float32 sums and then take differences of
-    them (``E[xy] - E[x] E[y]``), so their value depends on the order of addition: on the batch
-    size, and on how many processes shared the data (a correlation of -0.094 changed in its fifth
-    digit between one and two processes).
+    Ignite's ``PearsonCorrelation`` and ``R2Score`` add float32 sums and then take
+    differences of them (``E[xy] - E[x] E[y]``), so their value depends on the order of
+    addition: on the batch size, and on how many processes shared the data (a correlation
+    of -0.094 changed in its fifth digit between one and two processes). These keep every
+    sum in float64; ``compute`` all-reduces them across ranks.
     """
+
+    _name = "metric"
+    _sums = ("_s_pred", "_s_y", "_s_pred2", "_s_y2", "_s_prod", "_s_err2")
+    _state_dict_all_req_keys = _sums + ("_num_examples",)
 
     @reinit__is_reduced
     def reset(self) -> None:
-        super().reset()  # type: ignore[misc]
-        for name, value in list(vars(self).items()):
-            if isinstance(value, torch.Tensor) and value.is_floating_point():
-                setattr(self, name, value.to(self._double_dtype))  # type: ignore[attr-defined]
+        for name in self._sums:
+            setattr(self, name, torch.tensor(0.0, dtype=self._double_dtype, device=self._device))
+        self._num_examples = 0
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[torch.Tensor]) -> None:
+        y_pred, y = (t.detach().reshape(-1).to(self._double_dtype) for t in output[:2])
+        if y_pred.shape != y.shape:
+            raise ValueError(f"Input data shapes should be the same, but given {y_pred.shape} and {y.shape}")
+        for name, value in zip(self._sums, (y_pred, y, y_pred * y_pred, y * y, y_pred * y, (y - y_pred) ** 2)):
+            setattr(self, name, getattr(self, name) + value.sum().to(self._device))
+        self._num_examples += y.numel()
+
+    @sync_all_reduce("_s_pred", "_s_y", "_s_pred2", "_s_y2", "_s_prod", "_s_err2", "_num_examples")
+    def compute(self) -> float:
+        if self._num_examples == 0:
+            raise NotComputableError(f"{self._name} must have at least one example before it can be computed.")
+        return self._value(self._num_examples, *(getattr(self, name).item() for name in self._sums))
+
+    def _value(self, n: int, s_pred: float, s_y: float, s_pred2: float, s_y2: float, s_prod: float,
+               s_err2: float) -> float:
+        raise NotImplementedError
 
 
-class _PearsonCorrelation(_Float64Sums, PearsonCorrelation):
-    pass
+class _PearsonCorrelation(_MomentSums):
+    """Pearson's r of y_pred and y, as Ignite's ``PearsonCorrelation`` (eps 1e-8), in float64."""
+
+    _name = "PearsonCorrelation"
+
+    def _value(self, n, s_pred, s_y, s_pred2, s_y2, s_prod, s_err2) -> float:
+        cov = s_prod / n - s_pred * s_y / (n * n)
+        var_pred = max(s_pred2 / n - (s_pred / n) ** 2, 0.0)
+        var_y = max(s_y2 / n - (s_y / n) ** 2, 0.0)
+        return cov / max(math.sqrt(var_pred * var_y), 1e-8)
 
 
-class _R2Score(_Float64Sums, R2Score):
-    pass
+class _R2Score(_MomentSums):
+    """The coefficient of determination 1 - SSE / SST, as Ignite's ``R2Score``, in float64."""
+
+    _name = "R2Score"
+
+    def _value(self, n, s_pred, s_y, s_pred2, s_y2, s_prod, s_err2) -> float:
+        return 1.0 - s_err2 / (s_y2 - s_y * s_y / n)
 
 
 _FACTORIES: dict[str, Callable[..., Metric]] = {

@@ -7,6 +7,15 @@ Contract (any model may follow it, see ``create_trainer``)::
 
 ``state=None`` means "start of a sequence" (zeros). ``step`` is the L = 1 call;
 a model without ``step`` is stepped as ``model(x_t[:, None], state)``.
+
+Optional capability: a model whose class sets ``supports_detach_every_step = True``
+accepts ``forward(x, state, detach_every_step=True)`` and returns outputs whose
+gradient equals that of the per-step loop detaching the state after every step;
+``create_trainer`` then runs the literal L = 1 setting in chunks (``fused-detached``).
+
+``StatefulLSTM`` owns its backends: the native CPU kernel (``ignite_lstm.native``)
+where it runs, else PyTorch (``nn.LSTM`` for whole windows, ``torch.lstm_cell`` for
+one step, ``ignite_lstm.lstm_detached`` for the detached form).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ignite_lstm import native
-from ignite_lstm.fused import detached_steps_forward, native_forward, native_step
+from ignite_lstm.lstm_detached import detached_steps_forward
 
 __all__ = ["StatefulLSTM", "LSTMState", "load_model"]
 
@@ -45,6 +54,9 @@ class StatefulLSTM(nn.Module):
         >>> y, state = model(torch.zeros(2, 100, 5))         # (2, 100, 1)
         >>> y_t, state = model.step(torch.zeros(2, 5), state)  # (2, 1)
     """
+
+    supports_detach_every_step = True  # see the module docstring
+    native_chunk_steps = 512  # steps per native call without gradients: memory does not grow with T
 
     def __init__(
         self,
@@ -96,10 +108,6 @@ class StatefulLSTM(nn.Module):
         h = torch.zeros(shape, device=device or p.device, dtype=dtype or p.dtype)
         return h, torch.zeros_like(h)
 
-    def _native(self, x: torch.Tensor) -> bool:
-        """Whether the native CPU kernel runs this call (see ``ignite_lstm.native``)."""
-        return native.available(x)
-
     def forward(
         self, x: torch.Tensor, state: LSTMState | None = None, detach_every_step: bool = False
     ) -> tuple[torch.Tensor, LSTMState]:
@@ -107,15 +115,20 @@ class StatefulLSTM(nn.Module):
 
         With ``detach_every_step=True`` the outputs carry the gradient of the per-step
         loop that detaches the state after every step (the literal L = 1 setting),
-        computed in the exact fused form of ``ignite_lstm.fused``.
+        computed in the exact fused form of ``ignite_lstm.lstm_detached``.
         """
-        if self._native(x):
-            return native_forward(self, x, state, detach_every_step)
+        h0, c0 = state if state is not None else self.init_state(x.shape[0], x.device, x.dtype)
+        if native.available(x):
+            grad = torch.is_grad_enabled() and (
+                x.requires_grad or h0.requires_grad or c0.requires_grad
+                or any(p.requires_grad for p in self.parameters())
+            )
+            if not grad:
+                return self._native_inference(x, h0, c0)
+            return self._native_forward(x, h0, c0, detach_every_step)
         if detach_every_step:
-            return detached_steps_forward(self, x, state)
-        if state is None:
-            state = self.init_state(x.shape[0], x.device, x.dtype)
-        h0, c0 = state
+            masks = self._dropout_masks(x.shape[1], x.shape[0], x)
+            return detached_steps_forward(self.layers, self.head, x, h0, c0, masks)
         hs, cs = [], []
         out = x
         for i, lstm in enumerate(self.layers):
@@ -128,10 +141,13 @@ class StatefulLSTM(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: LSTMState | None = None) -> tuple[torch.Tensor, LSTMState]:
         """One time step (the L = 1 call). x_t: (B, F) -> y_t: (B, O), state (h, c)."""
-        if not torch.is_grad_enabled() and self._native(x_t):
-            return native_step(self, x_t, state)  # with gradients: the literal torch cell (the reference)
+        if x_t.dim() != 2:
+            raise ValueError(f"Argument x_t should be a (batch, features) tensor, got shape {tuple(x_t.shape)}; "
+                             f"for one sequence use x_t[None] (batch of 1).")
         if state is None:
             state = self.init_state(x_t.shape[0], x_t.device, x_t.dtype)
+        if not torch.is_grad_enabled() and native.available(x_t):
+            return self._native_step(x_t, state)  # with gradients: the literal torch cell (the reference)
         h0, c0 = state
         hs, cs = [], []
         out = x_t
@@ -146,6 +162,77 @@ class StatefulLSTM(nn.Module):
             cs.append(c)
             out = h
         return self.head(out), (torch.stack(hs), torch.stack(cs))
+
+    # ------------------------------------------------------------ backends
+
+    def _dropout_masks(self, T: int, B: int, like: torch.Tensor) -> list[torch.Tensor | None]:
+        """One inverted-dropout mask (T, B, H) per layer input after the first (None: no dropout).
+
+        The detached paths draw them up front, so that the same masks serve both of
+        their passes (and a test can replay them in the per-step loop).
+        """
+        masks: list[torch.Tensor | None] = [None] * self.num_layers
+        if self.training and self.dropout > 0.0:
+            keep = 1.0 - self.dropout
+            for i in range(1, self.num_layers):
+                shape = (T, B, self.hidden_size)
+                masks[i] = torch.bernoulli(torch.full(shape, keep, device=like.device, dtype=like.dtype)) / keep
+        return masks
+
+    def _weights(self) -> list[list[torch.Tensor]]:
+        """``[w_ih, w_hh, b_ih, b_hh]`` per layer (``nn.LSTM.all_weights``, current after ``.to()``)."""
+        return [lstm.all_weights[0] for lstm in self.layers]
+
+    def _native_forward(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+                        detach_every_step: bool) -> tuple[torch.Tensor, LSTMState]:
+        """With gradients: one ``native.lstm_layer`` call per layer over all T steps."""
+        if detach_every_step:
+            h0, c0 = h0.detach(), c0.detach()
+        masks = self._dropout_masks(x.shape[1], x.shape[0], x)
+        inp = x.transpose(0, 1)  # (T, B, F): the kernel walks time-major rows
+        hs, cs = [], []
+        for i, params in enumerate(self._weights()):
+            if masks[i] is not None:
+                inp = inp * masks[i]
+            inp, h, c = native.lstm_layer(inp.contiguous(), h0[i], c0[i], *params, recurrent=not detach_every_step)
+            hs.append(h)
+            cs.append(c)
+        state = (torch.stack(hs), torch.stack(cs))
+        if detach_every_step:
+            state = (state[0].detach(), state[1].detach())
+        return self.head(inp).transpose(0, 1), state
+
+    def _native_inference(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor) -> tuple[torch.Tensor, LSTMState]:
+        """Without gradients, in chunks of ``native_chunk_steps``: the whole stack in one call per chunk."""
+        B, T, _ = x.shape
+        h, c = (s.detach().contiguous() for s in (h0, c0))
+        y = x.new_empty(T, B, self.output_size)
+        dropout = self.training and self.dropout > 0.0
+        runner = None if dropout else native.stack_runner(self, self._weights(), (self.head.weight, self.head.bias),
+                                                          x.dtype)
+        for start in range(0, T, self.native_chunk_steps):
+            stop = min(T, start + self.native_chunk_steps)
+            inp = x[:, start:stop].transpose(0, 1).contiguous()  # (C, B, F)
+            if runner is not None:
+                _, y[start:stop], h, c = runner.run(inp, h, c)
+                continue
+            masks = self._dropout_masks(stop - start, B, x)  # layer by layer, to put the masks between them
+            h, c = h.clone(), c.clone()
+            for i, params in enumerate(self._weights()):
+                if masks[i] is not None:
+                    inp = inp * masks[i]
+                inp, h[i], c[i] = native.lstm_layer_inference(inp, h[i], c[i], *params)
+            torch.addmm(self.head.bias, inp.view(-1, inp.shape[-1]), self.head.weight.t(),
+                        out=y[start:stop].view(-1, self.output_size))
+        return y.transpose(0, 1), (h, c)
+
+    def _native_step(self, x_t: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
+        if self.training and self.dropout > 0.0:
+            y, state = self._native_inference(x_t[:, None], *state)
+            return y[:, 0], state
+        runner = native.stack_runner(self, self._weights(), (self.head.weight, self.head.bias), x_t.dtype)
+        _, y, h, c = runner.run(x_t.contiguous()[None], state[0].contiguous(), state[1].contiguous())
+        return y[0], (h, c)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[StatefulLSTM, dict]:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ignite_lstm._compat import tensor_version
 from ignite_lstm._kernel_build import build_library
 
 __all__ = ["available", "describe", "disabled", "lstm_layer", "lstm_layer_inference", "stack_runner"]
@@ -154,7 +155,7 @@ def _pack(w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
     """
     tensors = (w_ih, w_hh, b_ih, b_hh)
     key = tuple(id(t) for t in tensors)
-    stamp = tuple((t._version, t.data_ptr()) for t in tensors)
+    stamp = tuple((tensor_version(t), t.data_ptr()) for t in tensors)
     hit = _packed.get(key)
     if hit is not None and hit[0] == stamp and all(r() is t for r, t in zip(hit[1], tensors)):
         return hit[2]
@@ -216,7 +217,7 @@ class _Stack:
 
     @staticmethod
     def _stamp(params) -> tuple:
-        return tuple((t._version, t.data_ptr()) for t in params)
+        return tuple((tensor_version(t), t.data_ptr()) for t in params)
 
     def valid(self, layers, head, dtype) -> bool:
         params = [t for ps in layers for t in ps]

@@ -74,7 +74,7 @@ def evaluate_splits(
     """
     frequencies = [float(f) for f in frequencies]
     evaluator = create_evaluator(
-        model, build_metrics(frequencies, per_frequency=METRIC_NAMES, device=device), device=device, engine="auto"
+        model, build_metrics(frequencies, per_frequency=METRIC_NAMES, device=device), device=device, execution="auto"
     )
     collected: list[torch.Tensor] = []
 

@@ -123,12 +123,12 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
     )
     loss_fn = setup_loss(cfg.train.loss)
     trainer = create_trainer(model, optimizer, loss_fn, tbptt_steps=cfg.train.tbptt_steps, update=cfg.train["update"],
-                             grad_clip=cfg.train.grad_clip, device=device, engine=cfg.train.engine,
+                             grad_clip=cfg.train.grad_clip, device=device, execution=cfg.train.engine,
                              chunk_steps=cfg.train.chunk_steps)
     freqs = list(cfg.data.frequencies)
-    val_evaluator = create_evaluator(model, build_metrics(freqs, device=device), device=device, engine=cfg.eval.engine)
+    val_evaluator = create_evaluator(model, build_metrics(freqs, device=device), device=device, execution=cfg.eval.engine)
     final_evaluator = create_evaluator(model, build_metrics(freqs, device=device), device=device,
-                                       engine=cfg.eval.engine)
+                                       execution=cfg.eval.engine)
     h = cfg.handlers
     if h.terminate_on_nan:
         attach_terminate_on_nan(trainer)  # first, so that nothing after it sees a NaN iteration

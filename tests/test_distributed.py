@@ -140,7 +140,7 @@ def _train(local_rank: int, data_dir: str, out: str) -> None:
         model = idist.auto_model(setup_model(cfg))
         optimizer = idist.auto_optim(setup_optimizer(cfg.train.optimizer, model.parameters(), lr=cfg.train.lr))
         trainer = create_trainer(model, optimizer, setup_loss(cfg.train.loss), tbptt_steps=cfg.train.tbptt_steps,
-                                 update=cfg.train["update"], grad_clip=cfg.train.grad_clip, engine=cfg.train.engine,
+                                 update=cfg.train["update"], grad_clip=cfg.train.grad_clip, execution=cfg.train.engine,
                                  chunk_steps=cfg.train.chunk_steps)
         sampler = data["train_loader"].sampler
         orders, losses = [], []

@@ -109,7 +109,7 @@ def test_state_is_reset_at_every_batch(tbptt_steps, engine):
     for data in ([b1, b2], [b2, b1]):
         model = _model()
         trainer = create_trainer(
-            model, torch.optim.SGD(model.parameters(), lr=0.5), nn.MSELoss(), tbptt_steps=tbptt_steps, engine=engine
+            model, torch.optim.SGD(model.parameters(), lr=0.5), nn.MSELoss(), tbptt_steps=tbptt_steps, execution=engine
         )
         records = _record_iterations(trainer, model)
         trainer.run(data, max_epochs=1)
@@ -135,10 +135,10 @@ def test_state_is_carried_across_windows(tbptt_steps, engine):
     model = _model()
     before = copy.deepcopy(model)
     trainer = create_trainer(
-        model, torch.optim.SGD(model.parameters(), lr=0.5), nn.MSELoss(), tbptt_steps=tbptt_steps, engine=engine
+        model, torch.optim.SGD(model.parameters(), lr=0.5), nn.MSELoss(), tbptt_steps=tbptt_steps, execution=engine
     )
-    window_losses = []
-    trainer.add_event_handler(TimeEvents.WINDOW_COMPLETED, lambda e: window_losses.append(e.state.window_loss))
+    window_losses = []  # CHUNK_COMPLETED: every window's loss on every path (fused-detached included)
+    trainer.add_event_handler(TimeEvents.CHUNK_COMPLETED, lambda e: window_losses.extend(e.state.window_losses))
     trainer.run([(x, y)], max_epochs=1)
     with torch.no_grad():
         y_full, _ = before(x)
@@ -160,7 +160,7 @@ def test_state_is_detached_at_window_boundaries(tbptt_steps, engine):
     model = _model()
     before = copy.deepcopy(model)
     trainer = create_trainer(
-        model, torch.optim.SGD(model.parameters(), lr=0.5), nn.MSELoss(), tbptt_steps=tbptt_steps, engine=engine
+        model, torch.optim.SGD(model.parameters(), lr=0.5), nn.MSELoss(), tbptt_steps=tbptt_steps, execution=engine
     )
     trainer.run([(x, y)], max_epochs=1)
     got = _grads(model)
@@ -202,7 +202,7 @@ def test_a_model_without_step_and_a_tensor_state():
     for engine in ("stepwise", "fused"):
         model = copy.deepcopy(initial)
         trainer = create_trainer(
-            model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), tbptt_steps=4, engine=engine
+            model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), tbptt_steps=4, execution=engine
         )
         assert trainer.execution == engine
         trainer.run([(x, y)], max_epochs=1)
@@ -220,7 +220,7 @@ def test_a_model_without_step_and_a_tensor_state():
         (4, "sequence", "fused", 3),
         (3, "window", "fused", 4),
         (T, "window", "stepwise", 1),
-        (1, "sequence", "fused", T),  # fused-detached: every step is a window
+        (1, "sequence", "stepwise", T),
     ],
 )
 def test_window_events_fire_per_window_and_count_globally(tbptt_steps, update, engine, n_windows):
@@ -231,7 +231,7 @@ def test_window_events_fire_per_window_and_count_globally(tbptt_steps, update, e
         nn.MSELoss(),
         tbptt_steps=tbptt_steps,
         update=update,
-        engine=engine,
+        execution=engine,
     )
     assert trainer.state.window_loss is None
     events, losses = [], []
@@ -266,12 +266,12 @@ def test_window_events_fire_per_window_and_count_globally(tbptt_steps, update, e
 
 @pytest.mark.parametrize(
     "tbptt_steps, engine, every, n_windows",
-    [(4, "stepwise", 3, 3), (4, "fused", 5, 3), (3, "stepwise", 3, 4), (1, "fused", 3, T), (1, "stepwise", 7, T)],
+    [(4, "stepwise", 3, 3), (4, "fused", 5, 3), (3, "stepwise", 3, 4), (1, "stepwise", 3, T), (1, "stepwise", 7, T)],
 )
 def test_window_completed_every_filter(tbptt_steps, engine, every, n_windows):
     model = _model(num_layers=1)
     trainer = create_trainer(
-        model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), tbptt_steps=tbptt_steps, engine=engine
+        model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), tbptt_steps=tbptt_steps, execution=engine
     )
     fired = []
     trainer.add_event_handler(
@@ -282,6 +282,26 @@ def test_window_completed_every_filter(tbptt_steps, engine, every, n_windows):
     expected = [((w - 1) // n_windows + 1, w) for w in range(every, total + 1, every)]
     assert fired == expected
     assert len(fired) == total // every
+
+
+def test_fused_detached_fires_chunk_events_only_around_real_computation():
+    # fused-detached computes chunk_steps one-step windows in one call: no window event can
+    # come before its window, so none is fired; CHUNK_COMPLETED carries the windows' losses.
+    model = _model()
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), tbptt_steps=1,
+                             chunk_steps=4)
+    assert trainer.state.execution == "fused-detached"
+    windows, chunks = [], []
+    trainer.add_event_handler(TimeEvents.WINDOW_STARTED, lambda e: windows.append(e.state.window))
+    trainer.add_event_handler(TimeEvents.WINDOW_COMPLETED, lambda e: windows.append(e.state.window))
+    trainer.add_event_handler(TimeEvents.CHUNK_COMPLETED,
+                              lambda e: chunks.append((e.state.iteration, e.state.window, e.state.window_losses)))
+    trainer.run([_batch(1), _batch(2)], max_epochs=1)
+    assert windows == []
+    assert [(it, w, losses.shape) for it, w, losses in chunks] == [
+        (1, 4, (4,)), (1, 8, (4,)), (1, T, (T - 8,)), (2, T + 4, (4,)), (2, T + 8, (4,)), (2, 2 * T, (T - 8,))]
+    assert all(not losses.requires_grad for _, _, losses in chunks)
+    assert trainer.state.window == 2 * T
 
 
 def test_window_counter_survives_a_second_run_call():
@@ -314,7 +334,7 @@ def test_optimizer_steps_per_window_or_per_batch(tbptt_steps, update, engine, pe
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     steps = []
     optimizer.register_step_post_hook(lambda opt, args, kwargs: steps.append(1))
-    trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=tbptt_steps, update=update, engine=engine)
+    trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=tbptt_steps, update=update, execution=engine)
     steps_at_window = []
     trainer.add_event_handler(TimeEvents.WINDOW_COMPLETED, lambda e: steps_at_window.append(len(steps)))
     trainer.run([_batch(1), _batch(2)], max_epochs=2)
@@ -342,7 +362,7 @@ def test_update_window_is_sgd_on_each_window(engine, grad_clip):
         tbptt_steps=k,
         update="window",
         grad_clip=grad_clip,
-        engine=engine,
+        execution=engine,
     )
     trainer.run([(x, y)], max_epochs=1)
     state, norm = None, None
@@ -378,7 +398,7 @@ def test_grad_clip(tbptt_steps, engine, grad_clip):
         nn.MSELoss(),
         tbptt_steps=tbptt_steps,
         grad_clip=grad_clip,
-        engine=engine,
+        execution=engine,
     )
     trainer.run([(x, y)], max_epochs=1)
     _, grads = _hand_loss_and_grads(before, x, y, window=tbptt_steps)
@@ -418,7 +438,7 @@ def _trainer_args():
         ({"grad_clip": -1.0}, ValueError, "Argument grad_clip should be positive or None, got -1.0."),
         ({"grad_clip": "1"}, TypeError, "Argument grad_clip should be a number or None, got str."),
         ({"grad_clip": True}, TypeError, "Argument grad_clip should be a number or None, got bool."),
-        ({"engine": "gpu"}, ValueError, "Argument engine should be one of ('auto', 'fused', 'stepwise'), got 'gpu'."),
+        ({"execution": "gpu"}, ValueError, "Argument execution should be one of ('auto', 'fused', 'stepwise'), got 'gpu'."),
     ],
 )
 def test_create_trainer_argument_errors(kwargs, error, msg):
@@ -427,11 +447,21 @@ def test_create_trainer_argument_errors(kwargs, error, msg):
 
 
 def test_create_evaluator_argument_errors():
-    msg = "Argument engine should be one of ('auto', 'fused', 'stepwise'), got 'fast'."
+    msg = "Argument execution should be one of ('auto', 'fused', 'stepwise'), got 'fast'."
     with pytest.raises(ValueError, match=re.escape(msg)):
-        create_evaluator(_model(), engine="fast")
+        create_evaluator(_model(), execution="fast")
     with pytest.raises(ValueError, match=re.escape(msg)):
-        select_execution(_model(), nn.MSELoss(), 1, "sequence", engine="fast")
+        select_execution(_model(), nn.MSELoss(), 1, "sequence", execution="fast")
+
+
+def test_the_engine_argument_is_a_deprecated_alias_of_execution():
+    model = _model()
+    with pytest.warns(DeprecationWarning, match="Argument engine is deprecated; use execution="):
+        trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), tbptt_steps=4,
+                                 engine="stepwise")
+    assert trainer.state.execution == trainer.execution == "stepwise"
+    with pytest.warns(DeprecationWarning):
+        assert select_execution(model, nn.MSELoss(), 4, "sequence", engine="stepwise") == "stepwise"
 
 
 # (f) evaluator
@@ -442,7 +472,7 @@ def test_evaluator_metrics_see_every_step_once(engine):
     # Batches of different sizes: a metric that weighted batches instead of steps would disagree.
     model = _model(dropout=0.3)  # evaluation must switch dropout off
     data = [_batch(1, batch=3), _batch(2, batch=1), _batch(3, batch=2)]
-    evaluator = create_evaluator(model, {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}, engine=engine)
+    evaluator = create_evaluator(model, {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}, execution=engine)
     metrics = evaluator.run(data).metrics
     model.eval()
     with torch.no_grad():
@@ -459,7 +489,7 @@ def test_evaluator_output_and_stepwise_equals_fused():
     x, y = _batch(8, output_size=2)
     outputs = {}
     for engine in ("stepwise", "fused"):
-        evaluator = create_evaluator(model, engine=engine)
+        evaluator = create_evaluator(model, execution=engine)
         outputs[engine] = evaluator.run([(x, y)]).output
     out = outputs["fused"]
     assert set(out) == {"y_pred", "y", "x"}
@@ -508,5 +538,5 @@ def test_select_execution(model, loss_fn, tbptt_steps, update, engine, expected)
     assert select_execution(net, loss_fn, tbptt_steps, update, engine) == expected
     if model == "lstm":
         optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-        trainer = create_trainer(net, optimizer, loss_fn, tbptt_steps=tbptt_steps, update=update, engine=engine)
+        trainer = create_trainer(net, optimizer, loss_fn, tbptt_steps=tbptt_steps, update=update, execution=engine)
         assert trainer.execution == expected

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from ignite.engine import Events
 
 from ignite_lstm.engines import TimeEvents, create_trainer
-from ignite_lstm.fused import detached_steps_forward, elementwise_loss
+from ignite_lstm.losses import elementwise_loss
+from ignite_lstm.lstm_detached import detached_steps_forward
 from ignite_lstm.models import StatefulLSTM
 
 B, T, F_IN, H, O = 2, 10, 3, 4, 1
@@ -77,14 +78,15 @@ def _train(engine, num_layers, tbptt_steps, update, dtype, optimizer, n_batches)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
     trainer = create_trainer(
-        model, opt, nn.MSELoss(), tbptt_steps=tbptt_steps, update=update, engine=engine, chunk_steps=CHUNK
+        model, opt, nn.MSELoss(), tbptt_steps=tbptt_steps, update=update, execution=engine, chunk_steps=CHUNK
     )
     rec = {"execution": trainer.execution, "loss": [], "window_loss": [], "grads": []}
 
     def snapshot(e):
         rec["grads"].append([p.grad.clone() for p in model.parameters()])
 
-    trainer.add_event_handler(TimeEvents.WINDOW_COMPLETED, lambda e: rec["window_loss"].append(e.state.window_loss))
+    # CHUNK_COMPLETED carries every window's loss on every path (one per chunk on fused-detached)
+    trainer.add_event_handler(TimeEvents.CHUNK_COMPLETED, lambda e: rec["window_loss"].extend(e.state.window_losses))
     # update="window": one optimizer step per window, so compare every window's gradient
     trainer.add_event_handler(
         TimeEvents.WINDOW_COMPLETED if update == "window" else Events.ITERATION_COMPLETED, snapshot
@@ -143,7 +145,8 @@ def test_detached_steps_forward_values_state_and_gradient(num_layers):
     model.zero_grad()
     carried, outputs = state, []
     for start in range(0, T, CHUNK):
-        y_c, carried = detached_steps_forward(model, x[:, start : start + CHUNK], carried)
+        y_c, carried = detached_steps_forward(model.layers, model.head, x[:, start : start + CHUNK], *carried,
+                                              [None] * num_layers)
         outputs.append(y_c)
     F.mse_loss(torch.cat(outputs, dim=1), y).backward()
     got = [p.grad.clone() for p in model.parameters()]
@@ -224,7 +227,7 @@ def test_dropout_paths_differ_only_by_their_masks(num_layers, monkeypatch):
     stepwise_model = copy.deepcopy(initial)
     monkeypatch.setattr(F, "dropout", replay_dropout)
     stepwise = create_trainer(
-        stepwise_model, torch.optim.SGD(stepwise_model.parameters(), lr=0.1), nn.MSELoss(), engine="stepwise"
+        stepwise_model, torch.optim.SGD(stepwise_model.parameters(), lr=0.1), nn.MSELoss(), execution="stepwise"
     )
     stepwise.run([(x, y)], max_epochs=1)
     monkeypatch.undo()

@@ -111,7 +111,7 @@ GENERIC_PATHS = [
 def test_execution_path_for_generic_models(kind, tbptt, update, engine, expected):
     model = _model(kind)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    trainer = create_trainer(model, opt, nn.MSELoss(), tbptt_steps=tbptt, update=update, engine=engine)
+    trainer = create_trainer(model, opt, nn.MSELoss(), tbptt_steps=tbptt, update=update, execution=engine)
     assert trainer.execution == expected
     assert select_execution(model, nn.MSELoss(), tbptt, update, engine) == expected
 
@@ -132,7 +132,7 @@ def test_generic_model_trains_and_window_events_fire(kind, engine, tbptt, update
     loader = _loader(kind)
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    trainer = create_trainer(model, opt, nn.MSELoss(), tbptt_steps=tbptt, update=update, engine=engine)
+    trainer = create_trainer(model, opt, nn.MSELoss(), tbptt_steps=tbptt, update=update, execution=engine)
     started, completed, every_2, losses = [], [], [], []
     trainer.add_event_handler(TimeEvents.WINDOW_STARTED, lambda e: started.append(e.state.window))
 
@@ -162,7 +162,7 @@ def test_fused_and_stepwise_training_agree(kind, tbptt, update):
     for engine in ("fused", "stepwise"):
         model = _model(kind)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        trainer = create_trainer(model, opt, nn.MSELoss(), tbptt_steps=tbptt, update=update, engine=engine)
+        trainer = create_trainer(model, opt, nn.MSELoss(), tbptt_steps=tbptt, update=update, execution=engine)
         state = trainer.run(_loader(kind), max_epochs=EPOCHS)
         results.append((state.output["loss"], [p.detach().clone() for p in model.parameters()]))
     (loss_f, params_f), (loss_s, params_s) = results
@@ -175,7 +175,7 @@ def test_fused_and_stepwise_training_agree(kind, tbptt, update):
 def test_nested_state_is_reset_per_batch_and_detached_per_window(engine, tbptt):
     model = _model("dict")
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    trainer = create_trainer(model, opt, nn.MSELoss(), tbptt_steps=tbptt, update="sequence", engine=engine)
+    trainer = create_trainer(model, opt, nn.MSELoss(), tbptt_steps=tbptt, update="sequence", execution=engine)
     trainer.run(_loader("dict"), max_epochs=1)
 
     calls_per_batch = T if engine == "stepwise" else math.ceil(T / tbptt)
@@ -207,7 +207,7 @@ def test_generic_model_evaluates_with_create_evaluator(kind):
     for engine in ("auto", "fused", "stepwise"):
         outputs = []
         evaluator = create_evaluator(
-            model, {"mse": MeanSquaredError(output_transform=lambda o: (o["y_pred"], o["y"]))}, engine=engine
+            model, {"mse": MeanSquaredError(output_transform=lambda o: (o["y_pred"], o["y"]))}, execution=engine
         )
         evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(e.state.output["y_pred"]))
         metrics = evaluator.run(loader).metrics

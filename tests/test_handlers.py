@@ -183,6 +183,25 @@ def read_events(log_dir) -> dict[str, list[tuple[int, float | None]]]:
     return values
 
 
+def test_tensorboard_window_loss_groups_windows_across_chunks(tmp_path):
+    # fused-detached: one-step windows in chunks of 7, groups of 3 windows that straddle the chunks
+    torch.manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.randn(4, 20, 3), torch.randn(4, 20, 1)), batch_size=2)
+    model = StatefulLSTM(input_size=3, hidden_size=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    trainer = create_trainer(model, optimizer, torch.nn.MSELoss(), tbptt_steps=1, chunk_steps=7)
+    assert trainer.state.execution == "fused-detached"
+    Average(output_transform=lambda o: o["loss"]).attach(trainer, "epoch_loss")
+    evaluator = create_evaluator(model, build_metrics([1.0, 3.0], names=("mse",)))
+    windows = []
+    trainer.add_event_handler(TimeEvents.CHUNK_COMPLETED, lambda e: windows.extend(e.state.window_losses.tolist()))
+    attach_tensorboard(trainer, evaluator, optimizer, tmp_path, window_every=3)
+    trainer.run(loader, max_epochs=1)
+    assert len(windows) == 40
+    expected = [(k, pytest.approx(sum(windows[k - 3:k]) / 3, rel=1e-6)) for k in range(3, 41, 3)]
+    assert read_events(tmp_path)["train/window_loss"] == expected
+
+
 def test_tensorboard_events_hold_losses_metrics_lr_grad_norm_and_histograms(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(4, 20, 3)

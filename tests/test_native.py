@@ -114,9 +114,8 @@ def test_inference_and_step_equal_pytorch(dtype):
         torch.testing.assert_close(torch.stack(outs, 1), y_ref, **tol)
         torch.testing.assert_close(s[0], h_ref, **tol)
         # chunks of the time axis carry the state exactly: 40 steps in chunks of 7
-        from ignite_lstm.fused import native_forward
-
-        y_chunked, _ = native_forward(model, x, state, chunk_steps=7)
+        model.native_chunk_steps = 7
+        y_chunked, _ = model(x, state)
         torch.testing.assert_close(y_chunked, y, rtol=0, atol=0)
 
 
