@@ -8,10 +8,10 @@ from typing import Any, Iterator
 
 import ignite.distributed as idist
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from ignite_lstm.data import SignalDataset, ensure_split
+from ignite_lstm.losses import setup_loss
 from ignite_lstm.models import StatefulLSTM
 
 __all__ = ["setup_data", "setup_model", "setup_optimizer", "setup_loss", "split_params", "ShardSampler"]
@@ -25,7 +25,6 @@ OPTIMIZERS = {
     "sgd": torch.optim.SGD,
     "rmsprop": torch.optim.RMSprop,
 }
-LOSSES = {"mse": nn.MSELoss, "l1": nn.L1Loss, "huber": nn.HuberLoss, "smooth_l1": nn.SmoothL1Loss}
 
 
 class ShardSampler(Sampler[int]):
@@ -120,13 +119,6 @@ def setup_optimizer(name: str, params, *, lr: float, weight_decay: float = 0.0, 
     if name in ("sgd", "rmsprop"):
         kwargs["momentum"] = momentum
     return OPTIMIZERS[name](params, **kwargs)
-
-
-def setup_loss(name: str) -> nn.Module:
-    """One of mse, l1, huber, smooth_l1 (all mean-reduced and elementwise)."""
-    if name not in LOSSES:
-        raise ValueError(f"Argument name should be one of {tuple(LOSSES)}, got {name!r}.")
-    return LOSSES[name]()
 
 
 def steps_per_epoch(n_batches: int, n_steps: int, tbptt_steps: int, update: str) -> int:
