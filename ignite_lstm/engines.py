@@ -17,10 +17,8 @@ window boundary. Three execution paths compute the same numbers:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import warnings
 from typing import Any, Callable
 
 import ignite.distributed as idist
@@ -29,15 +27,22 @@ import torch.nn as nn
 from ignite.engine import Engine, EventEnum
 from ignite.utils import convert_tensor
 
+from ignite_lstm.execution import (
+    resolve_execution,
+    run_steps,
+    select_execution,
+    step_fn,
+    unwrap,
+    without_grad_sync,
+)
 from ignite_lstm.losses import elementwise_loss
 from ignite_lstm.state import detach_state
 
-__all__ = ["TimeEvents", "create_trainer", "create_evaluator", "select_execution"]
+__all__ = ["TimeEvents", "create_trainer", "create_evaluator", "select_execution"]  # select_execution: from execution.py
 
 logger = logging.getLogger(__name__)
 
 UPDATES = ("sequence", "window")
-EXECUTIONS = ("auto", "fused", "stepwise")
 
 
 class TimeEvents(EventEnum):
@@ -63,95 +68,6 @@ class TimeEvents(EventEnum):
     WINDOW_STARTED = "window_started"
     WINDOW_COMPLETED = "window_completed"
     CHUNK_COMPLETED = "chunk_completed"
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside a DistributedDataParallel/DataParallel wrapper."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
-
-
-def _no_sync(model: nn.Module, last: bool):
-    """Accumulate gradients locally until the last backward of an optimizer step (DDP only)."""
-    if isinstance(model, nn.parallel.DistributedDataParallel) and not last:
-        return model.no_sync()
-    return contextlib.nullcontext()
-
-
-def _step_fn(model: nn.Module) -> Callable:
-    """The L = 1 call: ``model.step`` when the model has one and is not wrapped.
-
-    A DDP-wrapped model is called through its forward (length-1 sequence) so that
-    its gradient hooks see the call.
-    """
-    if model is _unwrap(model) and callable(getattr(model, "step", None)):
-        return model.step
-
-    def step(x_t, state):
-        y, state = model(x_t.unsqueeze(1), state)
-        return y.squeeze(1), state
-
-    return step
-
-
-def _resolve_execution(execution: str, engine: str | None) -> str:
-    if engine is not None:  # the argument's name before 0.2
-        warnings.warn("Argument engine is deprecated; use execution=.", DeprecationWarning, stacklevel=3)
-        execution = engine
-    if execution not in EXECUTIONS:
-        raise ValueError(f"Argument execution should be one of {EXECUTIONS}, got {execution!r}.")
-    return execution
-
-
-def select_execution(model: nn.Module, loss_fn: Callable, tbptt_steps: int, update: str, execution: str = "auto",
-                     *, engine: str | None = None) -> str:
-    """Resolve the execution path: ``"stepwise"``, ``"fused"`` or ``"fused-detached"``.
-
-    ``fused-detached`` applies to a model that advertises ``supports_detach_every_step``
-    (``StatefulLSTM`` does) with ``tbptt_steps=1``, ``update="sequence"`` and a
-    mean-reduced elementwise loss; ``auto`` takes it there, ``fused`` windows for
-    ``tbptt_steps > 1`` and the per-step loop otherwise (``update="window"`` with
-    ``tbptt_steps=1`` is an optimizer step per time step: inherently sequential).
-
-    Args:
-        model: the model (a DDP wrapper is looked through).
-        loss_fn: the loss; the chunked path needs a mean-reduced elementwise one.
-        tbptt_steps: the window length K.
-        update: ``"sequence"`` or ``"window"``.
-        execution: the user's choice, ``"auto"``, ``"fused"`` or ``"stepwise"``.
-        engine: deprecated name of ``execution``.
-
-    Returns:
-        The path name that ``create_trainer`` will run.
-
-    Example:
-        >>> select_execution(StatefulLSTM(5, 32), nn.MSELoss(), tbptt_steps=1, update="sequence")
-        'fused-detached'
-        >>> select_execution(my_gru_model, nn.MSELoss(), tbptt_steps=1, update="sequence")
-        'stepwise'
-    """
-    execution = _resolve_execution(execution, engine)
-    detached_ok = (
-        tbptt_steps == 1
-        and update == "sequence"
-        and getattr(_unwrap(model), "supports_detach_every_step", False) is True
-        and elementwise_loss(loss_fn) is not None
-    )
-    if execution == "stepwise":
-        return "stepwise"
-    if detached_ok:
-        return "fused-detached"
-    if execution == "fused" or tbptt_steps > 1:
-        return "fused"
-    return "stepwise"
-
-
-def _run_steps(step: Callable, x: torch.Tensor, state) -> tuple[torch.Tensor, Any]:
-    """The literal loop: one L = 1 call per time step. x (B, T, F) -> y (B, T, O)."""
-    outputs = []
-    for t in range(x.shape[1]):
-        y_t, state = step(x[:, t], state)
-        outputs.append(y_t)
-    return torch.stack(outputs, dim=1), state
 
 
 def _prepare(batch, device, non_blocking):
@@ -224,8 +140,8 @@ def create_trainer(
         raise TypeError(f"Argument grad_clip should be a number or None, got {type(grad_clip).__name__}.")
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"Argument grad_clip should be positive or None, got {grad_clip}.")
-    path = select_execution(model, loss_fn, tbptt_steps, update, _resolve_execution(execution, engine))
-    step = _step_fn(model)
+    path = select_execution(model, loss_fn, tbptt_steps, update, resolve_execution(execution, engine))
+    step = step_fn(model)
     elementwise = elementwise_loss(loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -256,9 +172,9 @@ def create_trainer(
             if update == "window":
                 optimizer.zero_grad(set_to_none=True)
             last = update == "window" or w == n_windows - 1
-            with _no_sync(model, last):
+            with without_grad_sync(model, last):
                 x_w = x[:, start:stop]
-                y_pred, state = _run_steps(step, x_w, state) if path == "stepwise" else model(x_w, state)
+                y_pred, state = run_steps(step, x_w, state) if path == "stepwise" else model(x_w, state)
                 loss = loss_fn(y_pred, y[:, start:stop])
                 (loss * ((stop - start) / T) if update == "sequence" else loss).backward()
             state = detach_state(state)  # the window boundary
@@ -283,7 +199,7 @@ def create_trainer(
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, T, chunk_steps):
             stop = min(T, start + chunk_steps)
-            with _no_sync(model, stop == T):
+            with without_grad_sync(model, stop == T):
                 y_pred, state = model(x[:, start:stop], state, detach_every_step=True)
                 loss = loss_fn(y_pred, y[:, start:stop])
                 (loss * ((stop - start) / T)).backward()
@@ -350,15 +266,15 @@ def create_evaluator(
         >>> evaluator = create_evaluator(model, build_metrics([1.0, 3.0, 5.0, 7.0]))
         >>> evaluator.run(loader).metrics["mse"]
     """
-    execution = _resolve_execution(execution, engine)
-    net = _unwrap(model)  # no gradients here, so no DDP hooks are needed
-    step = _step_fn(net)
+    execution = resolve_execution(execution, engine)
+    net = unwrap(model)  # no gradients here, so no DDP hooks are needed
+    step = step_fn(net)
 
     @torch.no_grad()
     def _infer(_: Engine, batch) -> dict[str, torch.Tensor]:
         net.eval()
         x, y = prepare_batch(batch, device, non_blocking)
-        y_pred, _ = _run_steps(step, x, None) if execution == "stepwise" else net(x)
+        y_pred, _ = run_steps(step, x, None) if execution == "stepwise" else net(x)
         return {
             "y_pred": y_pred.reshape(-1, y_pred.shape[-1]),
             "y": y.reshape(-1, y.shape[-1]),
