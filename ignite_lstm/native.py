@@ -60,23 +60,21 @@ def _build() -> ctypes.CDLL:
 
 
 def _library() -> ctypes.CDLL | None:
-    if _state["off"]:
-        return None
-    if not _state["tried"]:
-        with _lock:
-            if not _state["tried"]:
-                if os.environ.get("IGNITE_LSTM_NATIVE", "1") == "0":
-                    logger.info("Native LSTM kernel switched off by IGNITE_LSTM_NATIVE=0")
-                else:
-                    try:
-                        _state["lib"] = _build()
-                        lib = _state["lib"]
-                        logger.debug("Native LSTM kernel loaded (SIMD %d, OpenMP %d)", lib.ignite_lstm_simd(),
-                                     lib.ignite_lstm_openmp())
-                    except Exception as exc:  # any failure means: use the PyTorch code
-                        logger.warning("Native LSTM kernel unavailable, using PyTorch's LSTM: %s", exc)
-                _state["tried"] = True
-    return _state["lib"]
+    if _state["off"] or _state["tried"]:  # the per-call path: no lock
+        return None if _state["off"] else _state["lib"]
+    with _lock:
+        if _state["tried"]:
+            return _state["lib"]
+        _state["tried"] = True
+        if os.environ.get("IGNITE_LSTM_NATIVE", "1") == "0":
+            logger.info("Native LSTM kernel switched off by IGNITE_LSTM_NATIVE=0")
+            return None
+        try:
+            _state["lib"] = lib = _build()
+            logger.debug("Native LSTM kernel loaded (SIMD %d, OpenMP %d)", lib.ignite_lstm_simd(), lib.ignite_lstm_openmp())
+        except Exception as exc:  # any failure means: use the PyTorch code
+            logger.warning("Native LSTM kernel unavailable, using PyTorch's LSTM: %s", exc)
+        return _state["lib"]
 
 
 def available(*tensors: torch.Tensor) -> bool:
@@ -99,11 +97,11 @@ def available(*tensors: torch.Tensor) -> bool:
     return _library() is not None
 
 
-def describe(device: torch.device | None = None) -> str:
+def describe(device: torch.device | str | None = None) -> str:
     """Which LSTM code runs on ``device`` (the CPU by default), in words for a log line.
 
     Args:
-        device: where the model is.
+        device: where the model is (``"cpu"``, ``torch.device("cuda:0")``, ...).
 
     Returns:
         For example ``"native (AVX2/FMA, OpenMP, 2 threads)"`` or ``"PyTorch"``.
@@ -111,7 +109,7 @@ def describe(device: torch.device | None = None) -> str:
     Example:
         >>> logger.info("LSTM kernel: %s", describe())
     """
-    if device is not None and device.type != "cpu":
+    if device is not None and torch.device(device).type != "cpu":
         return "PyTorch"
     lib = _library()
     if lib is None:
