@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Iterator
 
 import ignite.distributed as idist
@@ -119,8 +118,3 @@ def setup_optimizer(name: str, params, *, lr: float, weight_decay: float = 0.0, 
     if name in ("sgd", "rmsprop"):
         kwargs["momentum"] = momentum
     return OPTIMIZERS[name](params, **kwargs)
-
-
-def steps_per_epoch(n_batches: int, n_steps: int, tbptt_steps: int, update: str) -> int:
-    """Optimizer steps per epoch: one per batch, or one per window."""
-    return n_batches * (math.ceil(n_steps / tbptt_steps) if update == "window" else 1)

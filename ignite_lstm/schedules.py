@@ -22,6 +22,8 @@ warm-up of ``W`` steps (``W = 0``: none; else at least 2), the rate of step ``s`
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import torch
@@ -36,10 +38,15 @@ from ignite.handlers import (
 
 from ignite_lstm.engines import TimeEvents
 
-__all__ = ["setup_lr_scheduler", "warmup_steps", "SCHEDULES", "WARMUP_START_FACTOR"]
+__all__ = ["setup_lr_scheduler", "steps_per_epoch", "warmup_steps", "SCHEDULES", "WARMUP_START_FACTOR"]
 
 SCHEDULES = ("none", "step", "cosine", "plateau", "onecycle")
 WARMUP_START_FACTOR = 0.01  # warm-up starts at 1% of the base learning rate
+
+
+def steps_per_epoch(n_batches: int, n_steps: int, tbptt_steps: int, update: str) -> int:
+    """Optimizer steps per epoch: one per batch, or one per window."""
+    return n_batches * (math.ceil(n_steps / tbptt_steps) if update == "window" else 1)
 
 
 def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:

@@ -42,7 +42,8 @@ from ignite_lstm.handlers import (
 )
 from ignite_lstm.history import MetricsHistory
 from ignite_lstm.metrics import build_metrics, metric_direction
-from ignite_lstm.pipeline import setup_data, setup_loss, setup_model, setup_optimizer, steps_per_epoch
+from ignite_lstm.pipeline import setup_data, setup_loss, setup_model, setup_optimizer
+from ignite_lstm.schedules import steps_per_epoch
 from ignite_lstm.schedules import setup_lr_scheduler
 
 __all__ = ["run_training", "TrainingDiverged", "TrainingInterrupted"]
