@@ -201,3 +201,11 @@ def ctrl_c(trainer: Engine, evaluator: Engine, config: Any) -> None:
     @trainer.on(Events.ITERATION_COMPLETED(once=int(os.environ["CTRL_C_AT"])))
     def _press(_: Engine) -> None:
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def raise_at_attach(trainer: Engine, evaluator: Engine, config: Any) -> None:
+    """Raise ``$ATTACH_RAISES`` (``RuntimeError`` or ``KeyboardInterrupt``) while the handlers are
+    attached, a crash during start-up; without the variable, do nothing."""
+    kind = os.environ.get("ATTACH_RAISES")
+    if kind:
+        raise {"RuntimeError": RuntimeError, "KeyboardInterrupt": KeyboardInterrupt}[kind]("raised at attach")
