@@ -20,6 +20,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, EarlyStopping, ProgressBar, TerminateOnNan, global_step_from_engine
 
+from ignite_lstm._atomic import atomic_write
 from ignite_lstm.engines import TimeEvents
 from ignite_lstm.metrics import metric_direction
 
@@ -47,7 +48,9 @@ class _SaveThenRemove(DiskSaver):
     """``DiskSaver`` that deletes the file a new one replaces only once the new one is written.
 
     Ignite's ``Checkpoint`` removes the oldest file before saving the next; if that save
-    fails (a full disk), the run would be left without its last good checkpoint.
+    fails (a full disk), the run would be left without its last good checkpoint. Files are
+    written by ``atomic_write``: with the umask's mode (Ignite's temporary file makes them
+    0644 whatever the umask), and a failed write leaves no temporary file behind.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -59,7 +62,8 @@ class _SaveThenRemove(DiskSaver):
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         pending, self._pending = self._pending, []
-        super().__call__(checkpoint, filename, metadata)  # on failure the old files stay
+        if idist.get_rank() == self.save_on_rank:  # on failure the old files stay
+            atomic_write(self.dirname / filename, lambda f: torch.save(checkpoint, f, **self.kwargs))
         for old in pending:
             if old != filename and (self.dirname / old).exists():
                 super().remove(old)
@@ -79,10 +83,11 @@ def attach_checkpoints(
 ) -> dict[str, Checkpoint]:
     """Best model (by the validation ``monitor``), last training state, every ``every`` epochs, and Ctrl-C.
 
-    Files go to ``directory`` through ``DiskSaver(atomic=True)`` (a temporary file
-    renamed into place: a crash never leaves a half-written checkpoint), rank 0 only;
-    a file replaced by a newer one is deleted after the newer one is written, so a
-    failed save keeps the previous file:
+    Files go to ``directory`` through a ``DiskSaver`` that writes a temporary file and
+    renames it into place (a crash never leaves a half-written checkpoint, a failed
+    write no temporary file; the mode follows the umask), rank 0 only; a file replaced
+    by a newer one is deleted after the newer one is written, so a failed save keeps
+    the previous file:
 
     - ``best_checkpoint_<iteration>_<score>.pt``: ``best_objects`` (model and its
       arguments, readable by ``load_model``) after each validation that beats the
