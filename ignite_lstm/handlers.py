@@ -7,6 +7,7 @@ Only rank 0 writes files or shows progress.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
@@ -196,6 +197,61 @@ def attach_early_stopping(
     return stopper
 
 
+class _KeepWriterError:
+    """Stands in for tensorboardX's ``EventsWriter`` (the event file) and keeps its first error.
+
+    tensorboardX writes the event file from a thread of its own, fed by a queue of ten
+    events. An error there (a full disk) ends that thread, and then the next ``add_*``
+    waits forever for room in the queue, and so does ``close`` at exit. Kept here
+    instead, the thread goes on emptying the queue (later events are dropped) and
+    ``check`` raises the error in the training thread.
+    """
+
+    def __init__(self, events: Any, path: str) -> None:
+        self._events = events
+        self.path = path
+        self.error: Exception | None = None
+
+    def _call(self, method: Callable, *args: Any) -> None:
+        if self.error is None:
+            try:
+                method(*args)
+            except Exception as exc:
+                self.error = exc
+
+    def write_event(self, event: Any) -> None:
+        self._call(self._events.write_event, event)
+
+    def flush(self) -> None:
+        self._call(self._events.flush)
+
+    def close(self) -> None:
+        self._call(self._events.close)
+        if self.error is not None:  # its flush failed before the file was closed: close it, dropping the rest
+            with contextlib.suppress(Exception):
+                getattr(self._events, "_py_recordio_writer", self._events).close()
+
+    def check(self, *_: Any) -> None:
+        """Raise the kept error (an ``OSError`` names the event file)."""
+        exc = self.error
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, self.path) from exc
+        if exc is not None:
+            raise RuntimeError(f"TensorBoard could not write {self.path}: {exc}") from exc
+
+
+def _keep_writer_error(tb: Any) -> _KeepWriterError | None:
+    """Put a ``_KeepWriterError`` between tensorboardX's writer thread and its event file (None if the
+    writer is not tensorboardX's)."""
+    writer = getattr(getattr(tb.writer, "file_writer", None), "event_writer", None)  # EventFileWriter
+    events, worker = getattr(writer, "_ev_writer", None), getattr(writer, "_worker", None)
+    if events is None or not hasattr(worker, "_record_writer"):
+        return None
+    guard = _KeepWriterError(events, str(getattr(events, "_file_name", writer.get_logdir())))
+    writer._ev_writer = worker._record_writer = guard
+    return guard
+
+
 def attach_tensorboard(
     trainer: Engine,
     val_evaluator: Engine,
@@ -229,6 +285,10 @@ def attach_tensorboard(
         histograms: also log weight histograms of ``model`` per epoch.
         model: the model for the histograms.
 
+    A failure to write the event file (a full disk) is raised in the trainer at the
+    end of the iteration or epoch (an ``OSError`` naming the file); tensorboardX's
+    writer thread would otherwise die and leave the next write waiting forever.
+
     Returns:
         The ``TensorboardLogger`` (closed when the trainer completes).
 
@@ -244,6 +304,9 @@ def attach_tensorboard(
     )
 
     tb = TensorboardLogger(log_dir=str(log_dir))
+    guard = _keep_writer_error(tb)
+    if guard is not None:
+        trainer.add_event_handler(Events.ITERATION_COMPLETED | Events.EPOCH_COMPLETED, guard.check)
     tb.attach(trainer, OutputHandler("train", output_transform=lambda o: {"loss": o["loss"],
                                                                          "grad_norm": o["grad_norm"]}),
               Events.ITERATION_COMPLETED(every=every))
@@ -264,7 +327,13 @@ def attach_tensorboard(
         trainer.add_event_handler(TimeEvents.WINDOW_COMPLETED, window_group)
     if histograms and model is not None:
         tb.attach(trainer, WeightsHistHandler(model), Events.EPOCH_COMPLETED)
-    trainer.add_event_handler(Events.COMPLETED, lambda _: tb.close())
+
+    def close(_: Engine) -> None:
+        tb.close()
+        if guard is not None:
+            guard.check()  # the last events could not be written
+
+    trainer.add_event_handler(Events.COMPLETED, close)
     return tb
 
 
