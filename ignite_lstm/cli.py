@@ -7,6 +7,7 @@ Exit status: 0 done, 2 bad input (config, data file, output folder, checkpoint),
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import multiprocessing
@@ -371,6 +372,23 @@ def _summary(run_dir: Path, frequencies: Sequence[float]) -> str:
     return "\n".join(lines)
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full_message(exc: OSError, plan: dict | None) -> str:
+    """A full disk (or quota) during the run: the file, its folder, and the checkpoint to resume from."""
+    run_dir = Path(plan["run_dir"]) if plan else None
+    target = Path(exc.filename) if exc.filename else None
+    folder = target.parent if target else run_dir
+    where = f" (folder {folder})" if folder else ""
+    text = f"{exc.strerror} while writing {target or 'a file'}{where}; training stopped."
+    if run_dir is not None:
+        kept = find_checkpoint(run_dir / "checkpoints")
+        text += (f" The last complete checkpoint is {kept}: free some space, then continue with resume=auto."
+                 if kept else " No checkpoint had been written yet.")
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -402,6 +420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        print(f"error: {_disk_full_message(exc, plan)}", file=sys.stderr)
+        return 1
     except Exception as exc:  # typed training outcomes, also when raised in a spawned process
         from ignite_lstm.training import TrainingDiverged, TrainingInterrupted
 

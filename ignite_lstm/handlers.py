@@ -7,6 +7,7 @@ Only rank 0 writes files or shows progress.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
@@ -20,6 +21,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, EarlyStopping, ProgressBar, TerminateOnNan, global_step_from_engine
 
+from ignite_lstm._atomic import atomic_write
 from ignite_lstm._compat import quiet_handler_logger
 from ignite_lstm.engines import TimeEvents
 from ignite_lstm.metrics import metric_direction
@@ -48,7 +50,9 @@ class _SaveThenRemove(DiskSaver):
     """``DiskSaver`` that deletes the file a new one replaces only once the new one is written.
 
     Ignite's ``Checkpoint`` removes the oldest file before saving the next; if that save
-    fails (a full disk), the run would be left without its last good checkpoint.
+    fails (a full disk), the run would be left without its last good checkpoint. Files are
+    written by ``atomic_write``: with the umask's mode (Ignite's temporary file makes them
+    0644 whatever the umask), and a failed write leaves no temporary file behind.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -60,7 +64,8 @@ class _SaveThenRemove(DiskSaver):
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         pending, self._pending = self._pending, []
-        super().__call__(checkpoint, filename, metadata)  # on failure the old files stay
+        if idist.get_rank() == self.save_on_rank:  # on failure the old files stay
+            atomic_write(self.dirname / filename, lambda f: torch.save(checkpoint, f, **self.kwargs))
         for old in pending:
             if old != filename and (self.dirname / old).exists():
                 super().remove(old)
@@ -80,10 +85,11 @@ def attach_checkpoints(
 ) -> dict[str, Checkpoint]:
     """Best model (by the validation ``monitor``), last training state, every ``every`` epochs, and Ctrl-C.
 
-    Files go to ``directory`` through ``DiskSaver(atomic=True)`` (a temporary file
-    renamed into place: a crash never leaves a half-written checkpoint), rank 0 only;
-    a file replaced by a newer one is deleted after the newer one is written, so a
-    failed save keeps the previous file:
+    Files go to ``directory`` through a ``DiskSaver`` that writes a temporary file and
+    renames it into place (a crash never leaves a half-written checkpoint, a failed
+    write no temporary file; the mode follows the umask), rank 0 only; a file replaced
+    by a newer one is deleted after the newer one is written, so a failed save keeps
+    the previous file:
 
     - ``best_checkpoint_<iteration>_<score>.pt``: ``best_objects`` (model and its
       arguments, readable by ``load_model``) after each validation that beats the
@@ -192,6 +198,61 @@ def attach_early_stopping(
     return stopper
 
 
+class _KeepWriterError:
+    """Stands in for tensorboardX's ``EventsWriter`` (the event file) and keeps its first error.
+
+    tensorboardX writes the event file from a thread of its own, fed by a queue of ten
+    events. An error there (a full disk) ends that thread, and then the next ``add_*``
+    waits forever for room in the queue, and so does ``close`` at exit. Kept here
+    instead, the thread goes on emptying the queue (later events are dropped) and
+    ``check`` raises the error in the training thread.
+    """
+
+    def __init__(self, events: Any, path: str) -> None:
+        self._events = events
+        self.path = path
+        self.error: Exception | None = None
+
+    def _call(self, method: Callable, *args: Any) -> None:
+        if self.error is None:
+            try:
+                method(*args)
+            except Exception as exc:
+                self.error = exc
+
+    def write_event(self, event: Any) -> None:
+        self._call(self._events.write_event, event)
+
+    def flush(self) -> None:
+        self._call(self._events.flush)
+
+    def close(self) -> None:
+        self._call(self._events.close)
+        if self.error is not None:  # its flush failed before the file was closed: close it, dropping the rest
+            with contextlib.suppress(Exception):
+                getattr(self._events, "_py_recordio_writer", self._events).close()
+
+    def check(self, *_: Any) -> None:
+        """Raise the kept error (an ``OSError`` names the event file)."""
+        exc = self.error
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, self.path) from exc
+        if exc is not None:
+            raise RuntimeError(f"TensorBoard could not write {self.path}: {exc}") from exc
+
+
+def _keep_writer_error(tb: Any) -> _KeepWriterError | None:
+    """Put a ``_KeepWriterError`` between tensorboardX's writer thread and its event file (None if the
+    writer is not tensorboardX's)."""
+    writer = getattr(getattr(tb.writer, "file_writer", None), "event_writer", None)  # EventFileWriter
+    events, worker = getattr(writer, "_ev_writer", None), getattr(writer, "_worker", None)
+    if events is None or not hasattr(worker, "_record_writer"):
+        return None
+    guard = _KeepWriterError(events, str(getattr(events, "_file_name", writer.get_logdir())))
+    writer._ev_writer = worker._record_writer = guard
+    return guard
+
+
 def attach_tensorboard(
     trainer: Engine,
     val_evaluator: Engine,
@@ -225,6 +286,10 @@ def attach_tensorboard(
         histograms: also log weight histograms of ``model`` per epoch.
         model: the model for the histograms.
 
+    A failure to write the event file (a full disk) is raised in the trainer at the
+    end of the iteration or epoch (an ``OSError`` naming the file); tensorboardX's
+    writer thread would otherwise die and leave the next write waiting forever.
+
     Returns:
         The ``TensorboardLogger`` (closed when the trainer completes).
 
@@ -240,6 +305,9 @@ def attach_tensorboard(
     )
 
     tb = TensorboardLogger(log_dir=str(log_dir))
+    guard = _keep_writer_error(tb)
+    if guard is not None:
+        trainer.add_event_handler(Events.ITERATION_COMPLETED | Events.EPOCH_COMPLETED, guard.check)
     tb.attach(trainer, OutputHandler("train", output_transform=lambda o: {"loss": o["loss"],
                                                                          "grad_norm": o["grad_norm"]}),
               Events.ITERATION_COMPLETED(every=every))
@@ -266,7 +334,13 @@ def attach_tensorboard(
         trainer.add_event_handler(TimeEvents.CHUNK_COMPLETED, window_group)
     if histograms and model is not None:
         tb.attach(trainer, WeightsHistHandler(model), Events.EPOCH_COMPLETED)
-    trainer.add_event_handler(Events.COMPLETED, lambda _: tb.close())
+
+    def close(_: Engine) -> None:
+        tb.close()
+        if guard is not None:
+            guard.check()  # the last events could not be written
+
+    trainer.add_event_handler(Events.COMPLETED, close)
     return tb
 
 

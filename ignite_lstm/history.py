@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from ignite_lstm._atomic import atomic_write
 from ignite_lstm.metrics import metric_direction
 
 __all__ = ["MetricsHistory"]
@@ -70,8 +70,6 @@ class MetricsHistory:
         self.best = {k: dict(v) for k, v in state["best"].items()}
 
     def save(self, path: str | Path) -> None:
-        """Write ``{"epochs": [...], "best": {...}}`` as JSON, atomically."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.state_dict(), indent=2, allow_nan=True))
-        os.replace(tmp, path)
+        """Write ``{"epochs": [...], "best": {...}}`` as JSON, atomically (on failure the file is as it was)."""
+        text = json.dumps(self.state_dict(), indent=2, allow_nan=True)
+        atomic_write(path, lambda f: f.write(text.encode()))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from ignite.utils import manual_seed
 from omegaconf import OmegaConf
 
 from ignite_lstm import native
+from ignite_lstm._atomic import atomic_write
 from ignite_lstm.checkpointing import (
     FixedState,
     RNGState,
@@ -76,9 +76,8 @@ def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | None) -> dict[str, Any]:
@@ -247,8 +246,9 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
     if rank == 0:
         _write_json(run_dir / "metrics.json", final)
         history.save(run_dir / "history.json")
-        torch.save({"model": net.state_dict(), "model_args": net.config,
-                    "config": OmegaConf.to_container(cfg, resolve=True)}, run_dir / "model.pt")
+        final_model = {"model": net.state_dict(), "model_args": net.config,
+                       "config": OmegaConf.to_container(cfg, resolve=True)}
+        atomic_write(run_dir / "model.pt", lambda f: torch.save(final_model, f))
         if cfg.eval.report and idist.get_world_size() > 1:
             _report_in_own_process(run_dir, device)
         elif cfg.eval.report:

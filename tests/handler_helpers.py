@@ -209,3 +209,67 @@ def raise_at_attach(trainer: Engine, evaluator: Engine, config: Any) -> None:
     kind = os.environ.get("ATTACH_RAISES")
     if kind:
         raise {"RuntimeError": RuntimeError, "KeyboardInterrupt": KeyboardInterrupt}[kind]("raised at attach")
+
+
+def fill_disk(trainer: Engine, evaluator: Engine, config: Any) -> None:
+    """At the end of epoch ``$FILL_AT`` (after its checkpoints): fill the filesystem that holds ``$FILL_FILE``
+    with that file, to the last byte; every later write that needs space fails with ENOSPC."""
+    import errno
+
+    at, ballast = int(os.environ["FILL_AT"]), Path(os.environ["FILL_FILE"])
+
+    @trainer.on(Events.EPOCH_COMPLETED(once=at))
+    def _fill(_: Engine) -> None:
+        with open(ballast, "wb", buffering=0) as f:
+            for size in (2**20, 4096, 1):
+                try:
+                    while True:
+                        f.write(bytes(size))
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+
+
+def disk_full(trainer: Engine, evaluator: Engine, config: Any) -> None:
+    """From the end of epoch ``$FULL_AT`` on, every write into the run folder fails with ENOSPC.
+
+    For machines where ``fill_disk`` has no small filesystem to fill: each file of the run
+    folder that is open, or opened for writing later, gets ``/dev/full`` under its file
+    descriptor, whose writes the kernel refuses with "No space left on device". train.log is
+    left alone (the logging module reports its own write errors, with a traceback each).
+    """
+    import builtins
+    import io
+
+    at = int(os.environ["FULL_AT"])
+    run_dir = (Path(config.output_dir) / config.name).resolve()
+
+    def inside(path: Any) -> bool:
+        path = Path(os.fsdecode(path)).resolve()
+        return path.is_relative_to(run_dir) and path.name != "train.log"
+
+    @trainer.on(Events.EPOCH_COMPLETED(once=at))
+    def _full(_: Engine) -> None:
+        full = os.open("/dev/full", os.O_WRONLY)
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{name}")
+            except OSError:
+                continue
+            if target.startswith("/") and inside(target):
+                os.dup2(full, int(name))
+        real_os_open, real_io_open = os.open, io.open
+
+        def os_open(path, flags, *args, **kwargs):
+            fd = real_os_open(path, flags, *args, **kwargs)
+            if flags & (os.O_WRONLY | os.O_RDWR) and inside(path):
+                os.dup2(full, fd)
+            return fd
+
+        def io_open(file, mode="r", *args, **kwargs):
+            f = real_io_open(file, mode, *args, **kwargs)
+            if isinstance(file, (str, bytes, os.PathLike)) and set(mode) & set("wxa+") and inside(file):
+                os.dup2(full, f.fileno())
+            return f
+
+        os.open, io.open, builtins.open = os_open, io_open, io_open
