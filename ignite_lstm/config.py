@@ -46,7 +46,7 @@ def _copy(value: Any) -> Any:
 
 @dataclass
 class SplitConfig:
-    seed: int = _f(1, ge=0, lt=2**63)  # stored as int64 in the data file
+    seed: int = _f(1, ge=0)
     mixtures: int = _f(1, ge=1)
 
 
@@ -156,7 +156,7 @@ class Config:
     output_dir: str = "runs"
     name: Optional[str] = None
     device: str = "auto"
-    threads: Optional[int] = _f(None, ge=1)
+    threads: Optional[int] = _f(None, ge=1, lt=2**31)  # torch.set_num_threads takes a C int
     resume: Optional[str] = None
     data: DataConfig = _f(DataConfig())
     model: ModelConfig = _f(ModelConfig())
@@ -166,6 +166,7 @@ class Config:
     distributed: DistributedConfig = _f(DistributedConfig())
 
 
+INT_LIMIT = 2**63  # every integer setting is below it (int64), unless its own rule says less
 MIN_STEPS = 2  # samples per sequence: the first one of every target is sin(0) = 0
 
 _RULE_TEXT = {"gt": "> {}", "ge": ">= {}", "lt": "< {}", "le": "<= {}"}
@@ -194,6 +195,8 @@ def _check_scalar(key: str, value: Any, tp: Any, rules: dict, problems: list[str
     if "choices" in rules and value not in rules["choices"]:
         allowed = ", ".join(repr(c) for c in rules["choices"])
         problems.append(f"{key}: {value!r} is not allowed: choose one of {allowed}")
+    if tp is int and "lt" not in rules and "le" not in rules:
+        rules = {**rules, "lt": INT_LIMIT}  # torch, numpy and the data files take int64 values
     for rule, bound in rules.items():
         if rule in _RULE_OK and not _RULE_OK[rule](value, bound):
             problems.append(f"{key}: {value!r} is out of range: must be {_RULE_TEXT[rule].format(bound)}")

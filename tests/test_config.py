@@ -191,6 +191,10 @@ def test_the_returned_config_is_read_only():
     ({"seed": 99999999999999999999}, "seed: 99999999999999999999 is out of range: must be < 4294967296"),
     ({"data": {"test": {"seed": 2**63}}},
      "data.test.seed: 9223372036854775808 is out of range: must be < 9223372036854775808"),
+    ({"train": {"batch_size": 10**20}},
+     "train.batch_size: 100000000000000000000 is out of range: must be < 9223372036854775808"),
+    ({"threads": 2**31}, "threads: 2147483648 is out of range: must be < 2147483648"),
+    ({"train": {"epochs": -10**20}}, "train.epochs: -100000000000000000000 is out of range: must be >= 1"),
     ({"data": {"duration": 0.0001}},
      "data.duration: 0.0001 at data.fs=1000.0 gives 0 sample(s) per sequence (round(fs * duration)); at least "
      "2 are needed (every target starts at sin(0) = 0 and the metrics need one that varies): "
