@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ignite_lstm._files import temp_beside
+
 __all__ = ["build_library", "cache_dirs"]
 
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC"]
@@ -45,7 +47,7 @@ def cache_dirs() -> list[Path]:
 
 def _compile(cxx: str, flags: list[str], source: Path, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    fd, tmp = temp_beside(out)  # the compiler keeps this file's mode: the umask's, not mkstemp's 0600
     os.close(fd)
     try:
         subprocess.run([cxx, *flags, str(source), "-o", tmp], check=True, capture_output=True, text=True, timeout=300)

@@ -16,8 +16,10 @@ interrupted run stood.
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -151,6 +153,49 @@ def find_checkpoint(directory: str | Path) -> Path | None:
     return max(files, key=key)
 
 
+class _UnreadableTorchFile(ValueError):
+    """Why ``torch.load(weights_only=True)`` failed; ``foreign``: a pickle of other objects."""
+
+    def __init__(self, reason: str, foreign: bool = False) -> None:
+        super().__init__(reason)
+        self.foreign = foreign
+
+
+_UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*(.*?)(?:\s+Please use\b|\n\n|$)", re.DOTALL)
+
+
+def _load_torch_file(path: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, with a reason of our own when it fails.
+
+    Torch's own message for a file holding other objects advises loading it again with
+    ``weights_only=False`` (which runs whatever code the file names): never passed on.
+
+    Raises:
+        _UnreadableTorchFile: the reason (an empty file, not a torch.save file, a pickle of
+            other objects, a damaged archive).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise _UnreadableTorchFile(exc.strerror or str(exc)) from exc
+    if not head:
+        raise _UnreadableTorchFile("empty file (0 bytes)")
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or its legacy pickle
+        raise _UnreadableTorchFile(f"not a file written by torch.save (it starts with {head!r})")
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol: the refusal below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _UNPICKLER_DETAIL.search(str(exc))
+        detail = found.group(1).strip().rstrip(".") if found else type(exc).__name__
+        raise _UnreadableTorchFile(f"it holds objects other than tensors, numbers, strings, lists and dicts "
+                                   f"({detail})", foreign=True) from exc
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise _UnreadableTorchFile(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a training checkpoint (``weights_only=True``, on the CPU) and check that it is one.
 
@@ -160,9 +205,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged or foreign file
-        raise CheckpointMismatch(f"Checkpoint {path} could not be read: {exc}") from exc
+        checkpoint = _load_torch_file(path)
+    except _UnreadableTorchFile as exc:
+        what = "is not a checkpoint written by ignite_lstm" if exc.foreign else "could not be read"
+        raise CheckpointMismatch(f"Checkpoint {path} {what}: {str(exc).rstrip('.')}.") from exc
     missing = [k for k in ESSENTIAL_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
         raise CheckpointMismatch(

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from ignite_lstm.checkpointing import CheckpointMismatch, find_checkpoint
 from ignite_lstm.config import ConfigError, load_config
 from ignite_lstm.h5io import DataFileError
+from ignite_lstm.preflight import preflight
 
 __all__ = ["main", "prepare_run", "RunDirError"]
 
@@ -404,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = None
     try:
         cfg = load_config(args.config, args.overrides)
+        preflight(cfg)  # device, handlers.extra, data.dir, memory: before anything is written
         d = cfg.distributed
         nproc = d.nproc_per_node if (d.backend and not torchrun) else None
         _check_world(cfg, int(os.environ.get("WORLD_SIZE", 1)) if torchrun else nproc or 1, torchrun)

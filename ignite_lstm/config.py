@@ -9,6 +9,7 @@ and raises ``ConfigError`` listing every problem (key, value, what is allowed).
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,11 +152,11 @@ class DistributedConfig:
 
 @dataclass
 class Config:
-    seed: int = _f(0, ge=0)
+    seed: int = _f(0, ge=0, lt=2**32)  # numpy's seed range
     output_dir: str = "runs"
     name: Optional[str] = None
     device: str = "auto"
-    threads: Optional[int] = _f(None, ge=1)
+    threads: Optional[int] = _f(None, ge=1, lt=2**31)  # torch.set_num_threads takes a C int
     resume: Optional[str] = None
     data: DataConfig = _f(DataConfig())
     model: ModelConfig = _f(ModelConfig())
@@ -164,6 +165,9 @@ class Config:
     handlers: HandlersConfig = _f(HandlersConfig())
     distributed: DistributedConfig = _f(DistributedConfig())
 
+
+INT_LIMIT = 2**63  # every integer setting is below it (int64), unless its own rule says less
+MIN_STEPS = 2  # samples per sequence: the first one of every target is sin(0) = 0
 
 _RULE_TEXT = {"gt": "> {}", "ge": ">= {}", "lt": "< {}", "le": "<= {}"}
 _RULE_OK = {
@@ -191,6 +195,8 @@ def _check_scalar(key: str, value: Any, tp: Any, rules: dict, problems: list[str
     if "choices" in rules and value not in rules["choices"]:
         allowed = ", ".join(repr(c) for c in rules["choices"])
         problems.append(f"{key}: {value!r} is not allowed: choose one of {allowed}")
+    if tp is int and "lt" not in rules and "le" not in rules:
+        rules = {**rules, "lt": INT_LIMIT}  # torch, numpy and the data files take int64 values
     for rule, bound in rules.items():
         if rule in _RULE_OK and not _RULE_OK[rule](value, bound):
             problems.append(f"{key}: {value!r} is out of range: must be {_RULE_TEXT[rule].format(bound)}")
@@ -245,11 +251,30 @@ def _section(values: Any, key: str) -> dict:
 
 
 def _check_cross(cfg: dict, problems: list[str]) -> None:
-    """Rules that involve more than one key (each guarded: types are checked elsewhere)."""
+    """Rules that involve more than one key (each guarded: types are checked elsewhere).
+
+    A rule is skipped when one of its keys is already in ``problems``: one complaint per bad value.
+    """
+    reported = {p.split(":", 1)[0] for p in problems}
+
+    def valid(*keys: str) -> bool:
+        return not any(r == k or r.startswith((k + ".", k + "[")) for k in keys for r in reported)
+
     data = _section(cfg, "data")
     amp = data.get("amplitude")
     if isinstance(amp, list) and len(amp) == 2 and all(isinstance(a, (int, float)) for a in amp) and amp[0] > amp[1]:
         problems.append(f"data.amplitude: {amp!r} must be [low, high] with low <= high")
+    fs, duration = data.get("fs", DataConfig().fs), data.get("duration", DataConfig().duration)
+    if valid("data.fs", "data.duration") and _is_number(fs) and _is_number(duration):
+        steps = fs * duration
+        if not math.isfinite(steps):
+            problems.append(f"data.duration: {duration!r} at data.fs={fs!r} gives no finite number of samples")
+        elif round(steps) < MIN_STEPS:
+            problems.append(
+                f"data.duration: {duration!r} at data.fs={fs!r} gives {round(steps)} sample(s) per sequence "
+                f"(round(fs * duration)); at least {MIN_STEPS} are needed (every target starts at sin(0) = 0 and "
+                f"the metrics need one that varies): use data.duration >= {MIN_STEPS / fs:g}"
+            )
     freqs = data.get("frequencies", DataConfig().frequencies)  # the defaults name the mse_f<Hz> monitors too
     if isinstance(freqs, list) and len(set(freqs)) != len(freqs):
         problems.append(f"data.frequencies: {freqs!r} must not repeat a frequency")
@@ -265,14 +290,16 @@ def _check_cross(cfg: dict, problems: list[str]) -> None:
             )
     sched, train = _section(handlers, "lr_scheduler"), _section(cfg, "train")
     warmup, epochs = sched.get("warmup_epochs", 0.0), train.get("epochs", TrainConfig().epochs)
-    if _is_number(warmup) and _is_number(epochs) and warmup >= epochs:
+    if valid("handlers.lr_scheduler.warmup_epochs", "train.epochs") and _is_number(warmup) and _is_number(epochs) \
+            and warmup >= epochs:
         problems.append(f"handlers.lr_scheduler.warmup_epochs: {warmup!r} must be shorter than train.epochs ({epochs})")
     stop, ckpt = _section(handlers, "early_stopping"), _section(handlers, "checkpoint")
     if stop.get("enabled") is True and stop.get("restore_best", True) is True and ckpt.get("enabled", True) is False:
         problems.append("handlers.early_stopping.restore_best: true needs handlers.checkpoint.enabled: true "
                         "(the best weights are read from the best checkpoint)")
     dist = _section(cfg, "distributed")
-    if dist.get("backend") is None and dist.get("nproc_per_node", 1) != 1:
+    if valid("distributed.backend", "distributed.nproc_per_node") and dist.get("backend") is None \
+            and dist.get("nproc_per_node", 1) != 1:
         problems.append("distributed.nproc_per_node: more than 1 process needs distributed.backend (gloo or nccl)")
     extra = handlers.get("extra")
     for i, entry in enumerate(extra if isinstance(extra, list) else []):
@@ -324,6 +351,12 @@ def _override_problem(override: str) -> str | None:
     return None
 
 
+def _is_blank(path: Path) -> bool:
+    """Whether a file holds nothing but white space and comments (an empty YAML document)."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return not any(line.strip() and not line.lstrip().startswith("#") for line in lines)
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     """Read a YAML config, apply ``key=value`` overrides, validate once.
 
@@ -343,6 +376,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
         (0.001, 5)
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError([f"{path}: is a directory, not a config file"])
     if not path.is_file():
         raise ConfigError([f"{path}: the config file does not exist"])
     try:
@@ -353,6 +388,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
         raise ConfigError([f"{path}: not a readable YAML file ({exc})"]) from exc
     if not isinstance(base, DictConfig):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    if not base and _is_blank(path):  # OmegaConf reads an empty file as {}: every setting its schema default
+        raise ConfigError([f"{path}: the config file is empty; list the settings to change (configs/base.yaml "
+                           f"has them all), or write {{}} to run with the schema defaults"])
     bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0]]
     if bad:
         raise ConfigError([f"override {o!r}: expected key=value" for o in bad])

@@ -26,6 +26,7 @@ from ignite_lstm.config import ConfigError, load_config, validate_config
 from ignite_lstm.data import SignalDataset, ensure_split
 from ignite_lstm.models import StatefulLSTM, load_model
 from ignite_lstm.pipeline import split_params
+from ignite_lstm.preflight import device_problem
 from ignite_lstm.report import metrics_table, write_report
 
 __all__ = ["RunFiles", "load_run", "main"]
@@ -153,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     splits = list(dict.fromkeys(args.split or SPLITS))
     if not args.span > 0:
         print(f"error: --span should be a positive number of seconds, got {args.span}.", file=sys.stderr)
+        return 2
+    bad_device = device_problem(args.device)  # before any model, data or report is loaded or written
+    if bad_device:
+        print(f"error: --device {args.device!r} {bad_device}.", file=sys.stderr)
         return 2
     try:
         files = load_run(args.run)

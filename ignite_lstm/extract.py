@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -29,8 +28,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ignite_lstm._files import temp_beside
 from ignite_lstm.config import ConfigError
 from ignite_lstm.evaluate import load_run
+from ignite_lstm.preflight import device_problem, resolve_device
 
 __all__ = ["ExtractionError", "read_mixture", "stream_extract", "write_signal", "main"]
 
@@ -199,7 +200,7 @@ def write_signal(path: str | os.PathLike, signal: np.ndarray) -> Path:
     if suffix not in OUTPUT_FORMATS:
         raise ExtractionError(f"Output {path} has an unknown extension {path.suffix!r}; allowed: {OUTPUT_FORMATS}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)  # the umask's mode, not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as f:
             if suffix == ".npy":
@@ -293,13 +294,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if Path(args.output).suffix.lower() not in OUTPUT_FORMATS:  # refuse before any work
             raise ExtractionError(f"Output {args.output} has an unknown extension "
                                   f"{Path(args.output).suffix!r}; allowed: {OUTPUT_FORMATS}.")
+        bad_device = device_problem(args.device)
+        if bad_device:
+            raise ExtractionError(f"--device {args.device!r} {bad_device}.")
         model, frequencies, scale = _settings(args)
         index = _match_frequency(args.frequency, frequencies)
         mixture = read_mixture(args.input, dataset=args.dataset, row=args.row)
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            raise ExtractionError(f"--device {args.device!r} is not a torch device; try cpu or cuda.") from None
+        device = resolve_device(args.device)
         torch.set_num_threads(1)  # one sample per call: more threads only add synchronisation
         start = time.perf_counter()
         signal = stream_extract(model.to(device), mixture, frequency_index=index,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
+
+from ignite_lstm._files import temp_beside
 
 __all__ = ["plot_extraction", "plot_extraction_grid", "plot_training_curves", "plot_spectra"]
 
@@ -29,7 +30,7 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)  # the umask's mode, not mkstemp's 0600
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=120)

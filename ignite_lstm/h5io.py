@@ -32,13 +32,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import h5py
 import numpy as np
 
+from ._files import temp_beside
 from .signal import SplitData, canonical_params
 
 __all__ = ["FORMAT_VERSION", "DataFileError", "read_split", "split_filename", "write_split"]
@@ -122,7 +122,7 @@ def write_split(path: str | os.PathLike, data: SplitData, split: str) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = temp_beside(path)  # the umask's mode (mkstemp would make every data file 0600)
     os.close(fd)
     try:
         with h5py.File(tmp_name, "w") as f:

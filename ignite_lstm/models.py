@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ignite_lstm import native
+from ignite_lstm.checkpointing import _load_torch_file, _UnreadableTorchFile
 from ignite_lstm.lstm_detached import detached_steps_forward
 
 __all__ = ["StatefulLSTM", "LSTMState", "load_model"]
@@ -256,9 +257,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     if not path.is_file():
         raise FileNotFoundError(f"Model file {path} does not exist.")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise ValueError(f"Model file {path} could not be read as a torch file: {exc}") from exc
+        obj = _load_torch_file(path, map_location)
+    except _UnreadableTorchFile as exc:  # the reason, without torch's advice to load the file unsafely
+        what = "is not a checkpoint written by ignite_lstm" if exc.foreign else "could not be read as a torch file"
+        raise ValueError(f"Model file {path} {what}: {str(exc).rstrip('.')}.") from exc
     if not isinstance(obj, dict) or "model_args" not in obj or "model" not in obj:
         raise ValueError(
             f"Model file {path} is not a StatefulLSTM file of this package: it needs 'model_args' and 'model'."

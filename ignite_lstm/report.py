@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,6 +31,7 @@ import torch.nn as nn
 from ignite.engine import Engine, Events
 from torch.utils.data import DataLoader
 
+from ignite_lstm._files import temp_beside
 from ignite_lstm.data import SignalDataset
 from ignite_lstm.engines import create_evaluator
 from ignite_lstm.figures import plot_extraction, plot_extraction_grid, plot_spectra, plot_training_curves
@@ -142,7 +142,7 @@ def metrics_table(metrics: Mapping[str, float], *, frequencies: Sequence[float],
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)  # the umask's mode, not mkstemp's 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

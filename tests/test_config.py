@@ -184,3 +184,61 @@ def test_the_returned_config_is_read_only():
         cfg.data.frequencies[0] = 2.0
     assert OmegaConf.is_readonly(cfg)
     assert cfg.train.lr == Config().train.lr
+
+
+@pytest.mark.parametrize("values, problem", [
+    ({"seed": 2**32}, "seed: 4294967296 is out of range: must be < 4294967296"),  # numpy's seed range
+    ({"seed": 99999999999999999999}, "seed: 99999999999999999999 is out of range: must be < 4294967296"),
+    ({"data": {"test": {"seed": 2**63}}},
+     "data.test.seed: 9223372036854775808 is out of range: must be < 9223372036854775808"),
+    ({"train": {"batch_size": 10**20}},
+     "train.batch_size: 100000000000000000000 is out of range: must be < 9223372036854775808"),
+    ({"threads": 2**31}, "threads: 2147483648 is out of range: must be < 2147483648"),
+    ({"train": {"epochs": -10**20}}, "train.epochs: -100000000000000000000 is out of range: must be >= 1"),
+    ({"data": {"duration": 0.0001}},
+     "data.duration: 0.0001 at data.fs=1000.0 gives 0 sample(s) per sequence (round(fs * duration)); at least "
+     "2 are needed (every target starts at sin(0) = 0 and the metrics need one that varies): "
+     "use data.duration >= 0.002"),
+    ({"data": {"duration": 0.001}},
+     "data.duration: 0.001 at data.fs=1000.0 gives 1 sample(s) per sequence (round(fs * duration)); at least "
+     "2 are needed (every target starts at sin(0) = 0 and the metrics need one that varies): "
+     "use data.duration >= 0.002"),
+    ({"data": {"fs": 1e308, "duration": 10.0}},
+     "data.duration: 10.0 at data.fs=1e+308 gives no finite number of samples"),
+])
+def test_values_that_overflow_or_give_no_samples_are_refused(values, problem):
+    assert _problems(values) == [problem]
+
+
+def test_the_shortest_sequence_is_accepted():
+    assert validate_config({"data": {"duration": 0.002}}).data.duration == 0.002
+    assert validate_config({"seed": 2**32 - 1}).seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("values, problems", [
+    ({"train": {"epochs": -1}}, ["train.epochs: -1 is out of range: must be >= 1"]),
+    ({"train": {"epochs": "ten"}}, ["train.epochs: 'ten' has the wrong type: expected int"]),
+    ({"handlers": {"lr_scheduler": {"warmup_epochs": -5.0}}, "train": {"epochs": -1}},
+     ["train.epochs: -1 is out of range: must be >= 1",
+      "handlers.lr_scheduler.warmup_epochs: -5.0 is out of range: must be >= 0.0"]),
+    ({"distributed": {"nproc_per_node": 0}}, ["distributed.nproc_per_node: 0 is out of range: must be >= 1"]),
+    ({"data": {"fs": -1.0}}, ["data.fs: -1.0 is out of range: must be > 0.0"]),
+])
+def test_a_bad_value_is_reported_once_not_again_by_a_rule_that_uses_it(values, problems):
+    # e.g. not also "handlers.lr_scheduler.warmup_epochs: 0.0 must be shorter than train.epochs (-1)"
+    assert _problems(values) == problems
+
+
+def test_empty_config_file_is_refused(tmp_path):
+    for text in ("", "\n  \n", "# only a comment\n"):
+        path = tmp_path / "empty.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(f"{path}: the config file is empty; ")):
+            load_config(path, ["train.epochs=1"])
+    path.write_text("{}\n")  # explicitly nothing: the schema defaults
+    assert load_config(path).train.epochs == Config().train.epochs
+
+
+def test_config_path_that_is_a_directory(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path}: is a directory, not a config file")):
+        load_config(tmp_path)

@@ -1,4 +1,5 @@
 import json
+import pickle
 
 import pytest
 import torch
@@ -99,3 +100,31 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     not_torch.write_text("hello")
     assert main([str(not_torch)]) == 2
     assert f"error: Model file {not_torch} could not be read as a torch file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device, message", [
+    ("banana", "--device 'banana' is not a torch device: choose one of 'auto', 'cpu'"),
+    ("cuda:99", "--device 'cuda:99' is not available: "),
+    pytest.param("cuda", "--device 'cuda' is not available: torch.cuda.is_available() is False "
+                 "(a CPU-only torch build, or no GPU or driver); choose one of 'auto', 'cpu'",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this torch build has CUDA")),
+])
+def test_cli_unusable_device_exits_2_before_anything_is_written(device, message, tmp_path, capsys):
+    run, _ = _make_run(tmp_path)
+    assert main([str(run), "--device", device]) == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists() and not (run / "report").exists()
+
+
+def test_cli_empty_and_foreign_files_say_why(tmp_path, capsys):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert main([str(empty)]) == 2
+    assert f"error: Model file {empty} could not be read as a torch file: empty file (0 bytes)." in \
+        capsys.readouterr().err
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(pickle.dumps({"weights": [1, 2, 3]}, protocol=4))  # a pickle, not torch.save's format
+    assert main([str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: Model file {foreign} is not a checkpoint written by ignite_lstm: it holds objects other " in err
+    assert "weights_only" not in err  # torch's advice to load it unsafely is not passed on

@@ -1,3 +1,6 @@
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +170,32 @@ def test_read_and_write_signal_roundtrip(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ExtractionError, match=r"Output .*a\.h5 has an unknown extension '\.h5'"):
         write_signal(tmp_path / "a.h5", signal)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_output_follows_the_umask(tmp_path, capsys, umask):
+    model = _model()
+    np.save(tmp_path / "in.npy", _split(1).mixture[0])
+    checkpoint = _checkpoint(tmp_path, model)
+    previous = os.umask(umask)
+    try:
+        for name in ("out.npy", "out.csv"):
+            assert main(["--checkpoint", str(checkpoint), "--input", str(tmp_path / "in.npy"), "--frequency", "3",
+                         "--output", str(tmp_path / name)]) == 0
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name  # not mkstemp's 0600
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.parametrize("device, message", [
+    ("banana", "--device 'banana' is not a torch device: choose one of 'auto', 'cpu'"),
+    pytest.param("cuda", "--device 'cuda' is not available: torch.cuda.is_available() is False",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this torch build has CUDA")),
+])
+def test_cli_unusable_device_exits_2_and_writes_nothing(tmp_path, capsys, device, message):
+    np.save(tmp_path / "in.npy", _split(1).mixture[0])
+    args = ["--checkpoint", str(_checkpoint(tmp_path, _model())), "--input", str(tmp_path / "in.npy"),
+            "--frequency", "3", "--output", str(tmp_path / "out.npy"), "--device", device]
+    assert main(args) == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out.npy").exists()

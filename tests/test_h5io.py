@@ -1,4 +1,6 @@
+import os
 import re
+import stat
 
 import h5py
 import numpy as np
@@ -183,3 +185,13 @@ def test_split_filename_is_keyed_by_params():
     assert split_filename("test", PARAMS) == "test-" + name[len("train-"):]
     for key, value in [("seed", 2), ("noise_sigma", 0.0), ("frequencies", [1.0, 3.0, 5.0]), ("n_mixtures", 3)]:
         assert split_filename("train", dict(PARAMS, **{key: value})) != name
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_file_follows_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        path, _ = _written(tmp_path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # as open() would; not mkstemp's 0600

@@ -1,5 +1,6 @@
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -166,3 +167,28 @@ def test_constructor_argument_errors(kwargs, error, msg):
     args = {"input_size": 2, "hidden_size": 3, **kwargs}
     with pytest.raises(error, match=re.escape(msg)):
         StatefulLSTM(**args)
+
+
+class _Foreign:
+    """An object of a class ``torch.load(weights_only=True)`` does not know."""
+
+
+def test_load_model_says_why_an_empty_or_foreign_file_cannot_be_read(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=re.escape(f"Model file {path} could not be read as a torch file: "
+                                                   f"empty file (0 bytes).")):
+        load_model(path)
+    path = tmp_path / "state.npy"
+    np.save(path, np.zeros(3))
+    with pytest.raises(ValueError, match=re.escape(f"Model file {path} could not be read as a torch file: not a "
+                                                   f"file written by torch.save (it starts with b'\\x93NUM').")):
+        load_model(path)
+    path = tmp_path / "object.pt"
+    torch.save({"model": _Foreign()}, path)  # a real torch file, but of objects the safe loader refuses
+    with pytest.raises(ValueError) as info:
+        load_model(path)
+    assert str(info.value).startswith(f"Model file {path} is not a checkpoint written by ignite_lstm: it holds "
+                                      f"objects other than tensors, numbers, strings, lists and dicts (Unsupported "
+                                      f"global: GLOBAL ")
+    assert "weights_only" not in str(info.value) and "safe_globals" not in str(info.value)

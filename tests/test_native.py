@@ -1,6 +1,8 @@
 """The native CPU kernel against PyTorch's own LSTM code (ignite_lstm/native.py)."""
 
 import logging
+import os
+import stat
 import tempfile
 
 import pytest
@@ -8,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ignite_lstm import native
+from ignite_lstm._kernel_build import build_library
 from ignite_lstm.models import StatefulLSTM
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native kernel not built (no C++ compiler)")
@@ -303,3 +306,17 @@ def test_nan_propagates_to_its_own_sequence_only(dtype):
     with torch.no_grad():
         y_t, _ = model.step(x[:, 2], None)
     assert torch.isnan(y_t[3]).all() and not torch.isnan(y_t[~bad]).any()
+
+
+def test_built_library_follows_the_umask(tmp_path, monkeypatch):
+    source = tmp_path / "tiny.cpp"
+    source.write_text('extern "C" int tiny_answer() { return 42; }\n')
+    monkeypatch.setenv("IGNITE_LSTM_CACHE", str(tmp_path / "cache"))
+    previous = os.umask(0o027)
+    try:
+        assert build_library(source).tiny_answer() == 42
+    finally:
+        os.umask(previous)
+    built = list((tmp_path / "cache").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"
+    assert stat.S_IMODE(built[0].stat().st_mode) == 0o750  # 0777 & ~umask, as a compiler writes it (mkstemp gave 0710)

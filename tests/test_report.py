@@ -1,6 +1,8 @@
 import json
 import logging
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -121,3 +123,16 @@ def test_write_report_without_history_skips_curves(tmp_path, caplog):
 def test_write_report_rejects_unknown_figure_split(tmp_path):
     with pytest.raises(ValueError, match=r"Argument figure_split should be one of \['train', 'test'\], got 'val'\."):
         write_report(tmp_path, _model(), _datasets(), frequencies=FREQS, fs=FS, figure_split="val")
+
+
+def test_report_files_follow_the_umask(tmp_path):
+    history = {"epochs": [{"epoch": e, "train/loss": 0.5 / e, "val/mse": 0.6 / e, "lr": 1e-3} for e in (1, 2)]}
+    previous = os.umask(0o027)
+    try:
+        write_report(tmp_path, _model(), _datasets(), frequencies=FREQS, fs=FS, history=history)
+    finally:
+        os.umask(previous)
+    files = sorted((tmp_path / "report").iterdir())
+    assert {p.suffix for p in files} == {".json", ".md", ".png"}
+    for path in files:  # metrics (report.py) and figures (figures.py): as open() would, not mkstemp's 0600
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path.name

@@ -1,6 +1,8 @@
 """Exact resume: a real run.py subprocess killed by SIGKILL, continued with resume=auto, equals a run left alone."""
 
 import json
+import pickle
+import re
 import signal
 
 import pytest
@@ -16,6 +18,7 @@ from handler_helpers import (
     tiny_args,
 )
 
+from ignite_lstm.checkpointing import CheckpointMismatch, read_checkpoint
 from ignite_lstm.models import load_model
 
 
@@ -75,6 +78,24 @@ def test_resume_of_a_finished_run_or_from_a_model_file_is_refused(reference, cap
     assert run_cli([*args, f"resume={best}"]) == 2
     assert "is not a training checkpoint" in capsys.readouterr().err
     assert _listing(reference) == before
+
+
+def test_resume_from_an_empty_or_foreign_file_says_why(tmp_path, capsys):
+    empty = tmp_path / "checkpoints" / "last_checkpoint_8.pt"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")  # e.g. a copy that failed
+    args = tiny_args(tmp_path / "data", tmp_path / "runs", "empty")
+    assert run_cli([*args, f"resume={empty}"]) == 2
+    assert f"Checkpoint {empty} could not be read: empty file (0 bytes)." in capsys.readouterr().err
+    with pytest.raises(CheckpointMismatch, match=re.escape(f"Checkpoint {empty} could not be read: empty file")):
+        read_checkpoint(empty)
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(pickle.dumps({"model": [1, 2]}, protocol=4))
+    with pytest.raises(CheckpointMismatch) as info:
+        read_checkpoint(foreign)
+    assert str(info.value).startswith(f"Checkpoint {foreign} is not a checkpoint written by ignite_lstm: it holds ")
+    assert "weights_only" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoints", "foreign.pt", "last_checkpoint_8.pt"]
 
 
 def test_a_run_killed_by_sigkill_resumes_to_the_same_metrics_as_a_run_left_alone(killed, reference):
