@@ -1,12 +1,14 @@
 """Command line: ``python run.py CONFIG [key=value ...]`` (also the ``ignite-lstm`` command).
 
 Exit status: 0 done, 2 bad input (config, data file, output folder, checkpoint),
-3 training diverged (NaN/inf loss), 130 interrupted by Ctrl-C (a checkpoint was saved).
+3 training diverged (NaN/inf loss), 130 interrupted by Ctrl-C and 143 by SIGTERM (a checkpoint
+was saved; also 130 and 143 when a second signal aborted the run at once, without one).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -14,11 +16,13 @@ import multiprocessing
 import os
 import shlex
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import ignite.distributed as idist
 from omegaconf import OmegaConf
@@ -291,26 +295,32 @@ def _worker(local_rank: int, cfg: Any, stem: str, plan: dict | None, outcomes: A
                 raise RunDirError(plan["error"])
         try:
             _setup_logging(idist.get_rank(), plan["run_dir"])
-            run_training(local_rank, cfg, plan["run_dir"], plan["resume_from"])
+            run_training(local_rank, cfg, plan["run_dir"], plan["resume_from"], launched=outcomes is not None)
         except BaseException:
             _discard_unused_run_dir(own)
             raise
     except (RunDirError, DataFileError, CheckpointMismatch, TrainingDiverged, TrainingInterrupted) as exc:
         if outcomes is not None:  # a spawned process: the launcher would see a traceback text only
-            outcomes.put((idist.get_rank(), type(exc), str(exc), getattr(exc, "checkpoint", None)))
+            outcomes.put((idist.get_rank(), type(exc), str(exc), getattr(exc, "checkpoint", None),
+                          getattr(exc, "signum", None)))
         raise
+    if outcomes is not None:  # finished: a launcher that a signal made wait for the ranks returns normally
+        outcomes.put((idist.get_rank(), None, "", None, None))
 
 
-def _raise_reported(outcomes: Any) -> None:
-    """Raise, in the launcher, the typed error that a spawned rank reported (the lowest rank's)."""
+def _raise_reported(outcomes: Any) -> int:
+    """Raise, in the launcher, the typed error that a spawned rank reported (the lowest rank's);
+    without one, return how many ranks reported a finished run."""
     from ignite_lstm.training import TrainingInterrupted
 
     reports = []
     while not outcomes.empty():
         reports.append(outcomes.get())
-    if reports:
-        _, kind, message, checkpoint = min(reports, key=lambda r: r[0])
-        raise (kind(message, checkpoint) if kind is TrainingInterrupted else kind(message)) from None
+    errors = [r for r in reports if r[1] is not None]
+    if errors:
+        _, kind, message, checkpoint, signum = min(errors, key=lambda r: r[0])
+        raise (kind(message, checkpoint, signum) if kind is TrainingInterrupted else kind(message)) from None
+    return len(reports)
 
 
 def _free_port() -> int:
@@ -319,31 +329,99 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class _Forwarded(KeyboardInterrupt):
+    """Raised in the launcher by a first Ctrl-C or SIGTERM, once it is sent on to the spawned ranks."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _QuietAbort(logging.Filter):
+    """Leaves out Ignite's error for an Engine run that Ctrl-C or SIGTERM ended ("Engine run is
+    terminating due to exception"): ``main`` reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or not isinstance(sys.exc_info()[1], KeyboardInterrupt)
+
+
+@contextlib.contextmanager
+def _launcher_signals(spawned: bool) -> Iterator[None]:
+    """SIGTERM handled as Ctrl-C is, and with spawned ranks both forwarded to them, while ``_launch`` runs.
+
+    One process: outside the training loop (inside it ``StopOnInterrupt`` takes both signals),
+    SIGTERM raises ``Aborted`` at once, as Ctrl-C raises ``KeyboardInterrupt``. Spawned ranks: the
+    first signal is sent on to every rank and raises ``_Forwarded``; the next kills the ranks and
+    raises ``Aborted``.
+    """
+    from ignite.engine import Engine
+
+    from ignite_lstm.handlers import Aborted
+
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if not spawned:
+            raise Aborted(signum)
+        ranks = multiprocessing.active_children()
+        if len(received) > 1:
+            for rank in ranks:
+                rank.kill()
+            for rank in ranks:
+                rank.join()
+            raise Aborted(signum)
+        for rank in ranks:
+            with contextlib.suppress(ProcessLookupError):  # it has just ended
+                os.kill(rank.pid, signum)
+        raise _Forwarded(signum)
+
+    signums = (signal.SIGINT, signal.SIGTERM) if spawned else (signal.SIGTERM,)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, on_signal) for s in signums}
+    engine_logger = logging.getLogger(f"{Engine.__module__}.{Engine.__name__}")  # as Engine names its logger
+    quiet = _QuietAbort()
+    engine_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        engine_logger.removeFilter(quiet)
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
 def _launch(cfg: Any, stem: str, plan: dict | None, nproc: int | None) -> None:
     """Run ``_worker`` here (one process, or one of torchrun's) or on ``nproc`` spawned processes.
 
-    Spawned ranks report their typed errors (bad data file, Ctrl-C, divergence) through a
-    queue, so that the launcher exits as one process would (2, 130, 3).
+    Spawned ranks report their typed errors (bad data file, Ctrl-C, SIGTERM, divergence) through
+    a queue, so that the launcher exits as one process would (2, 130, 143, 3). A Ctrl-C or
+    SIGTERM that reaches the launcher is sent on to the ranks (``docker stop`` and Kubernetes
+    signal the launcher alone); it then waits until they have stopped at a safe point and saved
+    the checkpoint. A second one kills them: the run aborts at once. The ranks count no signal
+    twice (``StopOnInterrupt(abort=False)``), also when the whole process group receives it
+    (a terminal's Ctrl-C, SLURM): the launcher alone decides to abort.
     """
+    from ignite_lstm.handlers import Aborted
+
     d = cfg.distributed
     outcomes = multiprocessing.get_context("spawn").SimpleQueue() if nproc else None
     # Ignite's default rendezvous port is a fixed one (2222): a second run on this machine would fail.
     port = _free_port() if nproc and "MASTER_PORT" not in os.environ else None
-    try:
-        with idist.Parallel(backend=d.backend, nproc_per_node=nproc, master_port=port) as parallel:
-            parallel.run(_worker, cfg, stem, plan, outcomes)
-    except KeyboardInterrupt:
-        if outcomes is None:
+    with _launcher_signals(spawned=outcomes is not None):
+        try:
+            with idist.Parallel(backend=d.backend, nproc_per_node=nproc, master_port=port) as parallel:
+                parallel.run(_worker, cfg, stem, plan, outcomes)
+        except _Forwarded as exc:
+            for child in multiprocessing.active_children():
+                child.join()
+            if _raise_reported(outcomes) == nproc:  # the signal came after training: the ranks finished
+                return
+            raise Aborted(exc.signum) from None  # no rank reported: they stopped before training, nothing to save
+        except Exception:
+            if outcomes is not None:
+                _raise_reported(outcomes)
             raise
-        # A terminal's Ctrl-C reaches the ranks too: they stop at a safe point and save a checkpoint.
-        for child in multiprocessing.active_children():
-            child.join()
-        _raise_reported(outcomes)
-        raise
-    except Exception:
-        if outcomes is not None:
-            _raise_reported(outcomes)
-        raise
 
 
 def _check_world(cfg: Any, world: int, torchrun: bool) -> None:
@@ -419,9 +497,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _discard_unused_run_dir(plan)
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # a second Ctrl-C or SIGTERM, or one outside the training loop
+        print(f"error: aborted by {str(exc) or 'Ctrl-C'}", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
     except OSError as exc:
         if exc.errno not in _DISK_FULL:
             raise
@@ -434,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kept = [a for a in args.overrides if not a.startswith("resume=")]
             hint = " ".join(shlex.quote(a) for a in [sys.argv[0], args.config, *kept, f"resume={exc.checkpoint}"])
             print(f"{exc}; checkpoint saved to {exc.checkpoint}. Resume with: python {hint}", file=sys.stderr)
-            return 130
+            return 128 + exc.signum
         if isinstance(exc, TrainingDiverged):
             print(f"error: {exc}", file=sys.stderr)
             return 3

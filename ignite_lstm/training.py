@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,11 +57,12 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """Ctrl-C: a checkpoint was saved; ``checkpoint`` is its path."""
+    """Ctrl-C or SIGTERM: a checkpoint was saved; ``checkpoint`` is its path, ``signum`` the signal."""
 
-    def __init__(self, message: str, checkpoint: str | None) -> None:
+    def __init__(self, message: str, checkpoint: str | None, signum: int = signal.SIGINT) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
+        self.signum = int(signum)
 
 
 def _device(name: str) -> torch.device:
@@ -80,7 +82,8 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | None) -> dict[str, Any]:
+def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | None, *,
+                 launched: bool = False) -> dict[str, Any]:
     """Train, validate every ``eval.every`` epochs, evaluate all splits at the end.
 
     Handler order on the trainer's ``EPOCH_COMPLETED``: epoch metrics, validation
@@ -92,13 +95,15 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
         cfg: the validated config.
         run_dir: the run folder (already created and checked by rank 0's caller).
         resume_from: a training checkpoint to continue from, or None.
+        launched: this process was spawned by the CLI's launcher, which forwards SIGINT/SIGTERM
+            to it and aborts the run on a second one (``StopOnInterrupt(abort=False)``).
 
     Returns:
         ``{"metrics": {"train/mse": ..., "test/mse_f3": ...}, "epochs": n, "epoch_seconds": s, ...}``.
 
     Raises:
         TrainingDiverged: non-finite loss (files up to the last good epoch are intact).
-        TrainingInterrupted: Ctrl-C; a checkpoint to resume from was saved.
+        TrainingInterrupted: Ctrl-C or SIGTERM; a checkpoint to resume from was saved.
         CheckpointMismatch: ``resume_from`` does not fit this config.
     """
     rank = idist.get_rank()
@@ -198,7 +203,7 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
         if h.progress_bar:
             attach_progress(trainer)
     load_extra_handlers(h.extra, trainer, val_evaluator, cfg)
-    interrupt = StopOnInterrupt(trainer)  # after everything: its EPOCH_COMPLETED check comes last
+    interrupt = StopOnInterrupt(trainer, abort=not launched)  # after everything: its EPOCH_COMPLETED check comes last
 
     if checkpoint is not None:
         resume_from_checkpoint(checkpoint, to_save, trainer, train_data, source=resume_from)
@@ -215,12 +220,14 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
     finished = trainer.state.iteration >= cfg.train.epochs * trainer.state.epoch_length or (
         stopper is not None and stopper.counter >= stopper.patience)
     if interrupt.requested and finished:  # nothing left to resume: finish with the final evaluation
-        logger.warning("Ctrl-C after the last epoch: finishing the final evaluation (press again to abort).")
+        logger.warning("%s after the last epoch: finishing the final evaluation (%s again to abort).",
+                       interrupt.label, "press" if interrupt.signum == signal.SIGINT else "send it")
     elif interrupt.requested:
         checkpoints["interrupted"](trainer)
         saved = checkpoints["interrupted"].last_checkpoint
-        raise TrainingInterrupted(f"Training interrupted by Ctrl-C at epoch {trainer.state.epoch}, iteration "
-                                  f"{trainer.state.iteration}", str(saved) if saved else None)
+        raise TrainingInterrupted(f"Training interrupted by {interrupt.label} at epoch {trainer.state.epoch}, "
+                                  f"iteration {trainer.state.iteration}", str(saved) if saved else None,
+                                  interrupt.signum or signal.SIGINT)
     if h.terminate_on_nan and not _finite(trainer):
         last = checkpoints.get("last")
         if last is None:

@@ -9,6 +9,7 @@ or epoch, so the tests never depend on timing.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
@@ -273,3 +275,89 @@ def disk_full(trainer: Engine, evaluator: Engine, config: Any) -> None:
             return f
 
         os.open, io.open, builtins.open = os_open, io_open, io_open
+
+
+def hold(trainer: Engine, evaluator: Engine, config: Any) -> None:
+    """As ``pause``, then, once the stop is requested, create ``$PAUSE_MARKER.requested`` and keep
+    waiting at that iteration: for a second signal, which aborts the run (or a kill)."""
+    at, marker = int(os.environ["PAUSE_AT"]), Path(os.environ["PAUSE_MARKER"])
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=at))
+    def _wait(engine: Engine) -> None:
+        marker.write_text(str(engine.state.iteration))
+        deadline = time.monotonic() + 300  # never outlive a test that has failed
+        while not engine.state.interrupt_requested and time.monotonic() < deadline:
+            time.sleep(0.01)
+        Path(f"{marker}.requested").write_text(str(engine.state.iteration))
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def record_stop(trainer: Engine, evaluator: Engine, config: Any) -> None:
+    """When the trainer stops early (``Events.TERMINATE``), write its iteration to ``$STOP_RECORD.<rank>``."""
+
+    @trainer.on(Events.TERMINATE)
+    def _record(engine: Engine) -> None:
+        Path(f"{os.environ['STOP_RECORD']}.{idist.get_rank()}").write_text(str(engine.state.iteration))
+
+
+def send_signals(trainer: Engine, evaluator: Engine, config: Any) -> None:
+    """Send the real signals ``$SIGNALS`` (names, e.g. ``SIGINT,SIGINT``) to this process, one after the
+    other, at the end of iteration ``$SIGNALS_AT``."""
+    names = os.environ["SIGNALS"].split(",")
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=int(os.environ["SIGNALS_AT"])))
+    def _send(_: Engine) -> None:
+        for name in names:
+            os.kill(os.getpid(), getattr(signal, name))
+
+
+_SESSIONS: list[subprocess.Popen] = []
+
+
+def spawn_session(args: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``spawn_cli`` in a session of its own: ``os.killpg(proc.pid, ...)`` signals the launcher and its
+    ranks together (as SLURM does), and nothing of it outlives the tests (see ``signal_runs``)."""
+    full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    full_env.pop("MASTER_PORT", None)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=REPO, env=full_env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    if not _SESSIONS:
+        atexit.register(_stop_sessions)
+    _SESSIONS.append(proc)
+    return proc
+
+
+TWO_PROCESSES = ["distributed.backend=gloo", "distributed.nproc_per_node=2"]  # 2 sequences per rank and batch
+_SIGNAL_RUNS: dict[str, Background] = {}
+
+
+def signal_runs(tmp_path_factory) -> dict[str, Background]:
+    """The subprocess runs of test_faults' SIGTERM tests, all started on first use, each waiting at the end
+    of iteration ``INTERRUPT_AT`` (mid-epoch 2):
+
+    - "sigterm": one process (``pause``); "sigterm_twice": one process that keeps waiting after the
+      first signal (``hold``);
+    - "two_sigterm": 2 gloo processes (``pause``; ``record_stop`` writes each rank's last iteration
+      to ``<log>.stopped.<rank>``).
+    """
+    if not _SIGNAL_RUNS:
+        root = tmp_path_factory.mktemp("signals")
+        for name, helpers, extra in (("sigterm", "pause", []), ("sigterm_twice", "hold", []),
+                                     ("two_sigterm", "pause,handler_helpers:record_stop", TWO_PROCESSES)):
+            marker, log = root / f"{name}.paused", root / f"{name}.log"
+            args = tiny_args(root / f"data-{name}", root / "runs", name, f"handlers.extra=[handler_helpers:{helpers}]",
+                             *extra)
+            env = {"PAUSE_AT": str(INTERRUPT_AT), "PAUSE_MARKER": str(marker), "STOP_RECORD": f"{log}.stopped"}
+            _SIGNAL_RUNS[name] = Background(spawn_session(args, env, log), root / f"data-{name}", root / "runs", name,
+                                            marker, log)
+    return _SIGNAL_RUNS
+
+
+def _stop_sessions() -> None:
+    for proc in _SESSIONS:  # also a rank left behind by a launcher that has ended
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -1,9 +1,13 @@
-"""Faults: NaN loss (exit 3), Ctrl-C (exit 130, exact resume), unwritable/full/taken output folders (exit 2)."""
+"""Faults: NaN loss (exit 3), Ctrl-C (exit 130, exact resume), SIGTERM (exit 143, also on 2 processes),
+unwritable/full/taken output folders (exit 2)."""
 
+import logging
 import math
+import os
 import shlex
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,16 +16,22 @@ from handler_helpers import (
     INTERRUPT_AT,
     ITERATIONS_PER_EPOCH,
     TINY,
+    TWO_PROCESSES,
     assert_same_history,
     background_runs,
     history,
     reference_run,
     run_cli,
+    signal_runs,
+    spawn_session,
     tiny_args,
+    wait_for,
 )
+from ignite.engine import Engine, Events
 
 from ignite_lstm import cli
 from ignite_lstm.config import load_config
+from ignite_lstm.handlers import StopOnInterrupt
 from ignite_lstm.models import load_model
 
 
@@ -30,6 +40,12 @@ def ctrl_c_run(tmp_path_factory):
     """A run.py subprocess (started early, see ``background_runs``) waiting at the end of iteration
     ``INTERRUPT_AT``, the middle of epoch 2, for Ctrl-C."""
     return background_runs(tmp_path_factory)["ctrl_c"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sigterm_runs(tmp_path_factory):
+    """The run.py subprocesses of the SIGTERM tests (see ``signal_runs``), started with the module."""
+    return signal_runs(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +141,167 @@ def test_ctrl_c_in_the_last_iteration_still_finishes_the_run(tmp_path, monkeypat
     assert (run_dir / "metrics.json").exists() and not list((run_dir / "checkpoints").glob("interrupted_*"))
     assert "Ctrl-C after the last epoch: finishing the final evaluation" in caplog.text
     assert_same_history(history(run_dir), history(reference))
+
+
+# --- StopOnInterrupt and SIGTERM, in this process ---------------------------------------------------
+
+
+@pytest.fixture
+def sigterm_guard():
+    """A SIGTERM that nothing else handles fails the test (instead of ending pytest); both signals'
+    handlers are given back afterwards."""
+    def unhandled(signum, frame):
+        pytest.fail("SIGTERM reached the test's own handler")
+
+    previous = {s: signal.signal(s, unhandled if s == signal.SIGTERM else signal.getsignal(s))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+def _signalled_run(signals: list[int], at: int, **options):
+    """3 iterations per epoch, 3 epochs; the real ``signals`` sent to this process at the end of iteration ``at``;
+    ``options`` for ``StopOnInterrupt``."""
+    trainer = Engine(lambda e, b: None)
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=at))
+    def _send(_):
+        for signum in signals:
+            os.kill(os.getpid(), signum)
+
+    stop = StopOnInterrupt(trainer, **options)
+    try:
+        trainer.run(range(3), max_epochs=3)
+    finally:
+        stop.close()
+    return trainer, stop
+
+
+def test_sigterm_stops_the_trainer_after_the_current_iteration_and_a_second_aborts(sigterm_guard):
+    trainer, stop = _signalled_run([signal.SIGTERM], at=5)
+    assert trainer.state.iteration == 5 and stop.requested and stop.signum == signal.SIGTERM
+    assert stop.label == "SIGTERM"
+    with pytest.raises(KeyboardInterrupt) as aborted:  # handlers.Aborted
+        _signalled_run([signal.SIGTERM, signal.SIGTERM], at=2)
+    assert aborted.value.signum == signal.SIGTERM and str(aborted.value) == "SIGTERM"
+
+
+def test_a_rank_of_a_launcher_counts_no_signal_twice_and_then_ignores_them(sigterm_guard):
+    """abort=False: the launcher forwards its signals and aborts by itself; a group signal reaches
+    the rank twice. After close, a late copy must not end the process while it saves the checkpoint."""
+    trainer, stop = _signalled_run([signal.SIGTERM, signal.SIGTERM, signal.SIGINT], at=5, abort=False)
+    assert trainer.state.iteration == 5 and stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGTERM)  # ignored
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _resume_hint(log: Path, signal_label: str, iteration: int, saved: Path) -> list[str]:
+    """The one resume line of a run.py output, checked; the command it gives (``python run.py ...``)."""
+    hints = [line for line in log.read_text().splitlines() if "Resume with:" in line]
+    assert len(hints) == 1, log.read_text()
+    epoch = (iteration - 1) // ITERATIONS_PER_EPOCH + 1
+    assert hints[0].startswith(f"Training interrupted by {signal_label} at epoch {epoch}, iteration {iteration}; "
+                               f"checkpoint saved to {saved}. Resume with: python "), hints[0]
+    command = shlex.split(hints[0].split("Resume with: ")[1])
+    assert command[-1] == f"resume={saved}" and command[1].endswith("run.py")
+    return command
+
+
+def test_sigterm_saves_a_checkpoint_exits_143_with_a_resume_hint_and_resumes_exactly(sigterm_runs, reference,
+                                                                                      monkeypatch):
+    """What ``docker stop``, Kubernetes and SLURM send: handled as Ctrl-C is."""
+    run = sigterm_runs["sigterm"]
+    run.wait_until_paused()
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(timeout=120) == 143, run.log.read_text()
+    saved = run.run_dir / "checkpoints" / f"interrupted_checkpoint_{INTERRUPT_AT}.pt"
+    command = _resume_hint(run.log, "SIGTERM", INTERRUPT_AT, saved)
+    assert torch.load(saved, weights_only=True)["trainer"]["iteration"] == INTERRUPT_AT  # mid-epoch 2
+    assert "Traceback" not in run.log.read_text()
+
+    monkeypatch.setenv("PAUSE_AT", str(INTERRUPT_AT))  # the hint repeats handlers.extra; its iteration is past
+    monkeypatch.setenv("PAUSE_MARKER", str(run.marker))
+    assert run_cli(command[2:]) == 0
+    assert_same_history(history(run.run_dir), history(reference), tol=1e-6)
+
+
+def test_a_second_sigterm_aborts_at_once_with_143_and_keeps_the_last_checkpoint(sigterm_runs):
+    run = sigterm_runs["sigterm_twice"]
+    run.wait_until_paused()
+    run.proc.send_signal(signal.SIGTERM)
+    wait_for(Path(f"{run.marker}.requested"), run.proc, run.log)  # the first one is seen, the run waits
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(timeout=120) == 143, run.log.read_text()
+    lines = run.log.read_text().splitlines()
+    assert lines[-1] == "error: aborted by SIGTERM"
+    assert "Traceback" not in run.log.read_text() and not [line for line in lines if " ERROR " in line]
+    names = sorted(p.name for p in (run.run_dir / "checkpoints").iterdir())
+    assert [n for n in names if not n.startswith("best_")] == [f"last_checkpoint_{ITERATIONS_PER_EPOCH}.pt"]
+
+
+def test_a_second_ctrl_c_aborts_in_one_line_without_ignites_error(tmp_path, monkeypatch, capsys, caplog):
+    """Ignite's Engine logs every exception that ends a run ("Engine run is terminating due to exception"):
+    not this one, which the CLI reports itself."""
+    monkeypatch.setenv("SIGNALS_AT", str(INTERRUPT_AT))
+    monkeypatch.setenv("SIGNALS", "SIGINT,SIGINT")
+    args = tiny_args(tmp_path / "data", tmp_path / "runs", "twice", "handlers.extra=[handler_helpers:send_signals]")
+    assert run_cli(args) == 130
+    err = capsys.readouterr().err
+    assert "Engine run is terminating" not in err and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "Traceback" not in err
+    assert err.count("error: aborted by Ctrl-C") == 1 and err.endswith("error: aborted by Ctrl-C\n")
+    checkpoints = tmp_path / "runs" / "twice" / "checkpoints"
+    assert not list(checkpoints.glob("interrupted_*")) and (checkpoints / "last_checkpoint_2.pt").exists()
+
+
+def test_sigterm_to_the_launcher_of_two_processes_stops_both_and_resume_continues(sigterm_runs, tmp_path):
+    """``docker stop`` and Kubernetes signal the launcher alone: it forwards the signal to both ranks,
+    which stop at the same iteration; rank 0 alone writes the checkpoint. The resumed run is then
+    signalled as SLURM does, the launcher and both ranks at once: each rank gets it twice (directly
+    and forwarded), which must not count as a second signal (an abort)."""
+    run = sigterm_runs["two_sigterm"]
+    run.wait_until_paused()
+    run.proc.send_signal(signal.SIGTERM)  # the launcher only
+    assert run.proc.wait(timeout=120) == 143, run.log.read_text()
+    output = run.log.read_text()
+    assert "Traceback" not in output and "error:" not in output
+    assert [Path(f"{run.log}.stopped.{rank}").read_text() for rank in (0, 1)] == [str(INTERRUPT_AT)] * 2
+    saved = run.run_dir / "checkpoints" / f"interrupted_checkpoint_{INTERRUPT_AT}.pt"
+    assert sorted(p.name for p in (run.run_dir / "checkpoints").glob("interrupted_*")) == [saved.name]
+    command = _resume_hint(run.log, "SIGTERM", INTERRUPT_AT, saved)
+
+    later = INTERRUPT_AT + ITERATIONS_PER_EPOCH  # mid-epoch 3 of the resumed run
+    marker, log, stopped = tmp_path / "paused", tmp_path / "resumed.log", tmp_path / "stopped"
+    resumed = spawn_session(command[2:], {"PAUSE_AT": str(later), "PAUSE_MARKER": str(marker),
+                                          "STOP_RECORD": str(stopped)}, log)
+    wait_for(marker, resumed, log)
+    os.killpg(resumed.pid, signal.SIGTERM)  # the launcher and both ranks
+    assert resumed.wait(timeout=120) == 143, log.read_text()
+    output = log.read_text()
+    assert f"Resumed from {saved} at epoch 1, iteration {INTERRUPT_AT} (1 of 2 batches of epoch 2 done)" in output
+    assert "Traceback" not in output and "error:" not in output
+    assert [Path(f"{stopped}.{rank}").read_text() for rank in (0, 1)] == [str(later)] * 2
+    latest = run.run_dir / "checkpoints" / f"interrupted_checkpoint_{later}.pt"
+    assert sorted(p.name for p in (run.run_dir / "checkpoints").glob("interrupted_*")) == [latest.name]
+    _resume_hint(log, "SIGTERM", later, latest)
+    assert [e["epoch"] for e in history(run.run_dir)] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_second_sigterm_to_the_launcher_of_two_processes_aborts_at_once(tmp_path):
+    """The launcher ends the ranks itself (they count no signal twice); no new checkpoint, no traceback."""
+    marker, log = tmp_path / "paused", tmp_path / "run.log"
+    args = tiny_args(tmp_path / "data", tmp_path / "runs", "twice", "handlers.extra=[handler_helpers:hold]",
+                     *TWO_PROCESSES)
+    proc = spawn_session(args, {"PAUSE_AT": str(INTERRUPT_AT), "PAUSE_MARKER": str(marker)}, log)
+    wait_for(marker, proc, log)
+    proc.send_signal(signal.SIGTERM)
+    wait_for(Path(f"{marker}.requested"), proc, log)  # forwarded: a rank has seen it, both wait
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, log.read_text()
+    output = log.read_text()
+    assert output.count("error: aborted by SIGTERM") == 1 and "Traceback" not in output
+    names = sorted(p.name for p in (tmp_path / "runs" / "twice" / "checkpoints").iterdir())
+    assert [n for n in names if not n.startswith("best_")] == [f"last_checkpoint_{ITERATIONS_PER_EPOCH}.pt"]
