@@ -105,7 +105,8 @@ _QUIET = {"torch.onnx._internal.exporter._registration": logging.ERROR, "onnxscr
           "onnx_ir": logging.WARNING}
 
 
-def _trace(graph: nn.Module, example: tuple, names: tuple) -> "onnx.ModelProto":  # noqa: F821
+def _trace(graph: nn.Module, example: tuple, names: tuple):
+    """``torch.onnx.export(dynamo=True)`` of ``graph`` on ``example`` from PyTorch code; returns the ModelProto."""
     levels = {name: logging.getLogger(name).level for name in _QUIET}
     for name, level in _QUIET.items():
         logging.getLogger(name).setLevel(level)
