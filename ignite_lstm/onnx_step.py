@@ -104,6 +104,7 @@ class OnnxStep:
         frequencies: the model's frequencies (Hz), in the order of the one-hot input.
         input_scale: the factor of the mixture in the input.
         batch_size: the fixed batch size B of the graph.
+        version: the ignite_lstm version that wrote the file.
 
     Raises:
         FileNotFoundError: no such file.
