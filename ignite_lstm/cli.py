@@ -523,7 +523,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def main_exit() -> None:
-    """Console-script entry point (``ignite-lstm CONFIG ...``)."""
+    """Console-script entry point: ``ignite-lstm CONFIG ...`` trains; ``ignite-lstm export ...`` exports to ONNX."""
+    if sys.argv[1:2] == ["export"]:
+        from ignite_lstm.export import main as export_main
+
+        sys.exit(export_main(sys.argv[2:], prog="ignite-lstm export"))
     sys.exit(main())
 
 

@@ -9,7 +9,11 @@ output, the extracted sine, is written as ``.npy`` or ``.csv`` (by extension). T
 frequencies and the input scale come from the checkpoint's config (or its run folder's
 config.yaml); ``--frequencies`` and ``--input-scale`` supply them for a bare checkpoint.
 
-Exit status: 0 done, 2 bad input (frequency, file, shape, checkpoint).
+``--backend onnxruntime --model FILE.onnx`` runs the same loop on onnxruntime's CPU
+provider instead, with a step model written by ``python -m ignite_lstm.export``: the
+frequencies and the input scale then come from the ONNX file's metadata (no checkpoint).
+
+Exit status: 0 done, 2 bad input (frequency, file, shape, checkpoint, ONNX model).
 """
 
 from __future__ import annotations
@@ -258,6 +262,30 @@ def _settings(args: argparse.Namespace) -> tuple[nn.Module, list[float], float]:
     return model, frequencies, scale
 
 
+def _onnx_settings(args: argparse.Namespace):
+    """``--backend onnxruntime``: the ONNX step model, its frequencies and input scale, from its metadata."""
+    from ignite_lstm.onnx_step import OnnxStep
+
+    if args.device != "cpu":
+        raise ExtractionError(f"--device {args.device} does not apply to --backend onnxruntime, which runs on "
+                              f"onnxruntime's CPU provider; leave --device at cpu.")
+    try:
+        model = OnnxStep(args.model, batch_size=1)
+    except ImportError as exc:
+        raise ExtractionError(str(exc)) from None
+    if model.config["output_size"] != 1:
+        raise ExtractionError(f"ONNX model {args.model} has output_size {model.config['output_size']}; expected 1.")
+    scale = model.input_scale
+    if args.input_scale is not None and not math.isclose(args.input_scale, scale):
+        logger.warning("--input-scale %g overrides the ONNX model's input_scale %g.", args.input_scale, scale)
+        scale = args.input_scale
+    if args.frequencies is not None:
+        logger.warning("--frequencies is ignored: the ONNX model's metadata lists %s.", model.frequencies)
+    if not math.isfinite(scale):
+        raise ExtractionError(f"--input-scale should be a finite number, got {scale}.")
+    return model, model.frequencies, scale
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``python -m ignite_lstm.extract`` command.
 
@@ -276,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="Example: python -m ignite_lstm.extract --checkpoint runs/base-x/model.pt --input s.npy "
                "--frequency 3 --output sine3.npy",
     )
-    parser.add_argument("--checkpoint", required=True, help="model.pt or checkpoint file written by a run")
+    parser.add_argument("--checkpoint", help="model.pt or checkpoint file written by a run (--backend torch)")
     parser.add_argument("--input", required=True, help="mixture: .npy, .csv (one column) or .h5")
     parser.add_argument("--frequency", required=True, type=float, help="frequency to extract, Hz (e.g. 3)")
     parser.add_argument("--output", required=True, help="extracted sine: .npy or .csv")
@@ -288,7 +316,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "without config)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu: one sample per call "
                         "is faster on a CPU)")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                        help="torch: model.step of --checkpoint (default); onnxruntime: the ONNX step model --model")
+    parser.add_argument("--model", help="ONNX step model written by python -m ignite_lstm.export "
+                        "(--backend onnxruntime)")
     args = parser.parse_args(argv)
+    if args.backend == "torch" and args.checkpoint is None:
+        parser.error("the following arguments are required: --checkpoint (or --backend onnxruntime --model FILE)")
+    if args.backend == "torch" and args.model is not None:
+        parser.error("argument --model: only with --backend onnxruntime (--backend torch reads --checkpoint)")
+    if args.backend == "onnxruntime" and (args.model is None or args.checkpoint is not None):
+        parser.error("argument --backend onnxruntime: needs --model FILE.onnx, and no --checkpoint "
+                     "(the ONNX file's metadata configures it)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if Path(args.output).suffix.lower() not in OUTPUT_FORMATS:  # refuse before any work
@@ -297,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad_device = device_problem(args.device)
         if bad_device:
             raise ExtractionError(f"--device {args.device!r} {bad_device}.")
-        model, frequencies, scale = _settings(args)
+        model, frequencies, scale = _onnx_settings(args) if args.backend == "onnxruntime" else _settings(args)
         index = _match_frequency(args.frequency, frequencies)
         mixture = read_mixture(args.input, dataset=args.dataset, row=args.row)
         device = resolve_device(args.device)

@@ -91,7 +91,7 @@ def test_version_has_one_source():
     init = (REPO / "ignite_lstm" / "__init__.py").read_text()
     assert re.findall(r"^__version__ = \"([^\"]+)\"$", init, flags=re.MULTILINE) == [ignite_lstm.__version__]
     others = [p.name for p in (REPO / "ignite_lstm").glob("*.py")
-              if p.name != "__init__.py" and "__version__" in p.read_text()]
+              if p.name != "__init__.py" and re.search(r"^\s*__version__\s*=", p.read_text(), flags=re.MULTILINE)]
     assert not others, f"version also set in {others}"
 
 
