@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if Path(args.output).suffix.lower() not in OUTPUT_FORMATS:  # refuse before any work
             raise ExtractionError(f"Output {args.output} has an unknown extension "
                                   f"{Path(args.output).suffix!r}; allowed: {OUTPUT_FORMATS}.")
-        bad_device = device_problem(args.device)
+        bad_device = device_problem(args.device) if args.backend == "torch" else None  # onnxruntime: CPU only
         if bad_device:
             raise ExtractionError(f"--device {args.device!r} {bad_device}.")
         model, frequencies, scale = _onnx_settings(args) if args.backend == "onnxruntime" else _settings(args)
