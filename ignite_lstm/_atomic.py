@@ -1,13 +1,35 @@
-"""Atomic file writes for the run folder: a temporary file renamed into place, nothing left on failure."""
+"""Atomic file writes: a temporary file beside the target, renamed into place, nothing left on failure.
+
+Every file the package writes goes through ``atomic_write`` (run folders, data splits,
+reports, figures, extracted signals, the kernel cache): a reader never sees a
+half-written file, a failed write (a full disk, a second Ctrl-C) leaves the previous
+file as it was, and the new file gets the mode ``open()`` gives (0666 less the umask),
+not ``tempfile.mkstemp``'s 0600. Temporary names are random, so several processes
+writing the same file at once (ranks, simultaneous launches) never share one.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Callable
 
 __all__ = ["atomic_write"]
+
+_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _temp_beside(path: Path, mode: int) -> tuple[int, Path]:
+    """A new, empty ``.<name>.<random>.tmp`` beside ``path``, created with ``mode`` less the umask."""
+    for _ in range(100):
+        name = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(name, _FLAGS, mode), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"No free temporary file name beside {path}.")
 
 
 def _os_error(exc: BaseException) -> OSError | None:
@@ -22,32 +44,44 @@ def _os_error(exc: BaseException) -> OSError | None:
     return None
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through ``write(file)`` into ``<path>.tmp``, then rename it over ``path``.
-
-    The file gets the mode of any new file (0666 less the umask). On any failure (a full
-    disk, a second Ctrl-C) the temporary file is removed and ``path`` is left as it was; a
-    failed write raises an ``OSError`` that names ``path``, also when the writer (torch.save)
-    wrapped it in another error.
+def atomic_write(path: str | os.PathLike, write: Callable, *, by_name: bool = False, mode: int = 0o666) -> Path:
+    """Write ``path`` through ``write`` into a temporary file beside it, then rename it over ``path``.
 
     Args:
-        path: the file to write.
-        write: writes the content into the open binary file it is given.
+        path: the file to write (its folder must exist).
+        write: ``write(file)`` with the open binary file, or with ``by_name`` ``write(temp_path)``
+            for writers that open the file themselves (h5py, a compiler).
+        by_name: pass the temporary file's path instead of an open file.
+        mode: permission bits before the umask (0777 for a shared library).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OSError: the write failed; it names ``path``, also when the writer (torch.save)
+            wrapped the error in another one.
 
     Example:
         >>> atomic_write("run/model.pt", lambda f: torch.save(state, f))
+        >>> atomic_write("data/train.h5", lambda tmp: write_h5(tmp), by_name=True)
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    fd, tmp = _temp_beside(path, mode)
     try:
-        tmp.unlink(missing_ok=True)  # one left by a killed run keeps its mode if reopened
-        with open(tmp, "xb") as f:
-            write(f)
+        if by_name:
+            os.close(fd)
+            write(str(tmp))
+        else:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         cause = _os_error(exc) if isinstance(exc, Exception) else None
-        if cause is not None:
+        if cause is not None and not isinstance(exc, OSError):
             raise OSError(cause.errno, cause.strerror, str(path)) from exc
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename != str(path):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+    return path

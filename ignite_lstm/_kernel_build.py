@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ignite_lstm._files import temp_beside
+from ignite_lstm._atomic import atomic_write
 
 __all__ = ["build_library", "cache_dirs"]
 
@@ -47,14 +47,10 @@ def cache_dirs() -> list[Path]:
 
 def _compile(cxx: str, flags: list[str], source: Path, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(out)  # the compiler keeps this file's mode: the umask's, not mkstemp's 0600
-    os.close(fd)
-    try:
-        subprocess.run([cxx, *flags, str(source), "-o", tmp], check=True, capture_output=True, text=True, timeout=300)
-        os.replace(tmp, out)  # atomic: another process building the same file finds a whole one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # atomic: another process building the same file finds a whole one; the compiler keeps the mode
+    atomic_write(out, lambda tmp: subprocess.run([cxx, *flags, str(source), "-o", tmp], check=True,
+                                                 capture_output=True, text=True, timeout=300),
+                 by_name=True, mode=0o777)
 
 
 def build_library(source: Path) -> ctypes.CDLL:

@@ -17,19 +17,22 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
+import numpy as np
 import torch
+from ignite.engine import Engine
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
 from ignite_lstm.config import ConfigError, load_config, validate_config
 from ignite_lstm.data import SignalDataset, ensure_split
 from ignite_lstm.models import StatefulLSTM, load_model
 from ignite_lstm.pipeline import split_params
-from ignite_lstm.preflight import device_problem
-from ignite_lstm.report import metrics_table, write_report
+from ignite_lstm.preflight import device_problem, resolve_device
+from ignite_lstm.trainers import setup_evaluators
 
-__all__ = ["RunFiles", "load_run", "main"]
+__all__ = ["RunFiles", "load_run", "evaluate_splits", "figure_predictions", "main"]
 
 logger = logging.getLogger("ignite_lstm")
 
@@ -114,13 +117,50 @@ def _default_output(files: RunFiles) -> Path:
     return files.model_file.parent / f"report-{files.model_file.stem}"
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a torch device; try auto, cpu or cuda.") from None
+def evaluate_splits(evaluator: Engine, loaders: Mapping[str, Iterable]) -> dict[str, float]:
+    """Run ``evaluator`` over each split's loader: the final evaluation of a run.
+
+    On several processes every rank calls it with its shard of each split; the metrics
+    all-reduce their sums, so every rank gets the values of the whole split.
+
+    Args:
+        evaluator: from ``create_evaluator`` (``trainers.setup_evaluators(...)["final"]``).
+        loaders: split name -> loader, in table order.
+
+    Returns:
+        ``{"<split>/<metric>": value}`` for every metric attached to ``evaluator``
+        (``test/mse``, ``test/mse_f3``, ...).
+
+    Example:
+        >>> metrics = evaluate_splits(evaluator, {"val": val_loader, "test": test_loader})
+    """
+    metrics: dict[str, float] = {}
+    for split, loader in loaders.items():
+        metrics.update({f"{split}/{name}": float(value) for name, value in evaluator.run(loader).metrics.items()})
+    return metrics
+
+
+def figure_predictions(model: torch.nn.Module, dataset: SignalDataset, device: str | torch.device = "cpu",
+                       mixture: int = 0) -> np.ndarray:
+    """The model's outputs for the F sequences of one mixture (one per frequency): what the report draws.
+
+    Args:
+        model: the trained model (not DDP-wrapped).
+        dataset: the split; item ``mixture * F + k`` is frequency k of that mixture.
+        device: where the model is.
+        mixture: which mixture.
+
+    Returns:
+        float32 (F, T).
+    """
+    F = dataset.n_frequencies
+    x = torch.stack([dataset[mixture * F + k][0] for k in range(F)]).to(device)  # (F, T, 1 + F)
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        y, _ = model(x)
+    model.train(training)
+    return y[..., 0].cpu().numpy().astype(np.float32)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,21 +199,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad_device:
         print(f"error: --device {args.device!r} {bad_device}.", file=sys.stderr)
         return 2
+    from ignite_lstm.report import metrics_table, write_report  # matplotlib: only for this command
+
     try:
         files = load_run(args.run)
         cfg: Any = files.config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        device = _device(args.device)
+        device = resolve_device(args.device)
         datasets = {}
         for split in splits:
             _, data = ensure_split(cfg.data.dir, split, split_params(cfg.data, split))
             datasets[split] = SignalDataset(data.mixture, data.target, input_scale=cfg.data.input_scale)
         output = Path(args.output) if args.output else _default_output(files)
-        metrics = write_report(files.run_dir, files.model.to(device), datasets,
-                               frequencies=list(cfg.data.frequencies), fs=cfg.data.fs, output_dir=output,
-                               device=device, batch_size=cfg.eval.batch_size, span_s=args.span,
-                               figures=not args.no_figures)
+        model = files.model.to(device)
+        evaluator = setup_evaluators(cfg, model, device)["final"]
+        loaders = {split: DataLoader(ds, batch_size=cfg.eval.batch_size) for split, ds in datasets.items()}
+        metrics = evaluate_splits(evaluator, loaders)
+        figure_split = "test" if "test" in datasets else splits[-1]
+        predictions = None if args.no_figures else figure_predictions(model, datasets[figure_split], device)
+        write_report(files.run_dir, metrics, dataset=datasets[figure_split], predictions=predictions,
+                     frequencies=list(cfg.data.frequencies), fs=cfg.data.fs, splits=splits, output_dir=output,
+                     figure_split=figure_split, span_s=args.span)
     except (OSError, ValueError, ConfigError) as exc:  # DataFileError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ignite_lstm._files import temp_beside
+from ignite_lstm._atomic import atomic_write
 from ignite_lstm.config import ConfigError
 from ignite_lstm.evaluate import load_run
 from ignite_lstm.preflight import device_problem, resolve_device
@@ -204,18 +204,10 @@ def write_signal(path: str | os.PathLike, signal: np.ndarray) -> Path:
     if suffix not in OUTPUT_FORMATS:
         raise ExtractionError(f"Output {path} has an unknown extension {path.suffix!r}; allowed: {OUTPUT_FORMATS}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path)  # the umask's mode, not mkstemp's 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if suffix == ".npy":
-                np.save(f, np.asarray(signal, dtype=np.float32))
-            else:
-                np.savetxt(f, np.asarray(signal, dtype=np.float32), fmt="%.9g")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    values = np.asarray(signal, dtype=np.float32)
+    if suffix == ".npy":
+        return atomic_write(path, lambda f: np.save(f, values))
+    return atomic_write(path, lambda f: np.savetxt(f, values, fmt="%.9g"))
 
 
 def _match_frequency(value: float, frequencies: Sequence[float]) -> int:

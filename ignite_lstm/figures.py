@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
-from ignite_lstm._files import temp_beside
+from ignite_lstm._atomic import atomic_write
 
 __all__ = ["plot_extraction", "plot_extraction_grid", "plot_training_curves", "plot_spectra"]
 
@@ -30,15 +30,7 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = temp_beside(path)  # the umask's mode, not mkstemp's 0600
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
 def _panels(

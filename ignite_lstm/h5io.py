@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from ._files import temp_beside
+from ._atomic import atomic_write
 from .signal import SplitData, canonical_params
 
 __all__ = ["FORMAT_VERSION", "DataFileError", "read_split", "split_filename", "write_split"]
@@ -122,9 +122,7 @@ def write_split(path: str | os.PathLike, data: SplitData, split: str) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = temp_beside(path)  # the umask's mode (mkstemp would make every data file 0600)
-    os.close(fd)
-    try:
+    def write(tmp_name: str) -> None:
         with h5py.File(tmp_name, "w") as f:
             for name, array in arrays.items():
                 f.create_dataset(name, data=array)
@@ -136,10 +134,8 @@ def write_split(path: str | os.PathLike, data: SplitData, split: str) -> Path:
                 f.attrs[name] = np.float64(params[name])
             for name in _INT_ATTRS:
                 f.attrs[name] = np.int64(params[name])
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write, by_name=True)
     return path
 
 

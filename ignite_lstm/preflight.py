@@ -80,8 +80,14 @@ def device_problem(name: str) -> str | None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """The torch device of a ``device`` value that ``device_problem`` accepts (``auto``: cuda if available)."""
+    """The torch device of a ``device`` value that ``device_problem`` accepts.
+
+    ``auto``: this process's device of the process group (``idist.device()``) on several
+    processes, else cuda if available, else the CPU.
+    """
     if name == "auto":
+        if idist.get_world_size() > 1:
+            return idist.device()
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 

@@ -1,7 +1,7 @@
 """The evaluation report of a trained model: metrics per split and frequency, tables, figures.
 
-``write_report`` is the one entry point: the training run calls it at the end and
-``python -m ignite_lstm.evaluate`` calls it for an existing model. It writes, in
+``write_report`` is the one entry point: the training run calls it at the end (rank 0)
+and ``python -m ignite_lstm.evaluate`` calls it for an existing model. It writes, in
 ``<run>/report/``::
 
     metrics.json         {"test/mse": ..., "test/mse_f3": ..., "train/snr_f7": ...}
@@ -11,9 +11,9 @@
     training_curves.png  from the run's history (skipped without one)
     spectra.png          amplitude spectra of mixture, output and target
 
-The numbers come from the project's evaluator (``create_evaluator``, fused path: the
-whole sequence in one call from a reset state, equal to stepping ``model.step``) and
-Ignite's metrics (``build_metrics``), every metric also per frequency.
+It computes nothing: the metrics come from the final evaluation (``evaluate.evaluate_splits``,
+run once, on every rank, by the training run or by ``python -m ignite_lstm.evaluate``) and
+the figures' predictions from ``evaluate.figure_predictions``.
 """
 
 from __future__ import annotations
@@ -26,75 +26,17 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
-import torch.nn as nn
-from ignite.engine import Engine, Events
-from torch.utils.data import DataLoader
 
-from ignite_lstm._files import temp_beside
+from ignite_lstm._atomic import atomic_write
 from ignite_lstm.data import SignalDataset
-from ignite_lstm.engines import create_evaluator
 from ignite_lstm.figures import plot_extraction, plot_extraction_grid, plot_spectra, plot_training_curves
-from ignite_lstm.metrics import METRIC_NAMES, build_metrics
+from ignite_lstm.metrics import METRIC_NAMES
 
-__all__ = ["evaluate_splits", "metrics_table", "write_report"]
+__all__ = ["metrics_table", "write_report"]
 
 logger = logging.getLogger(__name__)
 
 _HEADERS = {"mse": "MSE", "rmse": "RMSE", "mae": "MAE", "corr": "corr", "r2": "R²", "snr": "SNR (dB)"}
-
-
-def evaluate_splits(
-    model: nn.Module,
-    datasets: Mapping[str, SignalDataset],
-    *,
-    frequencies: Sequence[float],
-    device: str | torch.device = "cpu",
-    batch_size: int = 40,
-    keep_predictions: Sequence[str] = (),
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Every metric of ``METRIC_NAMES``, overall and per frequency, on every split.
-
-    Args:
-        model: the trained model (already on ``device``; left in eval mode).
-        datasets: split name -> dataset, evaluated in this order.
-        frequencies: the F frequencies in Hz, in selector order.
-        device: where batches go.
-        batch_size: sequences per evaluation batch.
-        keep_predictions: splits whose outputs are returned.
-
-    Returns:
-        ``(metrics, predictions)``: metrics keyed ``"<split>/<name>"`` and
-        ``"<split>/<name>_f<Hz>"`` (``test/mse_f3``); predictions split -> float32 (M, F, T).
-
-    Example:
-        >>> metrics, outputs = evaluate_splits(model, {"test": dataset}, frequencies=[1, 3, 5, 7],
-        ...                                    keep_predictions=("test",))
-        >>> metrics["test/mse_f3"], outputs["test"].shape  # (M, F, T)
-    """
-    frequencies = [float(f) for f in frequencies]
-    evaluator = create_evaluator(
-        model, build_metrics(frequencies, per_frequency=METRIC_NAMES, device=device), device=device, execution="auto"
-    )
-    collected: list[torch.Tensor] = []
-
-    def collect(engine: Engine) -> None:
-        y_pred, x = engine.state.output["y_pred"], engine.state.batch[0]
-        collected.append(y_pred.detach().reshape(x.shape[0], x.shape[1]).cpu())  # (B, T)
-
-    metrics: dict[str, float] = {}
-    predictions: dict[str, np.ndarray] = {}
-    for split, dataset in datasets.items():
-        collected.clear()
-        handle = evaluator.add_event_handler(Events.ITERATION_COMPLETED, collect) if split in keep_predictions else None
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-        state = evaluator.run(loader)
-        if handle is not None:
-            handle.remove()
-            y = torch.cat(collected).numpy().astype(np.float32)  # (M*F, T), item i = (m, k) = divmod(i, F)
-            predictions[split] = y.reshape(dataset.n_mixtures, dataset.n_frequencies, dataset.n_steps)
-        metrics.update({f"{split}/{name}": float(value) for name, value in state.metrics.items()})
-    return metrics, predictions
 
 
 def _cell(value: float | None, name: str) -> str:
@@ -142,14 +84,7 @@ def metrics_table(metrics: Mapping[str, float], *, frequencies: Sequence[float],
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = temp_beside(path)  # the umask's mode, not mkstemp's 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _load_history(run_dir: Path, history: Mapping[str, Any] | str | os.PathLike | None) -> Mapping[str, Any] | None:
@@ -169,73 +104,65 @@ def _load_history(run_dir: Path, history: Mapping[str, Any] | str | os.PathLike 
 
 def write_report(
     run_dir: str | os.PathLike,
-    model: nn.Module,
-    datasets: Mapping[str, SignalDataset],
+    metrics: Mapping[str, float],
     *,
+    dataset: SignalDataset,
+    predictions: np.ndarray | None,
     frequencies: Sequence[float],
     fs: float,
+    splits: Sequence[str] | None = None,
     history: Mapping[str, Any] | str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    batch_size: int = 40,
-    figure_split: str | None = None,
+    figure_split: str = "test",
     span_s: float = 1.0,
-    figures: bool = True,
-) -> dict[str, float]:
-    """Evaluate ``model`` on ``datasets`` and write metrics.json, metrics.md and the figures.
+) -> Path:
+    """Write metrics.json, metrics.md and the figures from metrics and predictions already computed.
 
-    Call it on one process only (rank 0) with the unwrapped model. Files are written
-    atomically, so a report folder never holds a half-written file.
+    Call it on one process only (rank 0). Files are written atomically, so a report
+    folder never holds a half-written file.
 
     Args:
         run_dir: the run folder; the history is read from ``run_dir/history.json`` unless given.
-        model: the trained model, on ``device``.
-        datasets: split name -> ``SignalDataset`` (e.g. ``setup_data(cfg)["datasets"]``), in table order.
+        metrics: ``{"<split>/<name>": value, "<split>/<name>_f<Hz>": value}`` (``evaluate.evaluate_splits``).
+        dataset: the split drawn in the figures (its mixture 0).
+        predictions: the model's outputs (F, T) for that mixture (``evaluate.figure_predictions``);
+            None writes the metrics only (no PNG, no figure links in metrics.md).
         frequencies: the F frequencies in Hz (``cfg.data.frequencies``).
         fs: sampling rate in Hz (``cfg.data.fs``).
+        splits: the splits in table order; default those found in ``metrics``.
         history: a history dict (``MetricsHistory.state_dict()``), a path to a history.json,
             or None for ``run_dir/history.json`` (no training curves when absent).
         output_dir: where the report goes; default ``run_dir/report``.
-        device: where batches go.
-        batch_size: sequences per evaluation batch (``cfg.eval.batch_size``).
-        figure_split: the split drawn in the figures; default "test" if present, else the last split.
+        figure_split: the name of ``dataset``'s split, for the figures' titles.
         span_s: seconds shown in the time-domain figures.
-        figures: False writes the metrics only (no PNG, no figure links in metrics.md).
 
     Returns:
-        The metrics, keyed ``"<split>/<name>"`` and ``"<split>/<name>_f<Hz>"`` (as in metrics.json).
+        The report folder.
 
     Example:
-        >>> data = setup_data(cfg)  # at the end of a run, on rank 0
-        >>> metrics = write_report(run_dir, net, data["datasets"], frequencies=list(cfg.data.frequencies),
-        ...                        fs=cfg.data.fs, device=device, batch_size=cfg.eval.batch_size)
-        >>> metrics["test/mse_f3"]
+        >>> metrics = evaluate_splits(evaluator, loaders)  # on every rank
+        >>> write_report(run_dir, metrics, dataset=test_set, predictions=figure_predictions(net, test_set),
+        ...              frequencies=[1, 3, 5, 7], fs=1000.0)
     """
-    if not datasets:
-        raise ValueError("Argument datasets should hold at least one split, got none.")
     run_dir = Path(run_dir)
     out = Path(output_dir) if output_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     frequencies = [float(f) for f in frequencies]
-    if figure_split is None:
-        figure_split = "test" if "test" in datasets else list(datasets)[-1]
-    if figure_split not in datasets:
-        raise ValueError(f"Argument figure_split should be one of {list(datasets)}, got {figure_split!r}.")
-
-    metrics, predictions = evaluate_splits(model, datasets, frequencies=frequencies, device=device,
-                                           batch_size=batch_size, keep_predictions=(figure_split,) if figures else ())
-    _write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    drawn = _draw_figures(out, run_dir, datasets[figure_split], predictions[figure_split][0], history,
-                          frequencies=frequencies, fs=fs, span_s=span_s, split=figure_split) if figures else {}
+    if splits is None:
+        splits = list(dict.fromkeys(key.split("/", 1)[0] for key in metrics))
+    _write_text(out / "metrics.json", json.dumps(dict(metrics), indent=2) + "\n")
+    drawn = {} if predictions is None else _draw_figures(out, run_dir, dataset, predictions, history,
+                                                          frequencies=frequencies, fs=fs, span_s=span_s,
+                                                          split=figure_split)
     text = [f"# Evaluation report: {run_dir.name}", "",
-            f"Splits: {', '.join(datasets)}" + (f"; figures on the {figure_split} split (mixture 0)" if drawn else "")
+            f"Splits: {', '.join(splits)}" + (f"; figures on the {figure_split} split (mixture 0)" if drawn else "")
             + ". Keys in metrics.json: `<split>/<metric>` and `<split>/<metric>_f<Hz>`.", "",
-            metrics_table(metrics, frequencies=frequencies, splits=list(datasets))]
+            metrics_table(metrics, frequencies=frequencies, splits=list(splits))]
     if drawn:
         text += ["## Figures", ""] + [f"![{name}]({path.name})\n" for name, path in drawn.items()]
     _write_text(out / "metrics.md", "\n".join(text))
     logger.info("Report written to %s", out)
-    return metrics
+    return out
 
 
 def _draw_figures(

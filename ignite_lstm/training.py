@@ -1,4 +1,12 @@
-"""One training run on one process of ``idist.Parallel``: engines, handlers, resume, results."""
+"""One training run on one process of ``idist.Parallel``: set up, resume, train, outcome, finish.
+
+``run`` reads top to bottom as the run goes; every rank runs it. A batch's way
+through the code: ``data.setup_data`` yields ``(x, y)`` batches, the trainer of
+``trainers.setup_trainer`` (``engines.create_trainer``) walks their windows, the
+handlers of ``trainers.attach_handlers`` validate, save and log around it, and at the
+end the final evaluator computes every metric once, on all ranks; rank 0 writes
+``metrics.json``, ``model.pt`` and the report.
+"""
 
 from __future__ import annotations
 
@@ -6,285 +14,211 @@ import json
 import logging
 import math
 import signal
-import subprocess
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import ignite.distributed as idist
 import torch
-from ignite.engine import Engine, Events
-from ignite.handlers import Timer
-from ignite.metrics import Average, RunningAverage
+from ignite.engine import Engine
 from ignite.utils import manual_seed
 from omegaconf import OmegaConf
 
 from ignite_lstm import native
 from ignite_lstm._atomic import atomic_write
 from ignite_lstm.checkpointing import (
-    FixedState,
-    RNGState,
     SkipBatches,
     check_resumable,
     config_changes,
     read_checkpoint,
     resume_from_checkpoint,
 )
-from ignite_lstm.engines import create_evaluator, create_trainer
-from ignite_lstm.handlers import (
-    StopOnInterrupt,
-    attach_checkpoints,
-    attach_early_stopping,
-    attach_progress,
-    attach_tensorboard,
-    attach_terminate_on_nan,
-    checkpointer_states,
-    load_extra_handlers,
-)
-from ignite_lstm.history import MetricsHistory
-from ignite_lstm.metrics import build_metrics, metric_direction
-from ignite_lstm.pipeline import setup_data, setup_loss, setup_model, setup_optimizer
-from ignite_lstm.schedules import steps_per_epoch
-from ignite_lstm.schedules import setup_lr_scheduler
+from ignite_lstm.evaluate import evaluate_splits, figure_predictions
+from ignite_lstm.handlers import checkpointer_states
+from ignite_lstm.pipeline import setup_data, setup_model, setup_optimizer
+from ignite_lstm.preflight import resolve_device
+from ignite_lstm.trainers import RunHandlers, attach_handlers, setup_evaluators, setup_trainer
 
-__all__ = ["run_training", "TrainingDiverged", "TrainingInterrupted"]
+__all__ = ["run", "run_training", "Outcome"]
 
 logger = logging.getLogger("ignite_lstm")
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+_EXIT = {"done": 0, "disk-full": 1, "refused": 2, "diverged": 3}
 
 
-class TrainingInterrupted(RuntimeError):
-    """Ctrl-C or SIGTERM: a checkpoint was saved; ``checkpoint`` is its path, ``signum`` the signal."""
+@dataclass
+class Outcome:
+    """How a run ended, as every rank returns it; ``exit_code`` is the CLI's exit status.
 
-    def __init__(self, message: str, checkpoint: str | None, signum: int = signal.SIGINT) -> None:
-        super().__init__(message)
-        self.checkpoint = checkpoint
-        self.signum = int(signum)
+    ``status``: ``"done"``, ``"interrupted"`` (Ctrl-C or SIGTERM: ``checkpoint`` was saved,
+    ``signum`` says which), ``"diverged"`` (NaN/inf loss), or, set by the CLI's worker,
+    ``"refused"`` (bad input) and ``"disk-full"``. A finished run carries its final
+    ``metrics`` (``{"test/mse_f3": ...}``), ``epochs`` and mean ``epoch_seconds``.
+    """
 
+    status: str
+    message: str = ""
+    checkpoint: str | None = None
+    signum: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    epochs: int = 0
+    epoch_seconds: float = math.nan
+    run_dir: str = ""
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        if idist.get_world_size() > 1:
-            return idist.device()
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
-    return {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2)
-    atomic_write(path, lambda f: f.write(text.encode()))
+    @property
+    def exit_code(self) -> int:
+        return _EXIT.get(self.status, 128 + self.signum)
 
 
-def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | None, *,
-                 launched: bool = False) -> dict[str, Any]:
-    """Train, validate every ``eval.every`` epochs, evaluate all splits at the end.
+@dataclass
+class _Setup:
+    cfg: Any
+    run_dir: Path
+    device: torch.device
+    data: dict[str, Any]
+    model: torch.nn.Module  # DDP-wrapped on several processes
+    net: torch.nn.Module  # the model itself
+    trainer: Engine
+    evaluators: dict[str, Engine]
+    handlers: RunHandlers
+    train_data: SkipBatches
 
-    Handler order on the trainer's ``EPOCH_COMPLETED``: epoch metrics, validation
-    (which decides the best checkpoint, early stopping and the plateau schedule),
-    the history, the epoch and last checkpoints, TensorBoard, extra handlers.
+
+def run(local_rank: int, cfg: Any, run_dir: str, resume_from: str | None = None, *, launched: bool = False,
+        attach: Sequence[Callable[[Engine, Engine, Any], None]] = ()) -> Outcome:
+    """Train, validate every ``eval.every`` epochs, evaluate every split once at the end.
 
     Args:
         local_rank: given by ``idist.Parallel``.
         cfg: the validated config.
-        run_dir: the run folder (already created and checked by rank 0's caller).
+        run_dir: the run folder (claimed and checked by the caller, ``rundir.prepare_run``).
         resume_from: a training checkpoint to continue from, or None.
-        launched: this process was spawned by the CLI's launcher, which forwards SIGINT/SIGTERM
-            to it and aborts the run on a second one (``StopOnInterrupt(abort=False)``).
+        launched: spawned by the CLI's launcher, which forwards SIGINT/SIGTERM and decides
+            alone to abort (``StopOnInterrupt(abort=False)``).
+        attach: more ``fn(trainer, val_evaluator, cfg)``, called after ``handlers.extra``.
 
     Returns:
-        ``{"metrics": {"train/mse": ..., "test/mse_f3": ...}, "epochs": n, "epoch_seconds": s, ...}``.
+        The ``Outcome``: done (with the final metrics), interrupted or diverged.
 
     Raises:
-        TrainingDiverged: non-finite loss (files up to the last good epoch are intact).
-        TrainingInterrupted: Ctrl-C or SIGTERM; a checkpoint to resume from was saved.
-        CheckpointMismatch: ``resume_from`` does not fit this config.
+        CheckpointMismatch: ``resume_from`` does not fit this config. DataFileError: a bad data file.
     """
-    rank = idist.get_rank()
-    run_dir = Path(run_dir)
+    checkpoint = _readable_checkpoint(cfg, resume_from)
+    s = setup(cfg, run_dir, launched=launched, attach=attach)
+    if checkpoint is not None:
+        _resume(s, checkpoint, resume_from)
+    try:
+        s.trainer.run(s.train_data, max_epochs=cfg.train.epochs)
+    finally:
+        s.handlers.interrupt.close()
+    outcome = _outcome(s)
+    if outcome.status == "done":
+        _finish(s, outcome)
+    return outcome
+
+
+def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | None, **kwargs: Any) -> Outcome:
+    """Deprecated name of ``run``."""
+    return run(local_rank, cfg, run_dir, resume_from, **kwargs)
+
+
+def _readable_checkpoint(cfg: Any, resume_from: str | None) -> dict | None:
+    """The checkpoint to resume, checked against this config before any work."""
+    if not resume_from:
+        return None
+    checkpoint = read_checkpoint(resume_from)
+    es = cfg.handlers.early_stopping
+    check_resumable(checkpoint, model_args=setup_model(cfg).config, epochs=cfg.train.epochs,
+                    patience=es.patience if es.enabled else None, source=resume_from)
+    return checkpoint
+
+
+def setup(cfg: Any, run_dir: str | Path, *, launched: bool = False,
+          attach: Sequence[Callable[[Engine, Engine, Any], None]] = ()) -> _Setup:
+    """Seed, data, model, optimizer, engines and handlers of a run, ready for ``trainer.run``."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    checkpoint = None
-    if resume_from:  # a checkpoint that cannot continue this config fails before any work
-        checkpoint = read_checkpoint(resume_from)
-        check_resumable(checkpoint, model_args=setup_model(cfg).config, epochs=cfg.train.epochs,
-                        patience=cfg.handlers.early_stopping.patience if cfg.handlers.early_stopping.enabled
-                        else None, source=resume_from)
     manual_seed(cfg.seed)
-    device = _device(cfg.device)
-
+    device = resolve_device(cfg.device)
     data = setup_data(cfg)
     model = idist.auto_model(setup_model(cfg).to(device))
     net = model.module if hasattr(model, "module") else model
-    optimizer = idist.auto_optim(
-        setup_optimizer(cfg.train.optimizer, model.parameters(), lr=cfg.train.lr,
-                        weight_decay=cfg.train.weight_decay, momentum=cfg.train.momentum)
-    )
-    loss_fn = setup_loss(cfg.train.loss)
-    trainer = create_trainer(model, optimizer, loss_fn, tbptt_steps=cfg.train.tbptt_steps, update=cfg.train["update"],
-                             grad_clip=cfg.train.grad_clip, device=device, execution=cfg.train.engine,
-                             chunk_steps=cfg.train.chunk_steps)
-    freqs = list(cfg.data.frequencies)
-    val_evaluator = create_evaluator(model, build_metrics(freqs, device=device), device=device, execution=cfg.eval.engine)
-    final_evaluator = create_evaluator(model, build_metrics(freqs, device=device), device=device,
-                                       execution=cfg.eval.engine)
-    h = cfg.handlers
-    if h.terminate_on_nan:
-        attach_terminate_on_nan(trainer)  # first, so that nothing after it sees a NaN iteration
-    RunningAverage(output_transform=lambda o: o["loss"]).attach(trainer, "running_loss")
-    epoch_loss = Average(output_transform=lambda o: o["loss"])
-    epoch_loss.attach(trainer, "epoch_loss")
-    epoch_timer = Timer()  # training time of an epoch, paused before validation and checkpoints
-    epoch_timer.attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
-    logger.info("Training path: %s (tbptt_steps=%d, update=%s), LSTM kernel: %s", trainer.execution,
-                cfg.train.tbptt_steps, cfg.train["update"], native.describe(device))
+    t = cfg.train
+    optimizer = idist.auto_optim(setup_optimizer(t.optimizer, model.parameters(), lr=t.lr,
+                                                 weight_decay=t.weight_decay, momentum=t.momentum))
+    trainer = setup_trainer(cfg, model, optimizer, device)
+    evaluators = setup_evaluators(cfg, model, device)
+    logger.info("Training path: %s (tbptt_steps=%d, update=%s), LSTM kernel: %s", trainer.state.execution,
+                t.tbptt_steps, t["update"], native.describe(device))
+    handlers = attach_handlers(trainer, evaluators["val"], cfg, model=model, optimizer=optimizer, data=data,
+                               run_dir=run_dir, extra=attach, abort_on_second_signal=not launched)
+    return _Setup(cfg, Path(run_dir), device, data, model, net, trainer, evaluators, handlers,
+                  SkipBatches(data["train_loader"]))
 
-    history = MetricsHistory()
-    train_data = SkipBatches(data["train_loader"])
-    train_sampler = data["train_loader"].sampler
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train_sampler.set_epoch(e.state.epoch - 1))
 
-    n_steps = data["datasets"]["train"].n_steps
-    spe = steps_per_epoch(len(train_data), n_steps, cfg.train.tbptt_steps, cfg.train["update"])
-    sched_cfg = h.lr_scheduler
-    scheduler = setup_lr_scheduler(
-        trainer, optimizer, name=sched_cfg.name, lr=cfg.train.lr, epochs=cfg.train.epochs, steps_per_epoch=spe,
-        update=cfg.train["update"], warmup_epochs=sched_cfg.warmup_epochs, min_lr=sched_cfg.min_lr,
-        step_size=sched_cfg.step_size, gamma=sched_cfg.gamma, val_evaluator=val_evaluator,
-        monitor=sched_cfg.monitor, mode=metric_direction(sched_cfg.monitor), patience=sched_cfg.patience,
-        factor=sched_cfg.factor,
-    )
-    stopper = None
-    if h.early_stopping.enabled:  # on the evaluator before the checkpoints: "last" holds this epoch's count
-        stopper = attach_early_stopping(trainer, val_evaluator, monitor=h.early_stopping.monitor,
-                                        patience=h.early_stopping.patience, min_delta=h.early_stopping.min_delta)
+def _resume(s: _Setup, checkpoint: dict, source: str) -> None:
+    resume_from_checkpoint(checkpoint, s.handlers.to_save, s.trainer, s.train_data, source=source)
+    checkpointer_states(s.handlers.checkpoints, checkpoint)
+    config = s.handlers.config_state
+    changed = config_changes(config.loaded or {}, config.value)
+    if changed:
+        logger.warning("Resuming with changed settings: %s", "; ".join(changed))
 
-    def validate(engine: Engine) -> None:
-        values = {"train/loss": engine.state.metrics["epoch_loss"], "lr": optimizer.param_groups[0]["lr"],
-                  "time/epoch_seconds": epoch_timer.value()}
-        if engine.state.epoch % cfg.eval.every == 0 or engine.state.epoch == cfg.train.epochs:
-            values.update(_prefixed("val", val_evaluator.run(data["eval_loaders"]["val"]).metrics))
-        history.record(engine.state.epoch, values)
-        shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if "_f" not in k)
-        logger.info("Epoch %d/%d %s", engine.state.epoch, cfg.train.epochs, shown)
-        if rank == 0:
-            history.save(run_dir / "history.json")
 
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, validate)
-
-    model_args = FixedState(net.config, "model arguments")
-    config_state = FixedState(OmegaConf.to_container(cfg, resolve=True), "config")
-    to_save: dict[str, Any] = {"model": model, "model_args": model_args, "optimizer": optimizer,
-                               "trainer": trainer, "history": history, "rng": RNGState(),
-                               "epoch_loss": epoch_loss, "config": config_state}
-    if scheduler is not None:
-        to_save["lr_scheduler"] = scheduler
-    if stopper is not None:
-        to_save["early_stopping"] = stopper
-    checkpoints = attach_checkpoints(
-        trainer, val_evaluator, to_save, {"model": model, "model_args": model_args}, run_dir / "checkpoints",
-        enabled=h.checkpoint.enabled, monitor=h.checkpoint.monitor, n_saved=h.checkpoint.n_saved,
-        every=h.checkpoint.every,
-    )
-    if stopper is not None and h.early_stopping.restore_best and "best" not in checkpoints:
-        logger.warning("handlers.early_stopping.restore_best needs handlers.checkpoint.enabled: the final "
-                       "evaluation uses the last weights.")
-    if rank == 0:
-        if h.tensorboard.enabled:
-            attach_tensorboard(trainer, val_evaluator, optimizer, run_dir / "tb", every=h.tensorboard.every,
-                               window_every=h.tensorboard.window_every, histograms=h.tensorboard.histograms,
-                               model=net)
-        if h.progress_bar:
-            attach_progress(trainer)
-    load_extra_handlers(h.extra, trainer, val_evaluator, cfg)
-    interrupt = StopOnInterrupt(trainer, abort=not launched)  # after everything: its EPOCH_COMPLETED check comes last
-
-    if checkpoint is not None:
-        resume_from_checkpoint(checkpoint, to_save, trainer, train_data, source=resume_from)
-        checkpointer_states(checkpoints, checkpoint)
-        changed = config_changes(config_state.loaded or {}, config_state.value)
-        if changed:
-            logger.warning("Resuming with changed settings: %s", "; ".join(changed))
-
-    try:
-        trainer.run(train_data, max_epochs=cfg.train.epochs)
-    finally:
-        interrupt.close()
-
+def _outcome(s: _Setup) -> Outcome:
+    """Done, interrupted (the interrupted checkpoint saved here) or diverged."""
+    trainer, h, cfg = s.trainer, s.handlers, s.cfg
+    stopper, interrupt = h.stopper, h.interrupt
     finished = trainer.state.iteration >= cfg.train.epochs * trainer.state.epoch_length or (
         stopper is not None and stopper.counter >= stopper.patience)
+    where = f"at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}"
     if interrupt.requested and finished:  # nothing left to resume: finish with the final evaluation
         logger.warning("%s after the last epoch: finishing the final evaluation (%s again to abort).",
                        interrupt.label, "press" if interrupt.signum == signal.SIGINT else "send it")
     elif interrupt.requested:
-        checkpoints["interrupted"](trainer)
-        saved = checkpoints["interrupted"].last_checkpoint
-        raise TrainingInterrupted(f"Training interrupted by {interrupt.label} at epoch {trainer.state.epoch}, "
-                                  f"iteration {trainer.state.iteration}", str(saved) if saved else None,
-                                  interrupt.signum or signal.SIGINT)
-    if h.terminate_on_nan and not _finite(trainer):
-        last = checkpoints.get("last")
+        h.checkpoints["interrupted"](trainer)
+        saved = h.checkpoints["interrupted"].last_checkpoint
+        return Outcome("interrupted", f"Training interrupted by {interrupt.label} {where}",
+                       str(saved) if saved else None, int(interrupt.signum or signal.SIGINT), run_dir=str(s.run_dir))
+    loss = trainer.state.output["loss"] if isinstance(trainer.state.output, dict) else 0.0
+    if cfg.handlers.terminate_on_nan and not math.isfinite(loss):
+        last = h.checkpoints.get("last")
         if last is None:
             kept = " No checkpoint was kept (handlers.checkpoint.enabled is false)."
         elif last.last_checkpoint is None:
             kept = " No checkpoint had been written yet."
         else:
             kept = f" The last good checkpoint is {last.last_checkpoint}."
-        raise TrainingDiverged(
-            f"Loss became {trainer.state.output['loss']} at epoch {trainer.state.epoch}, iteration "
-            f"{trainer.state.iteration}; training stopped.{kept} Lower train.lr or set train.grad_clip."
-        )
+        return Outcome("diverged", f"Loss became {loss} {where}; training stopped.{kept} Lower train.lr or set "
+                                   f"train.grad_clip.", run_dir=str(s.run_dir))
+    return Outcome("done", epochs=trainer.state.epoch, epoch_seconds=_mean(h.history.series("time/epoch_seconds")),
+                   run_dir=str(s.run_dir))
 
-    if stopper is not None and h.early_stopping.restore_best and "best" in checkpoints:
-        best = checkpoints["best"].last_checkpoint  # the highest score of the files kept
+
+def _finish(s: _Setup, outcome: Outcome) -> None:
+    """Best weights back (if asked), the final evaluation on all ranks, rank 0's files and report."""
+    cfg, h = s.cfg, s.handlers
+    if h.stopper is not None and cfg.handlers.early_stopping.restore_best and "best" in h.checkpoints:
+        best = h.checkpoints["best"].last_checkpoint  # the highest score of the files kept
         if best is not None:
             logger.info("Restoring the best weights from %s", best)
-            net.load_state_dict(torch.load(best, map_location=device, weights_only=True)["model"])
+            s.net.load_state_dict(torch.load(best, map_location=s.device, weights_only=True)["model"])
+    outcome.metrics = evaluate_splits(s.evaluators["final"], s.data["eval_loaders"])
+    if idist.get_rank() != 0:
+        return
+    text = json.dumps(outcome.metrics, indent=2)
+    atomic_write(s.run_dir / "metrics.json", lambda f: f.write(text.encode()))
+    h.history.save(s.run_dir / "history.json")
+    final_model = {"model": s.net.state_dict(), "model_args": s.net.config,
+                   "config": OmegaConf.to_container(cfg, resolve=True)}
+    atomic_write(s.run_dir / "model.pt", lambda f: torch.save(final_model, f))
+    if cfg.eval.report:
+        from ignite_lstm.report import write_report  # matplotlib only when a report is wanted
 
-    final: dict[str, float] = {}
-    for split, loader in data["eval_loaders"].items():
-        final.update(_prefixed(split, final_evaluator.run(loader).metrics))
-    if rank == 0:
-        _write_json(run_dir / "metrics.json", final)
-        history.save(run_dir / "history.json")
-        final_model = {"model": net.state_dict(), "model_args": net.config,
-                       "config": OmegaConf.to_container(cfg, resolve=True)}
-        atomic_write(run_dir / "model.pt", lambda f: torch.save(final_model, f))
-        if cfg.eval.report and idist.get_world_size() > 1:
-            _report_in_own_process(run_dir, device)
-        elif cfg.eval.report:
-            from ignite_lstm.report import write_report  # matplotlib only when a report is wanted
-
-            write_report(run_dir, net, data["datasets"], frequencies=list(cfg.data.frequencies), fs=cfg.data.fs,
-                         history=history.state_dict(), device=device, batch_size=cfg.eval.batch_size)
-    return {"metrics": final, "epochs": trainer.state.epoch, "execution": trainer.execution,
-            "epoch_seconds": _mean(history.series("time/epoch_seconds")), "run_dir": str(run_dir)}
-
-
-def _report_in_own_process(run_dir: Path, device: torch.device) -> None:
-    """``python -m ignite_lstm.evaluate RUN_DIR``: the report of model.pt from a process of its own.
-
-    The report evaluates whole splits on one process, but inside the process group every
-    metric all-reduces its sums when computed, which rank 0 alone cannot do.
-    """
-    done = subprocess.run([sys.executable, "-m", "ignite_lstm.evaluate", str(run_dir), "--device", str(device)],
-                          capture_output=True, text=True)
-    if done.returncode:
-        logger.warning("The report could not be written (python -m ignite_lstm.evaluate %s):\n%s", run_dir,
-                       done.stderr.strip())
-    else:
-        logger.info("Report written to %s", run_dir / "report")
-
-
-def _finite(engine: Engine) -> bool:
-    output = engine.state.output
-    return not isinstance(output, dict) or math.isfinite(output.get("loss", 0.0))
+        dataset = s.data["datasets"]["test"]
+        write_report(s.run_dir, outcome.metrics, dataset=dataset, predictions=figure_predictions(s.net, dataset,
+                     s.device), frequencies=list(cfg.data.frequencies), fs=cfg.data.fs, splits=list(s.data["datasets"]),
+                     history=h.history.state_dict(), figure_split="test")
 
 
 def _mean(values: list[float]) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -74,3 +75,18 @@ def make_quick_config() -> Callable[..., Path]:
 def run_cli() -> Callable[..., subprocess.CompletedProcess]:
     """``run_cli(args, cwd)``: run ``python run.py`` as a subprocess and return the CompletedProcess."""
     return _run_cli
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """Each test leaves the root logger as it found it: a handler that a command added in-process
+    (``logging.basicConfig`` of ``python -m ignite_lstm.export``, say) writes to that test's captured
+    stderr, which is closed once the test ends."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+

@@ -293,7 +293,7 @@ def test_run_py_on_two_processes_reports_the_metrics_of_a_one_process_evaluation
     reported = json.loads((run_dir / "metrics.json").read_text())
     expected = {}
     for split, dataset in data["datasets"].items():
-        evaluator = create_evaluator(model, build_metrics(cfg.data.frequencies))
+        evaluator = create_evaluator(model, build_metrics(cfg.data.frequencies, per_frequency=METRIC_NAMES))
         metrics = evaluator.run(DataLoader(dataset, batch_size=1)).metrics
         expected.update({f"{split}/{k}": float(v) for k, v in metrics.items()})
     assert set(reported) == set(expected)

@@ -11,7 +11,7 @@ from ignite_lstm.data import SignalDataset
 from ignite_lstm.extract import ExtractionError, main, read_mixture, stream_extract, write_signal
 from ignite_lstm.h5io import write_split
 from ignite_lstm.models import StatefulLSTM
-from ignite_lstm.report import evaluate_splits
+from ignite_lstm.evaluate import figure_predictions
 from ignite_lstm.signal import generate_split
 
 FREQS = [1.0, 3.0, 5.0, 7.0]
@@ -42,11 +42,11 @@ def _checkpoint(tmp_path, model, config=True):
 def test_stream_equals_whole_sequence_evaluation():
     model, data = _model(), _split(1)
     dataset = SignalDataset(data.mixture, data.target, input_scale=SCALE)
-    _, predictions = evaluate_splits(model, {"test": dataset}, frequencies=FREQS, keep_predictions=("test",))
+    predictions = figure_predictions(model, dataset)  # (F, T): mixture 0, whole sequences in one call
     for k in range(len(FREQS)):
         streamed = stream_extract(model, data.mixture[0], frequency_index=k, num_frequencies=4, input_scale=SCALE)
         assert streamed.dtype == np.float32 and streamed.shape == (200,)
-        np.testing.assert_allclose(streamed, predictions["test"][0, k], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(streamed, predictions[k], rtol=0, atol=1e-5)
 
 
 def _write_input(tmp_path, kind, mixture):

@@ -29,7 +29,7 @@ from handler_helpers import (
 )
 from ignite.engine import Engine, Events
 
-from ignite_lstm import cli
+from ignite_lstm import cli, rundir
 from ignite_lstm.config import load_config
 from ignite_lstm.handlers import StopOnInterrupt
 from ignite_lstm.models import load_model
@@ -63,7 +63,7 @@ def test_unwritable_output_folder_is_refused_before_any_work(tmp_path, capsys):
 
 
 def test_full_output_folder_is_refused_before_anything_is_created(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "MIN_FREE_BYTES", shutil.disk_usage(tmp_path).free + 2**40)
+    monkeypatch.setattr(rundir, "MIN_FREE_BYTES", shutil.disk_usage(tmp_path).free + 2**40)
     code = run_cli(tiny_args(tmp_path / "data", tmp_path / "runs", "x"))
     assert code == 2
     assert "MiB free; at least" in capsys.readouterr().err

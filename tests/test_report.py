@@ -11,7 +11,12 @@ import torch
 from ignite_lstm.data import SignalDataset
 from ignite_lstm.metrics import METRIC_NAMES
 from ignite_lstm.models import StatefulLSTM
-from ignite_lstm.report import evaluate_splits, metrics_table, write_report
+from torch.utils.data import DataLoader
+
+from ignite_lstm.engines import create_evaluator
+from ignite_lstm.evaluate import evaluate_splits, figure_predictions
+from ignite_lstm.metrics import build_metrics
+from ignite_lstm.report import metrics_table, write_report
 from ignite_lstm.signal import generate_split
 
 FREQS = [1.0, 3.0, 5.0, 7.0]
@@ -32,6 +37,20 @@ def _datasets():
 def _model():
     torch.manual_seed(0)
     return StatefulLSTM(input_size=1 + len(FREQS), hidden_size=8).eval()
+
+
+def _evaluate(model, datasets, batch_size=40):
+    """The final evaluation of a run: every metric per frequency, on every split."""
+    evaluator = create_evaluator(model, build_metrics(FREQS, per_frequency=METRIC_NAMES))
+    return evaluate_splits(evaluator, {s: DataLoader(d, batch_size=batch_size) for s, d in datasets.items()})
+
+
+def _write(tmp_path, model, datasets, **kwargs):
+    """evaluate, then write_report on the test split, as the training run does."""
+    metrics = _evaluate(model, datasets)
+    write_report(tmp_path, metrics, dataset=datasets["test"], predictions=figure_predictions(model, datasets["test"]),
+                 frequencies=FREQS, fs=FS, **kwargs)
+    return metrics
 
 
 def _reference(model, dataset):
@@ -62,9 +81,7 @@ def _reference(model, dataset):
 
 def test_evaluate_splits_matches_numpy():
     model, datasets = _model(), _datasets()
-    metrics, predictions = evaluate_splits(model, datasets, frequencies=FREQS, batch_size=3,
-                                           keep_predictions=("test",))
-    assert set(predictions) == {"test"}
+    metrics = _evaluate(model, datasets, batch_size=3)
     for split, dataset in datasets.items():
         reference, pred = _reference(model, dataset)
         assert {k for k in metrics if k.startswith(f"{split}/")} == {f"{split}/{k}" for k in reference}
@@ -72,8 +89,9 @@ def test_evaluate_splits_matches_numpy():
             # corr and r2 are differences of float32-accumulated sums in Ignite: absolute tolerance
             tolerance = 1e-5 if key.startswith(("corr", "r2")) else 1e-7
             assert metrics[f"{split}/{key}"] == pytest.approx(value, rel=1e-5, abs=tolerance), key
-    assert predictions["test"].shape == (1, 4, 200)
-    np.testing.assert_allclose(predictions["test"], pred, rtol=0, atol=1e-6)
+    predictions = figure_predictions(model, datasets["test"])  # mixture 0, one sequence per frequency
+    assert predictions.shape == (4, 200) and predictions.dtype == np.float32
+    np.testing.assert_allclose(predictions, pred[0], rtol=0, atol=1e-6)
 
 
 def test_metrics_table_layout():
@@ -96,7 +114,7 @@ def test_write_report_writes_json_markdown_and_figures(tmp_path):
     model, datasets = _model(), _datasets()
     history = {"epochs": [{"epoch": e, "train/loss": 0.5 / e, "val/mse": 0.6 / e, "val/mse_f3": 0.7 / e,
                            "val/snr": float(e), "lr": 1e-3 / e} for e in (1, 2, 3)]}
-    metrics = write_report(tmp_path, model, datasets, frequencies=FREQS, fs=FS, history=history)
+    metrics = _write(tmp_path, model, datasets, history=history)
     report = tmp_path / "report"
     assert json.loads((report / "metrics.json").read_text()) == metrics
     assert metrics["test/mse_f3"] == pytest.approx(_reference(model, datasets["test"])[0]["mse_f3"], rel=1e-5)
@@ -113,23 +131,25 @@ def test_write_report_without_history_skips_curves(tmp_path, caplog):
     datasets = {"test": _datasets()["test"]}
     out = tmp_path / "elsewhere"
     with caplog.at_level(logging.INFO, logger="ignite_lstm.report"):
-        metrics = write_report(tmp_path, _model(), datasets, frequencies=FREQS, fs=FS, output_dir=out)
+        metrics = _write(tmp_path, _model(), datasets, output_dir=out)
     assert set(k.split("/")[0] for k in metrics) == {"test"}
     assert not (out / "training_curves.png").exists()
     assert "training_curves" not in (out / "metrics.md").read_text()
     assert "No training history" in caplog.text
 
 
-def test_write_report_rejects_unknown_figure_split(tmp_path):
-    with pytest.raises(ValueError, match=r"Argument figure_split should be one of \['train', 'test'\], got 'val'\."):
-        write_report(tmp_path, _model(), _datasets(), frequencies=FREQS, fs=FS, figure_split="val")
+def test_write_report_without_predictions_writes_the_metrics_only(tmp_path):
+    metrics = _evaluate(_model(), _datasets())
+    out = write_report(tmp_path, metrics, dataset=_datasets()["test"], predictions=None, frequencies=FREQS, fs=FS)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]
+    assert "## Figures" not in (out / "metrics.md").read_text()
 
 
 def test_report_files_follow_the_umask(tmp_path):
     history = {"epochs": [{"epoch": e, "train/loss": 0.5 / e, "val/mse": 0.6 / e, "lr": 1e-3} for e in (1, 2)]}
     previous = os.umask(0o027)
     try:
-        write_report(tmp_path, _model(), _datasets(), frequencies=FREQS, fs=FS, history=history)
+        _write(tmp_path, _model(), _datasets(), history=history)
     finally:
         os.umask(previous)
     files = sorted((tmp_path / "report").iterdir())
