@@ -166,3 +166,10 @@ def test_constructor_argument_errors(kwargs, error, msg):
     args = {"input_size": 2, "hidden_size": 3, **kwargs}
     with pytest.raises(error, match=re.escape(msg)):
         StatefulLSTM(**args)
+
+
+def test_step_on_one_unbatched_sample_says_how_to_make_a_batch_of_one():
+    model = _model()
+    with pytest.raises(ValueError, match=re.escape("Argument x_t should be a (batch, features) tensor, got shape (4,); "
+                                                   "for one sequence use x_t[None] (batch of 1).")):
+        model.step(torch.zeros(F_IN, dtype=torch.float64))
