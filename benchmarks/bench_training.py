@@ -5,6 +5,10 @@ tbptt_steps = 1 (state detached after every step), one optimizer step per batch.
 Each configuration runs in its own subprocess so that its peak memory (max RSS) is
 its own. "native" rows use the compiled kernel of ``ignite_lstm.native``; "pytorch"
 rows the same paths on PyTorch's own LSTM code (``IGNITE_LSTM_NATIVE=0``).
+"masked" rows train the same batches with a mask that leaves the last 0 to 50% of
+every sequence uncounted (lengths drawn with a fixed seed, the longest kept whole, so
+the model steps through the same T steps); "custom loss" rows use a loss function of
+the user's (not a built-in class) on the same fast path.
 
     python benchmarks/bench_training.py            # full workload (several minutes)
     python benchmarks/bench_training.py --quick    # 1,000 steps per sequence
@@ -37,7 +41,20 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def worker_train(engine: str, batch: int, steps: int, threads: int | None) -> dict:
+def _mask(steps: int):
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    lengths = (steps * (0.5 + 0.5 * torch.rand(SEQUENCES, generator=g))).long().clamp(1, steps)
+    lengths[0] = steps
+    return torch.arange(steps)[None, :] < lengths[:, None]  # (SEQUENCES, steps)
+
+
+def _user_mse(y_pred, y):
+    return ((y_pred - y) ** 2).mean()
+
+
+def worker_train(engine: str, batch: int, steps: int, threads: int | None, variant: str = "plain") -> dict:
     import torch
     import torch.nn as nn
 
@@ -48,10 +65,13 @@ def worker_train(engine: str, batch: int, steps: int, threads: int | None) -> di
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     x, y = _data(steps)
-    batches = [(x[i : i + batch], y[i : i + batch]) for i in range(0, SEQUENCES, batch)]
+    mask = _mask(steps)
+    batches = [(x[i : i + batch], y[i : i + batch]) + ((mask[i : i + batch],) if variant == "masked" else ())
+               for i in range(0, SEQUENCES, batch)]
     model = StatefulLSTM(FEATURES, HIDDEN, LAYERS)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=1, update="sequence", execution=engine)
+    loss_fn = _user_mse if variant == "custom-loss" else nn.MSELoss()
+    trainer = create_trainer(model, optimizer, loss_fn, tbptt_steps=1, update="sequence", execution=engine)
     trainer.run(batches[:1], max_epochs=1)  # warm-up: allocator, oneDNN primitives
     start = time.perf_counter()
     trainer.run(batches, max_epochs=1)
@@ -125,7 +145,7 @@ def main() -> None:
         kind, *rest = args.worker
         threads = int(rest[-1]) if rest and rest[-1] != "None" else None
         if kind == "train":
-            result = worker_train(rest[0], int(rest[1]), int(rest[2]), threads)
+            result = worker_train(rest[0], int(rest[1]), int(rest[2]), threads, *rest[3:-1])
         elif kind == "eval":
             result = worker_eval(int(rest[0]), threads)
         else:
@@ -157,6 +177,17 @@ def main() -> None:
                   f"{base / rows[('fused', 'pytorch', batch)]['seconds']:.1f}x")
     ratio8 = rows[("stepwise", "pytorch", 8)]["seconds"] / rows[("fused", "native", 40)]["seconds"]
     print(f"  fused native batch 40 vs stepwise batch 8: {ratio8:.1f}x")
+    print("  masked (the last 0-50% of each sequence uncounted) against unmasked, batch 40:")
+    for kernel in ("native", "pytorch"):
+        plain = rows[("fused", kernel, 40)]
+        masked = _run(["train", "fused", "40", str(steps), "masked", th], kernel)
+        print(f"    train fused    {kernel:<7} ({masked['execution']:<14}): unmasked {plain['seconds']:8.2f} s/epoch, "
+              f"masked {masked['seconds']:8.2f} s/epoch ({masked['seconds'] / plain['seconds']:.2f}x), "
+              f"peak {masked['peak_mib']:7.0f} MiB", flush=True)
+    custom = _run(["train", "fused", "40", str(steps), "custom-loss", th], "native")
+    print(f"  train fused    native  ({custom['execution']:<14}) batch 40, custom loss function: "
+          f"{custom['seconds']:8.2f} s/epoch ({custom['seconds'] / rows[('fused', 'native', 40)]['seconds']:.2f}x "
+          f"nn.MSELoss)", flush=True)
     for kernel in ("native", "pytorch"):
         ev = _run(["eval", str(steps), th], kernel)
         print(f"  evaluation {kernel:<7} (batch 40): {ev['steps_per_s']:11,.0f} sequence-steps/s, "
