@@ -14,6 +14,29 @@ window boundary (``ignite_lstm.updates``). Three execution paths compute the sam
   ``model(x_chunk, state, detach_every_step=True)`` call per ``chunk_steps`` steps.
 
 ``execution="auto"`` takes the fastest exact path for the settings.
+
+Masks: the model steps through every step, but a step whose mask is False counts
+nowhere: the loss is the mean over the counted positions of the whole batch (on all
+processes: their sum over their count), and so are its gradient, the reported loss
+and each window's loss (NaN for a window without a counted step, which then has no
+weight and, with ``update="window"``, no optimizer step); the evaluator's output
+carries the mask, which ``build_metrics`` honours. ``collate_sequences`` pads
+sequences of different lengths and builds it.
+
+Loss contract: ``loss_fn(y_pred, y)`` on (B, K, O) tensors returns the mean over the
+B x K positions of a per-position value (every ``reduction="mean"`` elementwise loss
+does; ``"sum"``/``"none"`` is refused). Every path takes any such loss: a masked
+segment passes its counted positions as one (1, n, O) tensor. The per-step losses of
+``fused-detached`` use the built-in losses' unreduced forms, else ``torch.func.vmap``
+over the positions, else one call per step (said once in the log, with the cost).
+
+Mixed precision (``amp_dtype``): autocast around each forward and loss, never around
+the backward or the optimizer step; autocast already on around ``run`` is refused
+(its cached low-precision weights would go stale across optimizer steps).
+``StatefulLSTM`` stays float32 under autocast (see ``ignite_lstm.models``).
+
+Gradient accumulation (N steps): N batches of B sequences give the step of one batch
+of N*B when each counts the same number of positions.
 """
 
 from __future__ import annotations
@@ -121,56 +144,36 @@ def create_trainer(
 ) -> Engine:
     """Create an Ignite trainer that steps a stateful model one time step per call.
 
-    A batch is ``(x, y)``, ``(x, y, mask)`` or a mapping with keys ``x``, ``y``, ``mask``:
-    x (B, T, F), y (B, T, O), mask (B, T) bool, True at the steps that count (see
-    ``collate_sequences`` for sequences of different lengths). The model steps through
-    every step; a masked step counts nowhere: the loss is the mean over the counted
-    positions of the whole batch (on all processes), and so are its gradient, the
-    reported loss and each window's loss (NaN for a window without a counted step, which
-    then has no weight and, with ``update="window"``, no optimizer step).
-
-    Loss contract: ``loss_fn(y_pred, y)`` on (B, K, O) tensors returns the mean over the
-    B x K positions of a per-position value (every ``reduction="mean"`` elementwise loss
-    does; ``reduction="sum"``/``"none"`` is refused). Every path takes any such loss: a
-    masked segment passes its counted positions as one (1, n, O) tensor. The per-step
-    losses of ``fused-detached`` use the built-in losses' unreduced forms, else
-    ``torch.func.vmap`` over the positions, else one call per step (said once in the log).
+    Batches, masks and the loss contract: see the module docstring.
 
     Args:
         model: any module with ``forward(x, state=None) -> (y, state)`` for x (B, T, F);
             ``step(x_t, state) -> (y_t, state)`` for x_t (B, F) is used when present.
             The state may be None, a tensor, a tuple or a dict of tensors.
         optimizer: the optimizer of ``model``'s parameters.
-        loss_fn: the loss, following the contract above.
+        loss_fn: the loss: the mean over (sequence, step) positions of a per-position value.
         tbptt_steps: window length K: the state is detached every K steps
             (1 is the literal L = 1 setting: no gradient through time).
         update: ``"sequence"`` (one optimizer step per batch, gradients summed over
             windows) or ``"window"`` (one optimizer step per window).
         grad_clip: max gradient norm before each optimizer step, or None.
-        device: where batches go; the model is moved there too, in place (so that an
-            optimizer already built on its parameters keeps working; where torch would
-            replace the parameters instead, a ``ValueError`` says to move the model first).
+        device: where batches go; the model is moved there too, in place (a move that
+            would replace its parameters, and so leave the optimizer behind, is refused).
         execution: ``"auto"``, ``"fused"`` or ``"stepwise"``, see ``select_execution``.
         chunk_steps: steps per chunk of the ``fused-detached`` path (bounds memory).
-        amp_dtype: None, ``torch.bfloat16`` or ``torch.float16``: ``torch.autocast`` around
-            each forward and loss (not the backward or the optimizer step); float16 adds a
-            ``GradScaler``, kept in ``trainer.state.scaler`` (checkpoint it). Autocast
-            entered around ``trainer.run`` is refused. ``StatefulLSTM`` stays float32 under
-            autocast (see ``ignite_lstm.models``).
-        gradient_accumulation_steps: Ignite's meaning: gradients of this many batches are
-            summed, each scaled by 1/N, and the optimizer steps at iterations N, 2N, ...
-            N batches of B sequences give the step of one batch of N*B when they count the
-            same number of positions. Needs ``update="sequence"``.
+        amp_dtype: None, ``torch.bfloat16`` or ``torch.float16``: autocast around each
+            forward and loss only; float16 adds a ``GradScaler`` (``trainer.state.scaler``).
+        gradient_accumulation_steps: N: Ignite's meaning: each batch's loss scaled by 1/N,
+            an optimizer step at iterations N, 2N, ... (``update="sequence"`` only).
         non_blocking: passed to the batch transfer.
         prepare_batch: ``(batch, device, non_blocking) -> (x, y)`` or ``(x, y, mask)``.
         engine: deprecated name of ``execution``.
 
     Returns:
-        An ``Engine`` whose output is ``{"loss": float, "grad_norm": float}`` (with several
-        processes, the loss of the global batch; on an iteration without an optimizer step,
-        the norm of the gradient accumulated so far), with an ``epoch_loss`` metric (Ignite's
-        ``Average`` of the iterations' losses), and which fires the ``TimeEvents``.
-        ``trainer.state.execution`` names the path taken (``trainer.execution`` too, deprecated).
+        An ``Engine`` whose output is ``{"loss": float, "grad_norm": float}`` (the loss of the
+        global batch over all processes; without an optimizer step, the norm accumulated so
+        far), with an ``epoch_loss`` metric (Ignite's ``Average`` of the iterations' losses),
+        firing the ``TimeEvents``; ``trainer.state.execution`` names the path taken.
 
     Example:
         >>> model = StatefulLSTM(5, 32)
@@ -180,18 +183,7 @@ def create_trainer(
         ... def log_window(engine):
         ...     print(engine.state.window, engine.state.window_loss.item())
     """
-    _check_positive_int("tbptt_steps", tbptt_steps)
-    _check_positive_int("chunk_steps", chunk_steps)
-    _check_positive_int("gradient_accumulation_steps", gradient_accumulation_steps)
-    if update not in UPDATES:
-        raise ValueError(f"Argument update should be one of {UPDATES}, got {update!r}.")
-    if gradient_accumulation_steps > 1 and update != "sequence":
-        raise ValueError(f"Argument gradient_accumulation_steps should be 1 with update='window' (an optimizer "
-                         f"step per window), got {gradient_accumulation_steps}.")
-    if grad_clip is not None and (not isinstance(grad_clip, (int, float)) or isinstance(grad_clip, bool)):
-        raise TypeError(f"Argument grad_clip should be a number or None, got {type(grad_clip).__name__}.")
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"Argument grad_clip should be positive or None, got {grad_clip}.")
+    _check_trainer_args(tbptt_steps, chunk_steps, gradient_accumulation_steps, update, grad_clip)
     check_loss(loss_fn)
     check_amp_dtype(amp_dtype)
     _to_device(model, device, optimizer=True)
@@ -215,10 +207,7 @@ def create_trainer(
         return {"loss": (total / count).item(), "grad_norm": float(norm)}
 
     trainer = Engine(_update)
-    trainer.register_events(*TimeEvents, event_to_attr={e: "window" for e in TimeEvents})
-    trainer.state.window = 0
-    trainer.state_dict_user_keys.append("window")  # the window count survives a checkpoint and resume
-    trainer.add_event_handler(Events.STARTED, _restart_window_count)
+    _count_windows(trainer)
     trainer.state.window_loss = None
     trainer.state.window_losses = None
     trainer.state.execution = path
@@ -229,9 +218,32 @@ def create_trainer(
     return trainer
 
 
-def _restart_window_count(engine: Engine) -> None:
-    if engine.state.iteration == 0:  # a fresh run, not a resumed or continued one
-        engine.state.window = 0
+def _check_trainer_args(tbptt_steps: int, chunk_steps: int, accumulation_steps: int, update: str,
+                        grad_clip: float | None) -> None:
+    _check_positive_int("tbptt_steps", tbptt_steps)
+    _check_positive_int("chunk_steps", chunk_steps)
+    _check_positive_int("gradient_accumulation_steps", accumulation_steps)
+    if update not in UPDATES:
+        raise ValueError(f"Argument update should be one of {UPDATES}, got {update!r}.")
+    if accumulation_steps > 1 and update != "sequence":
+        raise ValueError(f"Argument gradient_accumulation_steps should be 1 with update='window' (an optimizer "
+                         f"step per window), got {accumulation_steps}.")
+    if grad_clip is not None and (not isinstance(grad_clip, (int, float)) or isinstance(grad_clip, bool)):
+        raise TypeError(f"Argument grad_clip should be a number or None, got {type(grad_clip).__name__}.")
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(f"Argument grad_clip should be positive or None, got {grad_clip}.")
+
+
+def _count_windows(trainer: Engine) -> None:
+    """``state.window``: a running count of the windows, in the trainer's ``state_dict`` (exact resume)."""
+    trainer.register_events(*TimeEvents, event_to_attr={e: "window" for e in TimeEvents})
+    trainer.state.window = 0
+    trainer.state_dict_user_keys.append("window")
+
+    @trainer.on(Events.STARTED)
+    def _restart(engine: Engine) -> None:
+        if engine.state.iteration == 0:  # a fresh run, not a resumed or continued one
+            engine.state.window = 0
 
 
 def create_evaluator(
