@@ -78,7 +78,8 @@ class TimeEvents(EventEnum):
       window is computed (and, with ``update="window"``, its optimizer step taken), on
       the ``fused`` and ``stepwise`` paths. A handler at ``WINDOW_STARTED`` affects its
       window (the learning-rate schedules rely on it). At ``WINDOW_COMPLETED``
-      ``engine.state.window_loss`` holds the window's loss (a 0-dim tensor, no graph).
+      ``engine.state.window_loss`` holds the window's loss (a 0-dim tensor, no graph; the
+      mean over its counted steps, NaN when none counts).
       Not fired on ``fused-detached``, where no window is computed on its own.
     - ``CHUNK_COMPLETED``: after each part of the batch that is computed in one go, on
       every path: a window on ``fused``/``stepwise``, ``chunk_steps`` one-step windows on
