@@ -4,7 +4,7 @@ The public API, re-exported here, is what a user needs to train any model that
 follows the contract ``forward(x, state=None) -> (y, state)`` (x (B, T, F),
 y (B, T, O), any nesting of tensors as state) with Ignite engines:
 
-- engines: `create_trainer`, `create_evaluator`, `select_execution`, `TimeEvents`;
+- engines: `create_trainer`, `create_evaluator`, `select_execution`, `TimeEvents`, `collate_sequences`;
 - the package's model: `StatefulLSTM`, `load_model`;
 - metrics: `build_metrics`, `SignalToNoiseRatio`, `metric_direction`;
 - handlers: `attach_checkpoints`, `attach_early_stopping`, `attach_tensorboard`,
@@ -18,6 +18,7 @@ See ``docs/api.md`` and the scripts in ``examples/``.
 
 __version__ = "0.1.0"
 
+from ignite_lstm.batches import collate_sequences
 from ignite_lstm.config import ConfigError, load_config, validate_config
 from ignite_lstm.data import SignalDataset, ensure_split
 from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer, select_execution
@@ -41,6 +42,7 @@ __all__ = [
     "create_evaluator",
     "select_execution",
     "TimeEvents",
+    "collate_sequences",
     # model
     "StatefulLSTM",
     "load_model",

@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ignite_lstm.execution import AMP_MODES
 from ignite_lstm.metrics import METRIC_NAMES
 
 __all__ = ["Config", "ConfigError", "load_config", "validate_config"]
@@ -86,6 +87,8 @@ class TrainConfig:
     momentum: float = _f(0.9, ge=0.0, lt=1.0)
     loss: str = _f("mse", choices=("mse", "l1", "huber", "smooth_l1"))
     grad_clip: Optional[float] = _f(1.0, gt=0.0)
+    amp: Optional[str] = _f(None, choices=tuple(AMP_MODES))
+    gradient_accumulation_steps: int = _f(1, ge=1)
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """Trainer and evaluator factories for stateful one-step-at-a-time models.
 
-A batch is ``(x, y)`` with x (B, T, F) and y (B, T, O): B whole sequences. The
+A batch is ``(x, y)``, ``(x, y, mask)`` or a mapping with those keys: x (B, T, F),
+y (B, T, O), mask (B, T) bool: B whole sequences (``ignite_lstm.batches``). The
 trainer's process function owns the recurrent state: it resets it at the start of
 every batch (every sequence starts at n = 0), walks time in windows of
 ``tbptt_steps`` steps, carries the state across windows and detaches it at every
-window boundary. Three execution paths compute the same numbers:
+window boundary (``ignite_lstm.updates``). Three execution paths compute the same numbers:
 
 - ``stepwise``: the literal loop, one ``model.step`` call per time step (reference);
 - ``fused``: one ``model(x_window, state)`` call per window;
@@ -13,30 +14,55 @@ window boundary. Three execution paths compute the same numbers:
   ``model(x_chunk, state, detach_every_step=True)`` call per ``chunk_steps`` steps.
 
 ``execution="auto"`` takes the fastest exact path for the settings.
+
+Masks: the model steps through every step, but a step whose mask is False counts
+nowhere: the loss is the mean over the counted positions of the whole batch (on all
+processes: their sum over their count), and so are its gradient, the reported loss
+and each window's loss (NaN for a window without a counted step, which then has no
+weight and, with ``update="window"``, no optimizer step); the evaluator's output
+carries the mask, which ``build_metrics`` honours. ``collate_sequences`` pads
+sequences of different lengths and builds it.
+
+Loss contract: ``loss_fn(y_pred, y)`` on (B, K, O) tensors returns the mean over the
+B x K positions of a per-position value (every ``reduction="mean"`` elementwise loss
+does; ``"sum"``/``"none"`` is refused). Every path takes any such loss: a masked
+segment passes its counted positions as one (1, n, O) tensor. The per-step losses of
+``fused-detached`` use the built-in losses' unreduced forms, else ``torch.func.vmap``
+over the positions, else one call per step (said once in the log, with the cost).
+
+Mixed precision (``amp_dtype``): autocast around each forward and loss, never around
+the backward or the optimizer step; autocast already on around ``run`` is refused
+(its cached low-precision weights would go stale across optimizer steps).
+``StatefulLSTM`` stays float32 under autocast (see ``ignite_lstm.models``).
+
+Gradient accumulation (N steps): N batches of B sequences give the step of one batch
+of N*B when each counts the same number of positions.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Callable
 
 import ignite.distributed as idist
 import torch
 import torch.nn as nn
-from ignite.engine import Engine, EventEnum
-from ignite.utils import convert_tensor
+from ignite.engine import Engine, EventEnum, Events
+from ignite.metrics import Average
 
+from ignite_lstm.batches import check_mask, prepare_batch
 from ignite_lstm.execution import (
+    amp_context,
+    check_amp_dtype,
+    refuse_outer_autocast,
     resolve_execution,
     run_steps,
     select_execution,
     step_fn,
     unwrap,
-    without_grad_sync,
 )
-from ignite_lstm.losses import elementwise_loss
-from ignite_lstm.state import detach_state
+from ignite_lstm.losses import check_loss
+from ignite_lstm.updates import BatchUpdate
 
 __all__ = ["TimeEvents", "create_trainer", "create_evaluator", "select_execution"]  # select_execution: from execution.py
 
@@ -52,7 +78,8 @@ class TimeEvents(EventEnum):
       window is computed (and, with ``update="window"``, its optimizer step taken), on
       the ``fused`` and ``stepwise`` paths. A handler at ``WINDOW_STARTED`` affects its
       window (the learning-rate schedules rely on it). At ``WINDOW_COMPLETED``
-      ``engine.state.window_loss`` holds the window's loss (a 0-dim tensor, no graph).
+      ``engine.state.window_loss`` holds the window's loss (a 0-dim tensor, no graph; the
+      mean over its counted steps, NaN when none counts).
       Not fired on ``fused-detached``, where no window is computed on its own.
     - ``CHUNK_COMPLETED``: after each part of the batch that is computed in one go, on
       every path: a window on ``fused``/``stepwise``, ``chunk_steps`` one-step windows on
@@ -60,9 +87,11 @@ class TimeEvents(EventEnum):
       tensor without graph, and ``engine.state.window`` the last of them. Loggers of
       window losses listen here (``attach_tensorboard`` does).
 
-    ``engine.state.window`` counts windows since the start of training
-    (``(iteration - 1) * windows_per_batch + index``, so it survives a resume), which
-    makes ``TimeEvents.WINDOW_COMPLETED(every=100)`` work.
+    ``engine.state.window`` counts the windows computed since the start of training,
+    ``ceil(T / tbptt_steps)`` for a batch of T steps whatever the batches' lengths (one
+    per step on ``fused-detached``), which makes ``TimeEvents.WINDOW_COMPLETED(every=100)``
+    work. It is a running count in the trainer's ``state_dict`` (a user key), so that a
+    checkpoint of ``trainer`` resumes it exactly.
     """
 
     WINDOW_STARTED = "window_started"
@@ -70,16 +99,31 @@ class TimeEvents(EventEnum):
     CHUNK_COMPLETED = "chunk_completed"
 
 
-def _prepare(batch, device, non_blocking):
-    x, y = batch[0], batch[1]
-    return convert_tensor(x, device, non_blocking), convert_tensor(y, device, non_blocking)
-
-
 def _check_positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"Argument {name} should be an integer, got {type(value).__name__}.")
     if value < 1:
         raise ValueError(f"Argument {name} should be positive, got {value}.")
+
+
+def _prepared(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A ``prepare_batch`` result, ``(x, y)`` or ``(x, y, mask)``, with its mask checked."""
+    if not isinstance(out, (tuple, list)) or len(out) not in (2, 3):
+        raise TypeError("Argument prepare_batch should return (x, y) or (x, y, mask).")
+    x, y = out[0], out[1]
+    return x, y, check_mask(out[2] if len(out) == 3 else None, x)
+
+
+def _to_device(model: nn.Module, device: str | torch.device | None, optimizer: bool) -> None:
+    """Move the model to ``device``; with an optimizer, refuse a move that replaced the parameters."""
+    if device is None:
+        return
+    before = list(model.parameters())
+    model.to(device)  # in place where torch can (CPU <-> GPU): an optimizer built on the parameters keeps them
+    if optimizer and any(a is not b for a, b in zip(before, model.parameters())):
+        raise ValueError(f"Argument device is {str(device)!r}: moving the model there replaced its parameters, so the "
+                         f"optimizer built on them would not train it; move the model first (model.to(device)), "
+                         f"then create the optimizer.")
 
 
 def create_trainer(
@@ -93,36 +137,44 @@ def create_trainer(
     device: str | torch.device | None = None,
     execution: str = "auto",
     chunk_steps: int = 250,
+    amp_dtype: torch.dtype | None = None,
+    gradient_accumulation_steps: int = 1,
     non_blocking: bool = False,
-    prepare_batch: Callable = _prepare,
+    prepare_batch: Callable = prepare_batch,
     engine: str | None = None,
 ) -> Engine:
     """Create an Ignite trainer that steps a stateful model one time step per call.
+
+    Batches, masks and the loss contract: see the module docstring.
 
     Args:
         model: any module with ``forward(x, state=None) -> (y, state)`` for x (B, T, F);
             ``step(x_t, state) -> (y_t, state)`` for x_t (B, F) is used when present.
             The state may be None, a tensor, a tuple or a dict of tensors.
         optimizer: the optimizer of ``model``'s parameters.
-        loss_fn: ``loss_fn(y_pred, y)`` on (B, K, O) windows; the reported loss is the
-            mean over all T steps (exact for mean-reduced losses).
+        loss_fn: the loss: the mean over (sequence, step) positions of a per-position value.
         tbptt_steps: window length K: the state is detached every K steps
             (1 is the literal L = 1 setting: no gradient through time).
         update: ``"sequence"`` (one optimizer step per batch, gradients summed over
             windows) or ``"window"`` (one optimizer step per window).
         grad_clip: max gradient norm before each optimizer step, or None.
-        device: where batches are moved (the model is not moved).
+        device: where batches go; the model is moved there too, in place (a move that
+            would replace its parameters, and so leave the optimizer behind, is refused).
         execution: ``"auto"``, ``"fused"`` or ``"stepwise"``, see ``select_execution``.
         chunk_steps: steps per chunk of the ``fused-detached`` path (bounds memory).
+        amp_dtype: None, ``torch.bfloat16`` or ``torch.float16``: autocast around each
+            forward and loss only; float16 adds a ``GradScaler`` (``trainer.state.scaler``).
+        gradient_accumulation_steps: N: Ignite's meaning: each batch's loss scaled by 1/N,
+            an optimizer step at iterations N, 2N, ... (``update="sequence"`` only).
         non_blocking: passed to the batch transfer.
-        prepare_batch: ``(batch, device, non_blocking) -> (x, y)``.
+        prepare_batch: ``(batch, device, non_blocking) -> (x, y)`` or ``(x, y, mask)``.
         engine: deprecated name of ``execution``.
 
     Returns:
-        An ``Engine`` whose output is ``{"loss": float, "grad_norm": float}`` (with several
-        processes, the loss is the mean over them: the loss of the global batch) and which
-        fires the ``TimeEvents``. ``trainer.state.execution`` names the path taken
-        (``trainer.execution`` too, deprecated).
+        An ``Engine`` whose output is ``{"loss": float, "grad_norm": float}`` (the loss of the
+        global batch over all processes; without an optimizer step, the norm accumulated so
+        far), with an ``epoch_loss`` metric (Ignite's ``Average`` of the iterations' losses),
+        firing the ``TimeEvents``; ``trainer.state.execution`` names the path taken.
 
     Example:
         >>> model = StatefulLSTM(5, 32)
@@ -132,104 +184,67 @@ def create_trainer(
         ... def log_window(engine):
         ...     print(engine.state.window, engine.state.window_loss.item())
     """
+    _check_trainer_args(tbptt_steps, chunk_steps, gradient_accumulation_steps, update, grad_clip)
+    check_loss(loss_fn)
+    check_amp_dtype(amp_dtype)
+    _to_device(model, device, optimizer=True)
+    path = select_execution(model, loss_fn, tbptt_steps, update, resolve_execution(execution, engine))
+    scaler = None
+    if amp_dtype is torch.float16:
+        scaler = torch.amp.GradScaler(next(model.parameters()).device.type)
+    body = BatchUpdate(model, optimizer, loss_fn, TimeEvents, path=path, tbptt_steps=tbptt_steps, update=update,
+                       chunk_steps=chunk_steps, grad_clip=grad_clip, amp_dtype=amp_dtype,
+                       accumulation_steps=gradient_accumulation_steps, scaler=scaler)
+
+    def _update(engine: Engine, batch) -> dict[str, float]:
+        x, y, mask = _prepared(prepare_batch(batch, device, non_blocking))
+        refuse_outer_autocast(x)
+        model.train()
+        total, count, norm = body(engine, x, y, mask)
+        if idist.get_world_size() > 1:
+            # Every rank reports (and TerminateOnNan stops on) the same loss; the gradient
+            # norm already is the same after DDP's averaging.
+            total = idist.all_reduce(total)
+        return {"loss": (total / count).item(), "grad_norm": float(norm)}
+
+    trainer = Engine(_update)
+    _count_windows(trainer)
+    trainer.state.window_loss = None
+    trainer.state.window_losses = None
+    trainer.state.execution = path
+    trainer.state.scaler = scaler
+    trainer.execution = path  # deprecated alias of state.execution
+    Average(output_transform=lambda o: o["loss"]).attach(trainer, "epoch_loss")
+    logger.debug("Trainer execution path: %s", path)
+    return trainer
+
+
+def _check_trainer_args(tbptt_steps: int, chunk_steps: int, accumulation_steps: int, update: str,
+                        grad_clip: float | None) -> None:
     _check_positive_int("tbptt_steps", tbptt_steps)
     _check_positive_int("chunk_steps", chunk_steps)
+    _check_positive_int("gradient_accumulation_steps", accumulation_steps)
     if update not in UPDATES:
         raise ValueError(f"Argument update should be one of {UPDATES}, got {update!r}.")
+    if accumulation_steps > 1 and update != "sequence":
+        raise ValueError(f"Argument gradient_accumulation_steps should be 1 with update='window' (an optimizer "
+                         f"step per window), got {accumulation_steps}.")
     if grad_clip is not None and (not isinstance(grad_clip, (int, float)) or isinstance(grad_clip, bool)):
         raise TypeError(f"Argument grad_clip should be a number or None, got {type(grad_clip).__name__}.")
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"Argument grad_clip should be positive or None, got {grad_clip}.")
-    path = select_execution(model, loss_fn, tbptt_steps, update, resolve_execution(execution, engine))
-    step = step_fn(model)
-    elementwise = elementwise_loss(loss_fn)
-    params = [p for p in model.parameters() if p.requires_grad]
 
-    def optimizer_step(report_norm: bool = True) -> torch.Tensor | None:
-        # Only the batch's last step reports its norm: without clipping, computing it for
-        # every window would add a reduction over all gradients to the per-window loop.
-        norm = None
-        if grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        elif report_norm:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        optimizer.step()
-        return norm
 
-    def update_windows(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        T = x.shape[1]
-        n_windows = math.ceil(T / tbptt_steps)
-        first = (engine.state.iteration - 1) * n_windows
-        state = None  # every sequence of the batch starts here
-        total = y.new_zeros(())
-        norm = None
-        if update == "sequence":
-            optimizer.zero_grad(set_to_none=True)
-        for w in range(n_windows):
-            start, stop = w * tbptt_steps, min(T, (w + 1) * tbptt_steps)
-            engine.state.window = first + w + 1
-            engine.fire_event(TimeEvents.WINDOW_STARTED)
-            if update == "window":
-                optimizer.zero_grad(set_to_none=True)
-            last = update == "window" or w == n_windows - 1
-            with without_grad_sync(model, last):
-                x_w = x[:, start:stop]
-                y_pred, state = run_steps(step, x_w, state) if path == "stepwise" else model(x_w, state)
-                loss = loss_fn(y_pred, y[:, start:stop])
-                (loss * ((stop - start) / T) if update == "sequence" else loss).backward()
-            state = detach_state(state)  # the window boundary
-            if update == "window":
-                norm = optimizer_step(report_norm=w == n_windows - 1)
-            loss = loss.detach()
-            total += loss * (stop - start)
-            engine.state.window_loss = loss
-            engine.fire_event(TimeEvents.WINDOW_COMPLETED)
-            engine.state.window_losses = loss.reshape(1)
-            engine.fire_event(TimeEvents.CHUNK_COMPLETED)
-        if update == "sequence":
-            norm = optimizer_step()
-        return total / T, norm
-
-    def update_detached(engine: Engine, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # tbptt_steps == 1, update == "sequence": every step is a window, computed a chunk at a time.
-        T = x.shape[1]
-        first = (engine.state.iteration - 1) * T
-        state = None
-        total = y.new_zeros(())
-        optimizer.zero_grad(set_to_none=True)
-        for start in range(0, T, chunk_steps):
-            stop = min(T, start + chunk_steps)
-            with without_grad_sync(model, stop == T):
-                y_pred, state = model(x[:, start:stop], state, detach_every_step=True)
-                loss = loss_fn(y_pred, y[:, start:stop])
-                (loss * ((stop - start) / T)).backward()
-            total += loss.detach() * (stop - start)
-            step_losses = elementwise(y_pred.detach(), y[:, start:stop])  # (B, C, O)
-            engine.state.window_losses = step_losses.transpose(0, 1).reshape(stop - start, -1).mean(1)  # (C,)
-            engine.state.window = first + stop
-            engine.fire_event(TimeEvents.CHUNK_COMPLETED)
-        return total / T, optimizer_step()
-
-    body = update_detached if path == "fused-detached" else update_windows
-
-    def _update(engine: Engine, batch) -> dict[str, float]:
-        model.train()
-        x, y = prepare_batch(batch, device, non_blocking)
-        loss, norm = body(engine, x, y)
-        if idist.get_world_size() > 1:
-            # Every rank reports (and TerminateOnNan stops on) the same loss; the gradient
-            # norm already is the same after DDP's averaging.
-            loss = idist.all_reduce(loss) / idist.get_world_size()
-        return {"loss": loss.item(), "grad_norm": float(norm)}
-
-    trainer = Engine(_update)
+def _count_windows(trainer: Engine) -> None:
+    """``state.window``: a running count of the windows, in the trainer's ``state_dict`` (exact resume)."""
     trainer.register_events(*TimeEvents, event_to_attr={e: "window" for e in TimeEvents})
-    trainer.state.window_loss = None
-    trainer.state.window_losses = None
-    trainer.state.execution = path
-    trainer.execution = path  # deprecated alias of state.execution
-    logger.debug("Trainer execution path: %s", path)
-    return trainer
+    trainer.state.window = 0
+    trainer.state_dict_user_keys.append("window")
+
+    @trainer.on(Events.STARTED)
+    def _restart(engine: Engine) -> None:
+        if engine.state.iteration == 0:  # a fresh run, not a resumed or continued one
+            engine.state.window = 0
 
 
 def create_evaluator(
@@ -238,24 +253,30 @@ def create_evaluator(
     *,
     device: str | torch.device | None = None,
     execution: str = "auto",
+    amp_dtype: torch.dtype | None = None,
     non_blocking: bool = False,
-    prepare_batch: Callable = _prepare,
+    prepare_batch: Callable = prepare_batch,
     engine: str | None = None,
 ) -> Engine:
     """Create an Ignite evaluator: every sequence from a reset state through all T steps.
 
     One evaluator serves the train, validation and test splits. The metrics see
     every time step of every sequence once: the output is
-    ``{"y_pred": (B*T, O), "y": (B*T, O), "x": (B*T, F)}``.
+    ``{"y_pred": (B*T, O), "y": (B*T, O), "x": (B*T, F), "mask": (B*T,) bool}``, the mask
+    True at the steps that count (everywhere for a batch without one); the metrics of
+    ``build_metrics`` keep only those rows.
 
     Args:
         model: a model following the contract of ``create_trainer``.
         metrics: name -> Ignite ``Metric``, attached under that name.
-        device: where batches are moved.
+        device: where batches go; the model is moved there too.
         execution: ``"auto"``/``"fused"`` (one ``model(x)`` call per batch) or
             ``"stepwise"`` (one ``model.step`` call per time step).
+        amp_dtype: None, ``torch.bfloat16`` or ``torch.float16``: autocast around the
+            forward (y_pred is returned in y's dtype); autocast around ``evaluator.run``
+            is refused.
         non_blocking: passed to the batch transfer.
-        prepare_batch: ``(batch, device, non_blocking) -> (x, y)``.
+        prepare_batch: ``(batch, device, non_blocking) -> (x, y)`` or ``(x, y, mask)``.
         engine: deprecated name of ``execution``.
 
     Returns:
@@ -267,18 +288,25 @@ def create_evaluator(
         >>> evaluator.run(loader).metrics["mse"]
     """
     execution = resolve_execution(execution, engine)
+    check_amp_dtype(amp_dtype)
+    _to_device(model, device, optimizer=False)
     net = unwrap(model)  # no gradients here, so no DDP hooks are needed
     step = step_fn(net)
 
     @torch.no_grad()
     def _infer(_: Engine, batch) -> dict[str, torch.Tensor]:
+        x, y, mask = _prepared(prepare_batch(batch, device, non_blocking))
+        refuse_outer_autocast(x)
         net.eval()
-        x, y = prepare_batch(batch, device, non_blocking)
-        y_pred, _ = run_steps(step, x, None) if execution == "stepwise" else net(x)
+        with amp_context(x, amp_dtype):
+            y_pred, _ = run_steps(step, x, None) if execution == "stepwise" else net(x)
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         return {
-            "y_pred": y_pred.reshape(-1, y_pred.shape[-1]),
+            "y_pred": y_pred.reshape(-1, y_pred.shape[-1]).to(y.dtype if amp_dtype else y_pred.dtype),
             "y": y.reshape(-1, y.shape[-1]),
             "x": x.reshape(-1, x.shape[-1]),
+            "mask": mask.reshape(-1),
         }
 
     evaluator = Engine(_infer)

@@ -14,12 +14,40 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ignite_lstm.losses import elementwise_loss
-
-__all__ = ["EXECUTIONS", "select_execution", "resolve_execution", "step_fn", "run_steps", "unwrap",
-           "without_grad_sync"]
+__all__ = ["EXECUTIONS", "AMP_MODES", "select_execution", "resolve_execution", "step_fn", "run_steps", "unwrap",
+           "without_grad_sync", "amp_context", "check_amp_dtype", "refuse_outer_autocast"]
 
 EXECUTIONS = ("auto", "fused", "stepwise")
+
+AMP_MODES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""Config name (``train.amp``, null for none) -> the ``amp_dtype`` of the engines."""
+
+
+def check_amp_dtype(amp_dtype: Any) -> None:
+    """Refuse an ``amp_dtype`` other than None, ``torch.bfloat16`` or ``torch.float16``."""
+    if amp_dtype is not None and amp_dtype not in AMP_MODES.values():
+        raise ValueError(f"Argument amp_dtype should be None, torch.bfloat16 or torch.float16, got {amp_dtype!r}.")
+
+
+def amp_context(x: torch.Tensor, amp_dtype: torch.dtype | None):
+    """``torch.autocast`` on x's device type in ``amp_dtype``, or nothing for None.
+
+    The engines enter it around each forward and loss only: leaving it after every
+    forward drops autocast's cached low-precision copies of the weights, which would
+    go stale across optimizer steps inside one long autocast region.
+    """
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, dtype=amp_dtype)
+
+
+def refuse_outer_autocast(x: torch.Tensor) -> None:
+    """Raise when autocast is already on around the engine: the engines' own ``amp_dtype`` is the way."""
+    if torch.is_autocast_enabled(x.device.type):
+        raise RuntimeError(
+            f"torch.autocast is active around the engine ({x.device.type}): its cached low-precision weights go "
+            f"stale across optimizer steps. Remove it and pass amp_dtype=torch.bfloat16 (or torch.float16) to "
+            f"create_trainer/create_evaluator instead.")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -65,14 +93,14 @@ def select_execution(model: nn.Module, loss_fn: Callable, tbptt_steps: int, upda
     """Resolve the execution path: ``"stepwise"``, ``"fused"`` or ``"fused-detached"``.
 
     ``fused-detached`` applies to a model that advertises ``supports_detach_every_step``
-    (``StatefulLSTM`` does) with ``tbptt_steps=1``, ``update="sequence"`` and a
-    mean-reduced elementwise loss; ``auto`` takes it there, ``fused`` windows for
+    (``StatefulLSTM`` does) with ``tbptt_steps=1`` and ``update="sequence"``, for any
+    loss that follows the contract of ``create_trainer``; ``auto`` takes it there, ``fused`` windows for
     ``tbptt_steps > 1`` and the per-step loop otherwise (``update="window"`` with
     ``tbptt_steps=1`` is an optimizer step per time step: inherently sequential).
 
     Args:
         model: the model (a DDP wrapper is looked through).
-        loss_fn: the loss; the chunked path needs a mean-reduced elementwise one.
+        loss_fn: the loss (every path takes any loss that follows the contract).
         tbptt_steps: the window length K.
         update: ``"sequence"`` or ``"window"``.
         execution: the user's choice, ``"auto"``, ``"fused"`` or ``"stepwise"``.
@@ -92,7 +120,6 @@ def select_execution(model: nn.Module, loss_fn: Callable, tbptt_steps: int, upda
         tbptt_steps == 1
         and update == "sequence"
         and getattr(unwrap(model), "supports_detach_every_step", False) is True
-        and elementwise_loss(loss_fn) is not None
     )
     if execution == "stepwise":
         return "stepwise"

@@ -345,21 +345,46 @@ def attach_tensorboard(
 
 
 def attach_progress(trainer: Engine, **tqdm_kwargs: Any) -> ProgressBar:
-    """Ignite's ``ProgressBar`` over each epoch's iterations, showing the running loss.
+    """Ignite's ``ProgressBar`` showing the running loss: over each epoch's iterations, or over
+    the epochs when an epoch is one iteration (so that it moves).
+
+    Written to a file or pipe rather than a terminal, the bar is off (tqdm's ``disable``):
+    redraws would interleave with the log lines; the log has a line per epoch.
 
     Args:
         trainer: the trainer, with a ``running_loss`` metric attached.
-        tqdm_kwargs: passed to tqdm, e.g. ``file=``.
+        tqdm_kwargs: passed to tqdm, e.g. ``file=`` (default ``sys.stderr``), ``leave=``
+            (keep the finished bar; Ignite's ``persist``) or ``disable=`` (overrides the
+            terminal check).
 
     Returns:
         The ``ProgressBar``.
 
     Example:
         >>> RunningAverage(output_transform=lambda o: o["loss"]).attach(trainer, "running_loss")
-        >>> attach_progress(trainer)
+        >>> attach_progress(trainer, leave=True)
     """
-    bar = ProgressBar(persist=False, **tqdm_kwargs)
-    bar.attach(trainer, metric_names=["running_loss"])
+    import sys  # here: this function's own change (handlers.py is shared)
+
+    persist = bool(tqdm_kwargs.pop("leave", False))  # tqdm's leave is Ignite's persist
+    stream = tqdm_kwargs.get("file") or sys.stderr
+    if "disable" not in tqdm_kwargs:
+        isatty = getattr(stream, "isatty", None)
+        tqdm_kwargs["disable"] = not (callable(isatty) and isatty())
+    bar = ProgressBar(persist=persist, **tqdm_kwargs)
+    attached = []
+
+    def attach_at_start(engine: Engine) -> None:
+        if attached:  # a second run() call on the same trainer
+            return
+        attached.append(True)
+        if engine.state.epoch_length == 1:
+            bar.attach(engine, metric_names=["running_loss"], event_name=Events.EPOCH_COMPLETED,
+                       closing_event_name=Events.COMPLETED)
+        else:
+            bar.attach(engine, metric_names=["running_loss"])
+
+    trainer.add_event_handler(Events.STARTED, attach_at_start)
     return bar
 
 

@@ -1,8 +1,9 @@
 """Evaluation metrics for the signal-extraction task.
 
-The evaluator's ``engine.state.output`` is a dict ``{"y_pred": (N, O), "y": (N, O), "x": (N, F_in)}``
-with N = B*T (every time step of every sequence flattened) and ``x[:, 1:1+F]`` the one-hot selector
-of the wanted frequency. Ignite's regression metrics divide by the first dimension, so every metric
+The evaluator's ``engine.state.output`` is a dict ``{"y_pred": (N, O), "y": (N, O), "x": (N, F_in),
+"mask": (N,) bool}`` with N = B*T (every time step of every sequence flattened), ``x[:, 1:1+F]`` the
+one-hot selector of the wanted frequency and ``mask`` True at the steps that count: every metric built
+here keeps only those rows (an output without ``mask`` counts every row). Ignite's regression metrics divide by the first dimension, so every metric
 built here sees y_pred and y flattened to (N*O,): all values are element-wise.
 
 ``SignalToNoiseRatio`` is the one metric Ignite lacks; MSE, RMSE and MAE are Ignite's own, configured by
@@ -149,16 +150,25 @@ METRIC_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 _KEY_RE = re.compile(r"^(?P<base>[a-z0-9]+)(?:_f.+)?$")
 
 
+def _rows(output: dict, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    # The counted rows (and `rows`), then (n, O) -> (n*O,): Ignite divides by the first
+    # dimension, we want element-wise means.
+    mask = output.get("mask")
+    if mask is not None:
+        rows = mask if rows is None else rows & mask
+    if rows is None:
+        return output["y_pred"].reshape(-1), output["y"].reshape(-1)
+    return output["y_pred"][rows].reshape(-1), output["y"][rows].reshape(-1)
+
+
 def _flatten(output: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    # (N, O) -> (N*O,): Ignite divides by the first dimension, we want element-wise means.
-    return output["y_pred"].reshape(-1), output["y"].reshape(-1)
+    return _rows(output)
 
 
 def _select_frequency(index: int, num_frequencies: int) -> Callable[[dict], tuple[torch.Tensor, torch.Tensor]]:
     def transform(output: dict) -> tuple[torch.Tensor, torch.Tensor]:
         selector = output["x"][:, 1 : 1 + num_frequencies]  # (N, F)
-        rows = selector.argmax(dim=1) == index  # (N,); may select nothing in this batch
-        return output["y_pred"][rows].reshape(-1), output["y"][rows].reshape(-1)
+        return _rows(output, selector.argmax(dim=1) == index)  # may select nothing in this batch
 
     return transform
 
@@ -180,8 +190,9 @@ def build_metrics(
 ) -> dict[str, Metric]:
     """Build fresh metric instances for the evaluator's dict output.
 
-    Every metric flattens y_pred and y, each (N, O), to (N*O,) before updating, so MSE, MAE, RMSE,
-    Pearson correlation, R2 and SNR are all over single elements. Per-frequency metrics keep only the
+    Every metric keeps the rows whose ``mask`` is True (the steps that count; every row of an output
+    without a mask), then flattens y_pred and y, each (n, O), to (n*O,) before updating, so MSE, MAE,
+    RMSE, Pearson correlation, R2 and SNR are all over single elements of counted steps. Per-frequency metrics keep only the
     rows whose selector ``x[:, 1:1+F].argmax(dim=1)`` is that frequency's index (F = len(frequencies)).
 
     A batch without a given frequency contributes nothing to that frequency's metrics; a whole split

@@ -16,6 +16,14 @@ gradient equals that of the per-step loop detaching the state after every step;
 ``StatefulLSTM`` owns its backends: the native CPU kernel (``ignite_lstm.native``)
 where it runs, else PyTorch (``nn.LSTM`` for whole windows, ``torch.lstm_cell`` for
 one step, ``ignite_lstm.lstm_detached`` for the detached form).
+
+Mixed precision: under ``torch.autocast`` (the engines' ``amp_dtype``) ``StatefulLSTM``
+computes in its parameters' dtype (float32) on every backend, the same numbers as
+without autocast: the native kernel has float32/float64 code only, autocast would
+run ``nn.LSTM`` in low precision but leave ``torch.lstm_cell`` in float32 (so the
+execution paths would stop agreeing), and on the CPU the recurrence is bound by the
+latency of its small per-step products, not by arithmetic. The loss, and a model
+of the user's, follow autocast.
 """
 
 from __future__ import annotations
@@ -118,6 +126,9 @@ class StatefulLSTM(nn.Module):
         loop that detaches the state after every step (the literal L = 1 setting),
         computed in the exact fused form of ``ignite_lstm.lstm_detached``.
         """
+        if torch.is_autocast_enabled(x.device.type):  # float32 on every backend, see the module docstring
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward(x.to(self.head.weight.dtype), state, detach_every_step)
         h0, c0 = state if state is not None else self.init_state(x.shape[0], x.device, x.dtype)
         if native.available(x):
             grad = torch.is_grad_enabled() and (
@@ -145,6 +156,9 @@ class StatefulLSTM(nn.Module):
         if x_t.dim() != 2:
             raise ValueError(f"Argument x_t should be a (batch, features) tensor, got shape {tuple(x_t.shape)}; "
                              f"for one sequence use x_t[None] (batch of 1).")
+        if torch.is_autocast_enabled(x_t.device.type):  # float32 on every backend, see the module docstring
+            with torch.autocast(x_t.device.type, enabled=False):
+                return self.step(x_t.to(self.head.weight.dtype), state)
         if state is None:
             state = self.init_state(x_t.shape[0], x_t.device, x_t.dtype)
         if not torch.is_grad_enabled() and native.available(x_t):

@@ -9,7 +9,9 @@ warm-up of ``W`` steps (``W = 0``: none; else at least 2), the rate of step ``s`
   ``U = S - (W - 1)`` (``U = S``) the steps left:
 
   - ``step``: ``lr * gamma ** (u // (step_size * steps_per_epoch))``;
-  - ``cosine``: ``min_lr + (lr - min_lr) * (1 + cos(pi * u / U)) / 2``;
+  - ``cosine``: ``min_lr + (lr - min_lr) * (1 + cos(pi * u / U)) / 2``; past the
+    planned ``S`` steps (``steps_per_epoch`` was an underestimate) the rate stays at
+    its last value, with a warning, instead of starting a new cycle;
   - ``onecycle``: torch's ``OneCycleLR`` over all ``S`` steps (wrapped by Ignite's
     ``LRScheduler``): a cosine rise from ``lr / 25`` to ``lr`` over the warm-up
     (``pct_start = W / S``; 0.3 when ``W = 0``), then a cosine fall to ``lr / 25e4``;
@@ -22,9 +24,9 @@ warm-up of ``W`` steps (``W = 0``: none; else at least 2), the rate of step ``s`
 
 from __future__ import annotations
 
+import logging
 import math
-
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from ignite.engine import Engine, Events
@@ -39,6 +41,8 @@ from ignite.handlers import (
 from ignite_lstm.engines import TimeEvents
 
 __all__ = ["setup_lr_scheduler", "steps_per_epoch", "warmup_steps", "SCHEDULES", "WARMUP_START_FACTOR"]
+
+logger = logging.getLogger(__name__)
 
 SCHEDULES = ("none", "step", "cosine", "plateau", "onecycle")
 WARMUP_START_FACTOR = 0.01  # warm-up starts at 1% of the base learning rate
@@ -146,8 +150,28 @@ def setup_lr_scheduler(
         scheduler = create_lr_scheduler_with_warmup(base, start, warmup, warmup_end_value=lr)
     else:
         scheduler = base if name == "cosine" else LRScheduler(base)
+    if name == "cosine":  # a cosine cycle restarts after its last step: keep the run inside the one planned
+        event = event(event_filter=_planned_steps(total, epochs, steps_per_epoch))
     trainer.add_event_handler(event, scheduler)
     return scheduler
+
+
+def _planned_steps(total: int, epochs: int, steps_per_epoch: int) -> Callable[[Engine, int], bool]:
+    """Event filter: True for optimizer steps 1 .. total; past them False, with one warning."""
+    warned = []
+
+    def planned(_: Engine, step: int) -> bool:
+        if step <= total:
+            return True
+        if not warned:
+            warned.append(step)
+            logger.warning("The cosine schedule planned %d optimizer steps (epochs %d x steps_per_epoch %d) and the "
+                           "run has reached step %d: the learning rate stays at its last value instead of starting a "
+                           "new cycle. Pass steps_per_epoch of the longest epoch.", total, epochs, steps_per_epoch,
+                           step)
+        return False
+
+    return planned
 
 
 class _Plateau(ReduceLROnPlateauScheduler):

@@ -91,6 +91,8 @@ def test_overrides_apply_with_yaml_typing():
     ({"train": {"update": "batch"}}, "train.update: 'batch' is not allowed: choose one of 'sequence', 'window'"),
     ({"train": {"engine": "cuda"}}, "train.engine: 'cuda' is not allowed: choose one of 'auto', 'fused', 'stepwise'"),
     ({"eval": {"engine": "cuda"}}, "eval.engine: 'cuda' is not allowed: choose one of 'auto', 'fused', 'stepwise'"),
+    ({"train": {"amp": "fp8"}}, "train.amp: 'fp8' is not allowed: choose one of 'bf16', 'fp16'"),
+    ({"train": {"gradient_accumulation_steps": 0}}, "train.gradient_accumulation_steps: 0 is out of range: must be >= 1"),
     ({"handlers": {"lr_scheduler": {"name": "exp"}}},
      "handlers.lr_scheduler.name: 'exp' is not allowed: choose one of 'none', 'step', 'cosine', 'plateau', 'onecycle'"),
     ({"distributed": {"backend": "mpi", "nproc_per_node": 2}},

@@ -5,6 +5,8 @@
 - with the same global batch and seed, the parameters after a few optimizer steps equal
   those of one process, on the fused window, fused-detached and stepwise paths;
 - the reported training loss is the mean over the processes (the global batch's);
+- masked batches of sequences of different lengths (each process padding to its own
+  longest) give the loss and parameters of one process on the whole batch;
 - ``run.py`` with ``distributed.nproc_per_node=2`` finishes, rank 0 alone writes, and its
   metrics equal a one-process evaluation of its model.pt; settings that do not fit the
   number of processes are refused before anything is written;
@@ -37,10 +39,11 @@ from torch.utils.data import DataLoader
 
 from conftest import QUICK_YAML
 from handler_helpers import run_cli as run_main
+from ignite_lstm.batches import collate_sequences
 from ignite_lstm.config import load_config
 from ignite_lstm.engines import create_evaluator, create_trainer
 from ignite_lstm.metrics import METRIC_NAMES, build_metrics
-from ignite_lstm.models import load_model
+from ignite_lstm.models import StatefulLSTM, load_model
 from ignite_lstm.pipeline import ShardSampler, setup_data, setup_loss, setup_model, setup_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,6 +201,57 @@ def test_the_reported_training_loss_is_the_mean_over_all_processes(trained, case
     assert len(single[case]["losses"]) == 4  # 2 iterations x 2 epochs
     for rank in ranks:
         assert rank[case]["losses"] == pytest.approx(single[case]["losses"], rel=1e-6, abs=1e-7)
+
+
+# --- masked batches of different lengths on each process --------------------------------------------
+
+# Global batch of 4 sequences of 37, 12, 50 and 20 steps: rank 0 pads its two to 37, rank 1 to 50.
+MASKED_LENGTHS = (37, 12, 50, 20)
+MASKED_CASES = {
+    "fused": {"tbptt_steps": 8, "update": "window"},  # an optimizer step per window: 7 windows on every rank
+    "fused-detached": {"tbptt_steps": 1, "chunk_steps": 16},
+    "stepwise": {"tbptt_steps": 8, "execution": "stepwise"},
+}
+
+
+def _train_masked(local_rank: int, out: str) -> None:
+    rank, world = idist.get_rank(), idist.get_world_size()
+    gen = torch.Generator().manual_seed(0)
+    sequences = [(torch.randn(n, 3, generator=gen, dtype=torch.float64),
+                  torch.randn(n, 1, generator=gen, dtype=torch.float64)) for n in MASKED_LENGTHS]
+    share = len(sequences) // world
+    batch = collate_sequences(sequences[rank * share : (rank + 1) * share])
+    results = {}
+    for case, kwargs in MASKED_CASES.items():
+        torch.manual_seed(0)
+        model = idist.auto_model(StatefulLSTM(3, 6, num_layers=2).double())
+        trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.MSELoss(), **kwargs)
+        losses = []
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
+        trainer.run([batch, batch], max_epochs=1)
+        net = model.module if hasattr(model, "module") else model
+        results[case] = {"params": {k: v.clone() for k, v in net.state_dict().items()}, "losses": losses,
+                         "execution": trainer.state.execution, "steps": batch[0].shape[1]}
+    torch.save(results, Path(out) / f"masked-{rank}-of-{world}.pt")
+
+
+@pytest.fixture(scope="module")
+def trained_masked(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed-masked")
+    _train_masked(0, str(root))
+    _spawn(_train_masked, str(root))
+    return torch.load(root / "masked-0-of-1.pt"), [torch.load(root / f"masked-{r}-of-2.pt") for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("case", list(MASKED_CASES))
+def test_masked_batches_of_other_lengths_on_two_processes_train_as_one_process(trained_masked, case):
+    single, ranks = trained_masked
+    assert [r[case]["steps"] for r in ranks] == [37, 50] and single[case]["steps"] == 50
+    assert single[case]["execution"] == ranks[0][case]["execution"] == case
+    for rank in ranks:  # the mean over all counted steps of all processes, and its gradient
+        assert rank[case]["losses"] == pytest.approx(single[case]["losses"], rel=1e-10)
+        for name, value in single[case]["params"].items():
+            assert ((rank[case]["params"][name] - value).norm() / value.norm()).item() <= 1e-10, (case, name)
 
 
 # --- run.py on 2 processes --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from ignite.metrics import MeanAbsoluteError, MeanSquaredError
 
 from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer, select_execution
 from ignite_lstm.models import StatefulLSTM
+from lstm_reference import hand_run as _hand_run
 
 B, T, F_IN, H, O = 3, 10, 3, 5, 1
 
@@ -25,36 +26,6 @@ def _batch(seed, batch=B, steps=T, output_size=O):
     x = torch.randn(batch, steps, F_IN, generator=gen, dtype=torch.float64)
     y = torch.randn(batch, steps, output_size, generator=gen, dtype=torch.float64)
     return x, y
-
-
-def _cell(x, h, c, lstm):
-    """One LSTM cell step written out from the weights (independent of the package's code)."""
-    gates = x @ lstm.weight_ih_l0.T + lstm.bias_ih_l0 + h @ lstm.weight_hh_l0.T + lstm.bias_hh_l0
-    i, f, g, o = gates.chunk(4, dim=-1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
-
-
-def _hand_run(model, x, window=None, state=None):
-    """Per-step loop over x (B, S, F), state detached every `window` steps (None: never).
-
-    Returns y (B, S, O) and the state as two lists (per layer) of (B, H) tensors.
-    """
-    n = model.num_layers
-    if state is None:
-        zero = x.new_zeros(x.shape[0], model.hidden_size)
-        state = ([zero] * n, [zero] * n)
-    hs, cs = list(state[0]), list(state[1])
-    outputs = []
-    for t in range(x.shape[1]):
-        if window is not None and t % window == 0:
-            hs, cs = [h.detach() for h in hs], [c.detach() for c in cs]
-        inp = x[:, t]
-        for i, lstm in enumerate(model.layers):
-            hs[i], cs[i] = _cell(inp, hs[i], cs[i], lstm)
-            inp = hs[i]
-        outputs.append(model.head(inp))
-    return torch.stack(outputs, dim=1), (hs, cs)
 
 
 def _hand_loss_and_grads(model, x, y, window=None):
@@ -439,11 +410,29 @@ def _trainer_args():
         ({"grad_clip": "1"}, TypeError, "Argument grad_clip should be a number or None, got str."),
         ({"grad_clip": True}, TypeError, "Argument grad_clip should be a number or None, got bool."),
         ({"execution": "gpu"}, ValueError, "Argument execution should be one of ('auto', 'fused', 'stepwise'), got 'gpu'."),
+        ({"gradient_accumulation_steps": 0}, ValueError, "Argument gradient_accumulation_steps should be positive, got 0."),
+        ({"gradient_accumulation_steps": 2, "update": "window"}, ValueError,
+         "Argument gradient_accumulation_steps should be 1 with update='window' (an optimizer step per window), got 2."),
+        ({"amp_dtype": torch.float64}, ValueError,
+         "Argument amp_dtype should be None, torch.bfloat16 or torch.float16, got torch.float64."),
+        ({"amp_dtype": "bf16"}, ValueError, "Argument amp_dtype should be None, torch.bfloat16 or torch.float16, got 'bf16'."),
     ],
 )
 def test_create_trainer_argument_errors(kwargs, error, msg):
     with pytest.raises(error, match=re.escape(msg)):
         create_trainer(*_trainer_args(), **kwargs)
+
+
+@pytest.mark.parametrize("loss_fn, error, msg", [
+    (nn.MSELoss(reduction="sum"), ValueError,
+     "Argument loss_fn should be mean-reduced (the mean over (sequence, step) positions), got reduction='sum'."),
+    (nn.L1Loss(reduction="none"), ValueError, "got reduction='none'."),
+    ("mse", TypeError, "Argument loss_fn should be callable, got str."),
+])
+def test_create_trainer_refuses_a_loss_outside_the_contract(loss_fn, error, msg):
+    model, optimizer, _ = _trainer_args()
+    with pytest.raises(error, match=re.escape(msg)):
+        create_trainer(model, optimizer, loss_fn)
 
 
 def test_create_evaluator_argument_errors():
@@ -492,7 +481,8 @@ def test_evaluator_output_and_stepwise_equals_fused():
         evaluator = create_evaluator(model, execution=engine)
         outputs[engine] = evaluator.run([(x, y)]).output
     out = outputs["fused"]
-    assert set(out) == {"y_pred", "y", "x"}
+    assert set(out) == {"y_pred", "y", "x", "mask"}
+    assert out["mask"].dtype == torch.bool and out["mask"].shape == (B * T,) and out["mask"].all()
     assert out["y_pred"].shape == (B * T, 2) and out["y"].shape == (B * T, 2) and out["x"].shape == (B * T, F_IN)
     assert not out["y_pred"].requires_grad
     # row b * T + t is step t of sequence b
@@ -518,9 +508,8 @@ class _NotAnLSTM(nn.Module):
         ("lstm", nn.L1Loss(), 1, "sequence", "auto", "fused-detached"),
         ("lstm", nn.HuberLoss(delta=0.5), 1, "sequence", "auto", "fused-detached"),
         ("lstm", nn.SmoothL1Loss(beta=0.5), 1, "sequence", "auto", "fused-detached"),
-        ("lstm", nn.MSELoss(reduction="sum"), 1, "sequence", "auto", "stepwise"),
-        ("lstm", nn.MSELoss(reduction="sum"), 1, "sequence", "fused", "fused"),
-        ("lstm", F.mse_loss, 1, "sequence", "auto", "stepwise"),
+        ("lstm", F.mse_loss, 1, "sequence", "auto", "fused-detached"),  # any loss keeps the fast path
+        ("lstm", lambda a, b: ((a - b) ** 4).mean(), 1, "sequence", "auto", "fused-detached"),
         ("lstm", nn.MSELoss(), 1, "window", "auto", "stepwise"),
         ("lstm", nn.MSELoss(), 1, "window", "fused", "fused"),
         ("lstm", nn.MSELoss(), 1, "window", "stepwise", "stepwise"),
@@ -540,3 +529,50 @@ def test_select_execution(model, loss_fn, tbptt_steps, update, engine, expected)
         optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
         trainer = create_trainer(net, optimizer, loss_fn, tbptt_steps=tbptt_steps, update=update, execution=engine)
         assert trainer.execution == expected
+
+
+# (h) device, the epoch loss
+
+
+def test_device_moves_the_model_and_refuses_a_move_that_would_leave_the_optimizer_behind():
+    # "meta" is a device of every machine; torch moves parameters there as new objects
+    model = _model()
+    create_evaluator(model, device="meta")
+    assert all(p.device.type == "meta" for p in model.parameters())
+    model = _model()
+    msg = ("Argument device is 'meta': moving the model there replaced its parameters, so the optimizer built on "
+           "them would not train it; move the model first (model.to(device)), then create the optimizer.")
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), device="meta")
+    model = _model()
+    params = list(model.parameters())
+    create_trainer(model, torch.optim.SGD(params, lr=0.1), nn.MSELoss(), device="cpu")
+    assert all(a is b for a, b in zip(params, model.parameters()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_cpu_model_trains_on_the_gpu_given_device_cuda():
+    model = _model()
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=4, device="cuda")
+    trainer.run([_batch(1)], max_epochs=2)
+    assert next(model.parameters()).is_cuda and all(s["exp_avg"].is_cuda for s in optimizer.state.values())
+    metrics = create_evaluator(model, {"mse": MeanSquaredError()}, device="cuda").run([_batch(2)]).metrics
+    assert metrics["mse"] > 0
+
+
+def test_a_factory_trainer_has_the_epoch_loss_that_attach_tensorboard_logs(tmp_path):
+    import warnings
+
+    from ignite_lstm.handlers import attach_tensorboard
+
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=4)
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Ignite warns when a logged metric is missing
+        attach_tensorboard(trainer, create_evaluator(model), optimizer, tmp_path / "tb")
+        trainer.run([_batch(1), _batch(2)], max_epochs=1)
+    assert trainer.state.metrics["epoch_loss"] == pytest.approx(sum(losses) / 2, rel=1e-12)

@@ -1,6 +1,6 @@
 """Every script in ``examples/`` runs as a real subprocess, exits 0 and prints what it promises.
 
-The four scripts are started together (one module-scoped fixture) so that their start-up
+The scripts are started together (one module-scoped fixture) so that their start-up
 (importing torch and Ignite) overlaps; each test then checks one of them.
 """
 
@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 TIMEOUT_S = 240  # generous: the suite shares two cores; each script alone takes a few seconds
-NAMES = ["custom_window_handler", "gru_other_task", "plain_python", "attach_by_hand"]
+NAMES = ["custom_window_handler", "gru_other_task", "plain_python", "attach_by_hand", "variable_lengths"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]
     for name in NAMES:
         scratch = tmp_path_factory.mktemp(name)
         args = [sys.executable, str(EXAMPLES / f"{name}.py")]
-        if name == "attach_by_hand":
+        if name in ("attach_by_hand", "variable_lengths"):
             args.append(str(scratch / "checkpoints"))
         started[name] = (subprocess.Popen(args, cwd=scratch, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True), args, scratch)
@@ -96,3 +96,21 @@ def test_attach_by_hand_writes_a_best_checkpoint_that_reloads(runs):
     assert m.group(1) == files[0].name
     assert m.group(2) == m.group(3)
     assert re.search(r"(stopped early|ran all epochs) at epoch \d+ of 60", result.stdout)
+
+
+def test_variable_lengths_trains_masked_batches_with_a_custom_loss_and_metric(runs):
+    result = _ok(runs, "variable_lengths")
+    _, scratch = runs["variable_lengths"]
+    m = re.search(r"validation batch: \(8, (\d+), 1\) padded, lengths \[([\d, ]+)\]", result.stdout)
+    assert m, result.stdout
+    lengths = [int(n) for n in m.group(2).split(", ")]
+    assert max(lengths) == int(m.group(1)) and min(lengths) < max(lengths)  # really padded
+    assert "execution path: fused-detached (loss LogCosh)" in result.stdout  # the user's loss on the fast path
+    files = sorted((scratch / "checkpoints").glob("best_model_*_neg_max_abs_error=*.pt"))
+    assert len(files) == 1
+    m = re.search(r"best checkpoint: (\S+); best val max_abs_error ([\d.]+), reloaded from the file ([\d.]+) "
+                  r"\(first epoch ([\d.]+)\)", result.stdout)
+    assert m, result.stdout
+    assert m.group(1) == files[0].name and m.group(2) == m.group(3)
+    assert float(m.group(2)) < float(m.group(4))  # it learned
+    assert re.search(r"(stopped early|ran all epochs) at epoch \d+ of 40; \d+ windows", result.stdout)

@@ -241,13 +241,54 @@ def test_tensorboard_events_hold_losses_metrics_lr_grad_norm_and_histograms(tmp_
 # --- progress bar ----------------------------------------------------------------------------------------
 
 
-def test_progress_bar_shows_the_running_loss():
+def _progress_run(stream, iterations: int, epochs: int, **kwargs) -> None:
     trainer = Engine(lambda e, b: {"loss": 0.25})
     RunningAverage(output_transform=lambda o: o["loss"]).attach(trainer, "running_loss")
+    attach_progress(trainer, file=stream, **kwargs)
+    trainer.run(range(iterations), max_epochs=epochs)
+
+
+def _terminal_output(iterations: int, epochs: int, **kwargs) -> str:
+    """What the bar writes to a real terminal (a pseudo-terminal), every update drawn (no time throttle)."""
+    kwargs.setdefault("mininterval", 0)
+    master, slave = os.openpty()
+    try:
+        with os.fdopen(slave, "w") as terminal:
+            _progress_run(terminal, iterations, epochs, **kwargs)
+        os.set_blocking(master, False)
+        chunks = []
+        while True:
+            try:
+                chunks.append(os.read(master, 65536))
+            except (BlockingIOError, OSError):  # drained (OSError: EIO once the slave side is closed)
+                break
+        return b"".join(chunks).decode()
+    finally:
+        os.close(master)
+
+
+def test_progress_bar_shows_the_running_loss_on_a_terminal():
+    assert "running_loss=0.25" in _terminal_output(3, 1)
+
+
+def test_progress_bar_moves_over_the_epochs_when_an_epoch_is_one_iteration():
+    out = _terminal_output(1, 3, leave=True)  # the last state kept
+    assert "[3/3]" in out and "1/1" not in out  # counts epochs, not the single iteration of each
+
+
+def test_progress_bar_takes_tqdms_leave():
+    assert "running_loss=0.25" in _terminal_output(3, 1, leave=True)
+
+
+def test_progress_bar_draws_nothing_in_output_that_is_not_a_terminal(tmp_path):
     stream = io.StringIO()
-    attach_progress(trainer, file=stream)
-    trainer.run(range(3), max_epochs=1)
-    assert "running_loss=0.25" in stream.getvalue()
+    _progress_run(stream, 3, 2, leave=False)
+    with open(tmp_path / "log", "w") as log:
+        _progress_run(log, 3, 2)
+    assert stream.getvalue() == "" and (tmp_path / "log").read_text() == ""
+    forced = io.StringIO()
+    _progress_run(forced, 3, 1, disable=False, mininterval=0)
+    assert "running_loss=0.25" in forced.getvalue()
 
 
 # --- Ctrl-C ----------------------------------------------------------------------------------------------

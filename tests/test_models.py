@@ -192,3 +192,10 @@ def test_load_model_says_why_an_empty_or_foreign_file_cannot_be_read(tmp_path):
                                       f"objects other than tensors, numbers, strings, lists and dicts (Unsupported "
                                       f"global: GLOBAL ")
     assert "weights_only" not in str(info.value) and "safe_globals" not in str(info.value)
+
+
+def test_step_on_one_unbatched_sample_says_how_to_make_a_batch_of_one():
+    model = _model()
+    with pytest.raises(ValueError, match=re.escape("Argument x_t should be a (batch, features) tensor, got shape (4,); "
+                                                   "for one sequence use x_t[None] (batch of 1).")):
+        model.step(torch.zeros(F_IN, dtype=torch.float64))

@@ -1,6 +1,7 @@
 """Learning-rate schedules: the rate of every optimizer step against formulas written out here."""
 
 import io
+import logging
 import math
 
 import pytest
@@ -50,6 +51,24 @@ def test_step_and_cosine_follow_their_formula_at_every_step(name, warmup_epochs)
     assert lrs == pytest.approx(expected, rel=1e-12, abs=1e-15)
     if warmup:
         assert lrs[0] == pytest.approx(0.01 * LR) and lrs[warmup - 1] == pytest.approx(LR)
+
+
+@pytest.mark.parametrize("warmup_epochs", [0.0, 1.5])
+def test_cosine_keeps_its_last_rate_with_a_warning_when_steps_per_epoch_was_an_underestimate(warmup_epochs, caplog):
+    # planned: 5 epochs x 4 steps; the epochs really have 6 steps (variable-length batches)
+    epochs, spe, real = 5, 4, 6
+    trainer, _, _, lrs = _recorded_run("cosine", epochs, spe, warmup_epochs)
+    with caplog.at_level(logging.WARNING, logger="ignite_lstm.schedules"):
+        trainer.run(range(real), max_epochs=epochs)
+    total = epochs * spe
+    warmup = warmup_steps(warmup_epochs, spe)
+    expected = [expected_lr("cosine", s, total=total, warmup=warmup, spe=spe) for s in range(total)]
+    assert lrs[:total] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert lrs[total:] == [lrs[total - 1]] * (epochs * real - total)  # no new cycle
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [f"The cosine schedule planned {total} optimizer steps (epochs 5 x steps_per_epoch 4) and the "
+                        f"run has reached step {total + 1}: the learning rate stays at its last value instead of "
+                        f"starting a new cycle. Pass steps_per_epoch of the longest epoch."]
 
 
 def test_window_updates_step_the_schedule_once_per_window():
