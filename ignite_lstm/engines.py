@@ -42,6 +42,7 @@ of N*B when each counts the same number of positions.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any, Callable
 
 import ignite.distributed as idist
@@ -64,7 +65,7 @@ from ignite_lstm.execution import (
 from ignite_lstm.losses import check_loss
 from ignite_lstm.updates import BatchUpdate
 
-__all__ = ["TimeEvents", "create_trainer", "create_evaluator", "select_execution"]  # select_execution: from execution.py
+__all__ = ["TimeEvents", "create_trainer", "create_evaluator", "select_execution", "epoch_loss_metric"]  # select_execution: from execution.py
 
 logger = logging.getLogger(__name__)
 
@@ -214,9 +215,18 @@ def create_trainer(
     trainer.state.execution = path
     trainer.state.scaler = scaler
     trainer.execution = path  # deprecated alias of state.execution
-    Average(output_transform=lambda o: o["loss"]).attach(trainer, "epoch_loss")
+    _EPOCH_LOSS[trainer] = epoch_loss = Average(output_transform=lambda o: o["loss"])
+    epoch_loss.attach(trainer, "epoch_loss")
     logger.debug("Trainer execution path: %s", path)
     return trainer
+
+
+_EPOCH_LOSS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def epoch_loss_metric(trainer: Engine) -> Average:
+    """The ``epoch_loss`` metric ``create_trainer`` attached (its running sums go into checkpoints)."""
+    return _EPOCH_LOSS[trainer]
 
 
 def _check_trainer_args(tbptt_steps: int, chunk_steps: int, accumulation_steps: int, update: str,

@@ -18,10 +18,11 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, EarlyStopping, Timer
-from ignite.metrics import Average, RunningAverage
+from ignite.metrics import RunningAverage
 
 from ignite_lstm.checkpointing import FixedState, RNGState
-from ignite_lstm.engines import create_evaluator, create_trainer
+from ignite_lstm.engines import create_evaluator, create_trainer, epoch_loss_metric
+from ignite_lstm.execution import AMP_MODES
 from ignite_lstm.handlers import (
     StopOnInterrupt,
     attach_checkpoints,
@@ -46,7 +47,8 @@ def setup_trainer(cfg: Any, model: torch.nn.Module, optimizer: torch.optim.Optim
     """``create_trainer`` with the ``train:`` settings."""
     t = cfg.train
     return create_trainer(model, optimizer, setup_loss(t.loss), tbptt_steps=t.tbptt_steps, update=t["update"],
-                          grad_clip=t.grad_clip, device=device, execution=t.engine, chunk_steps=t.chunk_steps)
+                          grad_clip=t.grad_clip, device=device, execution=t.engine, chunk_steps=t.chunk_steps,
+                          amp_dtype=AMP_MODES.get(t.amp), gradient_accumulation_steps=t.gradient_accumulation_steps)
 
 
 def setup_evaluators(cfg: Any, model: torch.nn.Module, device: torch.device) -> dict[str, Engine]:
@@ -57,7 +59,8 @@ def setup_evaluators(cfg: Any, model: torch.nn.Module, device: torch.device) -> 
     """
     freqs = list(cfg.data.frequencies)
     make = lambda per: create_evaluator(model, build_metrics(freqs, per_frequency=per, device=device),  # noqa: E731
-                                        device=device, execution=cfg.eval.engine)
+                                        device=device, execution=cfg.eval.engine,
+                                        amp_dtype=AMP_MODES.get(cfg.train.amp))
     return {"val": make(("mse",)), "final": make(METRIC_NAMES)}
 
 
@@ -95,9 +98,9 @@ def _nan_stop(r: _Run) -> None:  # first, so that nothing after it sees a NaN it
 
 def _epoch_metrics(r: _Run) -> None:
     RunningAverage(output_transform=lambda o: o["loss"]).attach(r.trainer, "running_loss")
-    epoch_loss = Average(output_transform=lambda o: o["loss"])
-    epoch_loss.attach(r.trainer, "epoch_loss")
-    r.out.to_save["epoch_loss"] = epoch_loss
+    r.out.to_save["epoch_loss"] = epoch_loss_metric(r.trainer)  # its running sums: a mid-epoch resume is exact
+    if r.trainer.state.scaler is not None:  # float16: the loss scale carries over a resume
+        r.out.to_save["grad_scaler"] = r.trainer.state.scaler
     r.out.timer = Timer()  # training time of an epoch, paused before validation and checkpoints
     r.out.timer.attach(r.trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
     sampler = r.data["train_loader"].sampler  # a new permutation per epoch, the same after a resume
