@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from ignite_lstm.checkpointing import CheckpointMismatch, find_checkpoint
 from ignite_lstm.config import ConfigError, load_config
+from ignite_lstm.data import batch_problem
 from ignite_lstm.h5io import DataFileError
 from ignite_lstm.preflight import preflight
 
@@ -226,10 +227,10 @@ def prepare_run(cfg: Any, stem: str) -> dict[str, Any]:
 def _check_resume(cfg: Any, checkpoint: str) -> None:
     """Model shape, finished or early-stopped run: refused before anything is written."""
     from ignite_lstm.checkpointing import check_resumable, read_checkpoint
-    from ignite_lstm.pipeline import setup_model
+    from ignite_lstm.models import model_args
 
     es = cfg.handlers.early_stopping
-    check_resumable(read_checkpoint(checkpoint), model_args=setup_model(cfg).config, epochs=cfg.train.epochs,
+    check_resumable(read_checkpoint(checkpoint), model_args=model_args(cfg), epochs=cfg.train.epochs,
                     patience=es.patience if es.enabled else None, source=checkpoint)
 
 
@@ -430,9 +431,8 @@ def _check_world(cfg: Any, world: int, torchrun: bool) -> None:
     if torchrun and world > 1 and not cfg.distributed.backend:
         problems.append(f"distributed.backend: null cannot join torchrun's {world} processes (each would train "
                         f"alone); set gloo (CPU) or nccl (GPU)")
-    if cfg.train.batch_size % world:
-        problems.append(f"train.batch_size: {cfg.train.batch_size} is not divisible by the {world} processes "
-                        f"(each trains on an equal share of the global batch); use a multiple of {world}")
+    if problem := batch_problem(cfg.train.batch_size, world):
+        problems.append(problem)
     if problems:
         raise ConfigError(problems)
 

@@ -23,9 +23,8 @@ import torch
 from omegaconf import DictConfig
 
 from ignite_lstm.config import ConfigError, load_config, validate_config
-from ignite_lstm.data import SignalDataset, ensure_split
+from ignite_lstm.data import SignalDataset, ensure_split, split_params
 from ignite_lstm.models import StatefulLSTM, load_model
-from ignite_lstm.pipeline import split_params
 from ignite_lstm.preflight import device_problem
 from ignite_lstm.report import metrics_table, write_report
 

@@ -30,6 +30,7 @@ from ignite_lstm.checkpointing import (
     read_checkpoint,
     resume_from_checkpoint,
 )
+from ignite_lstm.data import setup_data
 from ignite_lstm.engines import create_evaluator, create_trainer
 from ignite_lstm.handlers import (
     StopOnInterrupt,
@@ -42,8 +43,10 @@ from ignite_lstm.handlers import (
     load_extra_handlers,
 )
 from ignite_lstm.history import MetricsHistory
+from ignite_lstm.losses import setup_loss
 from ignite_lstm.metrics import build_metrics, metric_direction
-from ignite_lstm.pipeline import setup_data, setup_loss, setup_model, setup_optimizer
+from ignite_lstm.models import model_args, setup_model
+from ignite_lstm.optim import setup_optimizer
 from ignite_lstm.schedules import steps_per_epoch
 from ignite_lstm.schedules import setup_lr_scheduler
 
@@ -113,7 +116,7 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
     checkpoint = None
     if resume_from:  # a checkpoint that cannot continue this config fails before any work
         checkpoint = read_checkpoint(resume_from)
-        check_resumable(checkpoint, model_args=setup_model(cfg).config, epochs=cfg.train.epochs,
+        check_resumable(checkpoint, model_args=model_args(cfg), epochs=cfg.train.epochs,
                         patience=cfg.handlers.early_stopping.patience if cfg.handlers.early_stopping.enabled
                         else None, source=resume_from)
     manual_seed(cfg.seed)
