@@ -15,21 +15,19 @@ config, every key with its help text; ``--markdown`` prints the key table of the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
-import re
 import sys
-import typing
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.distributed import Backend
 
+from ignite_lstm._schema import check_section, commented_yaml, markdown_table
+from ignite_lstm._schema import setting as _f
 from ignite_lstm.engines import UPDATES
 from ignite_lstm.execution import EXECUTIONS
 from ignite_lstm.losses import LOSSES
@@ -37,7 +35,7 @@ from ignite_lstm.metrics import METRIC_NAMES
 from ignite_lstm.optim import OPTIMIZERS
 from ignite_lstm.schedules import SCHEDULES
 
-__all__ = ["Config", "ConfigError", "load_config", "validate_config", "commented_yaml", "markdown_table", "main"]
+__all__ = ["Config", "ConfigError", "load_config", "validate_config", "main"]
 
 BACKENDS = (Backend.GLOO, Backend.NCCL)  # the torch backends run.py starts processes with (idist.Parallel)
 
@@ -54,18 +52,6 @@ class ConfigError(ValueError):
         lines = "\n".join(f"  - {p}" for p in self.problems)
         n = len(self.problems)
         super().__init__(f"Invalid {source} ({n} problem{'s' if n != 1 else ''}):\n{lines}")
-
-
-def _f(default: Any, help: str, **rules: Any) -> Any:
-    """A schema field: its default, a one-line help text, and rules: choices, gt, ge, le, lt, length."""
-    metadata = {"help": help, **rules}
-    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: _copy(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def _copy(value: Any) -> Any:
-    return dataclasses.replace(value) if dataclasses.is_dataclass(value) else type(value)(value)
 
 
 @dataclass
@@ -198,83 +184,7 @@ class Config:
     distributed: DistributedConfig = _f(DistributedConfig(), "several processes (idist.Parallel)")
 
 
-INT_LIMIT = 2**63  # every integer setting is below it (int64), unless its own rule says less
 MIN_STEPS = 2  # samples per sequence: the first one of every target is sin(0) = 0
-
-_RULE_TEXT = {"gt": "> {}", "ge": ">= {}", "lt": "< {}", "le": "<= {}"}
-_RULE_OK = {
-    "gt": lambda v, b: v > b,
-    "ge": lambda v, b: v >= b,
-    "lt": lambda v, b: v < b,
-    "le": lambda v, b: v <= b,
-}
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check_scalar(key: str, value: Any, tp: Any, rules: dict, problems: list[str]) -> None:
-    if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, tp)
-    if not ok:
-        problems.append(f"{key}: {value!r} has the wrong type: expected {_type_name(tp)}")
-        return
-    if "choices" in rules and value not in rules["choices"]:
-        allowed = ", ".join(repr(c) for c in rules["choices"])
-        problems.append(f"{key}: {value!r} is not allowed: choose one of {allowed}")
-    if tp is int and "lt" not in rules and "le" not in rules:
-        rules = {**rules, "lt": INT_LIMIT}  # torch, numpy and the data files take int64 values
-    for rule, bound in rules.items():
-        if rule in _RULE_OK and not _RULE_OK[rule](value, bound):
-            problems.append(f"{key}: {value!r} is out of range: must be {_RULE_TEXT[rule].format(bound)}")
-
-
-def _check(key: str, value: Any, tp: Any, rules: dict, problems: list[str]) -> None:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
-            return
-        tp = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        _check_section(key, value, tp, problems)
-    elif origin is list:
-        if not isinstance(value, list):
-            problems.append(f"{key}: {value!r} has the wrong type: expected a list of {_type_name(args[0])}")
-            return
-        if "length" in rules and len(value) != rules["length"]:
-            problems.append(f"{key}: {value!r} must have exactly {rules['length']} entries")
-        if "min_length" in rules and len(value) < rules["min_length"]:
-            problems.append(f"{key}: {value!r} must have at least {rules['min_length']} entries")
-        item_rules = {k: v for k, v in rules.items() if k not in ("length", "min_length")}
-        for i, item in enumerate(value):
-            _check_scalar(f"{key}[{i}]", item, args[0], item_rules, problems)
-    else:
-        _check_scalar(key, value, tp, rules, problems)
-
-
-def _rules(f: dataclasses.Field) -> dict:
-    return {k: v for k, v in f.metadata.items() if k != "help"}
-
-
-def _check_section(prefix: str, values: Any, schema: type, problems: list[str]) -> None:
-    if not isinstance(values, dict):
-        problems.append(f"{prefix}: {values!r} has the wrong type: expected a section (mapping)")
-        return
-    hints = typing.get_type_hints(schema)
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    for key in values:
-        if key not in fields:
-            allowed = ", ".join(fields)
-            problems.append(f"{prefix + '.' if prefix else ''}{key}: unknown key; allowed here: {allowed}")
-    for name, f in fields.items():
-        if name in values:
-            _check(f"{prefix + '.' if prefix else ''}{name}", values[name], hints[name], _rules(f), problems)
 
 
 def _is_number(value: Any) -> bool:
@@ -372,7 +282,7 @@ def validate_config(values: dict, source: str = "configuration") -> DictConfig:
           - train.lr: 'fast' has the wrong type: expected float
     """
     problems: list[str] = []
-    _check_section("", values, Config, problems)
+    check_section("", values, Config, problems)
     if isinstance(values, dict):
         _check_cross(values, problems)
     if problems:
@@ -429,7 +339,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
     if not base and _is_blank(path):  # OmegaConf reads an empty file as {}: every setting its schema default
         raise ConfigError([f"{path}: the config file is empty; list the settings to change (`python -m "
-                           f"ignite_lstm.config` prints every key with its default), or write {{}} to run with the schema defaults"])
+                           f"ignite_lstm.config` prints every key with its default), or write {{}} to run with "
+                           f"the schema defaults"])
     bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0]]
     if bad:
         raise ConfigError([f"override {o!r}: expected key=value" for o in bad])
@@ -446,102 +357,6 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     if not isinstance(values, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
     return validate_config(values, source=f"configuration {path}")
-
-
-def _fields(schema: type, values: dict, prefix: str = "") -> Iterator[tuple[str, Any, dataclasses.Field, Any]]:
-    """``(dotted key, value, field, type)`` of every key, in schema order; a section before its keys."""
-    hints = typing.get_type_hints(schema)
-    for f in dataclasses.fields(schema):
-        key, tp = prefix + f.name, hints[f.name]
-        yield key, values[f.name], f, tp
-        if dataclasses.is_dataclass(tp):
-            yield from _fields(tp, values[f.name], key + ".")
-
-
-def _yaml_value(value: Any) -> str:
-    """One value as YAML on one line: ``0.003``, ``null``, ``[1.0, 3.0]``."""
-    return yaml.safe_dump(value, default_flow_style=True, width=1 << 30).removesuffix("\n...\n").strip()
-
-
-def _defaults() -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(Config))
-
-
-def _lookup(values: dict, key: str) -> Any:
-    for part in key.split("."):
-        values = values[part]
-    return values
-
-
-def commented_yaml(cfg: Any) -> str:
-    """The complete config as YAML, every key with its help text as a comment.
-
-    A value that differs from the schema's default names that default in its comment.
-
-    Args:
-        cfg: a validated config (``load_config``, ``validate_config``).
-
-    Returns:
-        YAML text that ``load_config`` reads back to the same config.
-
-    Example:
-        >>> print(commented_yaml(load_config("configs/base.yaml")))  # doctest: +ELLIPSIS
-        seed: 0                           # seed of weights, shuffling and dropout
-        ...
-    """
-    values, defaults, lines = OmegaConf.to_container(cfg), _defaults(), []
-    for key, value, f, tp in _fields(Config, values):
-        section, depth = dataclasses.is_dataclass(tp), key.count(".")
-        if section and depth == 0:
-            lines.append("")
-        text = "  " * depth + key.rsplit(".", 1)[-1] + ":" + ("" if section else f" {_yaml_value(value)}")
-        note, rules = f.metadata["help"], _rules(f)
-        if "choices" in rules:
-            note += f" ({_allowed(tp, rules)})"
-        default = _lookup(defaults, key)
-        if not section and value != default:
-            note += f" (schema default: {_yaml_value(default)})"
-        lines.append(f"{text:<33} # {note}")
-    return "\n".join(lines) + "\n"
-
-
-def _allowed(tp: Any, rules: dict) -> str:
-    """What a key accepts, from its type and rules: ``int >= 1``, ``null or one of gloo, nccl``."""
-    words = []
-    if typing.get_origin(tp) is typing.Union:  # Optional[X]
-        words.append("null or")
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    bounds = [_RULE_TEXT[r].format(b) for r, b in rules.items() if r in _RULE_TEXT]
-    if typing.get_origin(tp) is list:
-        words.append(f"list of {_type_name(typing.get_args(tp)[0])}")
-        if bounds:
-            words[-1] += ", each " + ", ".join(bounds)
-        for rule, text in (("length", "exactly"), ("min_length", "at least")):
-            if rule in rules:
-                words[-1] += f", {text} {rules[rule]} entr{'y' if rules[rule] == 1 else 'ies'}"
-    elif "choices" in rules:
-        words.append("one of " + ", ".join(str(c) for c in rules["choices"]))
-    else:
-        words.append(" ".join([_type_name(tp), ", ".join(bounds)]).strip())
-    return " ".join(words)
-
-
-def markdown_table() -> str:
-    """The table of every key (default, allowed values, meaning) that the README's Configuration section holds.
-
-    Returns:
-        A Markdown table, one row per section and per key, in schema order.
-
-    Example:
-        >>> print(markdown_table().splitlines()[2])
-        | `seed` | `0` | int >= 0, < 4294967296 | seed of weights, shuffling and dropout |
-    """
-    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
-    for key, value, f, tp in _fields(Config, _defaults()):
-        cells = [f"**`{key}`**", "", "", f.metadata["help"]] if dataclasses.is_dataclass(tp) else \
-            [f"`{key}`", f"`{_yaml_value(value)}`", _allowed(tp, _rules(f)), f.metadata["help"]]
-        rows.append("| " + " | ".join(re.sub("<(?=[A-Za-z])", "&lt;", c.replace("|", "\\|")) for c in cells) + " |")
-    return "\n".join(rows) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -570,10 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-3")
     parser.add_argument("--markdown", action="store_true", help="print the key table of the README instead")
     args = parser.parse_args(argv)
+    defaults = OmegaConf.to_container(OmegaConf.structured(Config))
     if args.markdown:
         if args.config:
             parser.error("--markdown takes no config: the table shows the schema's defaults")
-        print(markdown_table(), end="")
+        print(markdown_table(Config, defaults), end="")
         return 0
     try:
         cfg = load_config(args.config, args.overrides) if args.config else validate_config({})
@@ -581,9 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     command = " ".join(["python -m ignite_lstm.config", *([args.config] if args.config else []), *args.overrides])
-    print(f"# {command}\n# The complete config, every key with its help text; \"(schema default: X)\" marks a value set\n"
-          f"# differently from the schema (ignite_lstm/config.py). python run.py reads this output as it is.")
-    print(commented_yaml(cfg), end="")
+    print(f"# {command}\n"
+          "# The complete config, every key with its help text; \"(schema default: X)\" marks a value set\n"
+          "# differently from the schema (ignite_lstm/config.py). python run.py reads this output as it is.")
+    print(commented_yaml(Config, OmegaConf.to_container(cfg), defaults), end="")
     return 0
 
 
