@@ -45,7 +45,8 @@ from ignite_lstm.handlers import (
 from ignite_lstm.history import MetricsHistory
 from ignite_lstm.losses import setup_loss
 from ignite_lstm.metrics import build_metrics, metric_direction
-from ignite_lstm.models import model_args, setup_model
+from ignite_lstm.models import model_args as config_model_args  # run_training has a local model_args
+from ignite_lstm.models import setup_model
 from ignite_lstm.optim import setup_optimizer
 from ignite_lstm.schedules import steps_per_epoch
 from ignite_lstm.schedules import setup_lr_scheduler
@@ -116,7 +117,7 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
     checkpoint = None
     if resume_from:  # a checkpoint that cannot continue this config fails before any work
         checkpoint = read_checkpoint(resume_from)
-        check_resumable(checkpoint, model_args=model_args(cfg), epochs=cfg.train.epochs,
+        check_resumable(checkpoint, model_args=config_model_args(cfg), epochs=cfg.train.epochs,
                         patience=cfg.handlers.early_stopping.patience if cfg.handlers.early_stopping.enabled
                         else None, source=resume_from)
     manual_seed(cfg.seed)
