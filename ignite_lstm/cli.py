@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from ignite_lstm.checkpointing import CheckpointMismatch
 from ignite_lstm.config import ConfigError, load_config
+from ignite_lstm.data import batch_problem
 from ignite_lstm.h5io import DataFileError
 from ignite_lstm.launch import launch, setup_logging
 from ignite_lstm.preflight import preflight
@@ -36,9 +37,8 @@ def _check_world(cfg: Any, world: int, torchrun: bool) -> None:
     if torchrun and world > 1 and not cfg.distributed.backend:
         problems.append(f"distributed.backend: null cannot join torchrun's {world} processes (each would train "
                         f"alone); set gloo (CPU) or nccl (GPU)")
-    if cfg.train.batch_size % world:
-        problems.append(f"train.batch_size: {cfg.train.batch_size} is not divisible by the {world} processes "
-                        f"(each trains on an equal share of the global batch); use a multiple of {world}")
+    if problem := batch_problem(cfg.train.batch_size, world):
+        problems.append(problem)
     if problems:
         raise ConfigError(problems)
 

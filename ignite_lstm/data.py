@@ -1,4 +1,4 @@
-"""Torch side of the data: the per-frequency sequence dataset and the cached splits.
+"""Torch side of the data: the per-frequency sequence dataset, the cached splits, the loaders.
 
 One mixture ``S_m`` of a split yields ``F`` sequences, one per wanted
 frequency ``k``: the input at step ``n`` is ``[input_scale * S_m(n), one_hot(k)]``
@@ -6,7 +6,9 @@ and the target is the clean sine ``sin(2*pi*f_k*t_n)``.
 
 `ensure_split` keeps each split in an HDF5 file named after its generation
 parameters (see `ignite_lstm.h5io`), generating it on rank 0 the first time and
-reading it on every rank.
+reading it on every rank. `setup_data` builds the three splits of a config and their
+loaders: the training batches shared out over the processes, and every evaluation
+sequence on exactly one process (`ShardSampler`).
 """
 
 from __future__ import annotations
@@ -16,17 +18,20 @@ import math
 import os
 from numbers import Real
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import ignite.distributed as idist
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from .config import ConfigError
 from .h5io import DataFileError, read_split, split_filename, write_split
 from .signal import SplitData, canonical_params, generate_split
 
-__all__ = ["SignalDataset", "ensure_split"]
+__all__ = ["SignalDataset", "ensure_split", "setup_data", "split_params", "batch_problem", "ShardSampler", "SPLITS"]
+
+SPLITS = ("train", "val", "test")
 
 logger = logging.getLogger(__name__)
 
@@ -153,3 +158,113 @@ def ensure_split(
     except DataFileError as err:
         raise DataFileError(f"{err} Delete {path} to have it generated again.") from err
     return path, data
+
+
+def split_params(data_cfg: Any, split: str) -> dict[str, Any]:
+    """Generation parameters of one split (the HDF5 file is keyed by them).
+
+    Args:
+        data_cfg: the ``data`` section of a validated config.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+
+    Returns:
+        The keyword arguments of `generate_split` (and `ensure_split`'s ``params``).
+    """
+    part = data_cfg[split]
+    return {
+        "frequencies": [float(f) for f in data_cfg.frequencies],
+        "fs": float(data_cfg.fs),
+        "duration": float(data_cfg.duration),
+        "amplitude_range": [float(a) for a in data_cfg.amplitude],
+        "phase_scale": float(data_cfg.phase_scale),
+        "noise_sigma": float(data_cfg.noise_sigma),
+        "n_mixtures": int(part.mixtures),
+        "seed": int(part.seed),
+    }
+
+
+def batch_problem(batch_size: int, world_size: int) -> str | None:
+    """Why ``train.batch_size`` cannot be shared out over ``world_size`` processes, or None when it can.
+
+    The one owner of the rule: the command line reports it before anything is written,
+    `setup_data` raises it for a library caller.
+
+    Args:
+        batch_size: the global batch (``train.batch_size``).
+        world_size: the number of processes.
+
+    Returns:
+        The problem, worded like the schema's (``"train.batch_size: ..."``), or None.
+
+    Example:
+        >>> batch_problem(40, 3)
+        'train.batch_size: 40 is not divisible by the 3 processes (...); use a multiple of 3'
+    """
+    if batch_size % world_size:
+        return (f"train.batch_size: {batch_size} is not divisible by the {world_size} processes (each trains on an "
+                f"equal share of the global batch); use a multiple of {world_size}")
+    return None
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: every item on exactly one rank, no padding.
+
+    Evaluation must count every sequence once; ``DistributedSampler`` pads the
+    last shard with repeats, which would count them twice in the metrics.
+    """
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
+
+
+def setup_data(cfg: Any) -> dict[str, Any]:
+    """Generate or reuse the split files and build datasets and loaders.
+
+    Args:
+        cfg: the validated config (``data``, ``train.batch_size``, ``eval.batch_size``, ``seed``).
+
+    Returns:
+        ``{"datasets": {split: SignalDataset}, "files": {split: Path},
+        "train_loader": DataLoader, "eval_loaders": {split: DataLoader}}``. The train
+        loader shuffles with ``DistributedSampler(seed=cfg.seed)`` (a permutation that
+        depends on the seed and the epoch only, so a resumed run sees the same
+        batches) and takes ``batch_size / world_size`` sequences per rank. Each
+        evaluation loader holds this rank's ``ShardSampler`` shard (every sequence on
+        exactly one rank; a rank without any gets one empty batch).
+
+    Raises:
+        ConfigError: ``train.batch_size`` is not a multiple of the number of processes.
+    """
+    rank, world = idist.get_rank(), idist.get_world_size()
+    batch = cfg.train.batch_size
+    problem = batch_problem(batch, world)
+    if problem:
+        raise ConfigError([problem])
+    datasets, files = {}, {}
+    for split in SPLITS:
+        path, data = ensure_split(cfg.data.dir, split, split_params(cfg.data, split))
+        datasets[split] = SignalDataset(data.mixture, data.target, input_scale=cfg.data.input_scale)
+        files[split] = path
+    train_sampler = DistributedSampler(datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    train_loader = DataLoader(datasets["train"], batch_size=batch // world, sampler=train_sampler)
+    eval_loaders = {split: _eval_loader(ds, cfg.eval.batch_size, rank, world) for split, ds in datasets.items()}
+    return {"datasets": datasets, "files": files, "train_loader": train_loader, "eval_loaders": eval_loaders}
+
+
+def _eval_loader(dataset: SignalDataset, batch_size: int, rank: int, world: int) -> Any:
+    """This rank's shard of ``dataset`` in batches; one empty batch for a rank without sequences.
+
+    Every rank must run the evaluator, whose metrics all-reduce their sums when computed;
+    Ignite refuses to run on no data, and an empty batch adds nothing to a sum.
+    """
+    sampler = ShardSampler(len(dataset), rank, world)
+    if len(sampler):
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+    x, y = dataset[0]  # (T, F), (T, O)
+    return [(x.new_empty((0, *x.shape)), y.new_empty((0, *y.shape)))]

@@ -26,9 +26,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from ignite_lstm.config import ConfigError, load_config, validate_config
-from ignite_lstm.data import SignalDataset, ensure_split
+from ignite_lstm.data import SignalDataset, ensure_split, split_params
 from ignite_lstm.models import StatefulLSTM, load_model
-from ignite_lstm.pipeline import split_params
 from ignite_lstm.preflight import device_problem, resolve_device
 from ignite_lstm.trainers import setup_evaluators
 

@@ -23,8 +23,8 @@ import ignite.distributed as idist
 import torch
 
 from ignite_lstm.config import ConfigError
+from ignite_lstm.data import SPLITS, split_params
 from ignite_lstm.h5io import split_filename
-from ignite_lstm.pipeline import SPLITS, split_params
 
 __all__ = ["preflight", "device_problem", "resolve_device", "usable_devices", "estimate_memory", "available_memory"]
 

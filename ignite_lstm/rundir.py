@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ignite_lstm.checkpointing import check_resumable, find_checkpoint, read_checkpoint
-from ignite_lstm.pipeline import setup_model
+from ignite_lstm.models import model_args
 
 __all__ = ["prepare_run", "discard_unused_run_dir", "RunDirError", "MIN_FREE_BYTES"]
 
@@ -218,7 +218,7 @@ def prepare_run(cfg: Any, stem: str) -> dict[str, Any]:
 def _check_resume(cfg: Any, checkpoint: str) -> None:
     """Model shape, finished or early-stopped run: refused before anything is written."""
     es = cfg.handlers.early_stopping
-    check_resumable(read_checkpoint(checkpoint), model_args=setup_model(cfg).config, epochs=cfg.train.epochs,
+    check_resumable(read_checkpoint(checkpoint), model_args=model_args(cfg), epochs=cfg.train.epochs,
                     patience=es.patience if es.enabled else None, source=checkpoint)
 
 

@@ -35,7 +35,9 @@ from ignite_lstm.checkpointing import (
 )
 from ignite_lstm.evaluate import evaluate_splits, figure_predictions
 from ignite_lstm.handlers import checkpointer_states
-from ignite_lstm.pipeline import setup_data, setup_model, setup_optimizer
+from ignite_lstm.data import setup_data
+from ignite_lstm.models import model_args, setup_model
+from ignite_lstm.optim import setup_optimizer
 from ignite_lstm.preflight import resolve_device
 from ignite_lstm.trainers import RunHandlers, attach_handlers, setup_evaluators, setup_trainer
 
@@ -128,7 +130,7 @@ def _readable_checkpoint(cfg: Any, resume_from: str | None) -> dict | None:
         return None
     checkpoint = read_checkpoint(resume_from)
     es = cfg.handlers.early_stopping
-    check_resumable(checkpoint, model_args=setup_model(cfg).config, epochs=cfg.train.epochs,
+    check_resumable(checkpoint, model_args=model_args(cfg), epochs=cfg.train.epochs,
                     patience=es.patience if es.enabled else None, source=resume_from)
     return checkpoint
 

@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 
 from ignite_lstm.cli import main
 from ignite_lstm.config import load_config, validate_config
+from ignite_lstm.data import split_params
 from ignite_lstm.h5io import split_filename
 from ignite_lstm.models import load_model
-from ignite_lstm.pipeline import split_params
 
 
 @pytest.fixture(autouse=True)

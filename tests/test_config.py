@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import subprocess
+import sys
+import typing
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ReadonlyConfigError
 
-from ignite_lstm.config import Config, ConfigError, load_config, validate_config
+from ignite_lstm.config import Config, ConfigError, load_config, main, validate_config
+from ignite_lstm.engines import UPDATES
+from ignite_lstm.execution import EXECUTIONS
+from ignite_lstm.losses import LOSSES
+from ignite_lstm.optim import OPTIMIZERS
+from ignite_lstm.schedules import SCHEDULES
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 TOP_KEYS = "seed, output_dir, name, device, threads, resume, data, model, train, eval, handlers, distributed"
 MONITORS = "mse, rmse, mae, corr, r2, snr, mse_f1, mse_f3, mse_f5, mse_f7"
-
-
-def _keys(node: dict, prefix: str = "") -> set[str]:
-    """Every dotted key of a nested mapping, sections included."""
-    keys = set()
-    for key, value in node.items():
-        keys.add(prefix + key)
-        if isinstance(value, dict):
-            keys |= _keys(value, f"{prefix}{key}.")
-    return keys
 
 
 def _problems(values: dict) -> list[str]:
@@ -39,11 +39,174 @@ def test_presets_load_and_validate(name):
     assert list(cfg.data.frequencies) == [1.0, 3.0, 5.0, 7.0]
 
 
-def test_base_yaml_holds_every_setting_of_the_schema_and_nothing_else():
-    in_file = _keys(OmegaConf.to_container(OmegaConf.load(CONFIGS / "base.yaml")))
-    in_schema = _keys(OmegaConf.to_container(OmegaConf.structured(Config)))
-    assert sorted(in_schema - in_file) == []
-    assert sorted(in_file - in_schema) == []
+# configs/base.yaml resolved as it was when it listed every key (before the schema held every default).
+# A new key changes it on purpose: add the key here with its default.
+BASE_RESOLVED = {
+    "seed": 0, "output_dir": "runs", "name": None, "device": "auto", "threads": None, "resume": None,
+    "data": {"dir": "data", "frequencies": [1.0, 3.0, 5.0, 7.0], "fs": 1000.0, "duration": 10.0,
+             "amplitude": [0.8, 1.2], "phase_scale": 0.01, "noise_sigma": 0.0, "input_scale": 4.0, "train": {"seed": 1, "mixtures": 10},
+             "val": {"seed": 3, "mixtures": 1}, "test": {"seed": 2, "mixtures": 1}},
+    "model": {"hidden_size": 128, "num_layers": 1, "dropout": 0.0},
+    "train": {"epochs": 200, "batch_size": 40, "tbptt_steps": 500, "update": "window", "engine": "auto",
+              "chunk_steps": 250, "optimizer": "adam", "lr": 0.003, "weight_decay": 0.0, "momentum": 0.9,
+              "loss": "mse", "grad_clip": 1.0, "amp": None, "gradient_accumulation_steps": 1},
+    "eval": {"batch_size": 40, "every": 1, "engine": "auto", "report": True},
+    "handlers": {
+        "progress_bar": True, "terminate_on_nan": True,
+        "checkpoint": {"enabled": True, "monitor": "mse", "n_saved": 1, "every": 0},
+        "early_stopping": {"enabled": False, "monitor": "mse", "patience": 10, "min_delta": 0.0, "restore_best": True},
+        "lr_scheduler": {"name": "onecycle", "warmup_epochs": 60.0, "min_lr": 0.0, "step_size": 10, "gamma": 0.5,
+                         "monitor": "mse", "patience": 5, "factor": 0.5},
+        "tensorboard": {"enabled": True, "every": 1, "window_every": 10, "histograms": False},
+        "extra": []},
+    "distributed": {"backend": None, "nproc_per_node": 1},
+}
+# quick.yaml and assignment.yaml resolved as they were then, as their differences from BASE_RESOLVED.
+PRESET_CHANGES = {
+    "quick.yaml": {"data.duration": 1.0, "data.train.mixtures": 2, "eval.batch_size": 8,
+                   "handlers.lr_scheduler.name": "cosine", "handlers.lr_scheduler.warmup_epochs": 0.0,
+                   "model.hidden_size": 16, "train.batch_size": 8, "train.epochs": 2, "train.tbptt_steps": 100},
+    "assignment.yaml": {"data.phase_scale": 1.0, "data.train.mixtures": 1, "handlers.early_stopping.enabled": True,
+                        "handlers.early_stopping.patience": 20, "handlers.lr_scheduler.warmup_epochs": 36.0,
+                        "train.batch_size": 4, "train.epochs": 120},
+}
+
+
+def _leaves(node: dict, prefix: str = "") -> dict:
+    """Dotted key -> (type, value) of every setting: 200 and 200.0 differ."""
+    leaves = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[prefix + key] = (type(value), value)
+    return leaves
+
+
+def _resolved(name: str) -> dict:
+    return _leaves(OmegaConf.to_container(load_config(CONFIGS / name)))
+
+
+def _schema_fields(schema: type = Config, prefix: str = ""):
+    """``(dotted key, field, type)`` of every key of the schema, sections included."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        yield prefix + f.name, f, hints[f.name]
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _schema_fields(hints[f.name], f"{prefix}{f.name}.")
+
+
+def _field(key: str) -> dataclasses.Field:
+    return next(f for k, f, _ in _schema_fields() if k == key)
+
+
+def test_base_yaml_resolves_exactly_as_before_the_schema_held_every_default():
+    assert _resolved("base.yaml") == _leaves(BASE_RESOLVED)
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_CHANGES))
+def test_the_other_presets_resolve_exactly_as_before(name):
+    expected = _leaves(BASE_RESOLVED)
+    expected.update({key: (type(value), value) for key, value in PRESET_CHANGES[name].items()})
+    assert _resolved(name) == expected
+
+
+def test_base_yaml_states_only_what_the_recipe_sets_differently_from_the_schema():
+    schema = _leaves(OmegaConf.to_container(OmegaConf.structured(Config)))
+    differs = {key for key, value in _leaves(BASE_RESOLVED).items() if schema[key] != value}
+    in_file = _leaves(OmegaConf.to_container(OmegaConf.load(CONFIGS / "base.yaml")))
+    assert set(in_file) == differs == {"train.epochs", "handlers.lr_scheduler.name",
+                                       "handlers.lr_scheduler.warmup_epochs"}
+
+
+def test_every_setting_of_base_yaml_says_why():
+    lines = (CONFIGS / "base.yaml").read_text().splitlines()
+    settings = [i for i, line in enumerate(lines) if re.match(r"\s*\w+: \S", line)]  # key: value, not a comment
+    assert len(settings) == 3
+    for i in settings:
+        assert "#" in lines[i] or lines[i - 1].lstrip().startswith("#"), lines[i]
+    assert "#   python -m ignite_lstm.config configs/base.yaml" in lines[:10]
+
+
+def test_every_key_has_a_help_text():
+    missing = [key for key, f, _ in _schema_fields() if not f.metadata.get("help", "").strip()]
+    assert missing == []
+
+
+def test_choice_lists_are_those_of_the_modules_that_use_them():
+    assert _field("train.update").metadata["choices"] is UPDATES
+    assert _field("train.engine").metadata["choices"] is EXECUTIONS
+    assert _field("eval.engine").metadata["choices"] is EXECUTIONS
+    assert _field("train.optimizer").metadata["choices"] == tuple(OPTIMIZERS)
+    assert _field("train.loss").metadata["choices"] == tuple(LOSSES)
+    assert _field("handlers.lr_scheduler.name").metadata["choices"] is SCHEDULES
+    assert _field("distributed.backend").metadata["choices"] == ("gloo", "nccl")
+
+
+def _printed(capsys, args: list[str]) -> str:
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    return out
+
+
+@pytest.mark.parametrize("args", [["configs/base.yaml"], ["configs/quick.yaml", "train.lr=1e-3", "name=trial"], []])
+def test_the_printed_config_is_complete_commented_and_reads_back_the_same(args, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    out = _printed(capsys, args)
+    expected = load_config(args[0], args[1:]) if args else validate_config({})
+    path = tmp_path / "printed.yaml"
+    path.write_text(out)
+    assert OmegaConf.to_container(load_config(path)) == OmegaConf.to_container(expected)
+    assert _leaves(OmegaConf.to_container(OmegaConf.load(path))) == _leaves(OmegaConf.to_container(expected))
+    comments = {}  # dotted key -> its comment
+    stack: list[str] = []
+    for line in out.splitlines():
+        match = re.match(r"( *)(\w+):.*? # (.*)$", line)
+        if match:
+            stack[len(match[1]) // 2:] = [match[2]]
+            comments[".".join(stack)] = match[3]
+    assert set(comments) == {key for key, _, _ in _schema_fields()}
+    for key, f, _ in _schema_fields():
+        assert comments[key].startswith(f.metadata["help"]), key
+
+
+def test_the_printed_config_names_the_schema_default_of_what_differs(capsys):
+    out = _printed(capsys, [str(CONFIGS / "quick.yaml"), "train.lr=1e-3"])
+    assert "  lr: 0.001                       # peak learning rate (schema default: 0.003)\n" in out
+    assert "  loss: mse                       # training loss, mean-reduced (one of mse, l1, huber, smooth_l1)\n" in out
+    assert "(schema default:" not in _printed(capsys, []).split("\n", 3)[3]  # below the header
+
+
+def test_a_bad_config_exits_2_with_the_message_of_run_py():
+    overrides = ["model.hidden_size=-3", "train.lrr=1"]
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/quick.yaml", overrides)
+    proc = subprocess.run([sys.executable, "-m", "ignite_lstm.config", "configs/quick.yaml", *overrides],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"error: {info.value}\n")
+
+
+def test_markdown_takes_no_config(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--markdown", "configs/base.yaml"])
+    assert info.value.code == 2
+    assert "--markdown takes no config: the table shows the schema's defaults" in capsys.readouterr().err
+
+
+def test_the_readme_key_table_is_the_schema_table(capsys):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    lines = section.splitlines()
+    start = lines.index("| key | default | allowed | meaning |")
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    table = "\n".join(lines[start:end]) + "\n"
+    assert table == _printed(capsys, ["--markdown"]), \
+        "update README.md's Configuration table with: python -m ignite_lstm.config --markdown"
+    for key, _, _ in _schema_fields():
+        assert f"`{key}`" in table
+    assert "\n| `train.update` | `window` | one of sequence, window | one optimizer step per batch (sequence) or " \
+           "per window |\n" in table
 
 
 def test_missing_keys_take_the_schema_defaults():

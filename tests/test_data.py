@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ignite_lstm.data import SignalDataset, ensure_split
+from ignite_lstm.config import validate_config
+from ignite_lstm.data import SPLITS, ShardSampler, SignalDataset, batch_problem, ensure_split, setup_data, split_params
 from ignite_lstm.h5io import DataFileError, split_filename
 from ignite_lstm.signal import generate_split
 
@@ -137,3 +138,47 @@ def test_ensure_split_refuses_a_corrupt_file(tmp_path):
     with pytest.raises(DataFileError, match=rf"{re.escape(str(path))} is not an HDF5 file\. Delete"):
         ensure_split(tmp_path, "train", PARAMS)
     assert path.read_text() == "not hdf5"
+
+
+def test_shard_sampler_gives_every_index_to_exactly_one_rank():
+    for world in (1, 2, 3, 4):
+        for length in range(8):
+            shards = [list(ShardSampler(length, rank, world)) for rank in range(world)]
+            assert sorted(i for shard in shards for i in shard) == list(range(length)), (world, length)
+            assert [len(ShardSampler(length, rank, world)) for rank in range(world)] == [len(s) for s in shards]
+
+
+def test_batch_problem_names_the_key_the_value_and_a_multiple_that_fits():
+    assert batch_problem(5, 2) == ("train.batch_size: 5 is not divisible by the 2 processes (each trains on an "
+                                   "equal share of the global batch); use a multiple of 2")
+    assert batch_problem(4, 2) is None and batch_problem(7, 1) is None
+
+
+def _tiny(tmp_path, seed: int = 0):
+    return validate_config({"seed": seed, "data": {"dir": str(tmp_path), "frequencies": [1.0, 3.0], "fs": 100.0,
+                                                   "duration": 0.5, "train": {"mixtures": 3}},
+                            "train": {"batch_size": 4}, "eval": {"batch_size": 5}})
+
+
+def test_setup_data_builds_the_three_splits_and_their_loaders(tmp_path):
+    cfg = _tiny(tmp_path)
+    data = setup_data(cfg)
+    datasets = data["datasets"]
+    assert {s: len(d) for s, d in datasets.items()} == {"train": 6, "val": 2, "test": 2}  # mixtures x 2 frequencies
+    assert data["files"] == {s: tmp_path / split_filename(s, split_params(cfg.data, s)) for s in SPLITS}
+    assert all(path.is_file() for path in data["files"].values())
+    assert [x.shape for x, _ in data["train_loader"]] == [(4, 50, 3), (2, 50, 3)]  # the global batch on one process
+    for split, loader in data["eval_loaders"].items():  # every sequence once, in order, in batches of at most 5
+        batches = list(loader)
+        assert [len(x) for x, _ in batches] == ([5, 1] if split == "train" else [2]), split
+        for i in (0, 1):  # x, y
+            expected = torch.stack([datasets[split][n][i] for n in range(len(datasets[split]))])
+            torch.testing.assert_close(torch.cat([b[i] for b in batches]), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("seed, epoch", [(0, 0), (0, 1), (5, 0)])
+def test_setup_data_shuffles_by_the_seed_and_the_epoch_only(tmp_path, seed, epoch):
+    sampler = setup_data(_tiny(tmp_path, seed))["train_loader"].sampler
+    sampler.set_epoch(epoch)  # what Ignite's engine does at every epoch (a resumed run included)
+    expected = torch.randperm(6, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    assert list(sampler) == expected

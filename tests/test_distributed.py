@@ -41,10 +41,12 @@ from conftest import QUICK_YAML
 from handler_helpers import run_cli as run_main
 from ignite_lstm.batches import collate_sequences
 from ignite_lstm.config import load_config
+from ignite_lstm.data import setup_data
 from ignite_lstm.engines import create_evaluator, create_trainer
+from ignite_lstm.losses import setup_loss
 from ignite_lstm.metrics import METRIC_NAMES, build_metrics
-from ignite_lstm.models import StatefulLSTM, load_model
-from ignite_lstm.pipeline import ShardSampler, setup_data, setup_loss, setup_model, setup_optimizer
+from ignite_lstm.models import StatefulLSTM, load_model, setup_model
+from ignite_lstm.optim import setup_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -68,14 +70,6 @@ def _load(overrides: list[str]):
 
 
 # --- evaluation: every sequence exactly once -------------------------------------------------------
-
-
-def test_shard_sampler_gives_every_index_to_exactly_one_rank():
-    for world in (1, 2, 3, 4):
-        for length in range(8):
-            shards = [list(ShardSampler(length, rank, world)) for rank in range(world)]
-            assert sorted(i for shard in shards for i in shard) == list(range(length)), (world, length)
-            assert [len(ShardSampler(length, rank, world)) for rank in range(world)] == [len(s) for s in shards]
 
 
 # 3 mixtures x 3 frequencies = 9 validation sequences (5 on rank 0, 4 on rank 1); 3 test sequences

@@ -1,10 +1,12 @@
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ignite_lstm.models import StatefulLSTM, load_model
+from ignite_lstm.config import load_config, validate_config
+from ignite_lstm.models import StatefulLSTM, load_model, model_args, setup_model
 
 B, T, F_IN, H, O = 3, 12, 4, 6, 2
 
@@ -199,3 +201,23 @@ def test_step_on_one_unbatched_sample_says_how_to_make_a_batch_of_one():
     with pytest.raises(ValueError, match=re.escape("Argument x_t should be a (batch, features) tensor, got shape (4,); "
                                                    "for one sequence use x_t[None] (batch of 1).")):
         model.step(torch.zeros(F_IN, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("values", [{}, {"data": {"frequencies": [1.0, 2.0, 3.5]},
+                                         "model": {"hidden_size": 6, "num_layers": 3, "dropout": 0.25}}])
+def test_model_args_are_the_arguments_of_the_model_that_setup_model_builds(values):
+    cfg = validate_config(values)
+    args = model_args(cfg)
+    model = setup_model(cfg)
+    assert args == model.config
+    assert {k: type(v) for k, v in args.items()} == {k: type(v) for k, v in model.config.items()}
+    assert isinstance(model, StatefulLSTM)
+
+
+def test_model_args_read_the_config_without_building_a_model():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "quick.yaml")
+    before = torch.get_rng_state()
+    assert model_args(cfg) == {"input_size": 5, "hidden_size": 16, "num_layers": 1, "dropout": 0.0, "output_size": 1}
+    assert torch.equal(torch.get_rng_state(), before)  # no weights were drawn
+    setup_model(cfg)
+    assert not torch.equal(torch.get_rng_state(), before)

@@ -25,8 +25,8 @@ from handler_helpers import (
 
 from ignite_lstm import cli
 from ignite_lstm.config import load_config
+from ignite_lstm.data import split_params
 from ignite_lstm.h5io import split_filename
-from ignite_lstm.pipeline import split_params
 
 LAUNCHES = 4
 EXTRA = "handlers.extra=[handler_helpers:pause,handler_helpers:raise_at_attach]"
