@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import ignite.distributed as idist
 import torch
@@ -80,7 +80,8 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | None) -> dict[str, Any]:
+def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | None, *,
+                 attach: Sequence[Callable[[Engine, Engine, Any], None]] = ()) -> dict[str, Any]:
     """Train, validate every ``eval.every`` epochs, evaluate all splits at the end.
 
     Handler order on the trainer's ``EPOCH_COMPLETED``: epoch metrics, validation
@@ -92,6 +93,10 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
         cfg: the validated config.
         run_dir: the run folder (already created and checked by rank 0's caller).
         resume_from: a training checkpoint to continue from, or None.
+        attach: functions called as ``fn(trainer, val_evaluator, cfg)`` right after the
+            ``handlers.extra`` ones (``ignite_lstm.tune`` attaches its pruning handler here);
+            an exception they raise from a handler (``optuna.TrialPruned``) ends the run and
+            propagates, leaving the run folder as it stands.
 
     Returns:
         ``{"metrics": {"train/mse": ..., "test/mse_f3": ...}, "epochs": n, "epoch_seconds": s, ...}``.
@@ -198,6 +203,8 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
         if h.progress_bar:
             attach_progress(trainer)
     load_extra_handlers(h.extra, trainer, val_evaluator, cfg)
+    for fn in attach:
+        fn(trainer, val_evaluator, cfg)
     interrupt = StopOnInterrupt(trainer)  # after everything: its EPOCH_COMPLETED check comes last
 
     if checkpoint is not None:
