@@ -289,8 +289,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# ``ignite-lstm NAME ...`` runs ``main(argv)`` of the module: one line per subcommand.
+SUBCOMMANDS = {
+    "tune": "ignite_lstm.tune",
+}
+
+
 def main_exit() -> None:
-    """Console-script entry point (``ignite-lstm CONFIG ...``)."""
+    """Console-script entry point (``ignite-lstm CONFIG ...``, ``ignite-lstm tune STUDY ...``)."""
+    argv = sys.argv[1:]
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+
+        sys.exit(importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]))
     sys.exit(main())
 
 
