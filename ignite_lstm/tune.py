@@ -133,6 +133,7 @@ def _train(trial: Any, cfg: Any, settings: TuneSettings, study_dir: Path) -> flo
                     handler(evaluator)
                 except optuna.TrialPruned as exc:
                     pruned.append(exc)
+                    trial.set_user_attr("epochs", engine.state.epoch)
                     engine.terminate()
 
         @trainer.on(Events.COMPLETED)
@@ -184,9 +185,9 @@ def run_worker(cfg: Any, settings: TuneSettings, study: Any, storage: Any, lock:
         try:
             with heartbeat(storage, study, trial.number):
                 value = _train(trial, cfg, settings, study_dir)
-        except optuna.TrialPruned as exc:
+        except optuna.TrialPruned:
             tell(study, trial, state=TrialState.PRUNED)
-            outcome, failed_in_a_row = f"pruned ({exc})", 0
+            outcome, failed_in_a_row = f"pruned at epoch {trial.user_attrs.get('epochs')}", 0
         except (TrainingDiverged, ConfigError) as exc:  # a bad point of the space: the study goes on
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             tell(study, trial, state=TrialState.FAIL)

@@ -26,8 +26,8 @@ from ignite_lstm import cli, tune  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 STUDY = str(REPO / "configs" / "tune-quick.yaml")
-SHRINK = ["data.duration=0.2", "data.train.mixtures=1", "tune.space.train.epochs.low=2",
-          "tune.space.train.epochs.high=2"]
+SHRINK = ["data.duration=0.2", "data.train.mixtures=1", "train.epochs=2",
+          "tune.space.handlers.lr_scheduler.warmup_epochs.high=1.0"]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,8 @@ def test_a_diverged_trial_fails_and_the_study_goes_on_until_every_trial_fails(tm
 def test_the_grid_sampler_runs_each_point_once_and_stops_at_the_grid_size(tmp_path, data_dir):
     out = tmp_path / "runs"
     grid = ["tune.sampler=grid", "tune.trials=10", "tune.space.train.lr={type: categorical, choices: [0.001, 0.01]}",
-            "tune.space.train.tbptt_steps.choices=[50,100]", "tune.space.model.hidden_size.choices=[8]"]
+            "tune.space.train.tbptt_steps.choices=[50,100]", "tune.space.model.hidden_size.choices=[8]",
+            "tune.space.handlers.lr_scheduler.warmup_epochs={type: categorical, choices: [0.0]}"]
     assert run_tune(tiny(data_dir, out, *grid)) == 0
     points = [tuple(sorted(t["params"].items())) for t in summary(out)["trials"]]
     assert len(points) == 4 and len(set(points)) == 4
@@ -213,3 +214,12 @@ def test_ignite_lstm_tune_is_a_subcommand_of_the_console_script(tmp_path, capsys
     with pytest.raises(SystemExit) as exc:
         cli.main_exit()
     assert exc.value.code == 2 and "the config file does not exist" in capsys.readouterr().err
+
+
+def test_the_base_study_is_a_valid_definition_on_the_validation_mse():
+    from ignite_lstm.tune_config import load_study
+
+    cfg, settings = load_study(REPO / "configs" / "tune-base.yaml")
+    assert (settings.metric, settings.direction, cfg.train.epochs) == ("mse", "minimize", 200)
+    assert {d.key for d in settings.space} == {"train.lr", "train.tbptt_steps", "handlers.lr_scheduler.warmup_epochs",
+                                               "model.hidden_size", "data.train.mixtures"}
