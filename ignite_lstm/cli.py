@@ -107,12 +107,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _report(outcome, args, cfg.data.frequencies)
 
 
-def main_exit() -> None:
-    """Console-script entry point: ``ignite-lstm CONFIG ...`` trains; ``ignite-lstm export ...`` exports to ONNX."""
-    if sys.argv[1:2] == ["export"]:
-        from ignite_lstm.export import main as export_main
+# ``ignite-lstm NAME ...`` runs ``main(argv)`` of the module: one line per subcommand.
+SUBCOMMANDS = {
+    "tune": "ignite_lstm.tune",
+}
 
-        sys.exit(export_main(sys.argv[2:], prog="ignite-lstm export"))
+
+def main_exit() -> None:
+    """Console-script entry point: ``ignite-lstm CONFIG ...`` trains; ``ignite-lstm tune|export ...`` (``SUBCOMMANDS``)."""
+    argv = sys.argv[1:]
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+
+        sys.exit(importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]))
     sys.exit(main())
 
 

@@ -97,7 +97,10 @@ def run(local_rank: int, cfg: Any, run_dir: str, resume_from: str | None = None,
         resume_from: a training checkpoint to continue from, or None.
         launched: spawned by the CLI's launcher, which forwards SIGINT/SIGTERM and decides
             alone to abort (``StopOnInterrupt(abort=False)``).
-        attach: more ``fn(trainer, val_evaluator, cfg)``, called after ``handlers.extra``.
+        attach: functions called as ``fn(trainer, val_evaluator, cfg)`` right after the
+            ``handlers.extra`` ones (``ignite_lstm.tune`` attaches its pruning handler here);
+            an exception they raise from a handler (``optuna.TrialPruned``) ends the run and
+            propagates, leaving the run folder as it stands.
 
     Returns:
         The ``Outcome``: done (with the final metrics), interrupted or diverged.
