@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ``ignite-lstm NAME ...`` runs ``main(argv)`` of the module: one line per subcommand.
 SUBCOMMANDS = {
     "tune": "ignite_lstm.tune",
+    "export": "ignite_lstm.export",
 }
 
 
@@ -119,7 +120,7 @@ def main_exit() -> None:
     if argv and argv[0] in SUBCOMMANDS:
         import importlib
 
-        sys.exit(importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:]))
+        sys.exit(importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:], prog=f"ignite-lstm {argv[0]}"))
     sys.exit(main())
 
 

@@ -269,10 +269,10 @@ def _spawn_workers(args: argparse.Namespace) -> int:
     return next((c for c in codes if c), 0)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m ignite_lstm.tune") -> int:
     """Run the tune command; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="ignite-lstm tune", description="Hyperparameter search with Optuna over a study file's tune: section.",
+        prog=prog, description="Hyperparameter search with Optuna over a study file's tune: section.",
         epilog="Example: python -m ignite_lstm.tune configs/tune-quick.yaml tune.trials=4 --workers 2",
     )
     parser.add_argument("config", help="study file: a config with a tune: section, e.g. configs/tune-quick.yaml")
@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-outputs", action="store_true", help=argparse.SUPPRESS)  # --workers' children
     args = parser.parse_intermixed_args(argv)
     try:
-        import optuna  # noqa: F401
+        import optuna  # noqa: F401 (the extra is installed)
         import optuna_integration  # noqa: F401
     except ImportError as exc:
         print(f"error: the tune command needs the [tune] extra ({exc}): pip install 'ignite_lstm[tune]'",
