@@ -22,7 +22,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, EarlyStopping, ProgressBar, TerminateOnNan, global_step_from_engine
 
 from ignite_lstm._atomic import atomic_write
-from ignite_lstm._compat import quiet_handler_logger
+from ignite_lstm._compat import close_event_file, quiet_handler_logger, wrap_event_file
 from ignite_lstm.engines import TimeEvents
 from ignite_lstm.metrics import metric_direction
 
@@ -230,7 +230,7 @@ class _KeepWriterError:
         self._call(self._events.close)
         if self.error is not None:  # its flush failed before the file was closed: close it, dropping the rest
             with contextlib.suppress(Exception):
-                getattr(self._events, "_py_recordio_writer", self._events).close()
+                close_event_file(self._events)
 
     def check(self, *_: Any) -> None:
         """Raise the kept error (an ``OSError`` names the event file)."""
@@ -239,18 +239,6 @@ class _KeepWriterError:
             raise OSError(exc.errno, exc.strerror, self.path) from exc
         if exc is not None:
             raise RuntimeError(f"TensorBoard could not write {self.path}: {exc}") from exc
-
-
-def _keep_writer_error(tb: Any) -> _KeepWriterError | None:
-    """Put a ``_KeepWriterError`` between tensorboardX's writer thread and its event file (None if the
-    writer is not tensorboardX's)."""
-    writer = getattr(getattr(tb.writer, "file_writer", None), "event_writer", None)  # EventFileWriter
-    events, worker = getattr(writer, "_ev_writer", None), getattr(writer, "_worker", None)
-    if events is None or not hasattr(worker, "_record_writer"):
-        return None
-    guard = _KeepWriterError(events, str(getattr(events, "_file_name", writer.get_logdir())))
-    writer._ev_writer = worker._record_writer = guard
-    return guard
 
 
 def attach_tensorboard(
@@ -305,7 +293,7 @@ def attach_tensorboard(
     )
 
     tb = TensorboardLogger(log_dir=str(log_dir))
-    guard = _keep_writer_error(tb)
+    guard = wrap_event_file(tb.writer, _KeepWriterError)  # None: not tensorboardX's writer
     if guard is not None:
         trainer.add_event_handler(Events.ITERATION_COMPLETED | Events.EPOCH_COMPLETED, guard.check)
     tb.attach(trainer, OutputHandler("train", output_transform=lambda o: {"loss": o["loss"],
