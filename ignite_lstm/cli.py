@@ -225,7 +225,8 @@ def prepare_run(cfg: Any, stem: str) -> dict[str, Any]:
 
 def _check_resume(cfg: Any, checkpoint: str) -> None:
     """Model shape, finished or early-stopped run: refused before anything is written."""
-    from ignite_lstm.checkpointing import check_resumable, read_checkpoint
+    from ignite_lstm.checkpointing import read_checkpoint
+    from ignite_lstm.resume import check_resumable
     from ignite_lstm.pipeline import setup_model
 
     es = cfg.handlers.early_stopping
@@ -356,7 +357,7 @@ def _launcher_signals(spawned: bool) -> Iterator[None]:
     """
     from ignite.engine import Engine
 
-    from ignite_lstm.handlers import Aborted
+    from ignite_lstm.interrupts import Aborted
 
     received: list[int] = []
 
@@ -402,7 +403,7 @@ def _launch(cfg: Any, stem: str, plan: dict | None, nproc: int | None) -> None:
     twice (``StopOnInterrupt(abort=False)``), also when the whole process group receives it
     (a terminal's Ctrl-C, SLURM): the launcher alone decides to abort.
     """
-    from ignite_lstm.handlers import Aborted
+    from ignite_lstm.interrupts import Aborted
 
     d = cfg.distributed
     outcomes = multiprocessing.get_context("spawn").SimpleQueue() if nproc else None

@@ -21,29 +21,20 @@ from omegaconf import OmegaConf
 
 from ignite_lstm import native
 from ignite_lstm._atomic import atomic_write
-from ignite_lstm.checkpointing import (
-    FixedState,
-    RNGState,
-    SkipBatches,
-    check_resumable,
-    config_changes,
-    read_checkpoint,
-    resume_from_checkpoint,
-)
+from ignite_lstm.checkpointing import FixedState, attach_checkpoints, checkpointer_states, read_checkpoint
 from ignite_lstm.engines import create_evaluator, create_trainer
 from ignite_lstm.handlers import (
-    StopOnInterrupt,
-    attach_checkpoints,
     attach_early_stopping,
     attach_progress,
     attach_tensorboard,
     attach_terminate_on_nan,
-    checkpointer_states,
     load_extra_handlers,
 )
 from ignite_lstm.history import MetricsHistory
+from ignite_lstm.interrupts import StopOnInterrupt
 from ignite_lstm.metrics import build_metrics, metric_direction
 from ignite_lstm.pipeline import setup_data, setup_loss, setup_model, setup_optimizer
+from ignite_lstm.resume import RNGState, SkipBatches, check_resumable, config_changes, resume_from_checkpoint
 from ignite_lstm.schedules import steps_per_epoch
 from ignite_lstm.schedules import setup_lr_scheduler
 
