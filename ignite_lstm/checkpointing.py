@@ -20,8 +20,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
 
 from ignite_lstm._atomic import atomic_write
-from ignite_lstm.handlers import score_function
-from ignite_lstm.metrics import metric_direction
+from ignite_lstm.handlers import monitor_mode, score_function
 
 __all__ = [
     "attach_checkpoints",
@@ -71,6 +70,16 @@ class FixedState:
         self.loaded = dict(state)
 
 
+def _with_model_args(objects: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``objects`` with the ``"model"``'s constructor arguments as ``model_args``, where it has a
+    ``config`` (``StatefulLSTM``) and ``objects`` no ``model_args`` of its own."""
+    out = dict(objects)
+    config = getattr(out.get("model"), "config", None)
+    if "model_args" not in out and isinstance(config, Mapping):
+        out["model_args"] = FixedState(config, "model arguments")
+    return out
+
+
 class _SaveThenRemove(DiskSaver):
     """``DiskSaver`` that deletes the file a new one replaces only once the new one is written.
 
@@ -107,6 +116,7 @@ def attach_checkpoints(
     monitor: str = "mse",
     n_saved: int = 1,
     every: int = 0,
+    mode: str | None = None,
 ) -> dict[str, Checkpoint]:
     """Best model (by the validation ``monitor``), last training state, every ``every`` epochs, and Ctrl-C.
 
@@ -119,11 +129,15 @@ def attach_checkpoints(
     - ``best_checkpoint_<iteration>_<score>.pt``: ``best_objects`` (model and its
       arguments, readable by ``load_model``) after each validation that beats the
       ``n_saved`` best so far. The score is the metric, negated for a metric where
-      lower is better (``neg_val_mse=-0.0123``).
+      lower is better (``neg_val_mse=-0.0123``); a NaN never beats another.
     - ``last_checkpoint_<iteration>.pt``: ``to_save`` after every epoch.
     - ``epoch_checkpoint_<iteration>.pt``: ``to_save`` every ``every`` epochs (0: off).
     - ``interrupted_checkpoint_<iteration>.pt``: ``to_save``, written on demand by
       calling ``checkpoints["interrupted"](trainer)`` (also when ``enabled`` is False).
+
+    Where ``best_objects`` or ``to_save`` hold a ``"model"`` with a ``config`` (the
+    constructor arguments of a ``StatefulLSTM``) and no ``"model_args"``, its files also
+    hold ``model_args``, so that ``load_model`` rebuilds the model from them.
 
     Every training file also holds each saver's list of files (``checkpointer`` for
     its own, ``checkpointer_<kind>`` for the others), so that a resumed run keeps
@@ -133,12 +147,14 @@ def attach_checkpoints(
         trainer: the trainer; file names carry its iteration.
         val_evaluator: the validation evaluator; "best" is decided when it completes.
         to_save: everything needed to continue training (not modified).
-        best_objects: what the best checkpoint holds.
+        best_objects: what the best checkpoint holds (not modified), e.g. ``{"model": model}``.
         directory: the checkpoints folder.
         enabled: False: only the on-demand ``interrupted`` saver.
-        monitor: validation metric name; its direction comes from ``metric_direction``.
+        monitor: validation metric name.
         n_saved: files kept of each kind.
         every: also keep a training checkpoint every this many epochs (0: off).
+        mode: ``"min"`` (lower is better) or ``"max"``; needed for a metric of your own, whose
+            direction ``metric_direction`` does not know (None: the metric's own direction).
 
     Returns:
         ``{"best", "last", "epoch" (if every), "interrupted"}`` -> ``Checkpoint``.
@@ -154,20 +170,23 @@ def attach_checkpoints(
         raise ValueError(f"Argument n_saved should be a positive integer, got {n_saved!r}.")
     if not isinstance(every, int) or every < 0:
         raise ValueError(f"Argument every should be a non-negative integer, got {every!r}.")
+    mode = monitor_mode(monitor, mode) if enabled else None
     saver = _SaveThenRemove(str(directory), atomic=True, create_dir=True, require_empty=False)
     step = global_step_from_engine(trainer, Events.ITERATION_COMPLETED)
     kinds = [k for k in TRAINING_KINDS if enabled and (k != "epoch" or every) or k == "interrupted"]
-    files: dict[str, dict[str, Any]] = {kind: dict(to_save) for kind in kinds}
+    training = _with_model_args(to_save)
+    files: dict[str, dict[str, Any]] = {kind: dict(training) for kind in kinds}
     checkpoints: dict[str, Checkpoint] = {
         kind: Checkpoint(files[kind], saver, filename_prefix=kind, n_saved=1 if kind == "interrupted" else n_saved,
                          global_step_transform=step, include_self=True)
         for kind in kinds
     }
     if enabled:
-        sign = "" if metric_direction(monitor) == "max" else "neg_"
-        checkpoints["best"] = Checkpoint(best_objects, saver, filename_prefix="best",
-                                         score_function=score_function(monitor), score_name=f"{sign}val_{monitor}",
-                                         n_saved=n_saved, global_step_transform=step)
+        sign = "" if mode == "max" else "neg_"
+        checkpoints["best"] = Checkpoint(_with_model_args(best_objects), saver, filename_prefix="best",
+                                         score_function=score_function(monitor, mode),
+                                         score_name=f"{sign}val_{monitor}", n_saved=n_saved,
+                                         global_step_transform=step)
     for kind in kinds:  # the other savers' bookkeeping, read when the file is saved
         files[kind].update({f"checkpointer_{k}": c for k, c in checkpoints.items() if k != kind})
     if enabled:

@@ -24,9 +24,32 @@ from ignite_lstm.engines import TimeEvents
 from ignite_lstm.metrics import metric_direction
 
 __all__ = ["attach_early_stopping", "attach_tensorboard", "attach_progress", "attach_terminate_on_nan",
-           "load_extra_handlers", "score_function"]
+           "load_extra_handlers", "score_function", "monitor_mode"]
 
 logger = logging.getLogger(__name__)
+
+
+def monitor_mode(monitor: str, mode: str | None = None) -> str:
+    """Which way the metric ``monitor`` improves: ``mode`` if given, else ``metric_direction(monitor)``.
+
+    Args:
+        monitor: a metric name; any name with ``mode``, else one that ``metric_direction`` knows.
+        mode: ``"min"`` (lower is better), ``"max"`` (higher is better) or None (the metric's own).
+
+    Returns:
+        ``"min"`` or ``"max"``.
+
+    Raises:
+        ValueError: ``mode`` is another value, or None for a metric ``metric_direction`` does not know.
+    """
+    if mode is not None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"Argument mode should be 'min', 'max' or None, got {mode!r}.")
+        return mode
+    try:
+        return metric_direction(monitor)
+    except ValueError as exc:
+        raise ValueError(f"{exc} For another metric, pass mode='min' (lower is better) or mode='max'.") from None
 
 
 def _monitored(monitor: str, mode: str) -> Callable[[Engine], float]:
@@ -40,22 +63,29 @@ def _monitored(monitor: str, mode: str) -> Callable[[Engine], float]:
     return value
 
 
-def score_function(monitor: str) -> Callable[[Engine], float]:
+def score_function(monitor: str, mode: str | None = None) -> Callable[[Engine], float]:
     """Ignite score (higher is better) from the evaluator's metric ``monitor``; NaN/inf scores lowest.
 
     Args:
         monitor: the metric name.
+        mode: its direction, ``"min"`` or ``"max"`` (None: ``metric_direction(monitor)``).
 
     Returns:
         ``engine -> score``: the value, negated where lower is better.
     """
-    mode = metric_direction(monitor)
+    mode = monitor_mode(monitor, mode)
     value, sign = _monitored(monitor, mode), -1.0 if mode == "min" else 1.0
     return lambda engine: sign * value(engine)
 
 
 def attach_early_stopping(
-    trainer: Engine, val_evaluator: Engine, *, monitor: str, patience: int, min_delta: float = 0.0
+    trainer: Engine,
+    val_evaluator: Engine,
+    *,
+    monitor: str,
+    patience: int,
+    min_delta: float = 0.0,
+    mode: str | None = None,
 ) -> EarlyStopping:
     """Ignite's ``EarlyStopping`` on the validation ``monitor``, in the metric's direction.
 
@@ -71,6 +101,8 @@ def attach_early_stopping(
         monitor: its metric name; lower is better for errors (mse, mae, ...), higher for snr, corr, r2.
         patience: validations without improvement before stopping.
         min_delta: the smallest change that counts as an improvement (>= 0).
+        mode: ``"min"`` (lower is better) or ``"max"``; needed for a metric of your own, whose
+            direction ``metric_direction`` does not know (None: the metric's own direction).
 
     Returns:
         The ``EarlyStopping`` handler (``state_dict``/``load_state_dict`` for checkpoints).
@@ -79,7 +111,7 @@ def attach_early_stopping(
         >>> stopper = attach_early_stopping(trainer, evaluator, monitor="mse", patience=10, min_delta=1e-4)
         >>> trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(val_loader))
     """
-    mode = metric_direction(monitor)
+    mode = monitor_mode(monitor, mode)
     stopper = EarlyStopping(patience=patience, score_function=_monitored(monitor, mode), trainer=trainer,
                             threshold=min_delta, cumulative=True, mode=mode)
     val_evaluator.add_event_handler(Events.COMPLETED, stopper)

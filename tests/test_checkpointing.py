@@ -1,4 +1,4 @@
-"""Checkpoint files: best/last/every-N savers, failed writes, finding the newest."""
+"""Checkpoint files: best/last/every-N savers, failed writes, files that load_model reads, any metric with a mode."""
 
 import pytest
 import torch
@@ -52,6 +52,57 @@ def test_best_last_and_every_n_checkpoints_keep_n_saved_each(tmp_path, monitor, 
     assert [f for _, f in last["checkpointer"]["_saved"]] == ["last_checkpoint_4.pt", "last_checkpoint_5.pt"]
     assert sorted(f for _, f in last["checkpointer_best"]["_saved"]) == best
     assert [f for _, f in last["checkpointer_epoch"]["_saved"]] == ["epoch_checkpoint_2.pt", "epoch_checkpoint_4.pt"]
+
+
+def test_the_readme_recipe_writes_files_that_load_model_reads(tmp_path):
+    """``best_objects={"model": model}``, no ``model_args``: the model's own arguments are stored with it."""
+    model, trainer = _marked_model_trainer()
+    evaluator = scripted_evaluator(trainer, "mse", [0.5, 0.3, 0.4])
+    to_save = {"model": model, "trainer": trainer}
+    attach_checkpoints(trainer, evaluator, to_save, {"model": model}, tmp_path)
+    trainer.run([0], max_epochs=3)
+    assert to_save == {"model": model, "trainer": trainer}  # not modified
+    (best,) = tmp_path.glob("best_*.pt")
+    loaded, rest = load_model(best)
+    assert loaded.config == model.config and rest == {} and loaded.head.bias.item() == 2.0
+    loaded, rest = load_model(tmp_path / "last_checkpoint_3.pt")
+    assert loaded.head.bias.item() == 3.0 and rest["trainer"]["iteration"] == 3
+
+
+def test_a_model_without_config_is_saved_as_it_is(tmp_path):
+    trainer = Engine(lambda e, b: None)
+    evaluator = scripted_evaluator(trainer, "mse", [0.5])
+    attach_checkpoints(trainer, evaluator, {"trainer": trainer}, {"model": torch.nn.Linear(2, 1)}, tmp_path)
+    trainer.run([0], max_epochs=1)
+    (best,) = tmp_path.glob("best_*.pt")
+    assert set(torch.load(best, weights_only=True)) == {"weight", "bias"}  # Ignite's file of one object: its state
+
+
+@pytest.mark.parametrize("mode,best_epoch,label", [
+    ("min", 2, "neg_val_loss"),
+    ("max", 3, "val_loss"),
+])
+def test_any_metric_chooses_the_best_checkpoint_in_the_mode_given(tmp_path, mode, best_epoch, label):
+    model, trainer = _marked_model_trainer()
+    evaluator = scripted_evaluator(trainer, "loss", [0.5, 0.3, 0.7])  # a metric of the user's own
+    checkpoints = attach_checkpoints(trainer, evaluator, {"model": model, "trainer": trainer}, {"model": model},
+                                     tmp_path, monitor="loss", mode=mode)
+    trainer.run([0], max_epochs=3)
+    top = checkpoints["best"].last_checkpoint
+    assert top.name.startswith(f"best_checkpoint_{best_epoch}_{label}=")
+    assert load_model(top)[0].head.bias.item() == best_epoch
+
+
+def test_an_unknown_metric_without_mode_or_a_bad_mode_is_refused(tmp_path):
+    model, trainer = _marked_model_trainer()
+    evaluator = Engine(lambda e, b: None)
+    with pytest.raises(ValueError, match=r"Unknown metric 'loss'; allowed: .* For another metric, pass mode='min' "
+                                         r"\(lower is better\) or mode='max'\."):
+        attach_checkpoints(trainer, evaluator, {"model": model}, {"model": model}, tmp_path, monitor="loss")
+    with pytest.raises(ValueError, match=r"^Argument mode should be 'min', 'max' or None, got 'up'\.$"):
+        attach_checkpoints(trainer, evaluator, {"model": model}, {"model": model}, tmp_path, monitor="mse",
+                           mode="up")
+    assert list(tmp_path.iterdir()) == []
 
 
 class _FailsAt:

@@ -16,7 +16,7 @@ from tensorboardX.proto import event_pb2
 from torch.utils.data import DataLoader, TensorDataset
 
 from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer
-from ignite_lstm.handlers import attach_early_stopping, attach_progress, attach_tensorboard
+from ignite_lstm.handlers import attach_early_stopping, attach_progress, attach_tensorboard, score_function
 from ignite_lstm.metrics import build_metrics
 from ignite_lstm.models import StatefulLSTM, load_model
 
@@ -24,10 +24,11 @@ from ignite_lstm.models import StatefulLSTM, load_model
 # --- early stopping --------------------------------------------------------------------------------------
 
 
-def _early_stopping_run(monitor, script, *, patience, min_delta=0.0, epochs=None, stopper_state=None):
+def _early_stopping_run(monitor, script, *, patience, min_delta=0.0, epochs=None, stopper_state=None, mode=None):
     trainer = Engine(lambda e, b: None)
     evaluator = scripted_evaluator(trainer, monitor, script)
-    stopper = attach_early_stopping(trainer, evaluator, monitor=monitor, patience=patience, min_delta=min_delta)
+    stopper = attach_early_stopping(trainer, evaluator, monitor=monitor, patience=patience, min_delta=min_delta,
+                                    **({} if mode is None else {"mode": mode}))
     if stopper_state is not None:
         trainer.load_state_dict(stopper_state["trainer"])
         stopper.load_state_dict(stopper_state["early_stopping"])
@@ -61,6 +62,33 @@ def test_slow_steady_progress_counts_once_it_adds_up_to_min_delta():
 def test_nan_validation_never_counts_as_improvement():
     trainer, _ = _early_stopping_run("mse", [1.0, math.nan, math.nan, 0.1], patience=2)
     assert trainer.state.epoch == 3
+
+
+@pytest.mark.parametrize("mode,stop_epoch", [("min", 3), ("max", 4)])
+def test_early_stopping_on_any_metric_in_the_mode_given(mode, stop_epoch):
+    # as mse and snr in test_early_stopping_on_higher_is_better, for a metric of the user's own
+    trainer, _ = _early_stopping_run("loss", [1.0, 2.0, 2.0, 1.9, 3.0], patience=2, mode=mode)
+    assert trainer.state.epoch == stop_epoch
+    trainer, _ = _early_stopping_run("loss", [1.0, math.nan, math.nan, 5.0], patience=2, mode=mode)
+    assert trainer.state.epoch == 3  # a NaN never improves, in either direction
+
+
+def test_score_is_higher_for_better_and_lowest_for_nan_in_both_directions():
+    engine = Engine(lambda e, b: None)
+    for monitor, mode, value, score in [("mse", None, 0.5, -0.5), ("snr", None, 0.5, 0.5), ("loss", "min", 0.5, -0.5),
+                                        ("loss", "max", 0.5, 0.5), ("mse", None, math.nan, -math.inf),
+                                        ("snr", None, math.inf, -math.inf), ("loss", "min", -math.inf, -math.inf)]:
+        engine.state.metrics = {monitor: value}
+        assert score_function(monitor, mode)(engine) == score, (monitor, mode, value)
+
+
+def test_an_unknown_metric_without_mode_is_refused_by_early_stopping_and_the_score():
+    trainer = Engine(lambda e, b: None)
+    message = r"Unknown metric 'loss'; allowed: .* For another metric, pass mode='min' \(lower is better\) or mode='max'\."
+    with pytest.raises(ValueError, match=message):
+        attach_early_stopping(trainer, Engine(lambda e, b: None), monitor="loss", patience=2)
+    with pytest.raises(ValueError, match=message):
+        score_function("loss")
 
 
 def test_early_stopping_state_survives_a_weights_only_checkpoint():
