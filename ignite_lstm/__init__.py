@@ -19,12 +19,12 @@ See ``docs/api.md`` and the scripts in ``examples/``.
 __version__ = "0.1.0"
 
 from ignite_lstm.batches import collate_sequences
+from ignite_lstm.checkpointing import attach_checkpoints
 from ignite_lstm.config import ConfigError, load_config, validate_config
 from ignite_lstm.data import SignalDataset, ensure_split
 from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer, select_execution
 from ignite_lstm.h5io import DataFileError, read_split, write_split
 from ignite_lstm.handlers import (
-    attach_checkpoints,
     attach_early_stopping,
     attach_progress,
     attach_tensorboard,

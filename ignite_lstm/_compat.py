@@ -7,10 +7,13 @@ under it, so that an upgrade breaks loudly here instead of silently elsewhere.
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable, TypeVar
 
 import torch
 
-__all__ = ["tensor_version", "quiet_handler_logger"]
+__all__ = ["tensor_version", "quiet_handler_logger", "wrap_event_file", "close_event_file"]
+
+_Wrapper = TypeVar("_Wrapper")
 
 
 def tensor_version(t: torch.Tensor) -> int:
@@ -33,3 +36,37 @@ def quiet_handler_logger(handler: object) -> None:
     log: logging.Logger = handler.logger  # type: ignore[attr-defined]
     for h in list(log.handlers):
         log.removeHandler(h)
+
+
+def wrap_event_file(writer: Any, wrap: Callable[[Any, str], _Wrapper]) -> _Wrapper | None:
+    """Put ``wrap(events, path)`` between a tensorboardX ``SummaryWriter``'s writer thread and its event file.
+
+    tensorboardX's ``EventFileWriter`` keeps its ``EventsWriter`` (the event file,
+    ``_ev_writer``, named by ``_file_name``) and hands it to the thread that empties
+    its queue (``_worker._record_writer``); both references are replaced by the
+    wrapper, which must offer ``write_event``, ``flush`` and ``close``. tensorboardX has
+    no public hook for this.
+
+    Args:
+        writer: a tensorboardX ``SummaryWriter`` (``TensorboardLogger.writer``).
+        wrap: called with the ``EventsWriter`` and the event file's path.
+
+    Returns:
+        The wrapper, or None when ``writer`` is not tensorboardX's (nothing changed).
+    """
+    event_writer = getattr(getattr(writer, "file_writer", None), "event_writer", None)  # EventFileWriter
+    events, worker = getattr(event_writer, "_ev_writer", None), getattr(event_writer, "_worker", None)
+    if events is None or not hasattr(worker, "_record_writer"):
+        return None
+    wrapper = wrap(events, str(getattr(events, "_file_name", event_writer.get_logdir())))
+    event_writer._ev_writer = worker._record_writer = wrapper
+    return wrapper
+
+
+def close_event_file(events: Any) -> None:
+    """Close the file under a tensorboardX ``EventsWriter`` without flushing it first.
+
+    ``EventsWriter.close`` flushes before it closes; after a failed flush (a full
+    disk) the file itself (``_py_recordio_writer``) is closed directly.
+    """
+    getattr(events, "_py_recordio_writer", events).close()

@@ -1,83 +1,46 @@
-"""What a training checkpoint holds beyond model and optimizer, and how a run resumes.
+"""Checkpoint files: their kinds, the savers that write them, finding and reading them.
 
-Files are written by Ignite's ``Checkpoint`` through ``DiskSaver(atomic=True)`` and
-read back with ``torch.load(weights_only=True)``, so every entry here is made of
-tensors, numbers, strings, lists and dicts only.
-
-Resuming is exact: a run continued from a checkpoint computes the same numbers as
-the run left alone. A checkpoint written at the end of an epoch restores everything
-before the trainer starts. One written in the middle of an epoch (Ctrl-C) also
-skips the batches of that epoch already trained on (``SkipBatches``) and restores
-the random generators and the epoch-loss average only when the first remaining
-iteration starts, after the data loader has drawn its own seed, exactly where the
-interrupted run stood.
+Files are written by Ignite's ``Checkpoint`` through a ``DiskSaver`` that writes
+atomically, and read back with ``torch.load(weights_only=True)``, so every entry is
+made of tensors, numbers, strings, lists and dicts only. Continuing a run from one
+is ``resume``'s.
 """
 
 from __future__ import annotations
 
-import logging
 import pickle
-import random
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
-import numpy as np
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
+
+from ignite_lstm._atomic import atomic_write
+from ignite_lstm.handlers import monitor_mode, score_function
 
 __all__ = [
-    "RNGState",
-    "FixedState",
-    "CheckpointMismatch",
-    "SkipBatches",
+    "attach_checkpoints",
+    "checkpointer_states",
     "find_checkpoint",
     "read_checkpoint",
-    "check_model_args",
-    "check_resumable",
-    "config_changes",
-    "resume_from_checkpoint",
-    "SHAPE_KEYS",
+    "load_torch_file",
+    "UnreadableFile",
+    "FixedState",
+    "CheckpointMismatch",
+    "TRAINING_KINDS",
     "ESSENTIAL_KEYS",
-    "DEFERRED_KEYS",
 ]
 
-logger = logging.getLogger(__name__)
-
-SHAPE_KEYS = ("input_size", "hidden_size", "num_layers", "output_size")  # model arguments that set tensor shapes
+TRAINING_KINDS = ("last", "epoch", "interrupted")  # checkpoint files that hold everything needed to continue
 ESSENTIAL_KEYS = ("model", "model_args", "optimizer", "trainer")  # a training checkpoint without these is refused
-DEFERRED_KEYS = ("rng", "epoch_loss")  # mid-epoch: restored when the first remaining iteration starts
 
 
 class CheckpointMismatch(ValueError):
     """A checkpoint that does not fit the run that tries to load it."""
-
-
-class RNGState:
-    """The torch (CPU and CUDA), numpy and Python random generators as a checkpointable object."""
-
-    def state_dict(self) -> dict[str, Any]:
-        name, keys, pos, has_gauss, gauss = np.random.get_state()
-        version, internal, gauss_next = random.getstate()
-        state = {
-            "torch": torch.get_rng_state(),
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
-            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        torch.set_rng_state(state["torch"])
-        n = state["numpy"]
-        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-        p = state["python"]
-        random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class FixedState:
@@ -107,26 +70,139 @@ class FixedState:
         self.loaded = dict(state)
 
 
-class SkipBatches:
-    """A data loader whose next pass can start after its first ``skip`` batches.
+def _with_model_args(objects: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``objects`` with the ``"model"``'s constructor arguments as ``model_args``, where it has a
+    ``config`` (``StatefulLSTM``) and ``objects`` no ``model_args`` of its own."""
+    out = dict(objects)
+    config = getattr(out.get("model"), "config", None)
+    if "model_args" not in out and isinstance(config, Mapping):
+        out["model_args"] = FixedState(config, "model arguments")
+    return out
 
-    The rest of a half-trained epoch, after a mid-epoch resume; every later pass is
-    whole. ``len()`` stays the full epoch length, as Ignite expects.
+
+class _SaveThenRemove(DiskSaver):
+    """``DiskSaver`` that deletes the file a new one replaces only once the new one is written.
+
+    Ignite's ``Checkpoint`` removes the oldest file before saving the next; if that save
+    fails (a full disk), the run would be left without its last good checkpoint. Files are
+    written by ``atomic_write``: with the umask's mode (Ignite's temporary file makes them
+    0644 whatever the umask), and a failed write leaves no temporary file behind.
     """
 
-    def __init__(self, loader: Any) -> None:
-        self.loader = loader
-        self.skip = 0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: list[str] = []
 
-    def __len__(self) -> int:
-        return len(self.loader)
+    def remove(self, filename: str) -> None:
+        self._pending.append(filename)
 
-    def __iter__(self) -> Iterator:
-        iterator = iter(self.loader)
-        skip, self.skip = self.skip, 0
-        for _ in range(skip):
-            next(iterator)
-        return iterator
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        pending, self._pending = self._pending, []
+        if idist.get_rank() == self.save_on_rank:  # on failure the old files stay
+            atomic_write(self.dirname / filename, lambda f: torch.save(checkpoint, f, **self.kwargs))
+        for old in pending:
+            if old != filename and (self.dirname / old).exists():
+                super().remove(old)
+
+
+def attach_checkpoints(
+    trainer: Engine,
+    val_evaluator: Engine,
+    to_save: dict[str, Any],
+    best_objects: Mapping[str, Any],
+    directory: str | Path,
+    *,
+    enabled: bool = True,
+    monitor: str = "mse",
+    n_saved: int = 1,
+    every: int = 0,
+    mode: str | None = None,
+) -> dict[str, Checkpoint]:
+    """Best model (by the validation ``monitor``), last training state, every ``every`` epochs, and Ctrl-C.
+
+    Files go to ``directory`` through a ``DiskSaver`` that writes a temporary file and
+    renames it into place (a crash never leaves a half-written checkpoint, a failed
+    write no temporary file; the mode follows the umask), rank 0 only; a file replaced
+    by a newer one is deleted after the newer one is written, so a failed save keeps
+    the previous file:
+
+    - ``best_checkpoint_<iteration>_<score>.pt``: ``best_objects`` (model and its
+      arguments, readable by ``load_model``) after each validation that beats the
+      ``n_saved`` best so far. The score is the metric, negated for a metric where
+      lower is better (``neg_val_mse=-0.0123``); a NaN never beats another.
+    - ``last_checkpoint_<iteration>.pt``: ``to_save`` after every epoch.
+    - ``epoch_checkpoint_<iteration>.pt``: ``to_save`` every ``every`` epochs (0: off).
+    - ``interrupted_checkpoint_<iteration>.pt``: ``to_save``, written on demand by
+      calling ``checkpoints["interrupted"](trainer)`` (also when ``enabled`` is False).
+
+    Where ``best_objects`` or ``to_save`` hold a ``"model"`` with a ``config`` (the
+    constructor arguments of a ``StatefulLSTM``) and no ``"model_args"``, its files also
+    hold ``model_args``, so that ``load_model`` rebuilds the model from them.
+
+    Every training file also holds each saver's list of files (``checkpointer`` for
+    its own, ``checkpointer_<kind>`` for the others), so that a resumed run keeps
+    counting ``n_saved`` and removes the files of the run it continues.
+
+    Args:
+        trainer: the trainer; file names carry its iteration.
+        val_evaluator: the validation evaluator; "best" is decided when it completes.
+        to_save: everything needed to continue training (not modified).
+        best_objects: what the best checkpoint holds (not modified), e.g. ``{"model": model}``.
+        directory: the checkpoints folder.
+        enabled: False: only the on-demand ``interrupted`` saver.
+        monitor: validation metric name.
+        n_saved: files kept of each kind.
+        every: also keep a training checkpoint every this many epochs (0: off).
+        mode: ``"min"`` (lower is better) or ``"max"``; needed for a metric of your own, whose
+            direction ``metric_direction`` does not know (None: the metric's own direction).
+
+    Returns:
+        ``{"best", "last", "epoch" (if every), "interrupted"}`` -> ``Checkpoint``.
+
+    Example:
+        >>> to_save = {"model": model, "optimizer": optimizer, "trainer": trainer}
+        >>> checkpoints = attach_checkpoints(trainer, evaluator, to_save, {"model": model}, "run/checkpoints",
+        ...                                  monitor="snr", n_saved=2, every=10)
+        >>> trainer.run(loader, max_epochs=50)
+        >>> checkpoints["best"].last_checkpoint  # the highest validation SNR
+    """
+    if not isinstance(n_saved, int) or n_saved < 1:
+        raise ValueError(f"Argument n_saved should be a positive integer, got {n_saved!r}.")
+    if not isinstance(every, int) or every < 0:
+        raise ValueError(f"Argument every should be a non-negative integer, got {every!r}.")
+    mode = monitor_mode(monitor, mode) if enabled else None
+    saver = _SaveThenRemove(str(directory), atomic=True, create_dir=True, require_empty=False)
+    step = global_step_from_engine(trainer, Events.ITERATION_COMPLETED)
+    kinds = [k for k in TRAINING_KINDS if enabled and (k != "epoch" or every) or k == "interrupted"]
+    training = _with_model_args(to_save)
+    files: dict[str, dict[str, Any]] = {kind: dict(training) for kind in kinds}
+    checkpoints: dict[str, Checkpoint] = {
+        kind: Checkpoint(files[kind], saver, filename_prefix=kind, n_saved=1 if kind == "interrupted" else n_saved,
+                         global_step_transform=step, include_self=True)
+        for kind in kinds
+    }
+    if enabled:
+        sign = "" if mode == "max" else "neg_"
+        checkpoints["best"] = Checkpoint(_with_model_args(best_objects), saver, filename_prefix="best",
+                                         score_function=score_function(monitor, mode),
+                                         score_name=f"{sign}val_{monitor}", n_saved=n_saved,
+                                         global_step_transform=step)
+    for kind in kinds:  # the other savers' bookkeeping, read when the file is saved
+        files[kind].update({f"checkpointer_{k}": c for k, c in checkpoints.items() if k != kind})
+    if enabled:
+        val_evaluator.add_event_handler(Events.COMPLETED, checkpoints["best"])
+        if every:  # before "last", so that the last file knows about this epoch's file
+            trainer.add_event_handler(Events.EPOCH_COMPLETED(every=every), checkpoints["epoch"])
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoints["last"])
+    return checkpoints
+
+
+def checkpointer_states(checkpoints: Mapping[str, Checkpoint], checkpoint: Mapping[str, Any]) -> None:
+    """Give each saver its list of files from a training checkpoint (see ``attach_checkpoints``)."""
+    for kind, saver in checkpoints.items():
+        state = checkpoint.get(f"checkpointer_{kind}", checkpoint.get("checkpointer"))
+        if state is not None:
+            saver.load_state_dict(state)
 
 
 _STEP = re.compile(r"_(\d+)(?:\.\d+)?\.pt$")
@@ -135,14 +211,14 @@ _STEP = re.compile(r"_(\d+)(?:\.\d+)?\.pt$")
 def find_checkpoint(directory: str | Path) -> Path | None:
     """The newest training checkpoint of a run's ``checkpoints`` folder, or None.
 
-    Training checkpoints are the ``last_*``, ``epoch_*`` and ``interrupted_*`` files
-    (``best_*`` hold the model only); newest means the highest training iteration in
+    Training checkpoints are the ``TRAINING_KINDS`` files: ``last_*``, ``epoch_*`` and
+    ``interrupted_*`` (``best_*`` hold the model only); newest means the highest training iteration in
     the file name, then the latest modification time.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    files = [p for p in directory.glob("*.pt") if p.name.startswith(("last_", "epoch_", "interrupted_"))]
+    files = [p for p in directory.glob("*.pt") if p.name.startswith(tuple(f"{k}_" for k in TRAINING_KINDS))]
     if not files:
         return None
 
@@ -153,7 +229,7 @@ def find_checkpoint(directory: str | Path) -> Path | None:
     return max(files, key=key)
 
 
-class _UnreadableTorchFile(ValueError):
+class UnreadableFile(ValueError):
     """Why ``torch.load(weights_only=True)`` failed; ``foreign``: a pickle of other objects."""
 
     def __init__(self, reason: str, foreign: bool = False) -> None:
@@ -164,25 +240,25 @@ class _UnreadableTorchFile(ValueError):
 _UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*(.*?)(?:\s+Please use\b|\n\n|$)", re.DOTALL)
 
 
-def _load_torch_file(path: Path, map_location: Any = "cpu") -> Any:
+def load_torch_file(path: Path, map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``, with a reason of our own when it fails.
 
     Torch's own message for a file holding other objects advises loading it again with
     ``weights_only=False`` (which runs whatever code the file names): never passed on.
 
     Raises:
-        _UnreadableTorchFile: the reason (an empty file, not a torch.save file, a pickle of
+        UnreadableFile: the reason (an empty file, not a torch.save file, a pickle of
             other objects, a damaged archive).
     """
     try:
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as exc:
-        raise _UnreadableTorchFile(exc.strerror or str(exc)) from exc
+        raise UnreadableFile(exc.strerror or str(exc)) from exc
     if not head:
-        raise _UnreadableTorchFile("empty file (0 bytes)")
+        raise UnreadableFile("empty file (0 bytes)")
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or its legacy pickle
-        raise _UnreadableTorchFile(f"not a file written by torch.save (it starts with {head!r})")
+        raise UnreadableFile(f"not a file written by torch.save (it starts with {head!r})")
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol: the refusal below says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -190,10 +266,10 @@ def _load_torch_file(path: Path, map_location: Any = "cpu") -> Any:
     except pickle.UnpicklingError as exc:
         found = _UNPICKLER_DETAIL.search(str(exc))
         detail = found.group(1).strip().rstrip(".") if found else type(exc).__name__
-        raise _UnreadableTorchFile(f"it holds objects other than tensors, numbers, strings, lists and dicts "
-                                   f"({detail})", foreign=True) from exc
+        raise UnreadableFile(f"it holds objects other than tensors, numbers, strings, lists and dicts "
+                             f"({detail})", foreign=True) from exc
     except Exception as exc:  # torch raises many types for a damaged file
-        raise _UnreadableTorchFile(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+        raise UnreadableFile(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -205,8 +281,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        checkpoint = _load_torch_file(path)
-    except _UnreadableTorchFile as exc:
+        checkpoint = load_torch_file(path)
+    except UnreadableFile as exc:
         what = "is not a checkpoint written by ignite_lstm" if exc.foreign else "could not be read"
         raise CheckpointMismatch(f"Checkpoint {path} {what}: {str(exc).rstrip('.')}.") from exc
     missing = [k for k in ESSENTIAL_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
@@ -216,139 +292,3 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"last_*, epoch_* or interrupted_* file (best_* files hold the model only)."
         )
     return checkpoint
-
-
-def check_model_args(saved: Mapping[str, Any], current: Mapping[str, Any], source: str | Path) -> None:
-    """Refuse to resume a model whose shape differs from the checkpoint's.
-
-    Args:
-        saved: the checkpoint's ``model_args``.
-        current: this run's model arguments (``StatefulLSTM.config``).
-        source: the checkpoint file, for the message.
-
-    Raises:
-        CheckpointMismatch: naming every differing argument.
-    """
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this config {current.get(k)!r}" for k in SHAPE_KEYS
-             if saved.get(k) != current.get(k)]
-    if diffs:
-        raise CheckpointMismatch(
-            f"Cannot resume from {source}: this config changes the model shape ({'; '.join(diffs)}). "
-            f"Resume with the settings of the run that wrote it (model.*, data.frequencies), or start a new run."
-        )
-
-
-def check_resumable(
-    checkpoint: Mapping[str, Any],
-    *,
-    model_args: Mapping[str, Any],
-    epochs: int,
-    patience: int | None = None,
-    source: str | Path = "checkpoint",
-) -> None:
-    """Refuse a resume that cannot continue: other model shape, finished run, run stopped early.
-
-    Args:
-        checkpoint: from ``read_checkpoint``.
-        model_args: this run's model arguments (``StatefulLSTM.config``).
-        epochs: this run's ``train.epochs``.
-        patience: this run's early-stopping patience, None when early stopping is off.
-        source: the file, for the messages.
-
-    Raises:
-        CheckpointMismatch: with what to change.
-    """
-    check_model_args(checkpoint["model_args"], model_args, source)
-    trainer = checkpoint["trainer"]
-    done = trainer["iteration"] // trainer["epoch_length"]  # whole epochs trained
-    if done >= epochs:  # Ignite would start such a run over from epoch 1
-        raise CheckpointMismatch(f"{source} is the end of a finished run (epoch {done} of train.epochs={epochs}); "
-                                 f"pass train.epochs=N with N > {done} to train longer.")
-    counter = checkpoint.get("early_stopping", {}).get("counter", 0)
-    if patience is not None and counter >= patience:
-        raise CheckpointMismatch(f"{source} is from a run that stopped early at epoch {done} ({counter} "
-                                 f"validations without improvement); raise handlers.early_stopping.patience above "
-                                 f"{counter} to train longer.")
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key: old -> new`` for every setting that differs (``resume`` itself ignored)."""
-    old, new = _flatten(saved), _flatten(current)
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k != "resume" and old.get(k) != new.get(k)]
-
-
-def _load(name: str, obj: Any, state: Any) -> None:
-    from ignite.handlers import Checkpoint
-
-    try:
-        Checkpoint.load_objects({name: obj}, {name: state})
-    except CheckpointMismatch:
-        raise
-    except Exception as exc:
-        raise CheckpointMismatch(
-            f"The checkpoint's {name!r} state does not fit this run ({type(exc).__name__}: {exc}); "
-            f"was it written with other handlers or train settings?"
-        ) from exc
-
-
-def resume_from_checkpoint(
-    checkpoint: Mapping[str, Any],
-    to_load: Mapping[str, Any],
-    trainer: Engine,
-    data: SkipBatches,
-    *,
-    source: str | Path = "checkpoint",
-) -> None:
-    """Load a training checkpoint into this run's objects so that training continues exactly.
-
-    Args:
-        checkpoint: from ``read_checkpoint``.
-        to_load: name -> object with ``load_state_dict`` (the ``to_save`` of the run);
-            must include ``trainer``, ``model_args`` and the ``DEFERRED_KEYS``.
-        trainer: the trainer (its state says whether the file was written mid-epoch).
-        data: the trainer's loader; it skips the trained batches of a half-done epoch.
-        source: the file, for messages.
-
-    Raises:
-        CheckpointMismatch: a different model shape, or an essential entry missing or
-            not fitting. Entries of optional handlers (LR scheduler, early stopping,
-            checkpoint bookkeeping) that the file lacks start fresh, with a warning.
-    """
-    check_model_args(checkpoint["model_args"], to_load["model_args"].value, source)
-    for name in ESSENTIAL_KEYS:
-        _load(name, to_load[name], checkpoint[name])
-    fresh = [k for k in to_load if k not in checkpoint and k not in ESSENTIAL_KEYS]
-    if fresh:
-        logger.warning("The checkpoint has no state for %s; these start fresh.", ", ".join(fresh))
-    rest = [k for k in to_load if k in checkpoint and k not in ESSENTIAL_KEYS]
-    for name in rest:
-        if name not in DEFERRED_KEYS:
-            _load(name, to_load[name], checkpoint[name])
-
-    state = trainer.state
-    done_in_epoch = state.iteration % state.epoch_length
-    deferred = {k: to_load[k] for k in rest if k in DEFERRED_KEYS}
-    if done_in_epoch == 0:
-        for name, obj in deferred.items():
-            _load(name, obj, checkpoint[name])
-    else:
-        data.skip = done_in_epoch
-
-        def restore(_: Engine) -> None:
-            for name, obj in deferred.items():
-                _load(name, obj, checkpoint[name])
-
-        trainer.add_event_handler(Events.ITERATION_STARTED(once=state.iteration + 1), restore)
-    logger.info("Resumed from %s at epoch %d, iteration %d%s", source, state.epoch, state.iteration,
-                f" ({done_in_epoch} of {state.epoch_length} batches of epoch {state.epoch + 1} done)"
-                if done_in_epoch else "")

@@ -154,7 +154,7 @@ def _launcher_signals(spawned: bool) -> Iterator[None]:
     """
     from ignite.engine import Engine
 
-    from ignite_lstm.handlers import Aborted
+    from ignite_lstm.interrupts import Aborted
 
     received: list[int] = []
 
@@ -200,7 +200,7 @@ def launch(cfg: Any, stem: str, plan: dict | None, nproc: int | None) -> Outcome
     twice (``StopOnInterrupt(abort=False)``), also when the whole process group receives it
     (a terminal's Ctrl-C, SLURM): the launcher alone decides to abort.
     """
-    from ignite_lstm.handlers import Aborted
+    from ignite_lstm.interrupts import Aborted
 
     d = cfg.distributed
     spawned = bool(nproc)

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ignite_lstm import native
-from ignite_lstm.checkpointing import _load_torch_file, _UnreadableTorchFile
+from ignite_lstm.checkpointing import UnreadableFile, load_torch_file
 from ignite_lstm.lstm_detached import detached_steps_forward
 
 __all__ = ["StatefulLSTM", "LSTMState", "load_model", "model_args", "setup_model"]
@@ -271,8 +271,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     if not path.is_file():
         raise FileNotFoundError(f"Model file {path} does not exist.")
     try:
-        obj = _load_torch_file(path, map_location)
-    except _UnreadableTorchFile as exc:  # the reason, without torch's advice to load the file unsafely
+        obj = load_torch_file(path, map_location)
+    except UnreadableFile as exc:  # the reason, without torch's advice to load the file unsafely
         what = "is not a checkpoint written by ignite_lstm" if exc.foreign else "could not be read as a torch file"
         raise ValueError(f"Model file {path} {what}: {str(exc).rstrip('.')}.") from exc
     if not isinstance(obj, dict) or "model_args" not in obj or "model" not in obj:

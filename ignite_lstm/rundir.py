@@ -16,7 +16,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ignite_lstm.checkpointing import check_resumable, find_checkpoint, read_checkpoint
+from ignite_lstm.checkpointing import find_checkpoint, read_checkpoint
+from ignite_lstm.resume import check_resumable
 from ignite_lstm.models import model_args
 
 __all__ = ["prepare_run", "discard_unused_run_dir", "RunDirError", "MIN_FREE_BYTES"]

@@ -20,12 +20,10 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, EarlyStopping, Timer
 from ignite.metrics import RunningAverage
 
-from ignite_lstm.checkpointing import FixedState, RNGState
+from ignite_lstm.checkpointing import FixedState, attach_checkpoints
 from ignite_lstm.engines import create_evaluator, create_trainer, epoch_loss_metric
 from ignite_lstm.execution import AMP_MODES
 from ignite_lstm.handlers import (
-    StopOnInterrupt,
-    attach_checkpoints,
     attach_early_stopping,
     attach_progress,
     attach_tensorboard,
@@ -33,8 +31,10 @@ from ignite_lstm.handlers import (
     load_extra_handlers,
 )
 from ignite_lstm.history import MetricsHistory
+from ignite_lstm.interrupts import StopOnInterrupt
 from ignite_lstm.losses import setup_loss
 from ignite_lstm.metrics import METRIC_NAMES, build_metrics, metric_direction
+from ignite_lstm.resume import RNGState
 from ignite_lstm.schedules import setup_lr_scheduler, steps_per_epoch
 
 __all__ = ["setup_trainer", "setup_evaluators", "attach_handlers", "RunHandlers", "HANDLER_ORDER"]

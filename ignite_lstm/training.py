@@ -26,19 +26,13 @@ from omegaconf import OmegaConf
 
 from ignite_lstm import native
 from ignite_lstm._atomic import atomic_write
-from ignite_lstm.checkpointing import (
-    SkipBatches,
-    check_resumable,
-    config_changes,
-    read_checkpoint,
-    resume_from_checkpoint,
-)
-from ignite_lstm.evaluate import evaluate_splits, figure_predictions
-from ignite_lstm.handlers import checkpointer_states
+from ignite_lstm.checkpointing import checkpointer_states, read_checkpoint
 from ignite_lstm.data import setup_data
+from ignite_lstm.evaluate import evaluate_splits, figure_predictions
 from ignite_lstm.models import model_args, setup_model
 from ignite_lstm.optim import setup_optimizer
 from ignite_lstm.preflight import resolve_device
+from ignite_lstm.resume import SkipBatches, check_resumable, config_changes, resume_from_checkpoint
 from ignite_lstm.trainers import RunHandlers, attach_handlers, setup_evaluators, setup_trainer
 
 __all__ = ["run", "run_training", "Outcome"]

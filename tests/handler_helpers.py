@@ -197,6 +197,16 @@ def scripted_metric(trainer: Engine, evaluator: Engine, config: Any) -> None:
         engine.state.metrics[name] = script[trainer.state.epoch - 1]
 
 
+def scripted_evaluator(trainer: Engine, name: str, values: Sequence[float]) -> Engine:
+    """A validation evaluator whose metric ``name`` is ``values[epoch - 1]``, run after every epoch (in-process
+    handler tests)."""
+    evaluator = Engine(lambda e, b: None)
+    evaluator.add_event_handler(Events.EPOCH_COMPLETED,
+                                lambda e: e.state.metrics.__setitem__(name, values[trainer.state.epoch - 1]))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run([0]))
+    return evaluator
+
+
 def ctrl_c(trainer: Engine, evaluator: Engine, config: Any) -> None:
     """Send a real SIGINT to this process at the end of iteration ``$CTRL_C_AT``."""
 

@@ -1,11 +1,18 @@
 """What ignite_lstm._compat relies on still holds in the installed torch and Ignite."""
 
 import logging
+from pathlib import Path
 
+import pytest
 import torch
+from ignite.engine import Engine
 from ignite.handlers import TerminateOnNan
+from ignite.handlers.tensorboard_logger import TensorboardLogger
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2
 
-from ignite_lstm._compat import quiet_handler_logger, tensor_version
+from ignite_lstm._compat import close_event_file, quiet_handler_logger, tensor_version, wrap_event_file
+from ignite_lstm.handlers import _KeepWriterError, attach_tensorboard
 
 
 def test_in_place_ops_and_optimizer_steps_bump_the_version_counter():
@@ -27,3 +34,58 @@ def test_terminate_on_nan_logs_through_its_own_handler_and_quieting_removes_it()
     assert any(isinstance(h, logging.StreamHandler) for h in handler.logger.handlers)  # what we undo
     quiet_handler_logger(handler)
     assert handler.logger.handlers == []
+
+
+class _Recorder:
+    """A wrapper for ``wrap_event_file`` that records each call and passes it on."""
+
+    def __init__(self, events, path):
+        self.events, self.path, self.calls = events, path, []
+
+    def write_event(self, event):
+        self.calls.append(("write_event", event))
+        self.events.write_event(event)
+
+    def flush(self):
+        self.calls.append(("flush",))
+        self.events.flush()
+
+    def close(self):
+        self.calls.append(("close",))
+        self.events.close()
+
+
+def test_tensorboardx_writes_its_event_file_through_one_events_writer_that_the_wrapper_replaces(tmp_path):
+    tb = TensorboardLogger(log_dir=str(tmp_path))  # Ignite's logger, as attach_tensorboard makes it
+    event_writer = tb.writer.file_writer.event_writer  # public attributes of tensorboardX's writers
+    events = event_writer._ev_writer
+    assert isinstance(events, EventsWriter)
+    assert event_writer._worker._record_writer is events  # the writer thread writes through the same object
+    assert Path(events._file_name).parent == tmp_path and Path(events._file_name).is_file()
+    wrapper = wrap_event_file(tb.writer, _Recorder)
+    assert wrapper.events is events and wrapper.path == events._file_name
+    assert event_writer._ev_writer is wrapper and event_writer._worker._record_writer is wrapper
+    tb.writer.add_scalar("x", 1.5, 3)
+    tb.close()  # the thread empties its queue before it ends
+    written = [call[1] for call in wrapper.calls if call[0] == "write_event"]
+    assert [(e.step, e.summary.value[0].simple_value) for e in written if e.summary.value] == [(3, 1.5)]
+    assert wrapper.calls[-1] == ("close",)
+    assert wrap_event_file(object(), _Recorder) is None  # not tensorboardX's writer: nothing to wrap
+
+
+def test_close_event_file_closes_the_file_under_the_events_writer(tmp_path):
+    events = EventsWriter(str(tmp_path / "events"))
+    assert callable(events._py_recordio_writer.close)
+    close_event_file(events)
+    with pytest.raises(ValueError, match="closed file"):
+        events.write_event(event_pb2.Event())
+
+
+def test_attach_tensorboard_installs_the_guard_on_the_event_file(tmp_path):
+    trainer = Engine(lambda e, b: {"loss": 0.0, "grad_norm": 0.0})
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    tb = attach_tensorboard(trainer, Engine(lambda e, b: None), optimizer, tmp_path)
+    event_writer = tb.writer.file_writer.event_writer
+    assert isinstance(event_writer._ev_writer, _KeepWriterError)
+    assert event_writer._worker._record_writer is event_writer._ev_writer
+    tb.close()

@@ -20,7 +20,7 @@ import torch
 from handler_helpers import ITERATIONS_PER_EPOCH, run_cli, spawn_cli, tiny_args
 from ignite.engine import Engine
 
-from ignite_lstm.handlers import attach_checkpoints
+from ignite_lstm.checkpointing import attach_checkpoints
 from ignite_lstm.history import MetricsHistory
 from ignite_lstm.models import load_model
 

@@ -27,11 +27,9 @@ from handler_helpers import (
     tiny_args,
     wait_for,
 )
-from ignite.engine import Engine, Events
 
 from ignite_lstm import cli, rundir
 from ignite_lstm.config import load_config
-from ignite_lstm.handlers import StopOnInterrupt
 from ignite_lstm.models import load_model
 
 
@@ -141,60 +139,6 @@ def test_ctrl_c_in_the_last_iteration_still_finishes_the_run(tmp_path, monkeypat
     assert (run_dir / "metrics.json").exists() and not list((run_dir / "checkpoints").glob("interrupted_*"))
     assert "Ctrl-C after the last epoch: finishing the final evaluation" in caplog.text
     assert_same_history(history(run_dir), history(reference))
-
-
-# --- StopOnInterrupt and SIGTERM, in this process ---------------------------------------------------
-
-
-@pytest.fixture
-def sigterm_guard():
-    """A SIGTERM that nothing else handles fails the test (instead of ending pytest); both signals'
-    handlers are given back afterwards."""
-    def unhandled(signum, frame):
-        pytest.fail("SIGTERM reached the test's own handler")
-
-    previous = {s: signal.signal(s, unhandled if s == signal.SIGTERM else signal.getsignal(s))
-                for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in previous.items():
-        signal.signal(s, handler)
-
-
-def _signalled_run(signals: list[int], at: int, **options):
-    """3 iterations per epoch, 3 epochs; the real ``signals`` sent to this process at the end of iteration ``at``;
-    ``options`` for ``StopOnInterrupt``."""
-    trainer = Engine(lambda e, b: None)
-
-    @trainer.on(Events.ITERATION_COMPLETED(once=at))
-    def _send(_):
-        for signum in signals:
-            os.kill(os.getpid(), signum)
-
-    stop = StopOnInterrupt(trainer, **options)
-    try:
-        trainer.run(range(3), max_epochs=3)
-    finally:
-        stop.close()
-    return trainer, stop
-
-
-def test_sigterm_stops_the_trainer_after_the_current_iteration_and_a_second_aborts(sigterm_guard):
-    trainer, stop = _signalled_run([signal.SIGTERM], at=5)
-    assert trainer.state.iteration == 5 and stop.requested and stop.signum == signal.SIGTERM
-    assert stop.label == "SIGTERM"
-    with pytest.raises(KeyboardInterrupt) as aborted:  # handlers.Aborted
-        _signalled_run([signal.SIGTERM, signal.SIGTERM], at=2)
-    assert aborted.value.signum == signal.SIGTERM and str(aborted.value) == "SIGTERM"
-
-
-def test_a_rank_of_a_launcher_counts_no_signal_twice_and_then_ignores_them(sigterm_guard):
-    """abort=False: the launcher forwards its signals and aborts by itself; a group signal reaches
-    the rank twice. After close, a late copy must not end the process while it saves the checkpoint."""
-    trainer, stop = _signalled_run([signal.SIGTERM, signal.SIGTERM, signal.SIGINT], at=5, abort=False)
-    assert trainer.state.iteration == 5 and stop.signum == signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    os.kill(os.getpid(), signal.SIGTERM)  # ignored
-    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _resume_hint(log: Path, signal_label: str, iteration: int, saved: Path) -> list[str]:

@@ -1,122 +1,34 @@
-"""Handlers around the loop: checkpoints, early stopping, TensorBoard, progress, Ctrl-C, all deterministic."""
+"""Handlers around the loop: early stopping, scores, TensorBoard, progress, all deterministic."""
 
 import io
 import json
 import logging
 import math
 import os
-import signal
 import struct
 
 import pytest
 import torch
-from handler_helpers import ITERATIONS_PER_EPOCH, run_cli, tiny_args
+from handler_helpers import ITERATIONS_PER_EPOCH, run_cli, scripted_evaluator, tiny_args
 from ignite.engine import Engine, Events
 from ignite.metrics import Average, RunningAverage
 from tensorboardX.proto import event_pb2
 from torch.utils.data import DataLoader, TensorDataset
 
-from ignite_lstm.checkpointing import FixedState
 from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer
-from ignite_lstm.handlers import (
-    StopOnInterrupt,
-    attach_checkpoints,
-    attach_early_stopping,
-    attach_progress,
-    attach_tensorboard,
-)
+from ignite_lstm.handlers import attach_early_stopping, attach_progress, attach_tensorboard, score_function
 from ignite_lstm.metrics import build_metrics
 from ignite_lstm.models import StatefulLSTM, load_model
-
-
-def _scripted(trainer: Engine, name: str, values) -> Engine:
-    """A validation evaluator whose metric ``name`` is ``values[epoch - 1]``, run after every epoch."""
-    evaluator = Engine(lambda e, b: None)
-    evaluator.add_event_handler(Events.EPOCH_COMPLETED,
-                                lambda e: e.state.metrics.__setitem__(name, values[trainer.state.epoch - 1]))
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run([0]))
-    return evaluator
-
-
-# --- checkpoints ---------------------------------------------------------------------------------------
-
-
-def _marked_model_trainer():
-    """One iteration per epoch; the model's output bias equals the epoch, to identify saved weights."""
-    model = StatefulLSTM(input_size=2, hidden_size=4)
-
-    def step(engine, batch):
-        with torch.no_grad():
-            model.head.bias.fill_(float(engine.state.epoch))
-
-    return model, Engine(step)
-
-
-@pytest.mark.parametrize("monitor,best_epochs,label", [
-    ("mse", [4, 2], "neg_val_mse"),  # lower is better: 0.2 (epoch 4), then 0.3 (epoch 2)
-    ("snr", [5, 1], "val_snr"),  # higher is better: 0.6 (epoch 5), then 0.5 (epoch 1)
-])
-def test_best_last_and_every_n_checkpoints_keep_n_saved_each(tmp_path, monitor, best_epochs, label):
-    model, trainer = _marked_model_trainer()
-    evaluator = _scripted(trainer, monitor, [0.5, 0.3, 0.4, 0.2, 0.6])
-    model_args = FixedState(model.config, "model arguments")
-    to_save = {"model": model, "model_args": model_args, "trainer": trainer}
-    checkpoints = attach_checkpoints(trainer, evaluator, to_save, {"model": model, "model_args": model_args},
-                                     tmp_path, monitor=monitor, n_saved=2, every=2)
-    trainer.run([0], max_epochs=5)
-
-    names = sorted(p.name for p in tmp_path.iterdir())
-    best = sorted(n for n in names if n.startswith("best_"))
-    assert [int(n.split("_")[2]) for n in best] == sorted(best_epochs)  # iteration == epoch here
-    assert all(f"_{label}=" in n for n in best)
-    assert [n for n in names if not n.startswith("best_")] == [
-        "epoch_checkpoint_2.pt", "epoch_checkpoint_4.pt", "last_checkpoint_4.pt", "last_checkpoint_5.pt"]
-    top = checkpoints["best"].last_checkpoint
-    assert int(top.name.split("_")[2]) == best_epochs[0]
-    for name in best:  # the best files are model files for load_model, holding that epoch's weights
-        loaded, rest = load_model(tmp_path / name)
-        assert loaded.config == model.config and rest == {}
-        assert loaded.head.bias.item() == int(name.split("_")[2])
-    last = torch.load(tmp_path / "last_checkpoint_5.pt", weights_only=True)
-    assert last["trainer"]["iteration"] == 5 and last["model"]["head.bias"].item() == 5.0
-    # each training file knows every saver's files, its own included, for a resumed run to keep counting
-    assert [f for _, f in last["checkpointer"]["_saved"]] == ["last_checkpoint_4.pt", "last_checkpoint_5.pt"]
-    assert sorted(f for _, f in last["checkpointer_best"]["_saved"]) == best
-    assert [f for _, f in last["checkpointer_epoch"]["_saved"]] == ["epoch_checkpoint_2.pt", "epoch_checkpoint_4.pt"]
-
-
-class _FailsAt:
-    """A checkpoint entry that cannot be pickled from epoch ``epoch`` on (a failing write)."""
-
-    def __init__(self, trainer: Engine, epoch: int) -> None:
-        self.trainer, self.epoch = trainer, epoch
-
-    def state_dict(self):
-        return {"ok": 1} if self.trainer.state.epoch < self.epoch else {"bad": lambda: 0}
-
-    def load_state_dict(self, state):
-        pass
-
-
-def test_a_failed_checkpoint_write_leaves_no_partial_file_and_keeps_the_previous_one(tmp_path):
-    model, trainer = _marked_model_trainer()
-    evaluator = _scripted(trainer, "mse", [0.5, 0.4])
-    attach_checkpoints(trainer, evaluator, {"model": model, "trainer": trainer, "flaky": _FailsAt(trainer, 2)},
-                       {"model": model}, tmp_path, n_saved=1)
-    with pytest.raises(Exception, match="pickle"):
-        trainer.run([0], max_epochs=2)
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert [n for n in names if not n.startswith("best_")] == ["last_checkpoint_1.pt"]  # no last_checkpoint_2.pt
-    assert torch.load(tmp_path / "last_checkpoint_1.pt", weights_only=True)["trainer"]["iteration"] == 1
 
 
 # --- early stopping --------------------------------------------------------------------------------------
 
 
-def _early_stopping_run(monitor, script, *, patience, min_delta=0.0, epochs=None, stopper_state=None):
+def _early_stopping_run(monitor, script, *, patience, min_delta=0.0, epochs=None, stopper_state=None, mode=None):
     trainer = Engine(lambda e, b: None)
-    evaluator = _scripted(trainer, monitor, script)
-    stopper = attach_early_stopping(trainer, evaluator, monitor=monitor, patience=patience, min_delta=min_delta)
+    evaluator = scripted_evaluator(trainer, monitor, script)
+    stopper = attach_early_stopping(trainer, evaluator, monitor=monitor, patience=patience, min_delta=min_delta,
+                                    **({} if mode is None else {"mode": mode}))
     if stopper_state is not None:
         trainer.load_state_dict(stopper_state["trainer"])
         stopper.load_state_dict(stopper_state["early_stopping"])
@@ -150,6 +62,33 @@ def test_slow_steady_progress_counts_once_it_adds_up_to_min_delta():
 def test_nan_validation_never_counts_as_improvement():
     trainer, _ = _early_stopping_run("mse", [1.0, math.nan, math.nan, 0.1], patience=2)
     assert trainer.state.epoch == 3
+
+
+@pytest.mark.parametrize("mode,stop_epoch", [("min", 3), ("max", 4)])
+def test_early_stopping_on_any_metric_in_the_mode_given(mode, stop_epoch):
+    # as mse and snr in test_early_stopping_on_higher_is_better, for a metric of the user's own
+    trainer, _ = _early_stopping_run("loss", [1.0, 2.0, 2.0, 1.9, 3.0], patience=2, mode=mode)
+    assert trainer.state.epoch == stop_epoch
+    trainer, _ = _early_stopping_run("loss", [1.0, math.nan, math.nan, 5.0], patience=2, mode=mode)
+    assert trainer.state.epoch == 3  # a NaN never improves, in either direction
+
+
+def test_score_is_higher_for_better_and_lowest_for_nan_in_both_directions():
+    engine = Engine(lambda e, b: None)
+    for monitor, mode, value, score in [("mse", None, 0.5, -0.5), ("snr", None, 0.5, 0.5), ("loss", "min", 0.5, -0.5),
+                                        ("loss", "max", 0.5, 0.5), ("mse", None, math.nan, -math.inf),
+                                        ("snr", None, math.inf, -math.inf), ("loss", "min", -math.inf, -math.inf)]:
+        engine.state.metrics = {monitor: value}
+        assert score_function(monitor, mode)(engine) == score, (monitor, mode, value)
+
+
+def test_an_unknown_metric_without_mode_is_refused_by_early_stopping_and_the_score():
+    trainer = Engine(lambda e, b: None)
+    message = r"Unknown metric 'loss'; allowed: .* For another metric, pass mode='min' \(lower is better\) or mode='max'\."
+    with pytest.raises(ValueError, match=message):
+        attach_early_stopping(trainer, Engine(lambda e, b: None), monitor="loss", patience=2)
+    with pytest.raises(ValueError, match=message):
+        score_function("loss")
 
 
 def test_early_stopping_state_survives_a_weights_only_checkpoint():
@@ -289,46 +228,6 @@ def test_progress_bar_draws_nothing_in_output_that_is_not_a_terminal(tmp_path):
     forced = io.StringIO()
     _progress_run(forced, 3, 1, disable=False, mininterval=0)
     assert "running_loss=0.25" in forced.getvalue()
-
-
-# --- Ctrl-C ----------------------------------------------------------------------------------------------
-
-
-def _interrupted_run(sigint_at: int, signals: int = 1):
-    """3 iterations per epoch; a real SIGINT to this process at the end of iteration ``sigint_at``."""
-    trainer = Engine(lambda e, b: None)
-    epochs_done = []
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs_done.append(e.state.epoch))
-
-    @trainer.on(Events.ITERATION_COMPLETED(once=sigint_at))
-    def _press(_):
-        for _ in range(signals):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    previous = signal.getsignal(signal.SIGINT)
-    stop = StopOnInterrupt(trainer)
-    try:
-        trainer.run(range(3), max_epochs=3)
-    finally:
-        stop.close()
-    assert signal.getsignal(signal.SIGINT) is previous
-    return trainer, stop, epochs_done
-
-
-def test_ctrl_c_mid_epoch_stops_after_the_current_iteration():
-    trainer, stop, epochs_done = _interrupted_run(sigint_at=5)
-    assert stop.requested and trainer.state.interrupt_requested
-    assert trainer.state.iteration == 5 and epochs_done == [1]  # epoch 2 stopped before its end
-
-
-def test_ctrl_c_in_the_last_iteration_of_an_epoch_lets_the_epoch_handlers_run_first():
-    trainer, stop, epochs_done = _interrupted_run(sigint_at=6)
-    assert stop.requested and trainer.state.iteration == 6 and epochs_done == [1, 2]
-
-
-def test_a_second_ctrl_c_aborts_at_once():
-    with pytest.raises(KeyboardInterrupt):
-        _interrupted_run(sigint_at=2, signals=2)
 
 
 # --- the handlers section end to end ---------------------------------------------------------------------
