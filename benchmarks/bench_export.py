@@ -11,7 +11,7 @@ the state fed back after every sample. Rows, all in this one process:
 
 Each row is measured in ``--rounds`` interleaved rounds of ``--samples`` steps after a
 warm-up; the median round is printed, in microseconds per sample, with its ratio to the
-native step. Needs the ``export`` extra (requirements-export.txt).
+native step. Needs the ``export`` extra (pinned in requirements.txt).
 
     python benchmarks/bench_export.py
 """

@@ -19,7 +19,7 @@ from ignite_lstm.signal import generate_split
 
 FREQS = [1.0, 3.0, 5.0, 7.0]
 SCALE = 4.0
-EXTRA = "the export extra is not installed (pip install -r requirements-export.txt, or '.[export]')"
+EXTRA = "the export extra is not installed (pip install -r requirements.txt, or '.[export]')"
 
 
 def _needs_extra():
