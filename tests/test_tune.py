@@ -221,5 +221,6 @@ def test_the_base_study_is_a_valid_definition_on_the_validation_mse():
 
     cfg, settings = load_study(REPO / "configs" / "tune-base.yaml")
     assert (settings.metric, settings.direction, cfg.train.epochs) == ("mse", "minimize", 200)
-    assert {d.key for d in settings.space} == {"train.lr", "train.tbptt_steps", "handlers.lr_scheduler.warmup_epochs",
-                                               "model.hidden_size", "data.train.mixtures"}
+    assert {d.key for d in settings.space} == {"train.epochs", "train.lr", "train.tbptt_steps",
+                                               "handlers.lr_scheduler.warmup_epochs", "model.hidden_size",
+                                               "data.train.mixtures"}
