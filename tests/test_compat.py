@@ -12,7 +12,7 @@ from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto import event_pb2
 
 from ignite_lstm._compat import close_event_file, quiet_handler_logger, tensor_version, wrap_event_file
-from ignite_lstm.handlers import _KeepWriterError, attach_tensorboard
+from ignite_lstm.tensorboard_logging import _KeepWriterError, attach_tensorboard
 
 
 def test_in_place_ops_and_optimizer_steps_bump_the_version_counter():
