@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ignite_lstm import _kernel_build, native
+from ignite_lstm import _kernel_build, _native_lib, native
 from ignite_lstm.models import StatefulLSTM
 
 B, C, H, IN = 40, 250, 64, 64
@@ -57,7 +57,7 @@ def _build_seconds() -> float:
         os.environ["IGNITE_LSTM_CACHE"] = folder
         try:
             start = time.perf_counter()
-            _kernel_build.build_library(native._SOURCE)
+            _kernel_build.build_library(_native_lib._SOURCE)
             return time.perf_counter() - start
         finally:
             if before is None:

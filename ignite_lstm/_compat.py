@@ -11,7 +11,12 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-__all__ = ["tensor_version", "quiet_handler_logger", "wrap_event_file", "close_event_file"]
+__all__ = ["tensor_version", "metric_placement", "engine_logger_name", "quiet_handler_logger", "wrap_event_file",
+           "close_event_file", "ONNX_REGISTRATION_LOGGER"]
+
+ONNX_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+"""The logger of torch's ONNX exporter that warns once per missing optional operator library
+("torchvision is not installed"): a module of ``torch.onnx._internal``, named by ``__name__``."""
 
 _Wrapper = TypeVar("_Wrapper")
 
@@ -24,6 +29,27 @@ def tensor_version(t: torch.Tensor) -> int:
     torch has no public equivalent.
     """
     return t._version
+
+
+def metric_placement(metric: Any) -> tuple[torch.device, torch.dtype]:
+    """Where an Ignite ``Metric`` keeps its running sums, and their float type: ``(device, dtype)``.
+
+    ``Metric.__init__`` keeps its ``device=`` argument as ``_device`` (Ignite's guide to custom
+    metrics uses it) and the float type for exact sums as ``_double_dtype``: float64, or float32
+    on MPS, which has no float64. Ignite has no public accessor for either.
+    """
+    return metric._device, metric._double_dtype
+
+
+def engine_logger_name() -> str:
+    """The name of the logger every Ignite ``Engine`` logs through (its errors, start and end).
+
+    ``Engine.__init__`` names it after its module and class; an engine's ``logger`` attribute
+    is that logger, but code that runs before any engine exists needs the name.
+    """
+    from ignite.engine import Engine
+
+    return f"{Engine.__module__}.{Engine.__name__}"
 
 
 def quiet_handler_logger(handler: object) -> None:

@@ -5,8 +5,9 @@ allowed values live, with a one-line help text per key; the choice lists come fr
 the modules that own them (``engines.UPDATES``, ``execution.EXECUTIONS``,
 ``optim.OPTIMIZERS``, ``losses.LOSSES``, ``schedules.SCHEDULES``). A config file
 states only what it sets differently: ``configs/base.yaml`` is the recipe's changes.
-``load_config`` reads a YAML file, applies overrides, checks everything at once
-and raises ``ConfigError`` listing every problem (key, value, what is allowed).
+``load_config`` reads a YAML file, applies overrides, checks everything at once (each
+key here, the rules between keys in ``_config_rules``) and raises ``ConfigError``
+listing every problem (key, value, what is allowed).
 
 ``python -m ignite_lstm.config CONFIG [key=value ...]`` prints the complete resolved
 config, every key with its help text; ``--markdown`` prints the key table of the README.
@@ -15,23 +16,23 @@ config, every key with its help text; ``--markdown`` prints the key table of the
 from __future__ import annotations
 
 import argparse
-import math
+import functools
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.distributed import Backend
 
+from ignite_lstm._config_rules import check_cross, with_defaults
 from ignite_lstm._schema import check_section, commented_yaml, markdown_table
 from ignite_lstm._schema import setting as _f
 from ignite_lstm.engines import UPDATES
 from ignite_lstm.execution import AMP_MODES, EXECUTIONS
 from ignite_lstm.losses import LOSSES
-from ignite_lstm.metrics import METRIC_NAMES
 from ignite_lstm.optim import OPTIMIZERS
 from ignite_lstm.schedules import SCHEDULES
 
@@ -188,76 +189,10 @@ class Config:
     distributed: DistributedConfig = _f(DistributedConfig(), "several processes (idist.Parallel)")
 
 
-MIN_STEPS = 2  # samples per sequence: the first one of every target is sin(0) = 0
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _section(values: Any, key: str) -> dict:
-    section = values.get(key) if isinstance(values, dict) else None
-    return section if isinstance(section, dict) else {}
-
-
-def _check_cross(cfg: dict, problems: list[str]) -> None:
-    """Rules that involve more than one key (each guarded: types are checked elsewhere).
-
-    A rule is skipped when one of its keys is already in ``problems``: one complaint per bad value.
-    """
-    reported = {p.split(":", 1)[0] for p in problems}
-
-    def valid(*keys: str) -> bool:
-        return not any(r == k or r.startswith((k + ".", k + "[")) for k in keys for r in reported)
-
-    data = _section(cfg, "data")
-    amp = data.get("amplitude")
-    if isinstance(amp, list) and len(amp) == 2 and all(isinstance(a, (int, float)) for a in amp) and amp[0] > amp[1]:
-        problems.append(f"data.amplitude: {amp!r} must be [low, high] with low <= high")
-    fs, duration = data.get("fs", DataConfig().fs), data.get("duration", DataConfig().duration)
-    if valid("data.fs", "data.duration") and _is_number(fs) and _is_number(duration):
-        steps = fs * duration
-        if not math.isfinite(steps):
-            problems.append(f"data.duration: {duration!r} at data.fs={fs!r} gives no finite number of samples")
-        elif round(steps) < MIN_STEPS:
-            problems.append(
-                f"data.duration: {duration!r} at data.fs={fs!r} gives {round(steps)} sample(s) per sequence "
-                f"(round(fs * duration)); at least {MIN_STEPS} are needed (every target starts at sin(0) = 0 and "
-                f"the metrics need one that varies): use data.duration >= {MIN_STEPS / fs:g}"
-            )
-    freqs = data.get("frequencies", DataConfig().frequencies)  # the defaults name the mse_f<Hz> monitors too
-    if isinstance(freqs, list) and len(set(freqs)) != len(freqs):
-        problems.append(f"data.frequencies: {freqs!r} must not repeat a frequency")
-    handlers = _section(cfg, "handlers")
-    allowed = list(METRIC_NAMES)
-    if isinstance(freqs, list) and all(isinstance(f, (int, float)) for f in freqs):
-        allowed += [f"mse_f{f:g}" for f in freqs]
-    for section in ("checkpoint", "early_stopping", "lr_scheduler"):
-        monitor = _section(handlers, section).get("monitor")
-        if isinstance(monitor, str) and monitor not in allowed:
-            problems.append(
-                f"handlers.{section}.monitor: {monitor!r} is not a validation metric: choose one of {', '.join(allowed)}"
-            )
-    sched, train = _section(handlers, "lr_scheduler"), _section(cfg, "train")
-    warmup = sched.get("warmup_epochs", LRSchedulerConfig().warmup_epochs)
-    epochs = train.get("epochs", TrainConfig().epochs)
-    if valid("handlers.lr_scheduler.warmup_epochs", "train.epochs") and _is_number(warmup) and _is_number(epochs) \
-            and warmup >= epochs:
-        problems.append(f"handlers.lr_scheduler.warmup_epochs: {warmup!r} must be shorter than train.epochs ({epochs})")
-    stop, ckpt = _section(handlers, "early_stopping"), _section(handlers, "checkpoint")
-    if stop.get("enabled") is True and stop.get("restore_best", EarlyStoppingConfig().restore_best) is True \
-            and ckpt.get("enabled", CheckpointConfig().enabled) is False:
-        problems.append("handlers.early_stopping.restore_best: true needs handlers.checkpoint.enabled: true "
-                        "(the best weights are read from the best checkpoint)")
-    dist = _section(cfg, "distributed")
-    if valid("distributed.backend", "distributed.nproc_per_node") and dist.get("backend") is None \
-            and dist.get("nproc_per_node", DistributedConfig().nproc_per_node) != 1:
-        problems.append(f"distributed.nproc_per_node: more than 1 process needs distributed.backend "
-                        f"({' or '.join(BACKENDS)})")
-    extra = handlers.get("extra")
-    for i, entry in enumerate(extra if isinstance(extra, list) else []):
-        if isinstance(entry, str) and (entry.count(":") != 1 or not all(entry.split(":"))):
-            problems.append(f"handlers.extra[{i}]: {entry!r} must look like 'package.module:function'")
+@functools.cache
+def _defaults() -> dict:
+    """The schema's defaults as a plain dict (read only: shared by every call)."""
+    return OmegaConf.to_container(OmegaConf.structured(Config))
 
 
 def validate_config(values: dict, source: str = "configuration") -> DictConfig:
@@ -288,7 +223,7 @@ def validate_config(values: dict, source: str = "configuration") -> DictConfig:
     problems: list[str] = []
     check_section("", values, Config, problems)
     if isinstance(values, dict):
-        _check_cross(values, problems)
+        check_cross(with_defaults(values, _defaults()), problems, backends=BACKENDS)
     if problems:
         raise ConfigError(problems, source)
     cfg = OmegaConf.merge(OmegaConf.structured(Config), values)
@@ -389,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-3")
     parser.add_argument("--markdown", action="store_true", help="print the key table of the README instead")
     args = parser.parse_args(argv)
-    defaults = OmegaConf.to_container(OmegaConf.structured(Config))
+    defaults = _defaults()
     if args.markdown:
         if args.config:
             parser.error("--markdown takes no config: the table shows the schema's defaults")

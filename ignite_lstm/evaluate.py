@@ -163,13 +163,14 @@ def figure_predictions(model: torch.nn.Module, dataset: SignalDataset, device: s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``python -m ignite_lstm.evaluate`` command.
+    """The ``python -m ignite_lstm.evaluate`` command: a run's model evaluated into its report.
 
     Args:
         argv: the arguments (default ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 done, 2 bad input (the message is on stderr).
+        The exit status: 0 done, 2 bad input (a missing or foreign model file, a bad config or
+        data file, a ``--device`` this torch cannot use); the message is on stderr.
 
     Example:
         >>> main(["runs/base-20260101-120000", "--split", "test"])

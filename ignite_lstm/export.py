@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from ignite_lstm import native
+from ignite_lstm._compat import ONNX_REGISTRATION_LOGGER
 from ignite_lstm.config import ConfigError
 from ignite_lstm.extract import _settings
 from ignite_lstm.models import StatefulLSTM
@@ -101,8 +102,7 @@ def _check_output(path: Path) -> None:
 
 
 # The exporter's chatter: "torchvision is not installed" warnings, the optimizer's INFO lines.
-_QUIET = {"torch.onnx._internal.exporter._registration": logging.ERROR, "onnxscript": logging.WARNING,
-          "onnx_ir": logging.WARNING}
+_QUIET = {ONNX_REGISTRATION_LOGGER: logging.ERROR, "onnxscript": logging.WARNING, "onnx_ir": logging.WARNING}
 
 
 def _trace(graph: nn.Module, example: tuple, names: tuple):

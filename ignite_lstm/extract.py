@@ -279,13 +279,13 @@ def _onnx_settings(args: argparse.Namespace):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``python -m ignite_lstm.extract`` command.
+    """The ``python -m ignite_lstm.extract`` command: one frequency's sine from a mixture file, step by step.
 
     Args:
         argv: the arguments (default ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 done, 2 bad input (the message is on stderr).
+        The exit status: 0 done, 2 bad input (frequency, file, shape, checkpoint, ONNX model, device; on stderr).
 
     Example:
         >>> main(["--checkpoint", "runs/x/model.pt", "--input", "s.npy", "--frequency", "3", "--output", "y.npy"])

@@ -50,6 +50,17 @@ def _panels(
     return fig.subplots(rows, cols, squeeze=False, gridspec_kw=spec, **kwargs)
 
 
+def _frequency_grid(n_panels: int, *, panel_height: float, left: float) -> tuple[Figure, np.ndarray]:
+    """A figure of ``n_panels`` panels, one per frequency, in a ceil(sqrt(F)) x ceil(F / cols) grid
+    sharing both axes, with room at the bottom for one legend (at least 10 in wide)."""
+    cols = math.ceil(math.sqrt(n_panels))
+    rows = math.ceil(n_panels / cols)
+    fig = Figure(figsize=(max(6.5 * cols, 10.0), panel_height * rows + 0.6))
+    axes = _panels(fig, rows, cols, left=left, right=0.2, top=0.6, bottom=1.0, hgap=0.4, wgap=0.2,
+                   sharex=True, sharey=True)
+    return fig, axes
+
+
 def _title(fig: Figure, text: str) -> None:
     fig.suptitle(text, y=1 - 0.12 / fig.get_size_inches()[1], va="top")
 
@@ -163,13 +174,9 @@ def plot_extraction_grid(
         ...                      fs=1000)
     """
     n_freq = len(frequencies)
-    cols = math.ceil(math.sqrt(n_freq))
-    rows = math.ceil(n_freq / cols)
     t = np.arange(targets.shape[1]) / fs
     n = _span(targets.shape[1], fs, span_s)
-    fig = Figure(figsize=(max(6.5 * cols, 10.0), 3.6 * rows + 0.6))  # >= 10 in: room for the legend
-    axes = _panels(fig, rows, cols, left=0.8, right=0.2, top=0.6, bottom=1.0, hgap=0.4, wgap=0.2,
-                   sharex=True, sharey=True)
+    fig, axes = _frequency_grid(n_freq, panel_height=3.6, left=0.8)
     for k, freq in enumerate(frequencies):
         ax = axes.flat[k]
         _draw_extraction(ax, t, mixture, targets[k], predictions[k], freq, n, legend=False)
@@ -292,11 +299,7 @@ def plot_spectra(
         >>> plot_spectra("spectra.png", mixture=s, targets=y, predictions=y_hat, frequencies=[1, 3, 5, 7], fs=1000)
     """
     n_freq = len(frequencies)
-    cols = math.ceil(math.sqrt(n_freq))
-    rows = math.ceil(n_freq / cols)
-    fig = Figure(figsize=(max(6.5 * cols, 10.0), 3.4 * rows + 0.6))
-    axes = _panels(fig, rows, cols, left=0.9, right=0.2, top=0.6, bottom=1.0, hgap=0.4, wgap=0.2,
-                   sharex=True, sharey=True)
+    fig, axes = _frequency_grid(n_freq, panel_height=3.4, left=0.9)
     hz, mix_spec = _amplitude_spectrum(mixture, fs)
     keep = hz <= max_hz
     floor = 1e-5

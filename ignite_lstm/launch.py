@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 import ignite.distributed as idist
 
+from ignite_lstm._compat import engine_logger_name
 from ignite_lstm.checkpointing import CheckpointMismatch, find_checkpoint
 from ignite_lstm.h5io import DataFileError
 from ignite_lstm.rundir import RunDirError, discard_unused_run_dir, prepare_run
@@ -152,8 +153,6 @@ def _launcher_signals(spawned: bool) -> Iterator[None]:
     first signal is sent on to every rank and raises ``_Forwarded``; the next kills the ranks and
     raises ``Aborted``.
     """
-    from ignite.engine import Engine
-
     from ignite_lstm.interrupts import Aborted
 
     received: list[int] = []
@@ -178,7 +177,7 @@ def _launcher_signals(spawned: bool) -> Iterator[None]:
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {s: signal.signal(s, on_signal) for s in signums}
-    engine_logger = logging.getLogger(f"{Engine.__module__}.{Engine.__name__}")  # as Engine names its logger
+    engine_logger = logging.getLogger(engine_logger_name())
     quiet = _QuietAbort()
     engine_logger.addFilter(quiet)
     try:

@@ -21,6 +21,8 @@ from ignite.exceptions import NotComputableError
 from ignite.metrics import MeanAbsoluteError, MeanSquaredError, Metric, RootMeanSquaredError
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
+from ignite_lstm._compat import metric_placement
+
 __all__ = ["METRIC_NAMES", "SignalToNoiseRatio", "build_metrics", "metric_direction"]
 
 
@@ -40,8 +42,9 @@ class SignalToNoiseRatio(Metric):
 
     @reinit__is_reduced
     def reset(self) -> None:
-        self._sum_signal = torch.tensor(0.0, dtype=self._double_dtype, device=self._device)
-        self._sum_error = torch.tensor(0.0, dtype=self._double_dtype, device=self._device)
+        device, dtype = metric_placement(self)
+        self._sum_signal = torch.tensor(0.0, dtype=dtype, device=device)
+        self._sum_error = torch.tensor(0.0, dtype=dtype, device=device)
         self._num_elements = 0
 
     @reinit__is_reduced
@@ -54,10 +57,11 @@ class SignalToNoiseRatio(Metric):
         y_pred, y = output[0].detach(), output[1].detach()
         if y_pred.shape != y.shape:
             raise ValueError(f"Input data shapes should be the same, but given {y_pred.shape} and {y.shape}")
-        y = y.to(self._double_dtype)
-        error = y - y_pred.to(self._double_dtype)
-        self._sum_signal += y.square().sum().to(self._device)
-        self._sum_error += error.square().sum().to(self._device)
+        device, dtype = metric_placement(self)
+        y = y.to(dtype)
+        error = y - y_pred.to(dtype)
+        self._sum_signal += y.square().sum().to(device)
+        self._sum_error += error.square().sum().to(device)
         self._num_elements += y.numel()
 
     @sync_all_reduce("_sum_signal", "_sum_error", "_num_elements")
@@ -89,17 +93,19 @@ class _MomentSums(Metric):
 
     @reinit__is_reduced
     def reset(self) -> None:
+        device, dtype = metric_placement(self)
         for name in self._sums:
-            setattr(self, name, torch.tensor(0.0, dtype=self._double_dtype, device=self._device))
+            setattr(self, name, torch.tensor(0.0, dtype=dtype, device=device))
         self._num_examples = 0
 
     @reinit__is_reduced
     def update(self, output: Sequence[torch.Tensor]) -> None:
-        y_pred, y = (t.detach().reshape(-1).to(self._double_dtype) for t in output[:2])
+        device, dtype = metric_placement(self)
+        y_pred, y = (t.detach().reshape(-1).to(dtype) for t in output[:2])
         if y_pred.shape != y.shape:
             raise ValueError(f"Input data shapes should be the same, but given {y_pred.shape} and {y.shape}")
         for name, value in zip(self._sums, (y_pred, y, y_pred * y_pred, y * y, y_pred * y, (y - y_pred) ** 2)):
-            setattr(self, name, getattr(self, name) + value.sum().to(self._device))
+            setattr(self, name, getattr(self, name) + value.sum().to(device))
         self._num_examples += y.numel()
 
     @sync_all_reduce("_s_pred", "_s_y", "_s_pred2", "_s_y2", "_s_prod", "_s_err2", "_num_examples")

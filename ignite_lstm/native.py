@@ -10,140 +10,31 @@ setting). The large, parallel products (weight gradients, the input gradient) st
 with PyTorch. Threads (PyTorch's own OpenMP threads) split the batch: sequences are independent.
 
 The library is compiled on first use with the system C++ compiler (a few seconds)
-into a cache folder (``$IGNITE_LSTM_CACHE``, else ``~/.cache/ignite_lstm``) and reused.
-Without a compiler, on a GPU, or with ``IGNITE_LSTM_NATIVE=0``, the models fall back to
-their PyTorch code; ``available()`` tells which.
+into a cache folder (``$IGNITE_LSTM_CACHE``, else ``~/.cache/ignite_lstm``) and reused
+(``_native_lib``: building, loading, switching off). Without a compiler, on a GPU, or with
+``IGNITE_LSTM_NATIVE=0``, the models fall back to their PyTorch code; ``available()`` tells
+which. Here: the weights packed for the kernel, the calls, and the autograd function.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import logging
 import operator
-import os
-import threading
 import weakref
-from pathlib import Path
 
 import torch
 
 from ignite_lstm._compat import tensor_version
-from ignite_lstm._kernel_build import build_library
+from ignite_lstm._native_lib import available, describe, disabled, function, library
 
 __all__ = ["available", "describe", "disabled", "lstm_layer", "lstm_layer_inference", "stack_runner"]
 
-logger = logging.getLogger(__name__)
-
-_SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.cpp"
-_ABI = 5
-_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _MIN_ROWS_PER_THREAD = 4  # below this, a thread's share of a step costs less than handing it over
-
-_lock = threading.Lock()
-_state = {"lib": None, "tried": False, "off": 0}
-
-
-def _build() -> ctypes.CDLL:
-    lib = build_library(_SOURCE)
-    if lib.ignite_lstm_abi() != _ABI:
-        raise RuntimeError(f"{lib._name} has ABI {lib.ignite_lstm_abi()}, expected {_ABI}")
-    p, i = ctypes.c_void_p, ctypes.c_int
-    for name in ("lstm_packed_size", "lstm_forward_work", "lstm_stack_work", "lstm_backward_work"):
-        getattr(lib, name).restype = ctypes.c_longlong
-    for suffix in _DTYPES.values():
-        getattr(lib, f"lstm_pack_{suffix}").argtypes = [i] * 2 + [p] * 5
-        getattr(lib, f"lstm_forward_{suffix}").argtypes = [i] * 5 + [p] * 11
-        getattr(lib, f"lstm_stack_forward_{suffix}").argtypes = [i] * 7 + [p] * 11
-        getattr(lib, f"lstm_backward_{suffix}").argtypes = [i] * 5 + [p] * 10
-    return lib
-
-
-def _library() -> ctypes.CDLL | None:
-    if _state["off"] or _state["tried"]:  # the per-call path: no lock
-        return None if _state["off"] else _state["lib"]
-    with _lock:
-        if _state["tried"]:
-            return _state["lib"]
-        _state["tried"] = True
-        if os.environ.get("IGNITE_LSTM_NATIVE", "1") == "0":
-            logger.info("Native LSTM kernel switched off by IGNITE_LSTM_NATIVE=0")
-            return None
-        try:
-            _state["lib"] = lib = _build()
-            logger.debug("Native LSTM kernel loaded (SIMD %d, OpenMP %d)", lib.ignite_lstm_simd(), lib.ignite_lstm_openmp())
-        except Exception as exc:  # any failure means: use the PyTorch code
-            logger.warning("Native LSTM kernel unavailable, using PyTorch's LSTM: %s", exc)
-        return _state["lib"]
-
-
-def available(*tensors: torch.Tensor) -> bool:
-    """Whether the native kernel can run (on these tensors: CPU, float32/float64, one dtype).
-
-    Args:
-        tensors: the inputs and parameters of the call (none: just whether it is built).
-
-    Returns:
-        True when the kernel is built and enabled and every tensor fits it.
-
-    Example:
-        >>> available(torch.zeros(2, 3))
-        True
-    """
-    if tensors:
-        dtype = tensors[0].dtype
-        if dtype not in _DTYPES or any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
-            return False
-    return _library() is not None
-
-
-def describe(device: torch.device | str | None = None) -> str:
-    """Which LSTM code runs on ``device`` (the CPU by default), in words for a log line.
-
-    Args:
-        device: where the model is (``"cpu"``, ``torch.device("cuda:0")``, ...).
-
-    Returns:
-        For example ``"native (AVX2/FMA, OpenMP, 2 threads)"`` or ``"PyTorch"``.
-
-    Example:
-        >>> logger.info("LSTM kernel: %s", describe())
-    """
-    if device is not None and torch.device(device).type != "cpu":
-        return "PyTorch"
-    lib = _library()
-    if lib is None:
-        return "PyTorch (native kernel off or not built)"
-    simd = "AVX2/FMA" if lib.ignite_lstm_simd() else "portable C++"
-    threads = f"OpenMP, {torch.get_num_threads()} threads" if lib.ignite_lstm_openmp() else "1 thread"
-    return f"native ({simd}, {threads})"
-
-
-@contextlib.contextmanager
-def disabled():
-    """Run the models' PyTorch code instead of the native kernel inside the block.
-
-    Returns:
-        A context manager.
-
-    Example:
-        >>> with disabled():
-        ...     y, state = model(x)  # nn.LSTM
-    """
-    _state["off"] += 1
-    try:
-        yield
-    finally:
-        _state["off"] -= 1
 
 
 # ---------------------------------------------------------------- packed weights
 
 _packed: dict[tuple, tuple] = {}
-
-
-def _fn(name: str, dtype: torch.dtype):
-    return getattr(_library(), f"{name}_{_DTYPES[dtype]}")
 
 
 def _pack(w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
@@ -159,9 +50,9 @@ def _pack(w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
         return hit[2]
     H = w_hh.shape[1]
     I = w_ih.shape[1]
-    out = torch.empty(_library().lstm_packed_size(I, H), dtype=w_ih.dtype)
+    out = torch.empty(library().lstm_packed_size(I, H), dtype=w_ih.dtype)
     src = [_checked(t.detach(), w_ih.dtype) for t in tensors]
-    _fn("lstm_pack", w_ih.dtype)(I, H, *(t.data_ptr() for t in src), out.data_ptr())
+    function("lstm_pack", w_ih.dtype)(I, H, *(t.data_ptr() for t in src), out.data_ptr())
     if hit is None:
         weakref.finalize(w_ih, _packed.pop, key, None)  # the entry goes with its layer
     _packed[key] = (stamp, [weakref.ref(t) for t in tensors], out)
@@ -184,17 +75,17 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 def _forward(x, packed, H, h0, c0, hs, cs=None, gates=None, xh=None, h_n=None, c_n=None) -> None:
     T, B, I = x.shape
     n = _threads(B, T)
-    work = x.new_empty(n * _library().lstm_forward_work(B, H))
+    work = x.new_empty(n * library().lstm_forward_work(B, H))
     ptrs = [_ptr(t) for t in (x, packed, h0, c0, hs, cs, gates, xh, h_n, c_n, work)]
-    _fn("lstm_forward", x.dtype)(n, T, B, I, H, *ptrs)
+    function("lstm_forward", x.dtype)(n, T, B, I, H, *ptrs)
 
 
 def _backward(recurrent, gates, cs, c0, dhs, w_hh, dc_n, dz, dh0, dc0) -> None:
     T, B, H = cs.shape
     n = _threads(B, T)
-    work = cs.new_empty(n * _library().lstm_backward_work(B, H))
+    work = cs.new_empty(n * library().lstm_backward_work(B, H))
     ptrs = [_ptr(t) for t in (gates, cs, c0, dhs, w_hh, dc_n, dz, dh0, dc0, work)]
-    _fn("lstm_backward", cs.dtype)(n, T, B, H, int(recurrent), *ptrs)
+    function("lstm_backward", cs.dtype)(n, T, B, H, int(recurrent), *ptrs)
 
 
 class _Stack:
@@ -210,8 +101,8 @@ class _Stack:
         self.head_w, self.head_b = (None if t is None else _checked(t.detach(), dtype).clone() for t in head)
         self.O = self.head_w.shape[0]
         self.head_ptrs = (self.head_w.data_ptr(), _ptr(self.head_b))
-        self.fn = _fn("lstm_stack_forward", dtype)
-        self.work_size = _library().lstm_stack_work
+        self.fn = function("lstm_stack_forward", dtype)
+        self.work_size = library().lstm_stack_work
 
     @staticmethod
     def _stamp(params) -> tuple:

@@ -107,39 +107,30 @@ def _real_sequence(name: str, value: Any) -> list[float]:
     return [float(v) for v in items]
 
 
-def _check_params(
-    *,
-    frequencies: Sequence[float],
-    fs: float,
-    duration: float,
-    amplitude_range: Sequence[float],
-    phase_scale: float,
-    noise_sigma: float,
-    n_mixtures: int,
-    seed: int,
-) -> dict:
-    freqs = _real_sequence("frequencies", frequencies)
+def _check_params(params: Mapping[str, Any]) -> dict:
+    """The checks of ``canonical_params`` and ``generate_split``: ``params`` holds every key of ``PARAM_NAMES``."""
+    freqs = _real_sequence("frequencies", params["frequencies"])
     if not freqs:
         raise ValueError("Argument frequencies should be a non-empty sequence, got [].")
     if not all(math.isfinite(f) and f > 0 for f in freqs):
         raise ValueError(f"Argument frequencies should hold positive finite numbers, got {freqs}.")
-    fs = _positive("fs", fs)
-    duration = _positive("duration", duration)
+    fs = _positive("fs", params["fs"])
+    duration = _positive("duration", params["duration"])
     if round(fs * duration) < 1:
         raise ValueError(
             f"Arguments fs and duration should give at least one sample, got round({fs} * {duration}) = 0."
         )
-    amp = _real_sequence("amplitude_range", amplitude_range)
+    amp = _real_sequence("amplitude_range", params["amplitude_range"])
     if len(amp) != 2:
         raise ValueError(f"Argument amplitude_range should have 2 values (lo, hi), got {amp}.")
     if not all(math.isfinite(a) for a in amp) or amp[0] > amp[1]:
         raise ValueError(f"Argument amplitude_range should be (lo, hi) with finite lo <= hi, got {amp}.")
-    phase_scale = _non_negative("phase_scale", phase_scale)
-    noise_sigma = _non_negative("noise_sigma", noise_sigma)
-    n_mixtures = _integer("n_mixtures", n_mixtures)
+    phase_scale = _non_negative("phase_scale", params["phase_scale"])
+    noise_sigma = _non_negative("noise_sigma", params["noise_sigma"])
+    n_mixtures = _integer("n_mixtures", params["n_mixtures"])
     if n_mixtures < 1:
         raise ValueError(f"Argument n_mixtures should be at least 1, got {n_mixtures}.")
-    seed = _integer("seed", seed)
+    seed = _integer("seed", params["seed"])
     if seed < 0:
         raise ValueError(f"Argument seed should be non-negative, got {seed}.")
     return {
@@ -176,7 +167,7 @@ def canonical_params(params: Mapping[str, Any]) -> dict:
             f"Generation parameters should have exactly the keys {list(PARAM_NAMES)}, "
             f"got unknown {unknown} and missing {missing}."
         )
-    return _check_params(**params)
+    return _check_params(params)
 
 
 def noisy_components(
@@ -248,16 +239,10 @@ def generate_split(
         >>> split.mixture.shape, split.target.shape, split.t.shape
         ((2, 500), (2, 500), (500,))
     """
-    params = _check_params(
-        frequencies=frequencies,
-        fs=fs,
-        duration=duration,
-        amplitude_range=amplitude_range,
-        phase_scale=phase_scale,
-        noise_sigma=noise_sigma,
-        n_mixtures=n_mixtures,
-        seed=seed,
-    )
+    params = _check_params(dict(
+        frequencies=frequencies, fs=fs, duration=duration, amplitude_range=amplitude_range,
+        phase_scale=phase_scale, noise_sigma=noise_sigma, n_mixtures=n_mixtures, seed=seed,
+    ))
     n_steps = round(params["fs"] * params["duration"])
     t = np.arange(n_steps, dtype=np.float64) / params["fs"]  # (T,)
     freqs = np.asarray(params["frequencies"], dtype=np.float64)

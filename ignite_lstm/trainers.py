@@ -23,19 +23,14 @@ from ignite.metrics import RunningAverage
 from ignite_lstm.checkpointing import FixedState, attach_checkpoints
 from ignite_lstm.engines import create_evaluator, create_trainer, epoch_loss_metric
 from ignite_lstm.execution import AMP_MODES
-from ignite_lstm.handlers import (
-    attach_early_stopping,
-    attach_progress,
-    attach_tensorboard,
-    attach_terminate_on_nan,
-    load_extra_handlers,
-)
+from ignite_lstm.handlers import attach_early_stopping, attach_progress, attach_terminate_on_nan, load_extra_handlers
 from ignite_lstm.history import MetricsHistory
 from ignite_lstm.interrupts import StopOnInterrupt
 from ignite_lstm.losses import setup_loss
 from ignite_lstm.metrics import METRIC_NAMES, build_metrics, metric_direction
 from ignite_lstm.resume import RNGState
 from ignite_lstm.schedules import setup_lr_scheduler, steps_per_epoch
+from ignite_lstm.tensorboard_logging import attach_tensorboard
 
 __all__ = ["setup_trainer", "setup_evaluators", "attach_handlers", "RunHandlers", "HANDLER_ORDER"]
 

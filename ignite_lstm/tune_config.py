@@ -4,7 +4,8 @@ A study file is a config (any keys of ``configs/base.yaml``) with a ``tune:`` se
 ``tune.base`` names the config file it is laid over (relative to the study file), so a
 study follows its recipe. ``load_study`` reads the file, applies ``key=value`` overrides
 (``tune.trials=4`` as well as ``train.epochs=2``), validates the config with the schema of
-``ignite_lstm.config`` and the ``tune:`` section here, and reports every problem at once:
+``ignite_lstm.config`` and the ``tune:`` section here (its ``space`` in ``tune_space``), and
+reports every problem at once:
 
     tune:
       base: quick.yaml
@@ -20,47 +21,23 @@ config the study writes, are the config alone.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from ignite_lstm.config import Config, ConfigError, validate_config
+from ignite_lstm.config import ConfigError, validate_config
 from ignite_lstm.metrics import METRIC_NAMES, metric_direction
+from ignite_lstm.tune_space import Distribution, check_space, is_int, set_key
 
 __all__ = ["Distribution", "TuneSettings", "load_study", "target_trials", "trial_config"]
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "successive_halving", "none")
-_FIELDS = {"float": ("low", "high", "log", "step"), "int": ("low", "high", "log", "step"),
-           "categorical": ("choices",)}
 _TUNE_KEYS = ("base", "study_name", "storage", "trials", "metric", "direction", "sampler", "seed", "pruner", "space")
 _PRUNER_KEYS = {"name": "median", "startup_trials": 5, "warmup_epochs": 0}
-_SET_PER_TRIAL = ("output_dir", "name", "resume")  # the tune command sets these for each trial
-
-
-@dataclass(frozen=True)
-class Distribution:
-    """One entry of ``tune.space``: the config key and what to draw for it."""
-
-    key: str
-    type: str  # float | int | categorical
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple = ()
-
-    def grid(self) -> list:
-        """The values of a grid search: the choices, or every int from low to high."""
-        if self.type == "categorical":
-            return list(self.choices)
-        return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
 
 
 @dataclass(frozen=True)
@@ -78,14 +55,6 @@ class TuneSettings:
     pruner: str
     pruner_startup_trials: int
     pruner_warmup_epochs: int
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _read_yaml(path: Path, what: str) -> DictConfig:
@@ -177,7 +146,7 @@ def _choose(problems: list[str], key: str, value: Any, allowed: Sequence[Any]) -
 def _count(problems: list[str], key: str, value: Any, low: int, optional: bool = False) -> None:
     if optional and value is None:
         return
-    if not _is_int(value):
+    if not is_int(value):
         problems.append(f"{key}: {value!r} has the wrong type: expected int")
     elif value < low:
         problems.append(f"{key}: {value!r} is out of range: must be >= {low}")
@@ -221,126 +190,12 @@ def _check_tune(tune: dict, values: dict, cfg: Any, default_name: str, problems:
         direction = "minimize" if metric_direction(metric) == "min" else "maximize"
     elif direction is not None:
         _choose(problems, "tune.direction", direction, ("minimize", "maximize", None))
-    space = _check_space(t.get("space"), values, cfg, t["sampler"], problems)
+    space = check_space(t.get("space"), values, cfg, t["sampler"], problems)
     if problems:
         return None
     return TuneSettings(space=space, study_name=name, storage=storage, trials=t["trials"], metric=metric,
                         direction=direction, sampler=t["sampler"], seed=t["seed"], pruner=pruner["name"],
                         pruner_startup_trials=pruner["startup_trials"], pruner_warmup_epochs=pruner["warmup_epochs"])
-
-
-def _leaves(node: Any, prefix: str, problems: list[str]) -> list[tuple[str, Any]]:
-    """``{train: {lr: {type: ...}}}`` and ``{train.lr: {type: ...}}`` alike: (dotted key, spec) pairs."""
-    if isinstance(node, dict) and "type" not in node:
-        return [leaf for k, v in node.items() for leaf in _leaves(v, f"{prefix}.{k}" if prefix else str(k), problems)]
-    if not isinstance(node, dict):
-        problems.append(f"tune.space.{prefix}: {node!r} is not a distribution: expected "
-                        f"{{type: float|int|categorical, ...}}")
-        return []
-    return [(prefix, node)]
-
-
-def _schema_type(key: str) -> Any:
-    """The schema's type of a dotted config key (Optional unwrapped); a dataclass for a section; None if unknown."""
-    tp: Any = Config
-    for part in key.split("."):
-        if not dataclasses.is_dataclass(tp) or part not in {f.name for f in dataclasses.fields(tp)}:
-            return None
-        tp = typing.get_type_hints(tp)[part]
-        if typing.get_origin(tp) is typing.Union:
-            tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    return tp
-
-
-def _set(values: dict, key: str, value: Any) -> None:
-    *path, last = key.split(".")
-    for part in path:
-        values = values.setdefault(part, {})
-    values[last] = value
-
-
-def _check_space(space: Any, values: dict, cfg: Any, sampler: str, problems: list[str]) -> tuple[Distribution, ...]:
-    if not isinstance(space, dict) or not space:
-        problems.append(f"tune.space: {space!r} must be a non-empty mapping of config keys to distributions")
-        return ()
-    out, seen = [], set()
-    for key, spec in _leaves(space, "", problems):
-        where = f"tune.space.{key}"
-        n = len(problems)
-        if key in seen:
-            problems.append(f"{where}: given twice (once nested, once as a dotted key)")
-        seen.add(key)
-        tp = _schema_type(key)
-        if tp is None:
-            problems.append(f"{where}: unknown config key: {key} is not in the schema (configs/base.yaml lists "
-                            f"every key)")
-        elif dataclasses.is_dataclass(tp):
-            problems.append(f"{where}: {key} is a section, not a value: search its keys ({key}.<name>)")
-        elif key.split(".")[0] in _SET_PER_TRIAL or key.startswith("distributed."):
-            problems.append(f"{where}: {key} is set by the tune command for each trial and cannot be searched")
-        kind = spec.get("type")
-        if kind not in _FIELDS:
-            problems.append(f"{where}.type: {kind!r} is not allowed: choose one of 'float', 'int', 'categorical'")
-        else:
-            problems += [f"{where}.{k}: unknown key; allowed here: type, {', '.join(_FIELDS[kind])}"
-                         for k in spec if k != "type" and k not in _FIELDS[kind]]
-        if len(problems) > n:
-            continue
-        dist = _distribution(key, kind, spec, where, problems)
-        if dist is None:
-            continue
-        if kind == "float" and tp is not float:
-            problems.append(f"{where}: type float does not fit {key}, which takes {tp.__name__} values: use "
-                            f"type int or categorical")
-        elif kind == "int" and tp not in (int, float):
-            problems.append(f"{where}: type int does not fit {key}, which takes {getattr(tp, '__name__', tp)} "
-                            f"values: use type categorical")
-        elif sampler == "grid" and kind == "float":
-            problems.append(f"{where}: tune.sampler grid needs int or categorical entries: list the float values "
-                            f"as choices")
-        elif cfg is not None:  # every end of the range, every choice: what validate_config says of it
-            probes = ([("choice", c) for c in dist.choices] if kind == "categorical"
-                      else [("low", dist.low), ("high", dist.high)])
-            for label, value in probes:
-                trial = copy.deepcopy(values)
-                _set(trial, key, value)
-                try:
-                    validate_config(trial)
-                except ConfigError as exc:
-                    problems += [f"{where}: {label} {value!r} does not fit: {p}" for p in exc.problems]
-        out.append(dist)
-    return tuple(out)
-
-
-def _distribution(key: str, kind: str, spec: dict, where: str, problems: list[str]) -> Distribution | None:
-    n = len(problems)
-    if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            problems.append(f"{where}.choices: {choices!r} must be a non-empty list")
-        elif not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
-            problems.append(f"{where}.choices: {choices!r}: each choice must be a number, a string, a bool or null")
-        elif len({repr(c) for c in choices}) != len(choices):
-            problems.append(f"{where}.choices: {choices!r} must not repeat a choice")
-        return None if len(problems) > n else Distribution(key, kind, choices=tuple(choices))
-    check = _is_int if kind == "int" else _is_number
-    low, high, log, step = spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
-    for name, v in (("low", low), ("high", high)):
-        if not check(v):
-            problems.append(f"{where}.{name}: {v!r} has the wrong type: expected {kind}")
-    if not isinstance(log, bool):
-        problems.append(f"{where}.log: {log!r} has the wrong type: expected bool")
-    if step is not None and not (check(step) and step > 0):
-        problems.append(f"{where}.step: {step!r} must be a positive {kind} (or null)")
-    if len(problems) > n:
-        return None
-    if low > high:
-        problems.append(f"{where}: low {low!r} must not exceed high {high!r}")
-    if log and low <= 0:
-        problems.append(f"{where}.low: {low!r} must be > 0 on a log scale")
-    if log and step not in (None, 1):
-        problems.append(f"{where}.step: {step!r}: a log scale takes no step")
-    return None if len(problems) > n else Distribution(key, kind, low=low, high=high, log=log, step=step)
 
 
 def trial_config(cfg: Any, params: dict[str, Any], **top: Any) -> DictConfig:
@@ -352,7 +207,7 @@ def trial_config(cfg: Any, params: dict[str, Any], **top: Any) -> DictConfig:
     """
     values = OmegaConf.to_container(cfg, resolve=True)
     for key, value in {**params, **top}.items():
-        _set(values, key, value)
+        set_key(values, key, value)
     return validate_config(values)
 
 

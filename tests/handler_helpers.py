@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import json
 import logging
 import os
@@ -60,6 +61,22 @@ def run_cli(args: Sequence[str]) -> int:
                 root.removeHandler(handler)
                 handler.close()
         torch.set_num_threads(threads)
+
+
+def run_cli_in(args: Sequence[str | Path], cwd: str | Path) -> subprocess.CompletedProcess:
+    """``run_cli`` in the folder ``cwd``, with its stdout and stderr captured: what ``python run.py ARGS``
+    run there would return, without starting a process (the logging set-up is undone afterwards)."""
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    levels = {name: logging.getLogger(name).level for name in ("", "ignite")}
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_cli([str(a) for a in args])
+    finally:
+        os.chdir(here)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    return subprocess.CompletedProcess([str(a) for a in args], code, out.getvalue(), err.getvalue())
 
 
 def spawn_cli(args: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen:

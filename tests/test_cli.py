@@ -1,4 +1,5 @@
-"""The command line: refusals with exit status 2 and nothing written, and one real run end to end."""
+"""The command line: refusals with exit status 2 and nothing written, and one real run end to end (all in
+this process: ``run.py`` calls ``cli.main``; the subprocess runs are in test_faults, test_rundir, test_resume)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from handler_helpers import run_cli_in
 from ignite_lstm.cli import main
 from ignite_lstm.config import load_config, validate_config
 from ignite_lstm.data import split_params
@@ -32,11 +34,12 @@ def _restore_root_logging():
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory, make_quick_config, run_cli):
-    """One real ``python run.py quick.yaml name=first`` in a fresh folder: (process, working folder)."""
+def first_run(tmp_path_factory, make_quick_config):
+    """One real run of ``run.py quick.yaml name=first`` (in this process) in a fresh folder: (result, working
+    folder)."""
     cwd = tmp_path_factory.mktemp("cli-run")
     config = make_quick_config(cwd)
-    return run_cli([config, "name=first", "eval.report=true"], cwd), cwd
+    return run_cli_in([config, "name=first", "eval.report=true"], cwd), cwd
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -145,14 +148,14 @@ def test_second_run_with_the_same_name_is_refused_and_leaves_the_first_alone(fir
     assert _files(run) == before
 
 
-def test_corrupt_data_file_exits_2_naming_it_and_leaves_it_alone(quick_config, run_cli):
+def test_corrupt_data_file_exits_2_naming_it_and_leaves_it_alone(quick_config):
     cwd = quick_config.parent
     cfg = load_config(quick_config)
     name = split_filename("train", split_params(cfg.data, "train"))
     garbage = b"this is not an HDF5 file\n" * 4
     (cwd / "data").mkdir()
     (cwd / "data" / name).write_bytes(garbage)
-    proc = run_cli([quick_config], cwd)
+    proc = run_cli_in([quick_config], cwd)
     assert proc.returncode == 2
     assert f"error: Data file {Path('data') / name} " in proc.stderr
     assert (cwd / "data" / name).read_bytes() == garbage

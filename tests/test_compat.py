@@ -1,18 +1,29 @@
 """What ignite_lstm._compat relies on still holds in the installed torch and Ignite."""
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from ignite.engine import Engine
 from ignite.handlers import TerminateOnNan
+from ignite.metrics import Metric
 from ignite.handlers.tensorboard_logger import TensorboardLogger
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto import event_pb2
 
-from ignite_lstm._compat import close_event_file, quiet_handler_logger, tensor_version, wrap_event_file
-from ignite_lstm.handlers import _KeepWriterError, attach_tensorboard
+import ignite_lstm
+from ignite_lstm._compat import (
+    ONNX_REGISTRATION_LOGGER,
+    close_event_file,
+    engine_logger_name,
+    metric_placement,
+    quiet_handler_logger,
+    tensor_version,
+    wrap_event_file,
+)
+from ignite_lstm.tensorboard_logging import _KeepWriterError, attach_tensorboard
 
 
 def test_in_place_ops_and_optimizer_steps_bump_the_version_counter():
@@ -89,3 +100,50 @@ def test_attach_tensorboard_installs_the_guard_on_the_event_file(tmp_path):
     assert isinstance(event_writer._ev_writer, _KeepWriterError)
     assert event_writer._worker._record_writer is event_writer._ev_writer
     tb.close()
+
+
+class _Count(Metric):
+    def reset(self):
+        pass
+
+    def update(self, output):
+        pass
+
+    def compute(self):
+        return 0
+
+
+def test_an_ignite_metric_keeps_its_device_and_a_float64_type_for_its_sums():
+    assert metric_placement(_Count()) == (torch.device("cpu"), torch.float64)
+    assert metric_placement(_Count(device="meta")) == (torch.device("meta"), torch.float64)
+
+
+def test_every_engine_logs_through_the_logger_of_that_name(caplog):
+    engine = Engine(lambda e, b: 1 / 0)
+    assert engine.logger is logging.getLogger(engine_logger_name())
+    with caplog.at_level(logging.ERROR, logger=engine_logger_name()), pytest.raises(ZeroDivisionError):
+        engine.run([0])
+    # what the launcher's filter leaves out when a signal ends the run
+    assert [r.name for r in caplog.records if "Engine run is terminating due to exception" in r.getMessage()] == [
+        engine_logger_name()]
+
+
+def test_the_onnx_exporter_module_that_warns_about_optional_libraries_logs_under_its_module_name():
+    module = Path(torch.onnx.__file__).parent.joinpath(*ONNX_REGISTRATION_LOGGER.split(".")[2:]).with_suffix(".py")
+    source = module.read_text()  # not imported: it needs the [export] extra
+    assert "logger = logging.getLogger(__name__)" in source
+    assert "torchvision is not installed" in source
+
+
+PRIVATE = ("_event_handlers", "_flat_weights", "_version", "_ev_writer", "_worker", "_record_writer", "_file_name",
+           "_py_recordio_writer", "_double_dtype", "_device", "logger")
+
+
+def test_no_module_but_compat_touches_these_private_attributes():
+    """Each name is an attribute torch, Ignite or tensorboardX keep for themselves (or, ``logger``, a
+    handler's): only ``_compat`` reads it, so an upgrade that moves it breaks there, under these tests."""
+    pattern = re.compile(r"\.(%s)\b" % "|".join(PRIVATE))
+    package = Path(ignite_lstm.__file__).parent
+    found = [f"{p.name}:{n}: {line.strip()}" for p in sorted(package.glob("*.py")) if p.name != "_compat.py"
+             for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert found == []

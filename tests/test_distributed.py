@@ -42,11 +42,11 @@ from handler_helpers import run_cli as run_main
 from ignite_lstm.batches import collate_sequences
 from ignite_lstm.config import load_config
 from ignite_lstm.data import setup_data
-from ignite_lstm.engines import create_evaluator, create_trainer
-from ignite_lstm.losses import setup_loss
-from ignite_lstm.metrics import METRIC_NAMES, build_metrics
+from ignite_lstm.engines import create_trainer
+from ignite_lstm.evaluate import evaluate_splits
 from ignite_lstm.models import StatefulLSTM, load_model, setup_model
-from ignite_lstm.optim import setup_optimizer
+from ignite_lstm.trainers import setup_evaluators
+from ignite_lstm.training import setup
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -90,10 +90,9 @@ def _evaluate_splits(local_rank: int, data_dir: str, out: str) -> None:
         data = setup_data(cfg)
         manual_seed(cfg.seed)
         model = setup_model(cfg)  # the same weights on every rank and in the single process
-        metrics = {}
-        for split, loader in data["eval_loaders"].items():
-            evaluator = create_evaluator(model, build_metrics(cfg.data.frequencies, per_frequency=METRIC_NAMES))
-            metrics[split] = {k: float(v) for k, v in evaluator.run(loader).metrics.items()}
+        flat = evaluate_splits(setup_evaluators(cfg, model, torch.device("cpu"))["final"], data["eval_loaders"])
+        metrics = {split: {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(f"{split}/")}
+                   for split in data["eval_loaders"]}
         sizes = {split: sum(len(batch[0]) for batch in loader) for split, loader in data["eval_loaders"].items()}
         results[case] = {"metrics": metrics, "sizes": sizes}
     torch.save(results, Path(out) / f"eval-{idist.get_rank()}-of-{idist.get_world_size()}.pt")
@@ -116,8 +115,11 @@ def test_evaluation_on_two_processes_counts_every_sequence_once(tmp_path):
 
 # --- training: the same parameters as one process ----------------------------------------------------
 
-# 8 training sequences, global batch 4 (2 per process), 2 epochs: 2 iterations per epoch.
-TRAIN_COMMON = ["data.train.mixtures=2", "train.batch_size=4", "model.hidden_size=8", "train.grad_clip=1.0"]
+# 8 training sequences, global batch 4 (2 per process), 2 epochs: 2 iterations per epoch. A constant
+# learning rate (full steps: the parameters move clearly); no files but history.json.
+TRAIN_COMMON = ["data.train.mixtures=2", "train.batch_size=4", "model.hidden_size=8", "train.grad_clip=1.0",
+                "handlers.lr_scheduler.name=none", "handlers.checkpoint.enabled=false",
+                "handlers.tensorboard.enabled=false", "handlers.progress_bar=false"]
 TRAIN_CASES = {
     # 4 windows of 50 steps, an optimizer step per window: 16 steps
     "fused": ["data.duration=0.2", "train.tbptt_steps=50", "train.update=window"],
@@ -132,27 +134,21 @@ def _train(local_rank: int, data_dir: str, out: str) -> None:
     results = {}
     for case, overrides in TRAIN_CASES.items():
         cfg = _load([*TRAIN_COMMON, *overrides, f"data.dir={data_dir}"])
-        manual_seed(cfg.seed)
-        data = setup_data(cfg)
-        model = idist.auto_model(setup_model(cfg))
-        optimizer = idist.auto_optim(setup_optimizer(cfg.train.optimizer, model.parameters(), lr=cfg.train.lr))
-        trainer = create_trainer(model, optimizer, setup_loss(cfg.train.loss), tbptt_steps=cfg.train.tbptt_steps,
-                                 update=cfg.train["update"], grad_clip=cfg.train.grad_clip, execution=cfg.train.engine,
-                                 chunk_steps=cfg.train.chunk_steps)
-        sampler = data["train_loader"].sampler
+        run_dir = Path(out) / f"run-{case}-of-{idist.get_world_size()}"
+        run_dir.mkdir(exist_ok=True)
+        s = setup(cfg, run_dir)  # the run's own wiring: seed, data, model, optimizer, trainer and handlers
+        sampler = s.data["train_loader"].sampler
         orders, losses = [], []
-
-        @trainer.on(Events.EPOCH_STARTED)
-        def _epoch(engine):  # as run_training does: a new permutation per epoch
-            sampler.set_epoch(engine.state.epoch - 1)
-            orders.append(list(sampler))
-
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
-        trainer.run(data["train_loader"], max_epochs=2)
-        net = model.module if hasattr(model, "module") else model
-        results[case] = {"params": {k: v.clone() for k, v in net.state_dict().items()}, "losses": losses,
-                         "orders": orders, "execution": trainer.execution,
-                         "local_batch": data["train_loader"].batch_size}
+        # after the run's own EPOCH_STARTED handler, which draws a new permutation per epoch
+        s.trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: orders.append(list(sampler)))
+        s.trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
+        try:
+            s.trainer.run(s.train_data, max_epochs=2)
+        finally:
+            s.handlers.interrupt.close()
+        results[case] = {"params": {k: v.clone() for k, v in s.net.state_dict().items()}, "losses": losses,
+                         "orders": orders, "execution": s.trainer.state.execution,
+                         "local_batch": s.data["train_loader"].batch_size}
     torch.save(results, Path(out) / f"train-{idist.get_rank()}-of-{idist.get_world_size()}.pt")
 
 
@@ -340,10 +336,9 @@ def test_run_py_on_two_processes_reports_the_metrics_of_a_one_process_evaluation
     data = setup_data(cfg)  # here a single process: whole splits
     reported = json.loads((run_dir / "metrics.json").read_text())
     expected = {}
+    evaluator = setup_evaluators(cfg, model, torch.device("cpu"))["final"]  # the run's final evaluator
     for split, dataset in data["datasets"].items():
-        evaluator = create_evaluator(model, build_metrics(cfg.data.frequencies, per_frequency=METRIC_NAMES))
-        metrics = evaluator.run(DataLoader(dataset, batch_size=1)).metrics
-        expected.update({f"{split}/{k}": float(v) for k, v in metrics.items()})
+        expected.update(evaluate_splits(evaluator, {split: DataLoader(dataset, batch_size=1)}))
     assert set(reported) == set(expected)
     assert reported == pytest.approx(expected, rel=1e-6, abs=1e-6)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ignite_lstm import native
+from ignite_lstm import _native_lib, native
 from ignite_lstm._kernel_build import build_library
 from ignite_lstm.models import StatefulLSTM
 
@@ -184,8 +184,8 @@ def test_wrong_dtype_is_refused_clearly():
 
 
 def test_missing_compiler_falls_back_to_pytorch(tmp_path, monkeypatch, caplog):
-    monkeypatch.setitem(native._state, "lib", None)
-    monkeypatch.setitem(native._state, "tried", False)
+    monkeypatch.setitem(_native_lib._state, "lib", None)
+    monkeypatch.setitem(_native_lib._state, "tried", False)
     monkeypatch.setenv("IGNITE_LSTM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with caplog.at_level(logging.WARNING, logger="ignite_lstm.native"):
@@ -199,19 +199,19 @@ def test_missing_compiler_falls_back_to_pytorch(tmp_path, monkeypatch, caplog):
 
 
 def test_switch_off_by_environment(monkeypatch):
-    monkeypatch.setitem(native._state, "lib", None)
-    monkeypatch.setitem(native._state, "tried", False)
+    monkeypatch.setitem(_native_lib._state, "lib", None)
+    monkeypatch.setitem(_native_lib._state, "tried", False)
     monkeypatch.setenv("IGNITE_LSTM_NATIVE", "0")
     assert not native.available()
 
 
 def test_build_is_cached_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("IGNITE_LSTM_CACHE", str(tmp_path))
-    lib = native._build()
+    lib = _native_lib._build()
     built = sorted(tmp_path.glob("lstm_cpu-*.so"))
-    assert len(built) == 1 and lib.ignite_lstm_abi() == native._ABI
+    assert len(built) == 1 and lib.ignite_lstm_abi() == _native_lib._ABI
     stamp = built[0].stat().st_mtime_ns
-    native._build()
+    _native_lib._build()
     assert sorted(tmp_path.glob("*")) == built and built[0].stat().st_mtime_ns == stamp  # no rebuild, no leftovers
 
 
@@ -248,8 +248,8 @@ def test_unwritable_cache_folder_falls_back_to_a_temp_folder(tmp_path, monkeypat
     monkeypatch.setenv("IGNITE_LSTM_CACHE", str(blocker / "cache"))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    lib = native._build()
-    assert lib.ignite_lstm_abi() == native._ABI
+    lib = _native_lib._build()
+    assert lib.ignite_lstm_abi() == _native_lib._ABI
     assert len(list((tmp_path / "tmp").glob("ignite_lstm-*/lstm_cpu-*.so"))) == 1
 
 

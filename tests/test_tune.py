@@ -19,7 +19,7 @@ import yaml
 pytest.importorskip("optuna", reason="the tune tests need the [tune] extra: pip install -e '.[tune]'")
 pytest.importorskip("optuna_integration", reason="the tune tests need the [tune] extra: pip install -e '.[tune]'")
 
-from handler_helpers import wait_for  # noqa: E402
+from handler_helpers import run_cli_in, wait_for  # noqa: E402
 
 from ignite_lstm import cli, tune  # noqa: E402
 
@@ -90,8 +90,7 @@ def test_two_workers_finish_the_study_between_them_and_the_best_config_reproduce
     # best.yaml is a plain config: run.py trains it again to the trial's validation metric
     best = yaml.safe_load((study_dir / "best.yaml").read_text())
     assert "tune" not in best and best["output_dir"] == str(out) and best["name"] is None
-    again = subprocess.run([sys.executable, str(REPO / "run.py"), str(study_dir / "best.yaml"), "name=again",
-                            "handlers.extra=[]"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    again = run_cli_in([study_dir / "best.yaml", "name=again", "handlers.extra=[]"], REPO)  # run.py, in this process
     assert again.returncode == 0, again.stderr
     metrics = json.loads((out / "again" / "metrics.json").read_text())
     assert metrics["val/mse"] == pytest.approx(s["best"]["value"], rel=1e-6)

@@ -1,0 +1,110 @@
+"""The config rules that involve more than one key (``validate_config`` applies them).
+
+The schema (``ignite_lstm.config``) checks each key on its own; what is left is here:
+sample count from ``data.fs`` and ``data.duration``, monitors that name a validation
+metric of these frequencies, warm-up shorter than the run, ``restore_best`` with
+checkpoints, several processes with a backend, the form of ``handlers.extra``. The
+rules read a plain dict already merged over the schema's defaults (``with_defaults``),
+so no default is written here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from ignite_lstm.metrics import METRIC_NAMES
+
+__all__ = ["MIN_STEPS", "check_cross", "with_defaults"]
+
+MIN_STEPS = 2  # samples per sequence: the first one of every target is sin(0) = 0
+
+
+def with_defaults(values: Any, defaults: Any) -> Any:
+    """``values`` laid over ``defaults``, section by section.
+
+    A section that is not a mapping (the schema check reports it) reads as its defaults, so that
+    the rules of its keys see what the run would get; any other value is kept as it is.
+    """
+    if not isinstance(defaults, dict):
+        return values
+    if not isinstance(values, dict):
+        return defaults
+    return {**defaults, **{k: with_defaults(v, defaults.get(k)) for k, v in values.items()}}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _section(values: Any, key: str) -> dict:
+    section = values.get(key) if isinstance(values, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def check_cross(cfg: dict, problems: list[str], *, backends: Sequence[str]) -> None:
+    """Append the problems of the rules that involve more than one key (each guarded: types are checked elsewhere).
+
+    A rule is skipped when one of its keys is already in ``problems``: one complaint per bad value.
+
+    Args:
+        cfg: the config as a plain dict, merged over the schema's defaults (``with_defaults``).
+        problems: the list to extend.
+        backends: the ``distributed.backend`` choices, for the message of the rule that needs one.
+    """
+    reported = {p.split(":", 1)[0] for p in problems}
+
+    def valid(*keys: str) -> bool:
+        return not any(r == k or r.startswith((k + ".", k + "[")) for k in keys for r in reported)
+
+    data = _section(cfg, "data")
+    amp = data.get("amplitude")
+    if isinstance(amp, list) and len(amp) == 2 and all(isinstance(a, (int, float)) for a in amp) and amp[0] > amp[1]:
+        problems.append(f"data.amplitude: {amp!r} must be [low, high] with low <= high")
+    fs, duration = data.get("fs"), data.get("duration")
+    if valid("data.fs", "data.duration") and _is_number(fs) and _is_number(duration):
+        steps = fs * duration
+        if not math.isfinite(steps):
+            problems.append(f"data.duration: {duration!r} at data.fs={fs!r} gives no finite number of samples")
+        elif round(steps) < MIN_STEPS:
+            problems.append(
+                f"data.duration: {duration!r} at data.fs={fs!r} gives {round(steps)} sample(s) per sequence "
+                f"(round(fs * duration)); at least {MIN_STEPS} are needed (every target starts at sin(0) = 0 and "
+                f"the metrics need one that varies): use data.duration >= {MIN_STEPS / fs:g}"
+            )
+    freqs = data.get("frequencies")  # they name the mse_f<Hz> monitors too
+    if isinstance(freqs, list) and len(set(freqs)) != len(freqs):
+        problems.append(f"data.frequencies: {freqs!r} must not repeat a frequency")
+    handlers = _section(cfg, "handlers")
+    _check_monitors(handlers, freqs, problems)
+    sched, train = _section(handlers, "lr_scheduler"), _section(cfg, "train")
+    warmup, epochs = sched.get("warmup_epochs"), train.get("epochs")
+    if valid("handlers.lr_scheduler.warmup_epochs", "train.epochs") and _is_number(warmup) and _is_number(epochs) \
+            and warmup >= epochs:
+        problems.append(f"handlers.lr_scheduler.warmup_epochs: {warmup!r} must be shorter than train.epochs ({epochs})")
+    stop, ckpt = _section(handlers, "early_stopping"), _section(handlers, "checkpoint")
+    if stop.get("enabled") is True and stop.get("restore_best") is True and ckpt.get("enabled") is False:
+        problems.append("handlers.early_stopping.restore_best: true needs handlers.checkpoint.enabled: true "
+                        "(the best weights are read from the best checkpoint)")
+    dist = _section(cfg, "distributed")
+    if valid("distributed.backend", "distributed.nproc_per_node") and dist.get("backend") is None \
+            and dist.get("nproc_per_node") != 1:
+        problems.append(f"distributed.nproc_per_node: more than 1 process needs distributed.backend "
+                        f"({' or '.join(backends)})")
+    extra = handlers.get("extra")
+    for i, entry in enumerate(extra if isinstance(extra, list) else []):
+        if isinstance(entry, str) and (entry.count(":") != 1 or not all(entry.split(":"))):
+            problems.append(f"handlers.extra[{i}]: {entry!r} must look like 'package.module:function'")
+
+
+def _check_monitors(handlers: dict, freqs: Any, problems: list[str]) -> None:
+    """Every ``monitor`` names a validation metric: one of ``METRIC_NAMES`` or ``mse_f<Hz>`` of ``freqs``."""
+    allowed = list(METRIC_NAMES)
+    if isinstance(freqs, list) and all(isinstance(f, (int, float)) for f in freqs):
+        allowed += [f"mse_f{f:g}" for f in freqs]
+    for section in ("checkpoint", "early_stopping", "lr_scheduler"):
+        monitor = _section(handlers, section).get("monitor")
+        if isinstance(monitor, str) and monitor not in allowed:
+            problems.append(
+                f"handlers.{section}.monitor: {monitor!r} is not a validation metric: choose one of {', '.join(allowed)}"
+            )
