@@ -82,6 +82,11 @@ def check_cross(cfg: dict, problems: list[str], *, backends: Sequence[str]) -> N
     if valid("handlers.lr_scheduler.warmup_epochs", "train.epochs") and _is_number(warmup) and _is_number(epochs) \
             and warmup >= epochs:
         problems.append(f"handlers.lr_scheduler.warmup_epochs: {warmup!r} must be shorter than train.epochs ({epochs})")
+    steps = train.get("gradient_accumulation_steps")
+    if valid("train.gradient_accumulation_steps", "train.update") and _is_number(steps) and steps > 1 \
+            and train.get("update") == "window":
+        problems.append(f"train.gradient_accumulation_steps: {steps!r} needs train.update: sequence (with "
+                        f"update: window every window takes its own optimizer step)")
     stop, ckpt = _section(handlers, "early_stopping"), _section(handlers, "checkpoint")
     if stop.get("enabled") is True and stop.get("restore_best") is True and ckpt.get("enabled") is False:
         problems.append("handlers.early_stopping.restore_best: true needs handlers.checkpoint.enabled: true "

@@ -421,3 +421,12 @@ def test_empty_config_file_is_refused(tmp_path):
 def test_config_path_that_is_a_directory(tmp_path):
     with pytest.raises(ConfigError, match=re.escape(f"{tmp_path}: is a directory, not a config file")):
         load_config(tmp_path)
+
+
+def test_gradient_accumulation_needs_one_optimizer_step_per_batch():
+    with pytest.raises(ConfigError) as info:
+        validate_config({"train": {"gradient_accumulation_steps": 4, "update": "window"}})
+    assert info.value.problems == ["train.gradient_accumulation_steps: 4 needs train.update: sequence (with "
+                                   "update: window every window takes its own optimizer step)"]
+    assert validate_config({"train": {"gradient_accumulation_steps": 4, "update": "sequence"}})
+
