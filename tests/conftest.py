@@ -59,6 +59,20 @@ def _run_cli(args: Sequence[str | Path], cwd: str | Path, timeout: float = 300) 
     )
 
 
+def quick_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> tuple[Path, Path]:
+    """A folder holding the tiny config, and its data folder: ``(config path, data dir)``."""
+    root = tmp_path_factory.mktemp(name)
+    return write_quick_config(root), root / "data"
+
+
+def load_quick(folder: tuple[Path, Path], *overrides: str):
+    """The tiny config of ``quick_folder`` with 2 training mixtures (2 iterations per epoch) and ``overrides``."""
+    from ignite_lstm.config import load_config
+
+    config, data = folder
+    return load_config(config, ["data.train.mixtures=2", f"data.dir={data}", *overrides])
+
+
 @pytest.fixture
 def quick_config(tmp_path: Path) -> Path:
     """The tiny config written to ``tmp_path / "quick.yaml"`` (relative ``runs`` and ``data`` folders)."""
@@ -88,5 +102,6 @@ def _restore_root_logging():
     for handler in root.handlers[:]:
         if handler not in handlers:
             root.removeHandler(handler)
+            handler.close()
     root.setLevel(level)
 

@@ -47,20 +47,42 @@ def tiny_args(data_dir: Path, output_dir: Path, name: str, *extra: str) -> list[
     return [CONFIG, *TINY, f"data.dir={data_dir}", f"output_dir={output_dir}", f"name={name}", *extra]
 
 
-def run_cli(args: Sequence[str]) -> int:
-    """``ignite_lstm.cli.main`` in this process; the log handlers it adds are removed afterwards."""
-    from ignite_lstm.cli import main
-
+def run_in_process(main: Any, args: Sequence[str]) -> int:
+    """A command's ``main(args)`` in this process; the log handlers it adds are removed afterwards."""
     root = logging.getLogger()
     before, threads = list(root.handlers), torch.get_num_threads()
     try:
-        return main(list(args))
+        return main([str(a) for a in args])
     finally:
         for handler in root.handlers[:]:
             if handler not in before:
                 root.removeHandler(handler)
                 handler.close()
         torch.set_num_threads(threads)
+
+
+def run_cli(args: Sequence[str]) -> int:
+    """``ignite_lstm.cli.main`` in this process (``run_in_process``)."""
+    from ignite_lstm.cli import main
+
+    return run_in_process(main, args)
+
+
+def unwritable_folder(tmp_path: Path, name: str) -> Path:
+    """A folder path ``.../name`` that cannot be created or written, whatever the user (root ignores mode
+    bits): under a read-only folder where that holds, else under a regular file."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        (locked / "probe").mkdir()
+    except PermissionError:
+        return locked / name
+    (locked / "probe").rmdir()
+    locked.chmod(0o700)
+    afile = tmp_path / "afile"
+    afile.write_text("a regular file, not a folder\n")
+    return afile / name  # mkdir fails with NotADirectoryError
 
 
 def run_cli_in(args: Sequence[str | Path], cwd: str | Path) -> subprocess.CompletedProcess:

@@ -4,7 +4,6 @@ this process: ``run.py`` calls ``cli.main``; the subprocess runs are in test_fau
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 
@@ -12,25 +11,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from handler_helpers import run_cli_in
+from handler_helpers import run_cli_in, unwritable_folder
 from ignite_lstm.cli import main
 from ignite_lstm.config import load_config, validate_config
 from ignite_lstm.data import split_params
 from ignite_lstm.h5io import split_filename
 from ignite_lstm.models import load_model
-
-
-@pytest.fixture(autouse=True)
-def _restore_root_logging():
-    """``main`` configures the root logger for the process; undo that after each in-process call."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -67,26 +53,10 @@ def test_missing_config_file_exits_2_and_writes_nothing(tmp_path, monkeypatch, c
     assert list(tmp_path.iterdir()) == []
 
 
-def _unwritable_output_dir(tmp_path: Path) -> Path:
-    """A folder path that cannot be created or written, whatever the user (root ignores mode bits)."""
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        (locked / "probe").mkdir()
-    except PermissionError:
-        return locked / "runs"
-    (locked / "probe").rmdir()
-    locked.chmod(0o700)
-    afile = tmp_path / "afile"
-    afile.write_text("a regular file, not a folder\n")
-    return afile / "runs"  # mkdir fails with NotADirectoryError
-
-
 def test_unwritable_output_folder_exits_2_before_any_data(quick_config, monkeypatch, capsys):
     tmp_path = quick_config.parent
     monkeypatch.chdir(tmp_path)
-    out = _unwritable_output_dir(tmp_path)
+    out = unwritable_folder(tmp_path, "runs")
     try:
         assert main([str(quick_config), f"output_dir={out}"]) == 2
     finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from handler_helpers import CONFIG, TINY, run_cli
+from handler_helpers import CONFIG, TINY, run_cli, unwritable_folder
 
 from ignite_lstm.config import ConfigError, load_config
 from ignite_lstm.preflight import device_problem, estimate_memory, preflight
@@ -75,23 +75,8 @@ def test_every_problem_is_reported_at_once(tmp_path, capsys):
         assert f"  - {key}" in err, key
 
 
-def _unwritable_folder(tmp_path: Path) -> Path:
-    """A folder path whose files cannot be created, whatever the user (root ignores mode bits)."""
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        (locked / "probe").mkdir()
-    except PermissionError:
-        return locked / "data"
-    (locked / "probe").rmdir()
-    locked.chmod(0o700)
-    (tmp_path / "afile").write_text("a regular file, not a folder\n")
-    return tmp_path / "afile" / "data"
-
-
 def test_unwritable_data_dir_is_refused_naming_the_key(tmp_path, capsys):
-    data_dir = _unwritable_folder(tmp_path)
+    data_dir = unwritable_folder(tmp_path, "data")
     runs = tmp_path / "runs"
     try:
         assert run_cli([CONFIG, *TINY, f"data.dir={data_dir}", f"output_dir={runs}"]) == 2

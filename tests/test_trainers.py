@@ -15,9 +15,8 @@ import torch
 from ignite.engine import Events
 from torch.utils.data import DataLoader
 
-from conftest import write_quick_config
+from conftest import load_quick, quick_folder
 from ignite_lstm import trainers
-from ignite_lstm.config import load_config
 from ignite_lstm.data import setup_data
 from ignite_lstm.metrics import METRIC_NAMES
 from ignite_lstm.models import setup_model
@@ -31,13 +30,10 @@ FREQS = (1, 3, 5, 7)
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A quick config (2 training mixtures: 2 iterations per epoch) and its data, shared by the tests."""
-    root = tmp_path_factory.mktemp("trainers")
-    return write_quick_config(root), root / "data"
+    return quick_folder(tmp_path_factory, "trainers")
 
 
-def _cfg(folder, *overrides):
-    config, data = folder
-    return load_config(config, ["data.train.mixtures=2", f"data.dir={data}", *overrides])
+_cfg = load_quick
 
 
 def _engines(cfg):

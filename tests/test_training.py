@@ -16,10 +16,9 @@ import pytest
 import torch
 from ignite.utils import manual_seed
 
-from conftest import write_quick_config
+from conftest import load_quick, quick_folder
 from ignite_lstm import training
 from ignite_lstm.checkpointing import CheckpointMismatch
-from ignite_lstm.config import load_config
 from ignite_lstm.models import StatefulLSTM, load_model, setup_model
 from ignite_lstm.resume import SkipBatches
 
@@ -27,13 +26,10 @@ from ignite_lstm.resume import SkipBatches
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """The quick config and its data folder, shared by the tests of this module."""
-    root = tmp_path_factory.mktemp("training")
-    return write_quick_config(root), root / "data"
+    return quick_folder(tmp_path_factory, "training")
 
 
-def _cfg(folder, *overrides):
-    config, data = folder
-    return load_config(config, ["data.train.mixtures=2", f"data.dir={data}", *overrides])
+_cfg = load_quick
 
 
 def _run_dir(tmp_path):

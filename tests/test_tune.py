@@ -5,7 +5,6 @@ Workers are real subprocesses on one SQLite file; they meet at exact points (tes
 """
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -13,13 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 pytest.importorskip("optuna", reason="the tune tests need the [tune] extra: pip install -e '.[tune]'")
 pytest.importorskip("optuna_integration", reason="the tune tests need the [tune] extra: pip install -e '.[tune]'")
 
-from handler_helpers import run_cli_in, wait_for  # noqa: E402
+from handler_helpers import run_cli_in, run_in_process, wait_for  # noqa: E402
 
 from ignite_lstm import cli, tune  # noqa: E402
 
@@ -50,17 +48,8 @@ def spawn(args, log, **variables):
 
 
 def run_tune(args):
-    """``ignite_lstm.tune.main`` in this process; the log handlers it adds are removed afterwards."""
-    root = logging.getLogger()
-    before, threads = list(root.handlers), torch.get_num_threads()
-    try:
-        return tune.main([str(a) for a in args])
-    finally:
-        for handler in root.handlers[:]:
-            if handler not in before:
-                root.removeHandler(handler)
-                handler.close()
-        torch.set_num_threads(threads)
+    """``ignite_lstm.tune.main`` in this process (``run_in_process``)."""
+    return run_in_process(tune.main, args)
 
 
 def summary(out, name="tune-quick"):
