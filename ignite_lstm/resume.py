@@ -21,9 +21,10 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from ignite_lstm.checkpointing import ESSENTIAL_KEYS, CheckpointMismatch
+from ignite_lstm.checkpointing import ESSENTIAL_KEYS, CheckpointMismatch, read_checkpoint
 
 __all__ = [
+    "read_resumable",
     "RNGState",
     "SkipBatches",
     "check_model_args",
@@ -139,6 +140,22 @@ def check_resumable(
         raise CheckpointMismatch(f"{source} is from a run that stopped early at epoch {done} ({counter} "
                                  f"validations without improvement); raise handlers.early_stopping.patience above "
                                  f"{counter} to train longer.")
+
+
+def read_resumable(path: str | Path, cfg: Any) -> dict[str, Any]:
+    """Read a training checkpoint and check that the run of ``cfg`` can continue from it.
+
+    Raises:
+        CheckpointMismatch: unreadable, not a training checkpoint, another model shape, a
+            finished run, or a run that stopped early (see ``check_resumable``).
+    """
+    from ignite_lstm.models import model_args
+
+    checkpoint = read_checkpoint(path)
+    es = cfg.handlers.early_stopping
+    check_resumable(checkpoint, model_args=model_args(cfg), epochs=cfg.train.epochs,
+                    patience=es.patience if es.enabled else None, source=path)
+    return checkpoint
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -16,9 +16,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ignite_lstm.checkpointing import find_checkpoint, read_checkpoint
-from ignite_lstm.resume import check_resumable
-from ignite_lstm.models import model_args
+from ignite_lstm.checkpointing import find_checkpoint
+from ignite_lstm.resume import read_resumable
 
 __all__ = ["prepare_run", "discard_unused_run_dir", "RunDirError", "MIN_FREE_BYTES"]
 
@@ -178,7 +177,7 @@ def prepare_run(cfg: Any, stem: str) -> dict[str, Any]:
     base = cfg.name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir, resume_from, restart, note, where = _resume_target(cfg, stem, out, out / base)
     if resume_from is not None:
-        _check_resume(cfg, resume_from)
+        read_resumable(resume_from, cfg)  # refused before anything is written
     nearest = run_dir  # free space is checked before anything is created
     while not nearest.exists() and nearest != nearest.parent:
         nearest = nearest.parent
@@ -214,13 +213,6 @@ def prepare_run(cfg: Any, stem: str) -> dict[str, Any]:
     if note:
         logger.info(note, where, run_dir)
     return plan
-
-
-def _check_resume(cfg: Any, checkpoint: str) -> None:
-    """Model shape, finished or early-stopped run: refused before anything is written."""
-    es = cfg.handlers.early_stopping
-    check_resumable(read_checkpoint(checkpoint), model_args=model_args(cfg), epochs=cfg.train.epochs,
-                    patience=es.patience if es.enabled else None, source=checkpoint)
 
 
 def discard_unused_run_dir(plan: dict | None) -> None:

@@ -26,13 +26,13 @@ from omegaconf import OmegaConf
 
 from ignite_lstm import native
 from ignite_lstm._atomic import atomic_write
-from ignite_lstm.checkpointing import checkpointer_states, read_checkpoint
+from ignite_lstm.checkpointing import checkpointer_states
 from ignite_lstm.data import setup_data
 from ignite_lstm.evaluate import evaluate_splits, figure_predictions
-from ignite_lstm.models import model_args, setup_model
+from ignite_lstm.models import setup_model
 from ignite_lstm.optim import setup_optimizer
 from ignite_lstm.preflight import resolve_device
-from ignite_lstm.resume import SkipBatches, check_resumable, config_changes, resume_from_checkpoint
+from ignite_lstm.resume import SkipBatches, config_changes, read_resumable, resume_from_checkpoint
 from ignite_lstm.trainers import RunHandlers, attach_handlers, setup_evaluators, setup_trainer
 
 __all__ = ["run", "run_training", "Outcome"]
@@ -123,13 +123,7 @@ def run_training(local_rank: int, cfg: Any, run_dir: str, resume_from: str | Non
 
 def _readable_checkpoint(cfg: Any, resume_from: str | None) -> dict | None:
     """The checkpoint to resume, checked against this config before any work."""
-    if not resume_from:
-        return None
-    checkpoint = read_checkpoint(resume_from)
-    es = cfg.handlers.early_stopping
-    check_resumable(checkpoint, model_args=model_args(cfg), epochs=cfg.train.epochs,
-                    patience=es.patience if es.enabled else None, source=resume_from)
-    return checkpoint
+    return read_resumable(resume_from, cfg) if resume_from else None
 
 
 def setup(cfg: Any, run_dir: str | Path, *, launched: bool = False,

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import queue
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from conftest import write_quick_config
+from conftest import quick_folder
 from ignite_lstm.config import load_config
 from ignite_lstm.data import split_params
 from ignite_lstm.h5io import split_filename
@@ -26,22 +25,16 @@ from ignite_lstm.training import Outcome
 
 
 @pytest.fixture(autouse=True)
-def _close_log_files():
-    """``_worker`` adds the run's train.log to the root logger: take it off and close it after each test."""
-    root = logging.getLogger()
-    before, threads = list(root.handlers), torch.get_num_threads()
+def _restore_threads():
+    """``_worker`` sets the config's thread count (conftest restores the train.log handler it adds)."""
+    threads = torch.get_num_threads()
     yield
-    for handler in root.handlers[:]:
-        if handler not in before:
-            root.removeHandler(handler)
-            handler.close()
     torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("launch")
-    return write_quick_config(root), root / "data"
+    return quick_folder(tmp_path_factory, "launch")
 
 
 def _cfg(folder, tmp_path, *overrides):
