@@ -11,7 +11,8 @@ y (B, T, O), any nesting of tensors as state) with Ignite engines:
   `attach_progress`, `attach_terminate_on_nan`, `load_extra_handlers`, `setup_lr_scheduler`;
 - configuration: `load_config`, `validate_config`, `ConfigError`;
 - data: `generate_split`, `SplitData`, `read_split`, `write_split`, `DataFileError`,
-  `SignalDataset`, `ensure_split`.
+  `SignalDataset`, `ensure_split`;
+- streams (series laid out in lanes, cut into chunks): `StreamLoader`, `h5_series`, `forecast_pair`.
 
 See ``docs/api.md`` and the scripts in ``examples/``.
 """
@@ -35,6 +36,8 @@ from ignite_lstm.metrics import SignalToNoiseRatio, build_metrics, metric_direct
 from ignite_lstm.models import StatefulLSTM, load_model
 from ignite_lstm.schedules import setup_lr_scheduler
 from ignite_lstm.signal import SplitData, generate_split
+from ignite_lstm.stream_sources import forecast_pair, h5_series
+from ignite_lstm.streams import StreamLoader
 
 __all__ = [
     # engines
@@ -70,4 +73,8 @@ __all__ = [
     "DataFileError",
     "SignalDataset",
     "ensure_split",
+    # streams
+    "StreamLoader",
+    "h5_series",
+    "forecast_pair",
 ]
