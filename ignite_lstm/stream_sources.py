@@ -130,13 +130,13 @@ def _open(path: str | os.PathLike) -> _H5File:
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"Argument path should be an HDF5 file, got {path}, which does not exist.")
+    opened = _H5File(path)
     try:
-        readable = h5py.is_hdf5(path)
-    except OSError:
-        readable = False
-    if not readable:
-        raise DataFileError(f"Argument path should be an HDF5 file, got {path}, which is not one.")
-    return _H5File(path)
+        opened.get()
+    except OSError as err:  # not HDF5, truncated or unreadable
+        raise DataFileError(f"Argument path should be an HDF5 file, got {path}, which is not a readable one "
+                            f"({err}).") from err
+    return opened
 
 
 def _names(arg: str, value: Any) -> list[str]:

@@ -27,8 +27,10 @@ Resume. The loader knows the next chunk it yields, ``(epoch, position)``: a pass
 next epoch, as Ignite's ``Engine`` calls ``iter()`` once per epoch. ``state_dict()``
 saved after k batches and loaded into a new loader makes its next pass yield batch
 k + 1 onwards, and the later epochs equal those of the loader left alone: put the loader
-in ``Checkpoint``'s ``to_save`` (instead of skipping batches with ``SkipBatches``,
-which would skip them twice).
+in ``Checkpoint``'s ``to_save``, and do not also skip batches with ``SkipBatches`` (that
+would skip them twice). Left out of the checkpoint, the loader is exact under
+``SkipBatches`` too, given ``set_epoch(engine.state.epoch - 1)`` at ``Events.EPOCH_STARTED``,
+but then the skipped chunks are read.
 
 Several processes: every rank lays out all B lanes alike and yields its own
 ``B / world_size`` consecutive lanes (rank r: lanes ``r * B / W`` to ``(r + 1) * B / W - 1``),

@@ -113,7 +113,7 @@ def test_file_problems_name_the_file_and_the_key(tmp_path):
     with pytest.raises(DataFileError, match=r"Argument path should be an HDF5 file, got .*none\.h5, which does not"):
         h5_series(tmp_path / "none.h5")
     (tmp_path / "text.h5").write_text("not hdf5")
-    with pytest.raises(DataFileError, match=r"got .*text\.h5, which is not one"):
+    with pytest.raises(DataFileError, match=r"got .*text\.h5, which is not a readable one"):
         h5_series(tmp_path / "text.h5")
     with pytest.raises(ValueError, match=r"Arguments x and y should name as many datasets, got 2 and 1"):
         h5_series(path, x=["x", "x"], y="x")

@@ -19,6 +19,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
 from ignite_lstm.batches import check_mask
+from ignite_lstm.resume import SkipBatches
 from ignite_lstm.streams import StreamLoader
 from ignite_lstm.stream_sources import h5_series
 from test_distributed import _spawn
@@ -187,29 +188,32 @@ def test_a_loader_loaded_after_k_batches_continues_with_the_next_and_later_epoch
     assert torch.equal(torch.cat([expected[:len(alone)], _xs(head + rest)]), expected)
 
 
-@pytest.mark.parametrize("set_epoch", [False, True])
-def test_an_engine_resumed_from_a_mid_epoch_checkpoint_sees_the_batches_of_one_left_alone(tmp_path, set_epoch):
+@pytest.mark.parametrize("how", ["loader state", "loader state and set_epoch", "SkipBatches and set_epoch"])
+def test_an_engine_resumed_from_a_mid_epoch_checkpoint_sees_the_batches_of_one_left_alone(tmp_path, how):
+    """The loader in the checkpoint (its own position), or out of it and skipped as ``resume.py`` does today."""
     series = _series([7, 3, 5, 2, 9, 4, 1])
 
     def engine_and_loader():
         loader, seen = StreamLoader(series, lanes=2, chunk_steps=3, shuffle=True, seed=3), []
         engine = Engine(lambda e, batch: seen.append(batch["x"]))
-        if set_epoch:  # as trainers.py does for the DataLoader's sampler
+        if "set_epoch" in how:  # as trainers.py does for the DataLoader's sampler
             engine.add_event_handler(Events.EPOCH_STARTED, lambda e: loader.set_epoch(e.state.epoch - 1))
-        return engine, loader, seen
+        objects = {"trainer": engine} if "SkipBatches" in how else {"trainer": engine, "loader": loader}
+        return engine, SkipBatches(loader) if "SkipBatches" in how else loader, objects, seen
 
-    engine, loader, alone = engine_and_loader()
-    engine.run(loader, max_epochs=3)
-    engine, loader, first = engine_and_loader()
-    stop = len(loader) + 2  # two batches into the second epoch
-    checkpoint = Checkpoint({"trainer": engine, "loader": loader}, DiskSaver(tmp_path, require_empty=False))
+    engine, data, _, alone = engine_and_loader()
+    engine.run(data, max_epochs=3)
+    engine, data, objects, first = engine_and_loader()
+    stop = len(data) + 2  # two batches into the second epoch
+    checkpoint = Checkpoint(objects, DiskSaver(tmp_path, require_empty=False))
     engine.add_event_handler(Events.ITERATION_COMPLETED(once=stop), checkpoint)
     engine.add_event_handler(Events.ITERATION_COMPLETED(once=stop), lambda e: e.terminate())
-    engine.run(loader, max_epochs=3)
-    engine, loader, rest = engine_and_loader()
-    path = Path(checkpoint.last_checkpoint)
-    Checkpoint.load_objects({"trainer": engine, "loader": loader}, torch.load(path, weights_only=True))
-    engine.run(loader, max_epochs=3)
+    engine.run(data, max_epochs=3)
+    engine, data, objects, rest = engine_and_loader()
+    Checkpoint.load_objects(objects, torch.load(Path(checkpoint.last_checkpoint), weights_only=True))
+    if isinstance(data, SkipBatches):
+        data.skip = engine.state.iteration % engine.state.epoch_length  # what resume_from_checkpoint sets
+    engine.run(data, max_epochs=3)
     assert len(first) == stop and torch.equal(torch.stack(first + rest), torch.stack(alone))
 
 
