@@ -78,6 +78,7 @@ class H5Series:
 
     def __init__(self, file: _H5File, x: str, y: str, horizon: int) -> None:
         self._file, self.path, self.x, self.y, self.horizon = file, file.path, x, y, horizon
+        self._open: tuple[h5py.File, h5py.Dataset, h5py.Dataset] | None = None  # this process's handles
         f = file.get()
         xd, yd = (_dataset(f, file.path, arg, key) for arg, key in (("x", x), ("y", y)))
         if xd.shape[0] != yd.shape[0]:
@@ -96,10 +97,15 @@ class H5Series:
     def __repr__(self) -> str:
         return f"H5Series({str(self.path)!r}, x={self.x!r}, y={self.y!r}, horizon={self.horizon}, steps={len(self)})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_open": None}
+
     def read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps ``start:stop`` read from the file: x (n, F), y (n, O)."""
         f, h = self._file.get(), self.horizon
-        x, y = f[self.x][start:stop], f[self.y][start + h:stop + h]
+        if self._open is None or self._open[0] is not f:  # a name lookup costs more than a chunk's read
+            self._open = (f, f[self.x], f[self.y])
+        x, y = self._open[1][start:stop], self._open[2][start + h:stop + h]
         return torch.from_numpy(x.reshape(len(x), -1)), torch.from_numpy(y.reshape(len(y), -1))
 
 
