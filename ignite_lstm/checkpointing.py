@@ -219,12 +219,11 @@ def checkpointer_states(checkpoints: Mapping[str, Checkpoint], checkpoint: Mappi
     """
     own = checkpoint.get("checkpointer")
     for kind, saver in checkpoints.items():
-        state = checkpoint.get(f"checkpointer_{kind}")
-        if state is None and own is not None and own["_saved"] and all(
-                name.startswith(f"{kind}_") for _, name in own["_saved"]):
-            state = own
+        state = checkpoint.get(f"checkpointer_{kind}", own)
         if state is not None:
             saver.load_state_dict(state)
+            if state is own and not Path(saver.last_checkpoint or "").name.startswith(f"{kind}_"):
+                saver.reset()  # another kind's files
 
 
 _STEP = re.compile(r"_(\d+)(?:\.\d+)?\.pt$")

@@ -6,7 +6,8 @@ before the trainer starts. One written in the middle of an epoch (Ctrl-C) also
 skips the batches of that epoch already trained on (``SkipBatches``) and restores
 the random generators and the epoch-loss average only when the first remaining
 iteration starts, after the data loader has drawn its own seed, exactly where the
-interrupted run stood. The files themselves are ``checkpointing``'s.
+interrupted run stood. The files themselves are ``checkpointing``'s; the one call that
+restores everything ``attach_checkpoints`` wrote is ``run_checkpoints.RunCheckpoints.resume``.
 """
 
 from __future__ import annotations

@@ -236,7 +236,8 @@ def test_resume_refuses_what_it_cannot_continue_from_and_says_why(tmp_path):
     with pytest.raises(CheckpointMismatch, match=r"^Checkpoint mine\.pt is not a training checkpoint \(no optimizer\)"):
         fresh.checkpoints.resume(last, fresh.data, source="mine.pt")
     wider = _build(folder, seed=1, hidden_size=16)
-    with pytest.raises(CheckpointMismatch, match=r"changes the model shape \(hidden_size: checkpoint 8, this config 16\)"):
+    with pytest.raises(CheckpointMismatch, match=r"changes the model shape \(hidden_size: checkpoint 8, this config "
+                                                 r"16\)"):
         wider.checkpoints.resume(run.checkpoints.latest(), wider.data)
     with pytest.raises(TypeError, match=r"^Argument data should be the trainer's data \(what trainer.run was given\), "
                                         r"got None\.$"):
