@@ -32,8 +32,15 @@ import torch.nn as nn
 from ignite.engine import Events
 from torch.utils.data import DataLoader
 
-from ignite_lstm import SignalDataset, StatefulLSTM, attach_checkpoints, build_metrics, create_evaluator, create_trainer
-from ignite_lstm import generate_split
+from ignite_lstm import (
+    SignalDataset,
+    StatefulLSTM,
+    attach_checkpoints,
+    build_metrics,
+    create_evaluator,
+    create_trainer,
+    generate_split,
+)
 
 TASK = dict(frequencies=[1.0, 3.0], fs=1000.0, duration=0.2, amplitude_range=(0.8, 1.2), phase_scale=0.01,
             noise_sigma=0.1)

@@ -234,15 +234,11 @@ def resume_from_checkpoint(
         CheckpointMismatch: a different model shape, or an essential entry missing or
             not fitting. Entries of optional handlers (LR scheduler, early stopping,
             checkpoint bookkeeping) that the file lacks start fresh, with a warning.
-        ValueError: no entry of ``to_load`` is the trainer. TypeError: ``data`` can neither skip
-            nor restore its position.
+        ValueError: no entry of ``to_load`` is the trainer. TypeError: a mid-epoch checkpoint and
+            ``data`` that can neither skip nor restore its position.
     """
     essential = essential_keys(to_load, trainer)
     require_entries(checkpoint, essential, source)
-    restores_itself = _restores_itself(data, to_load)
-    if not restores_itself and not isinstance(data, SkipBatches):
-        raise TypeError(f"Argument data should be a SkipBatches or an entry of to_load that restores its own "
-                        f"position, got {type(data).__name__}.")
     if isinstance(to_load.get("model_args"), FixedState):
         check_model_args(checkpoint["model_args"], to_load["model_args"].value, source)
     for name in essential:
@@ -262,7 +258,10 @@ def resume_from_checkpoint(
         for name, obj in deferred.items():
             _load(name, obj, checkpoint[name])
     else:
-        if not restores_itself:
+        if not _restores_itself(data, to_load):
+            if not isinstance(data, SkipBatches):
+                raise TypeError(f"Argument data should be a SkipBatches or an entry of to_load that restores its "
+                                f"own position (the checkpoint is mid-epoch), got {type(data).__name__}.")
             data.skip = done_in_epoch
 
         def restore(_: Engine) -> None:

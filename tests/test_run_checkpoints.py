@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ignite_lstm import SignalDataset, StatefulLSTM, attach_checkpoints, build_metrics, create_evaluator, create_trainer
 from ignite_lstm import generate_split
-from ignite_lstm.checkpointing import CheckpointMismatch
-from ignite_lstm.resume import SkipBatches
+from ignite_lstm.checkpointing import CheckpointMismatch, read_checkpoint
+from ignite_lstm.resume import SkipBatches, resume_from_checkpoint
 
 EPOCHS, PER_EPOCH = 4, 3  # 6 sequences in batches of 2
 TASK = dict(frequencies=[1.0, 3.0], fs=1000.0, duration=0.2, amplitude_range=(0.8, 1.2), phase_scale=0.01,
@@ -248,3 +248,18 @@ def test_resume_refuses_what_it_cannot_continue_from_and_says_why(tmp_path):
     with pytest.raises(ValueError, match=r"^Argument to_save of attach_checkpoints should hold the trainer, e\.g\. "):
         no_trainer.resume(run.checkpoints.latest(), fresh.data)
     assert _files(folder) == before and fresh.trainer.state.iteration == 0
+
+
+def test_resume_from_checkpoint_keeps_its_signature_and_needs_a_loader_that_skips_mid_epoch(tmp_path):
+    """The lower-level call (the command line's before ``resume``): objects, trainer, data, no savers."""
+    stopped = _train(_build(tmp_path, scores=[0.5] * EPOCHS), stop_at=PER_EPOCH + 1)
+    checkpoint = read_checkpoint(stopped.checkpoints.latest())
+    fresh = _build(tmp_path, seed=1)
+    with pytest.raises(TypeError, match=r"^Argument data should be a SkipBatches or an entry of to_load that restores "
+                                        r"its own position \(the checkpoint is mid-epoch\), got DataLoader\.$"):
+        resume_from_checkpoint(checkpoint, fresh.checkpoints.objects, fresh.trainer, fresh.data)
+    fresh = _build(tmp_path, seed=1)
+    data = SkipBatches(fresh.data)
+    resume_from_checkpoint(checkpoint, fresh.checkpoints.objects, fresh.trainer, data, source="stopped.pt")
+    assert data.skip == 1 and fresh.trainer.state.iteration == PER_EPOCH + 1
+    assert fresh.checkpoints["best"].last_checkpoint is None  # the savers' lists are resume's
