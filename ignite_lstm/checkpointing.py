@@ -12,7 +12,7 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import ignite.distributed as idist
 import torch
@@ -22,11 +22,15 @@ from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
 from ignite_lstm._atomic import atomic_write
 from ignite_lstm.handlers import monitor_mode, score_function
 
+if TYPE_CHECKING:
+    from ignite_lstm.run_checkpoints import RunCheckpoints
+
 __all__ = [
     "attach_checkpoints",
     "checkpointer_states",
     "find_checkpoint",
     "read_checkpoint",
+    "require_entries",
     "load_torch_file",
     "UnreadableFile",
     "FixedState",
@@ -117,7 +121,7 @@ def attach_checkpoints(
     n_saved: int = 1,
     every: int = 0,
     mode: str | None = None,
-) -> dict[str, Checkpoint]:
+) -> RunCheckpoints:
     """Best model (by the validation ``monitor``), last training state, every ``every`` epochs, and Ctrl-C.
 
     Files go to ``directory`` through a ``DiskSaver`` that writes a temporary file and
@@ -139,9 +143,13 @@ def attach_checkpoints(
     constructor arguments of a ``StatefulLSTM``) and no ``"model_args"``, its files also
     hold ``model_args``, so that ``load_model`` rebuilds the model from them.
 
-    Every training file also holds each saver's list of files (``checkpointer`` for
-    its own, ``checkpointer_<kind>`` for the others), so that a resumed run keeps
-    counting ``n_saved`` and removes the files of the run it continues.
+    Where ``to_save`` holds the trainer, its files also hold the random generators
+    (``rng``: torch, numpy, Python at the save; ``rng_epoch_start``: the same when the
+    epoch started, before the data loader drew its order), unless ``to_save`` has
+    entries of those names. Every training file also holds each saver's list of files
+    (``checkpointer`` for its own, ``checkpointer_<kind>`` for the others), so that a
+    resumed run keeps counting ``n_saved``, keeps the true best and removes the files
+    of the run it continues: ``checkpoints.resume(path, loader)`` restores it all.
 
     Args:
         trainer: the trainer; file names carry its iteration.
@@ -157,7 +165,9 @@ def attach_checkpoints(
             direction ``metric_direction`` does not know (None: the metric's own direction).
 
     Returns:
-        ``{"best", "last", "epoch" (if every), "interrupted"}`` -> ``Checkpoint``.
+        ``RunCheckpoints``: a dict ``{"best", "last", "epoch" (if every), "interrupted"}`` ->
+        ``Checkpoint``, whose ``resume(path, data)`` continues a run from one of its files
+        and ``latest()`` finds the newest.
 
     Example:
         >>> to_save = {"model": model, "optimizer": optimizer, "trainer": trainer}
@@ -165,6 +175,8 @@ def attach_checkpoints(
         ...                                  monitor="snr", n_saved=2, every=10)
         >>> trainer.run(loader, max_epochs=50)
         >>> checkpoints["best"].last_checkpoint  # the highest validation SNR
+        >>> # a new process, the same objects built again, then:
+        >>> trainer.run(checkpoints.resume(checkpoints.latest(), loader), max_epochs=50)
     """
     if not isinstance(n_saved, int) or n_saved < 1:
         raise ValueError(f"Argument n_saved should be a positive integer, got {n_saved!r}.")
@@ -174,7 +186,9 @@ def attach_checkpoints(
     saver = _SaveThenRemove(str(directory), atomic=True, create_dir=True, require_empty=False)
     step = global_step_from_engine(trainer, Events.ITERATION_COMPLETED)
     kinds = [k for k in TRAINING_KINDS if enabled and (k != "epoch" or every) or k == "interrupted"]
-    training = _with_model_args(to_save)
+    from ignite_lstm.run_checkpoints import RunCheckpoints, resumable_objects  # built on resume, which reads these
+
+    training = resumable_objects(_with_model_args(to_save), trainer)
     files: dict[str, dict[str, Any]] = {kind: dict(training) for kind in kinds}
     checkpoints: dict[str, Checkpoint] = {
         kind: Checkpoint(files[kind], saver, filename_prefix=kind, n_saved=1 if kind == "interrupted" else n_saved,
@@ -194,15 +208,22 @@ def attach_checkpoints(
         if every:  # before "last", so that the last file knows about this epoch's file
             trainer.add_event_handler(Events.EPOCH_COMPLETED(every=every), checkpoints["epoch"])
         trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoints["last"])
-    return checkpoints
+    return RunCheckpoints(checkpoints, trainer=trainer, objects=training, directory=directory)
 
 
 def checkpointer_states(checkpoints: Mapping[str, Checkpoint], checkpoint: Mapping[str, Any]) -> None:
-    """Give each saver its list of files from a training checkpoint (see ``attach_checkpoints``)."""
+    """Give each saver its list of files from a training checkpoint (see ``attach_checkpoints``).
+
+    The file's own ``checkpointer`` goes to the saver of its kind only (its files are named
+    ``<kind>_...``): a saver the checkpointed run did not have starts with no files.
+    """
+    own = checkpoint.get("checkpointer")
     for kind, saver in checkpoints.items():
-        state = checkpoint.get(f"checkpointer_{kind}", checkpoint.get("checkpointer"))
+        state = checkpoint.get(f"checkpointer_{kind}", own)
         if state is not None:
             saver.load_state_dict(state)
+            if state is own and not Path(saver.last_checkpoint or "").name.startswith(f"{kind}_"):
+                saver.reset()  # another kind's files
 
 
 _STEP = re.compile(r"_(\d+)(?:\.\d+)?\.pt$")
@@ -272,8 +293,26 @@ def load_torch_file(path: Path, map_location: Any = "cpu") -> Any:
         raise UnreadableFile(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def require_entries(checkpoint: Any, required: Sequence[str], source: str | Path) -> None:
+    """Refuse a checkpoint that is no dict or lacks one of the ``required`` entries.
+
+    Raises:
+        CheckpointMismatch: naming the entries missing.
+    """
+    missing = [k for k in required if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise CheckpointMismatch(
+            f"Checkpoint {source} is not a training checkpoint (no {', '.join(missing)}); resume from a "
+            f"last_*, epoch_* or interrupted_* file (best_* files hold the model only)."
+        )
+
+
+def read_checkpoint(path: str | Path, required: Sequence[str] = ESSENTIAL_KEYS) -> dict[str, Any]:
     """Load a training checkpoint (``weights_only=True``, on the CPU) and check that it is one.
+
+    Args:
+        path: the file.
+        required: the entries it must hold (a model of your own has no ``model_args``).
 
     Raises:
         CheckpointMismatch: the file cannot be read, or lacks what a resume needs
@@ -285,10 +324,5 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except UnreadableFile as exc:
         what = "is not a checkpoint written by ignite_lstm" if exc.foreign else "could not be read"
         raise CheckpointMismatch(f"Checkpoint {path} {what}: {str(exc).rstrip('.')}.") from exc
-    missing = [k for k in ESSENTIAL_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
-    if missing:
-        raise CheckpointMismatch(
-            f"Checkpoint {path} is not a training checkpoint (no {', '.join(missing)}); resume from a "
-            f"last_*, epoch_* or interrupted_* file (best_* files hold the model only)."
-        )
+    require_entries(checkpoint, required, path)
     return checkpoint

@@ -6,7 +6,8 @@ before the trainer starts. One written in the middle of an epoch (Ctrl-C) also
 skips the batches of that epoch already trained on (``SkipBatches``) and restores
 the random generators and the epoch-loss average only when the first remaining
 iteration starts, after the data loader has drawn its own seed, exactly where the
-interrupted run stood. The files themselves are ``checkpointing``'s.
+interrupted run stood. The files themselves are ``checkpointing``'s; the one call that
+restores everything ``attach_checkpoints`` wrote is ``run_checkpoints.RunCheckpoints.resume``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from ignite_lstm.checkpointing import ESSENTIAL_KEYS, CheckpointMismatch, read_checkpoint
+from ignite_lstm.checkpointing import ESSENTIAL_KEYS, CheckpointMismatch, FixedState, read_checkpoint, require_entries
 
 __all__ = [
     "read_resumable",
@@ -31,6 +32,7 @@ __all__ = [
     "check_resumable",
     "config_changes",
     "resume_from_checkpoint",
+    "essential_keys",
     "SHAPE_KEYS",
     "DEFERRED_KEYS",
 ]
@@ -186,36 +188,65 @@ def _load(name: str, obj: Any, state: Any) -> None:
         ) from exc
 
 
+def essential_keys(to_load: Mapping[str, Any], trainer: Engine, argument: str = "to_load") -> list[str]:
+    """The entries of ``to_load`` a checkpoint must hold to continue: the trainer's and the
+    ``ESSENTIAL_KEYS`` it has (a model of your own has no ``model_args``).
+
+    Raises:
+        ValueError: no entry of ``to_load`` is the trainer (``argument`` names it in the message).
+    """
+    if not any(obj is trainer for obj in to_load.values()):
+        raise ValueError(f"Argument {argument} should hold the trainer, e.g. {{'model': model, 'optimizer': "
+                         f"optimizer, 'trainer': trainer}}: a run continues from the trainer's position.")
+    return [k for k, obj in to_load.items() if k in ESSENTIAL_KEYS or obj is trainer]
+
+
+def _restores_itself(data: Any, to_load: Mapping[str, Any]) -> bool:
+    """Whether the trainer's data is an entry of ``to_load``: a loader that restores its own position."""
+    inner = data.loader if isinstance(data, SkipBatches) else data
+    return any(obj is inner for obj in to_load.values())
+
+
 def resume_from_checkpoint(
     checkpoint: Mapping[str, Any],
     to_load: Mapping[str, Any],
     trainer: Engine,
-    data: SkipBatches,
+    data: Any,
     *,
     source: str | Path = "checkpoint",
 ) -> None:
     """Load a training checkpoint into this run's objects so that training continues exactly.
 
+    From plain Python, ``attach_checkpoints(...).resume(path, loader)`` calls this and also
+    restores the savers' lists of files.
+
     Args:
         checkpoint: from ``read_checkpoint``.
         to_load: name -> object with ``load_state_dict`` (the ``to_save`` of the run);
-            must include ``trainer``, ``model_args`` and the ``DEFERRED_KEYS``.
+            must include the trainer, and ``model_args`` where the model has them.
         trainer: the trainer (its state says whether the file was written mid-epoch).
-        data: the trainer's loader; it skips the trained batches of a half-done epoch.
+        data: the trainer's data: a ``SkipBatches``, which skips the trained batches of a
+            half-done epoch, or an entry of ``to_load`` (a loader whose ``load_state_dict``
+            restores its own position: nothing is skipped).
         source: the file, for messages.
 
     Raises:
         CheckpointMismatch: a different model shape, or an essential entry missing or
             not fitting. Entries of optional handlers (LR scheduler, early stopping,
             checkpoint bookkeeping) that the file lacks start fresh, with a warning.
+        ValueError: no entry of ``to_load`` is the trainer. TypeError: a mid-epoch checkpoint and
+            ``data`` that can neither skip nor restore its position.
     """
-    check_model_args(checkpoint["model_args"], to_load["model_args"].value, source)
-    for name in ESSENTIAL_KEYS:
+    essential = essential_keys(to_load, trainer)
+    require_entries(checkpoint, essential, source)
+    if isinstance(to_load.get("model_args"), FixedState):
+        check_model_args(checkpoint["model_args"], to_load["model_args"].value, source)
+    for name in essential:
         _load(name, to_load[name], checkpoint[name])
-    fresh = [k for k in to_load if k not in checkpoint and k not in ESSENTIAL_KEYS]
+    fresh = [k for k in to_load if k not in checkpoint]
     if fresh:
         logger.warning("The checkpoint has no state for %s; these start fresh.", ", ".join(fresh))
-    rest = [k for k in to_load if k in checkpoint and k not in ESSENTIAL_KEYS]
+    rest = [k for k in to_load if k in checkpoint and k not in essential]
     for name in rest:
         if name not in DEFERRED_KEYS:
             _load(name, to_load[name], checkpoint[name])
@@ -227,7 +258,11 @@ def resume_from_checkpoint(
         for name, obj in deferred.items():
             _load(name, obj, checkpoint[name])
     else:
-        data.skip = done_in_epoch
+        if not _restores_itself(data, to_load):
+            if not isinstance(data, SkipBatches):
+                raise TypeError(f"Argument data should be a SkipBatches or an entry of to_load that restores its "
+                                f"own position (the checkpoint is mid-epoch), got {type(data).__name__}.")
+            data.skip = done_in_epoch
 
         def restore(_: Engine) -> None:
             for name, obj in deferred.items():

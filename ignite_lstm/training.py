@@ -26,13 +26,12 @@ from omegaconf import OmegaConf
 
 from ignite_lstm import native
 from ignite_lstm._atomic import atomic_write
-from ignite_lstm.checkpointing import checkpointer_states
 from ignite_lstm.data import setup_data
 from ignite_lstm.evaluate import evaluate_splits, figure_predictions
 from ignite_lstm.models import setup_model
 from ignite_lstm.optim import setup_optimizer
 from ignite_lstm.preflight import resolve_device
-from ignite_lstm.resume import SkipBatches, config_changes, read_resumable, resume_from_checkpoint
+from ignite_lstm.resume import SkipBatches, config_changes, read_resumable
 from ignite_lstm.trainers import RunHandlers, attach_handlers, setup_evaluators, setup_trainer
 
 __all__ = ["run", "run_training", "Outcome"]
@@ -150,8 +149,7 @@ def setup(cfg: Any, run_dir: str | Path, *, launched: bool = False,
 
 
 def _resume(s: _Setup, checkpoint: dict, source: str) -> None:
-    resume_from_checkpoint(checkpoint, s.handlers.to_save, s.trainer, s.train_data, source=source)
-    checkpointer_states(s.handlers.checkpoints, checkpoint)
+    s.handlers.checkpoints.resume(checkpoint, s.train_data, source=source)  # the objects, savers, position
     config = s.handlers.config_state
     changed = config_changes(config.loaded or {}, config.value)
     if changed:

@@ -18,7 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 TIMEOUT_S = 240  # generous: the suite shares two cores; each script alone takes a few seconds
-NAMES = ["custom_window_handler", "gru_other_task", "plain_python", "attach_by_hand", "variable_lengths"]
+NAMES = ["custom_window_handler", "gru_other_task", "plain_python", "attach_by_hand", "variable_lengths",
+         "resume_by_hand"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]
     for name in NAMES:
         scratch = tmp_path_factory.mktemp(name)
         args = [sys.executable, str(EXAMPLES / f"{name}.py")]
-        if name in ("attach_by_hand", "variable_lengths"):
+        if name in ("attach_by_hand", "variable_lengths", "resume_by_hand"):
             args.append(str(scratch / "checkpoints"))
         started[name] = (subprocess.Popen(args, cwd=scratch, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True), args, scratch)
@@ -114,3 +115,20 @@ def test_variable_lengths_trains_masked_batches_with_a_custom_loss_and_metric(ru
     assert m.group(1) == files[0].name and m.group(2) == m.group(3)
     assert float(m.group(2)) < float(m.group(4))  # it learned
     assert re.search(r"(stopped early|ran all epochs) at epoch \d+ of 40; \d+ windows", result.stdout)
+
+
+def test_resume_by_hand_continues_a_stopped_run_to_the_run_left_alone(runs):
+    result = _ok(runs, "resume_by_hand")
+    _, scratch = runs["resume_by_hand"]
+    out = result.stdout
+    assert "stopped at iteration 8; saved interrupted_checkpoint_8.pt" in out
+    assert "resumed from interrupted_checkpoint_8.pt: epoch 2, iteration 8 (2 of 3 batches of epoch 3 done)" in out
+    resumed = re.search(r"val mse, stopped and resumed: ([\d. ]+)\n", out).group(1).split()
+    alone = re.search(r"val mse, left alone: +([\d. ]+)\n", out).group(1).split()
+    assert len(resumed) == 5 and resumed == alone
+    m = re.search(r"best: (\S+) \(left alone: (\S+)\)", out)
+    assert m and m.group(1) == m.group(2)
+    assert "the resumed run equals the run left alone: True" in out
+    stopped = sorted(p.name for p in (scratch / "checkpoints" / "stopped").iterdir())
+    assert stopped == sorted([m.group(1), "epoch_checkpoint_12.pt", "last_checkpoint_15.pt",
+                              "interrupted_checkpoint_8.pt"])  # no stale file of the first start

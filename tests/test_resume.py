@@ -42,7 +42,7 @@ def test_the_training_checkpoint_holds_everything_needed_to_continue(reference):
     checkpoints = reference / "checkpoints"
     last = torch.load(checkpoints / f"last_checkpoint_{4 * ITERATIONS_PER_EPOCH}.pt", weights_only=True)
     assert set(last) == {"model", "model_args", "optimizer", "trainer", "lr_scheduler", "early_stopping", "history",
-                         "rng", "epoch_loss", "config", "checkpointer", "checkpointer_best",
+                         "rng", "rng_epoch_start", "epoch_loss", "config", "checkpointer", "checkpointer_best",
                          "checkpointer_interrupted"}
     assert last["trainer"]["iteration"] == 4 * ITERATIONS_PER_EPOCH
     assert last["optimizer"]["state"]
