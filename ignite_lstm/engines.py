@@ -65,7 +65,8 @@ from ignite_lstm.execution import (
 from ignite_lstm.losses import check_loss
 from ignite_lstm.updates import BatchUpdate
 
-__all__ = ["TimeEvents", "create_trainer", "create_evaluator", "select_execution", "epoch_loss_metric"]  # select_execution: from execution.py
+__all__ = ["TimeEvents", "create_trainer", "create_evaluator", "select_execution", "epoch_loss_metric",
+           "set_tbptt_steps"]  # select_execution: from execution.py
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,8 @@ def create_trainer(
         An ``Engine`` whose output is ``{"loss": float, "grad_norm": float}`` (the loss of the
         global batch over all processes; without an optimizer step, the norm accumulated so
         far), with an ``epoch_loss`` metric (Ignite's ``Average`` of the iterations' losses),
-        firing the ``TimeEvents``; ``trainer.state.execution`` names the path taken.
+        firing the ``TimeEvents``; ``trainer.state.execution`` names the path taken and
+        ``trainer.state.tbptt_steps`` the window length (``set_tbptt_steps`` changes it).
 
     Example:
         >>> model = StatefulLSTM(5, 32)
@@ -189,7 +191,8 @@ def create_trainer(
     check_loss(loss_fn)
     check_amp_dtype(amp_dtype)
     _to_device(model, device, optimizer=True)
-    path = select_execution(model, loss_fn, tbptt_steps, update, resolve_execution(execution, engine))
+    execution = resolve_execution(execution, engine)
+    path = select_execution(model, loss_fn, tbptt_steps, update, execution)
     scaler = None
     if amp_dtype is torch.float16:
         scaler = torch.amp.GradScaler(next(model.parameters()).device.type)
@@ -213,8 +216,10 @@ def create_trainer(
     trainer.state.window_loss = None
     trainer.state.window_losses = None
     trainer.state.execution = path
+    trainer.state.tbptt_steps = tbptt_steps
     trainer.state.scaler = scaler
     trainer.execution = path  # deprecated alias of state.execution
+    _WINDOWS[trainer] = (body, lambda k: select_execution(model, loss_fn, k, update, execution))
     _EPOCH_LOSS[trainer] = epoch_loss = Average(output_transform=lambda o: o["loss"])
     epoch_loss.attach(trainer, "epoch_loss")
     logger.debug("Trainer execution path: %s", path)
@@ -222,6 +227,35 @@ def create_trainer(
 
 
 _EPOCH_LOSS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WINDOWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # trainer -> (BatchUpdate, K -> path)
+
+
+def set_tbptt_steps(trainer: Engine, tbptt_steps: int) -> str:
+    """Change the window length K of a ``create_trainer`` trainer, from its next batch on.
+
+    The path is chosen again for the new K with the trainer's ``execution`` request, as
+    ``create_trainer`` chose it, so every batch runs an exact path; ``trainer.state.tbptt_steps``
+    and ``trainer.state.execution`` say what runs. Call it between iterations.
+
+    Args:
+        trainer: an ``Engine`` from ``create_trainer``.
+        tbptt_steps: the new window length K (>= 1).
+
+    Returns:
+        The execution path of the next batches.
+
+    Example:
+        >>> trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=1)  # fused-detached
+        >>> trainer.add_event_handler(Events.EPOCH_STARTED(once=3), lambda e: set_tbptt_steps(e, 100))
+    """
+    _check_positive_int("tbptt_steps", tbptt_steps)
+    if trainer not in _WINDOWS:
+        raise ValueError("Argument trainer should be an Engine made by create_trainer.")
+    body, select = _WINDOWS[trainer]
+    path = select(tbptt_steps)
+    body.set_window(path, tbptt_steps)
+    trainer.state.tbptt_steps, trainer.state.execution, trainer.execution = tbptt_steps, path, path
+    return path
 
 
 def epoch_loss_metric(trainer: Engine) -> Average:

@@ -46,15 +46,32 @@ class BatchUpdate:
                  path: str, tbptt_steps: int, update: str, chunk_steps: int, grad_clip: float | None,
                  amp_dtype: torch.dtype | None, accumulation_steps: int, scaler: Any) -> None:
         self.model, self.optimizer, self.loss_fn, self.events = model, optimizer, loss_fn, events
-        self.path, self.update, self.grad_clip = path, update, grad_clip
-        self.length = chunk_steps if path == "fused-detached" else tbptt_steps
+        self.update, self.grad_clip, self.chunk_steps = update, grad_clip, chunk_steps
         self.amp_dtype, self.accumulation, self.scaler = amp_dtype, accumulation_steps, scaler
         self.step = step_fn(model)
         self.step_losses = StepLosses(loss_fn)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.busy = False
+        self.set_window(path, tbptt_steps)
+
+    def set_window(self, path: str, tbptt_steps: int) -> None:
+        """Another window length K and the path chosen for it, from the next batch on (not inside one)."""
+        if self.busy:
+            raise RuntimeError("The trainer's window length cannot change inside an iteration; change it from a "
+                               "handler of Events.EPOCH_STARTED or Events.ITERATION_STARTED.")
+        self.path, self.tbptt_steps = path, tbptt_steps
+        self.length = self.chunk_steps if path == "fused-detached" else tbptt_steps
 
     def __call__(self, engine: Engine, x: torch.Tensor, y: torch.Tensor,
                  mask: torch.Tensor | None) -> tuple[torch.Tensor, int, torch.Tensor]:
+        self.busy = True
+        try:
+            return self._batch(engine, x, y, mask)
+        finally:
+            self.busy = False
+
+    def _batch(self, engine: Engine, x: torch.Tensor, y: torch.Tensor,
+               mask: torch.Tensor | None) -> tuple[torch.Tensor, int, torch.Tensor]:
         steps = global_steps(x.shape[1])
         if steps > x.shape[1]:  # processes with batches of other lengths: pad to the longest, uncounted
             x, y, mask = pad_to_length(x, y, mask, steps)

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from ignite.metrics import MeanAbsoluteError, MeanSquaredError
 
-from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer, select_execution
+from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer, select_execution, set_tbptt_steps
 from ignite_lstm.models import StatefulLSTM
 from lstm_reference import hand_run as _hand_run
 
@@ -576,3 +576,41 @@ def test_a_factory_trainer_has_the_epoch_loss_that_attach_tensorboard_logs(tmp_p
         attach_tensorboard(trainer, create_evaluator(model), optimizer, tmp_path / "tb")
         trainer.run([_batch(1), _batch(2)], max_epochs=1)
     assert trainer.state.metrics["epoch_loss"] == pytest.approx(sum(losses) / 2, rel=1e-12)
+
+
+def test_set_tbptt_steps_changes_the_window_and_the_path_of_the_next_batches_exactly():
+    # Epoch 1 at K = 1 (fused-detached), epoch 2 at K = 5 (fused): the parameters of a trainer made
+    # with each K in turn, on the same model and optimizer.
+    base, data, loss = _model(), [_batch(1), _batch(2)], nn.MSELoss()
+    switched = copy.deepcopy(base)
+    optimizer = torch.optim.Adam(switched.parameters(), lr=0.05)
+    trainer = create_trainer(switched, optimizer, loss, tbptt_steps=1)
+    assert (trainer.state.execution, trainer.state.tbptt_steps) == ("fused-detached", 1)
+    paths = []
+    trainer.add_event_handler(Events.EPOCH_STARTED(once=2), lambda e: paths.append(set_tbptt_steps(e, 5)))
+    trainer.run(data, max_epochs=2)
+    assert paths == ["fused"] and (trainer.state.execution, trainer.state.tbptt_steps) == ("fused", 5)
+    assert trainer.state.window == 2 * T + 2 * 2  # 10 one-step windows per batch, then 2 of 5 steps
+
+    made = copy.deepcopy(base)
+    optimizer = torch.optim.Adam(made.parameters(), lr=0.05)
+    create_trainer(made, optimizer, loss, tbptt_steps=1).run(data, max_epochs=1)
+    create_trainer(made, optimizer, loss, tbptt_steps=5).run(data, max_epochs=1)
+    for (name, a), b in zip(switched.named_parameters(), made.parameters()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(next(switched.parameters()), next(base.parameters()))
+
+
+def test_set_tbptt_steps_keeps_the_execution_request_and_refuses_what_it_cannot_do():
+    model = _model()
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), tbptt_steps=1,
+                             execution="stepwise")
+    assert set_tbptt_steps(trainer, 4) == "stepwise" and trainer.state.tbptt_steps == 4
+    with pytest.raises(ValueError, match=re.escape("Argument tbptt_steps should be positive, got 0.")):
+        set_tbptt_steps(trainer, 0)
+    with pytest.raises(ValueError, match="Argument trainer should be an Engine made by create_trainer."):
+        set_tbptt_steps(Engine(lambda e, b: None), 4)
+    trainer.add_event_handler(TimeEvents.WINDOW_STARTED(once=2), lambda e: set_tbptt_steps(e, 2))
+    with pytest.raises(RuntimeError, match="The trainer's window length cannot change inside an iteration"):
+        trainer.run([_batch(1)], max_epochs=1)
+    assert trainer.state.tbptt_steps == 4
