@@ -12,7 +12,7 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import ignite.distributed as idist
 import torch
@@ -121,6 +121,7 @@ def attach_checkpoints(
     n_saved: int = 1,
     every: int = 0,
     mode: str | None = None,
+    best_filter: Callable[[Engine, int], bool] | None = None,
 ) -> RunCheckpoints:
     """Best model (by the validation ``monitor``), last training state, every ``every`` epochs, and Ctrl-C.
 
@@ -163,6 +164,8 @@ def attach_checkpoints(
         every: also keep a training checkpoint every this many epochs (0: off).
         mode: ``"min"`` (lower is better) or ``"max"``; needed for a metric of your own, whose
             direction ``metric_direction`` does not know (None: the metric's own direction).
+        best_filter: an Ignite event filter on the evaluator's ``COMPLETED``: a validation it
+            rejects never competes for "best" (a curriculum's ``final_stage_only``); None: all do.
 
     Returns:
         ``RunCheckpoints``: a dict ``{"best", "last", "epoch" (if every), "interrupted"}`` ->
@@ -204,7 +207,8 @@ def attach_checkpoints(
     for kind in kinds:  # the other savers' bookkeeping, read when the file is saved
         files[kind].update({f"checkpointer_{k}": c for k, c in checkpoints.items() if k != kind})
     if enabled:
-        val_evaluator.add_event_handler(Events.COMPLETED, checkpoints["best"])
+        event = Events.COMPLETED(event_filter=best_filter) if best_filter else Events.COMPLETED
+        val_evaluator.add_event_handler(event, checkpoints["best"])
         if every:  # before "last", so that the last file knows about this epoch's file
             trainer.add_event_handler(Events.EPOCH_COMPLETED(every=every), checkpoints["epoch"])
         trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoints["last"])

@@ -84,6 +84,7 @@ def attach_early_stopping(
     patience: int,
     min_delta: float = 0.0,
     mode: str | None = None,
+    event_filter: Callable[[Engine, int], bool] | None = None,
 ) -> EarlyStopping:
     """Ignite's ``EarlyStopping`` on the validation ``monitor``, in the metric's direction.
 
@@ -101,6 +102,8 @@ def attach_early_stopping(
         min_delta: the smallest change that counts as an improvement (>= 0).
         mode: ``"min"`` (lower is better) or ``"max"``; needed for a metric of your own, whose
             direction ``metric_direction`` does not know (None: the metric's own direction).
+        event_filter: an Ignite event filter on the evaluator's ``COMPLETED``: a validation it
+            rejects is not counted (a curriculum's ``final_stage_only``); None: every one counts.
 
     Returns:
         The ``EarlyStopping`` handler (``state_dict``/``load_state_dict`` for checkpoints).
@@ -112,7 +115,8 @@ def attach_early_stopping(
     mode = monitor_mode(monitor, mode)
     stopper = EarlyStopping(patience=patience, score_function=_monitored(monitor, mode), trainer=trainer,
                             threshold=min_delta, cumulative=True, mode=mode)
-    val_evaluator.add_event_handler(Events.COMPLETED, stopper)
+    val_evaluator.add_event_handler(Events.COMPLETED(event_filter=event_filter) if event_filter else Events.COMPLETED,
+                                    stopper)
     return stopper
 
 

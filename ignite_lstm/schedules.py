@@ -78,6 +78,7 @@ def setup_lr_scheduler(
     mode: str = "min",
     patience: int = 5,
     factor: float = 0.5,
+    event_filter: Callable[[Engine, int], bool] | None = None,
 ) -> Any:
     """Attach a learning-rate schedule (see the module docstring) and return it.
 
@@ -97,6 +98,8 @@ def setup_lr_scheduler(
         step_size, gamma: ``step`` decay every ``step_size`` epochs by ``gamma``.
         val_evaluator, monitor, mode, patience, factor: the ``plateau`` schedule's
             validation evaluator, metric, direction (``"min"``/``"max"``), patience and factor.
+        event_filter: ``plateau``: an Ignite event filter on the evaluator's ``COMPLETED``; the
+            validations it rejects are not counted (a curriculum's ``final_stage_only``).
 
     Returns:
         None for ``"none"``, else an object with ``state_dict``/``load_state_dict``
@@ -127,7 +130,8 @@ def setup_lr_scheduler(
             if trainer.state.epoch * steps_per_epoch >= warmup:
                 plateau(evaluator)
 
-        val_evaluator.add_event_handler(Events.COMPLETED, after_warmup)
+        val_evaluator.add_event_handler(Events.COMPLETED(event_filter=event_filter) if event_filter else
+                                        Events.COMPLETED, after_warmup)
         if not warmup:
             return plateau
         ramp = PiecewiseLinear(optimizer, "lr", [(0, start), (warmup - 1, lr)])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from ignite.engine import Engine, Events
@@ -76,6 +76,7 @@ def attach_tensorboard(
     window_every: int = 0,
     histograms: bool = False,
     model: torch.nn.Module | None = None,
+    epoch_state: Sequence[str] = (),
 ):
     """TensorBoard event files (tensorboardX) through Ignite's ``TensorboardLogger``.
 
@@ -86,6 +87,8 @@ def attach_tensorboard(
     - ``train/window_loss``: the mean loss of each group of ``window_every`` windows
       (step: the group's last window; 0: off);
     - ``train/epoch_loss`` and ``val/<metric>`` for every validation metric (step: epoch);
+    - ``train/<name>`` for each trainer state attribute of ``epoch_state``, such as the
+      curriculum's ``curriculum_length``, at the end of every epoch (step: epoch);
     - ``weights/...`` histograms per epoch if ``histograms``.
 
     Args:
@@ -98,6 +101,7 @@ def attach_tensorboard(
         window_every: windows per ``train/window_loss`` point (0: off).
         histograms: also log weight histograms of ``model`` per epoch.
         model: the model for the histograms.
+        epoch_state: names of ``trainer.state`` attributes logged every epoch.
 
     A failure to write the event file (a full disk) is raised in the trainer at the
     end of the iteration or epoch (an ``OSError`` naming the file); tensorboardX's
@@ -126,6 +130,8 @@ def attach_tensorboard(
               Events.ITERATION_COMPLETED(every=every))
     tb.attach(trainer, OptimizerParamsHandler(optimizer, "lr"), Events.ITERATION_COMPLETED(every=every))
     tb.attach(trainer, OutputHandler("train", metric_names=["epoch_loss"]), Events.EPOCH_COMPLETED)
+    if epoch_state:
+        tb.attach(trainer, OutputHandler("train", state_attributes=list(epoch_state)), Events.EPOCH_COMPLETED)
     tb.attach(val_evaluator, OutputHandler("val", metric_names="all", global_step_transform=global_step_from_engine(
         trainer, Events.EPOCH_COMPLETED)), Events.COMPLETED)
     if window_every:
