@@ -11,8 +11,9 @@ so no default is written here.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from ignite_lstm.curriculum import stage_lengths
 from ignite_lstm.metrics import METRIC_NAMES
 
 __all__ = ["MIN_STEPS", "check_cross", "with_defaults"]
@@ -96,20 +97,78 @@ def check_cross(cfg: dict, problems: list[str], *, backends: Sequence[str]) -> N
             and dist.get("nproc_per_node") != 1:
         problems.append(f"distributed.nproc_per_node: more than 1 process needs distributed.backend "
                         f"({' or '.join(backends)})")
+    _check_curriculum(cfg, problems, valid)
     extra = handlers.get("extra")
     for i, entry in enumerate(extra if isinstance(extra, list) else []):
         if isinstance(entry, str) and (entry.count(":") != 1 or not all(entry.split(":"))):
             problems.append(f"handlers.extra[{i}]: {entry!r} must look like 'package.module:function'")
 
 
-def _check_monitors(handlers: dict, freqs: Any, problems: list[str]) -> None:
-    """Every ``monitor`` names a validation metric: one of ``METRIC_NAMES`` or ``mse_f<Hz>`` of ``freqs``."""
+def _validation_metrics(freqs: Any) -> list[str]:
+    """The validation evaluator's metrics: ``METRIC_NAMES`` and ``mse_f<Hz>`` of ``freqs``."""
     allowed = list(METRIC_NAMES)
     if isinstance(freqs, list) and all(isinstance(f, (int, float)) for f in freqs):
         allowed += [f"mse_f{f:g}" for f in freqs]
+    return allowed
+
+
+def _check_monitors(handlers: dict, freqs: Any, problems: list[str]) -> None:
+    """Every ``monitor`` names a validation metric: one of ``METRIC_NAMES`` or ``mse_f<Hz>`` of ``freqs``."""
+    allowed = _validation_metrics(freqs)
     for section in ("checkpoint", "early_stopping", "lr_scheduler"):
         monitor = _section(handlers, section).get("monitor")
         if isinstance(monitor, str) and monitor not in allowed:
             problems.append(
                 f"handlers.{section}.monitor: {monitor!r} is not a validation metric: choose one of {', '.join(allowed)}"
             )
+
+
+def _check_curriculum(cfg: dict, problems: list[str], valid: Callable[..., bool]) -> None:
+    """``train.curriculum``: its stages fit the sequences, one rule to advance, and the rule's keys."""
+    train, data = _section(cfg, "train"), _section(cfg, "data")
+    c, key = _section(train, "curriculum"), "train.curriculum"
+    if c.get("enabled") is not True or not valid(key):
+        return
+    lengths, start, metric, per = c.get("lengths"), c.get("start"), c.get("metric"), c.get("epochs_per_stage")
+    if not lengths and start is None:
+        problems.append(f"{key}: needs its stages: lengths (e.g. [250, 500, 1000]) or start (and factor)")
+    elif lengths and start is not None:
+        problems.append(f"{key}.start: {start!r} and lengths {lengths!r}: give one of them")
+    fs, duration = data.get("fs"), data.get("duration")
+    if valid("data.fs", "data.duration") and _is_number(fs) and _is_number(duration) and math.isfinite(fs * duration):
+        steps = round(fs * duration)
+        if lengths and (any(b <= a for a, b in zip(lengths, lengths[1:])) or lengths[-1] > steps):
+            problems.append(f"{key}.lengths: {lengths!r} must increase, each <= the sequence length T = {steps} "
+                            f"(round(data.fs * data.duration))")
+        elif start is not None and start > steps:
+            problems.append(f"{key}.start: {start!r} must be <= the sequence length T = {steps}")
+        elif bool(lengths) != (start is not None) and per is not None and valid("train.epochs"):
+            _check_stage_epochs(c, train, steps, problems)
+    if per is None and metric is None:
+        problems.append(f"{key}: needs a rule to advance: epochs_per_stage (fixed epochs per stage), or metric and "
+                        f"threshold")
+    elif per is not None and metric is not None:
+        problems.append(f"{key}.epochs_per_stage: {per!r} and metric {metric!r} are two rules to advance: choose one "
+                        f"(min_epochs and max_epochs bound the stages of the metric rule)")
+    if metric is not None and c.get("threshold") is None:
+        problems.append(f"{key}.threshold: null: the metric rule ({metric!r}) needs the value to beat")
+    elif metric is None and c.get("threshold") is not None:
+        problems.append(f"{key}.threshold: {c.get('threshold')!r} needs {key}.metric")
+    if isinstance(metric, str) and metric not in _validation_metrics(data.get("frequencies")):
+        allowed = ", ".join(_validation_metrics(data.get("frequencies")))
+        problems.append(f"{key}.metric: {metric!r} is not a validation metric: choose one of {allowed}")
+    low, high = c.get("min_epochs"), c.get("max_epochs")
+    if per is not None and metric is None and (high is not None or low != 1):
+        problems.append(f"{key}.max_epochs: min_epochs {low!r} and max_epochs {'null' if high is None else high!r} "
+                        f"belong to the metric rule; with epochs_per_stage leave them at 1 and null")
+    elif _is_number(low) and _is_number(high) and high < low:
+        problems.append(f"{key}.max_epochs: {high!r} must be >= min_epochs ({low!r})")
+
+
+def _check_stage_epochs(c: dict, train: dict, steps: int, problems: list[str]) -> None:
+    """The epoch rule leaves the run some epochs at the full length."""
+    per, epochs = c.get("epochs_per_stage"), train.get("epochs")
+    shorter = len(stage_lengths(steps, c.get("lengths") or (), c.get("start"), c.get("factor") or 2.0)) - 1
+    if _is_number(per) and _is_number(epochs) and per * shorter >= epochs:
+        problems.append(f"train.curriculum.epochs_per_stage: {per!r} x {shorter} stages below the full length = "
+                        f"{per * shorter} epochs leaves none of train.epochs={epochs} at the full length")

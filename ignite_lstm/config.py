@@ -85,6 +85,21 @@ class ModelConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    enabled: bool = _f(False, "train on the first L steps of each sequence, L growing by stages up to T")
+    lengths: list[int] = _f([], "stage lengths L in steps, increasing, each <= T; T follows as the last stage", ge=1)
+    start: Optional[int] = _f(None, "with lengths []: stages start, start*factor, ... (below T), then T", ge=1)
+    factor: float = _f(2.0, "growth of L per stage, with start", gt=1.0)
+    epochs_per_stage: Optional[int] = _f(None, "epoch rule: every stage before the last lasts this many epochs", ge=1)
+    metric: Optional[str] = _f(None, "metric rule: advance when this validation metric on L beats threshold")
+    threshold: Optional[float] = _f(None, "metric rule: the value to beat (below for errors, above for snr, r2, corr)")
+    min_epochs: int = _f(1, "metric rule: epochs a stage lasts at least", ge=1)
+    max_epochs: Optional[int] = _f(None, "metric rule: epochs after which a stage ends anyway; null: no limit", ge=1)
+    tbptt: str = _f("fixed", "window per stage: fixed (train.tbptt_steps) or follow (tbptt_steps = L)",
+                    choices=("fixed", "follow"))
+
+
+@dataclass
 class TrainConfig:
     epochs: int = _f(120, "passes over the training sequences", ge=1)
     batch_size: int = _f(40, "whole sequences per batch (global, over all processes)", ge=1)
@@ -104,6 +119,7 @@ class TrainConfig:
                             choices=tuple(AMP_MODES))
     gradient_accumulation_steps: int = _f(1, "an optimizer step every N batches (each batch's gradient scaled 1/N); "
                                              "needs update: sequence", ge=1)
+    curriculum: CurriculumConfig = _f(CurriculumConfig(), "sequence-length curriculum (ignite_lstm/curriculum.py)")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ignite.handlers import Checkpoint, EarlyStopping, Timer
 from ignite.metrics import RunningAverage
 
 from ignite_lstm.checkpointing import FixedState, attach_checkpoints
+from ignite_lstm.curriculum import Curriculum, final_tbptt_steps, setup_curriculum
 from ignite_lstm.engines import create_evaluator, create_trainer, epoch_loss_metric
 from ignite_lstm.execution import AMP_MODES
 from ignite_lstm.handlers import attach_early_stopping, attach_progress, attach_terminate_on_nan, load_extra_handlers
@@ -70,6 +71,7 @@ class RunHandlers:
     interrupt: StopOnInterrupt | None = None
     timer: Timer | None = None
     config_state: FixedState | None = None
+    curriculum: Curriculum | None = None
 
 
 @dataclass
@@ -102,15 +104,34 @@ def _epoch_metrics(r: _Run) -> None:
     r.trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: sampler.set_epoch(e.state.epoch - 1))
 
 
+def _curriculum(r: _Run) -> None:
+    # Before the plateau schedule, early stopping and the best checkpoint, which take its filter; before
+    # the validation, which saves the epoch's history with its length in it; before the checkpoints,
+    # which save its state. Its decision for epoch E is taken when epoch E + 1 starts, from what E's
+    # checkpoints hold, so among the EPOCH_COMPLETED handlers its place matters for nothing else.
+    n_steps = r.data["datasets"]["train"].n_steps
+    r.out.curriculum = curriculum = setup_curriculum(r.cfg, n_steps)
+    if curriculum is not None:
+        curriculum.attach(r.trainer, r.val)
+        r.out.to_save["curriculum"] = curriculum
+        r.trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: r.out.history.record(
+            e.state.epoch, {"train/curriculum_length": e.state.curriculum_length}))
+
+
+def _full_length_only(r: _Run) -> Callable | None:
+    """The event filter of what compares validations over epochs: a curriculum's last stage only."""
+    return r.out.curriculum.final_stage_only if r.out.curriculum is not None else None
+
+
 def _lr_schedule(r: _Run) -> None:
     cfg, s = r.cfg, r.cfg.handlers.lr_scheduler
-    spe = steps_per_epoch(len(r.data["train_loader"]), r.data["datasets"]["train"].n_steps, cfg.train.tbptt_steps,
-                          cfg.train["update"])
+    n_steps = r.data["datasets"]["train"].n_steps  # the longest epochs: a curriculum's last stage
+    spe = steps_per_epoch(len(r.data["train_loader"]), n_steps, final_tbptt_steps(cfg, n_steps), cfg.train["update"])
     scheduler = setup_lr_scheduler(
         r.trainer, r.optimizer, name=s.name, lr=cfg.train.lr, epochs=cfg.train.epochs, steps_per_epoch=spe,
         update=cfg.train["update"], warmup_epochs=s.warmup_epochs, min_lr=s.min_lr, step_size=s.step_size,
         gamma=s.gamma, val_evaluator=r.val, monitor=s.monitor, mode=metric_direction(s.monitor),
-        patience=s.patience, factor=s.factor)
+        patience=s.patience, factor=s.factor, event_filter=_full_length_only(r))
     if scheduler is not None:
         r.out.to_save["lr_scheduler"] = scheduler
 
@@ -119,7 +140,7 @@ def _early_stopping(r: _Run) -> None:  # on the evaluator before the checkpoints
     es = r.cfg.handlers.early_stopping
     if es.enabled:
         r.out.stopper = attach_early_stopping(r.trainer, r.val, monitor=es.monitor, patience=es.patience,
-                                              min_delta=es.min_delta)
+                                              min_delta=es.min_delta, event_filter=_full_length_only(r))
         r.out.to_save["early_stopping"] = r.out.stopper
 
 
@@ -153,7 +174,7 @@ def _checkpoints(r: _Run) -> None:
     c = r.cfg.handlers.checkpoint
     r.out.checkpoints = attach_checkpoints(
         r.trainer, r.val, r.out.to_save, {"model": r.model, "model_args": model_args}, r.run_dir / "checkpoints",
-        enabled=c.enabled, monitor=c.monitor, n_saved=c.n_saved, every=c.every)
+        enabled=c.enabled, monitor=c.monitor, n_saved=c.n_saved, every=c.every, best_filter=_full_length_only(r))
     if r.out.stopper is not None and r.cfg.handlers.early_stopping.restore_best and "best" not in r.out.checkpoints:
         logger.warning("handlers.early_stopping.restore_best needs handlers.checkpoint.enabled: the final "
                        "evaluation uses the last weights.")
@@ -166,7 +187,8 @@ def _loggers(r: _Run) -> None:  # rank 0 only: files and the console
     if h.tensorboard.enabled:
         net = r.model.module if hasattr(r.model, "module") else r.model
         attach_tensorboard(r.trainer, r.val, r.optimizer, r.run_dir / "tb", every=h.tensorboard.every,
-                           window_every=h.tensorboard.window_every, histograms=h.tensorboard.histograms, model=net)
+                           window_every=h.tensorboard.window_every, histograms=h.tensorboard.histograms, model=net,
+                           epoch_state=("curriculum_length",) if r.out.curriculum is not None else ())
     if h.progress_bar:
         attach_progress(r.trainer)
 
@@ -182,8 +204,8 @@ def _interrupt(r: _Run) -> None:  # last: its EPOCH_COMPLETED check comes after 
 
 
 HANDLER_ORDER: tuple[Callable[[_Run], None], ...] = (
-    _nan_stop, _epoch_metrics, _lr_schedule, _early_stopping, _validation, _checkpoints, _loggers, _extra,
-    _interrupt,
+    _nan_stop, _epoch_metrics, _curriculum, _lr_schedule, _early_stopping, _validation, _checkpoints, _loggers,
+    _extra, _interrupt,
 )
 """The order in which ``attach_handlers`` attaches; each entry's comment says why it stands there."""
 

@@ -49,7 +49,10 @@ BASE_RESOLVED = {
     "model": {"hidden_size": 128, "num_layers": 1, "dropout": 0.0},
     "train": {"epochs": 200, "batch_size": 40, "tbptt_steps": 500, "update": "window", "engine": "auto",
               "chunk_steps": 250, "optimizer": "adam", "lr": 0.003, "weight_decay": 0.0, "momentum": 0.9,
-              "loss": "mse", "grad_clip": 1.0, "amp": None, "gradient_accumulation_steps": 1},
+              "loss": "mse", "grad_clip": 1.0, "amp": None, "gradient_accumulation_steps": 1,
+              "curriculum": {"enabled": False, "lengths": [], "start": None, "factor": 2.0, "epochs_per_stage": None,
+                             "metric": None, "threshold": None, "min_epochs": 1, "max_epochs": None,
+                             "tbptt": "fixed"}},
     "eval": {"batch_size": 40, "every": 1, "engine": "auto", "report": True},
     "handlers": {
         "progress_bar": True, "terminate_on_nan": True,
