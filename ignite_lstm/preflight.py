@@ -23,6 +23,7 @@ import ignite.distributed as idist
 import torch
 
 from ignite_lstm.config import ConfigError
+from ignite_lstm.curriculum import final_tbptt_steps
 from ignite_lstm.data import SPLITS, split_params
 from ignite_lstm.h5io import split_filename
 
@@ -108,8 +109,9 @@ def estimate_memory(cfg: Any, processes: int = 1, native: bool = False) -> dict[
     each sequence: gates 4H, cell and hidden states, the kernel's [x, h, 1] rows and
     the backward's gate gradients, about 12H + input floats; the window is
     ``train.chunk_steps`` steps on the fused-detached path, ``train.tbptt_steps`` on
-    the others) and an evaluation batch of whole sequences (no gradients: the inputs
-    and outputs, and with PyTorch's LSTM one layer's hidden sequence at a time).
+    the others, T with a curriculum whose window follows L) and an evaluation batch of
+    whole sequences (no gradients: the inputs and outputs, and with PyTorch's LSTM one
+    layer's hidden sequence at a time).
 
     Args:
         cfg: the validated config.
@@ -136,9 +138,11 @@ def estimate_memory(cfg: Any, processes: int = 1, native: bool = False) -> dict[
                for s in SPLITS)
 
     batch = min(max(1, t.batch_size // processes), math.ceil(sequences["train"] / processes))
-    detached = t.tbptt_steps == 1 and t["update"] == "sequence" and t.engine != "stepwise"
-    window_key = "train.chunk_steps" if detached else "train.tbptt_steps"
-    window = min(steps, t.chunk_steps if detached else t.tbptt_steps)
+    tbptt = final_tbptt_steps(cfg, steps)  # a curriculum's last stage, when its window follows L
+    detached = tbptt == 1 and t["update"] == "sequence" and t.engine != "stepwise"
+    window_key = "train.chunk_steps" if detached else \
+        "train.tbptt_steps" if tbptt == t.tbptt_steps else "train.curriculum.tbptt"
+    window = min(steps, t.chunk_steps if detached else tbptt)
     training = _FLOAT * batch * (window * (layers * (12 * hidden + n_in) + 2 * n_out) + steps * (n_in + n_out))
 
     eval_batch = min(e.batch_size, max(math.ceil(n / processes) for n in sequences.values()))

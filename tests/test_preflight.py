@@ -118,3 +118,13 @@ def test_device_problem_accepts_what_this_build_has():
 def test_preflight_raises_a_config_error():
     with pytest.raises(ConfigError, match=re.escape("device: 'gpu' is not a torch device: choose one of 'auto'")):
         preflight(load_config(CONFIG, [*TINY, "device=gpu"]))
+
+
+def test_a_curriculum_whose_window_follows_L_is_estimated_at_its_last_stage():
+    # base.yaml trains windows of 250 steps; full-window BPTT in the curriculum's last stage keeps T = 10,000
+    curriculum = ["train.curriculum.enabled=true", "train.curriculum.start=250", "train.curriculum.epochs_per_stage=1"]
+    fixed = estimate_memory(load_config(REPO / "configs" / "base.yaml", curriculum))["parts"]["training"]
+    follow = estimate_memory(load_config(REPO / "configs" / "base.yaml", [*curriculum, "train.curriculum.tbptt=follow"]))
+    assert fixed[2]["train.tbptt_steps"] == 250 and "x 250 steps" in fixed[1]
+    assert follow["parts"]["training"][2]["train.curriculum.tbptt"] == 10000
+    assert follow["training"] > 30 * fixed[0]  # the window's share grows T / K = 40 times
