@@ -3,7 +3,8 @@
 The schema (``ignite_lstm.config``) checks each key on its own; what is left is here:
 sample count from ``data.fs`` and ``data.duration``, monitors that name a validation
 metric of these frequencies, warm-up shorter than the run, ``restore_best`` with
-checkpoints, several processes with a backend, the form of ``handlers.extra``. The
+checkpoints, several processes with a backend, the form of ``handlers.extra``, the
+curriculum's stages (within T) and its one rule to advance. The
 rules read a plain dict already merged over the schema's defaults (``with_defaults``),
 so no default is written here.
 """

@@ -92,6 +92,14 @@ def stage_lengths(n_steps: int, lengths: Sequence[int] = (), start: int | None =
 def cut_batch(batch: Any, steps: int) -> Any:
     """The first ``steps`` steps of a batch ``(x, y)``, ``(x, y, mask)`` or mapping (views, no copy).
 
+    Args:
+        batch: x (B, T, F), y (B, T, O) and optionally a mask (B, T), as ``batches.parse_batch`` reads them.
+        steps: how many steps to keep.
+
+    Returns:
+        The batch itself when it has at most ``steps`` steps, else a list (or, for a mapping, a dict)
+        of x (B, steps, F), y (B, steps, O) and the mask (B, steps).
+
     Example:
         >>> x, y = cut_batch((torch.zeros(2, 100, 5), torch.zeros(2, 100, 1)), 30)
         >>> x.shape
@@ -237,7 +245,15 @@ class Curriculum:
 
 
 def setup_curriculum(cfg: Any, n_steps: int) -> Curriculum | None:
-    """The ``train.curriculum`` section as a ``Curriculum`` for sequences of ``n_steps`` steps (None when off)."""
+    """The ``train.curriculum`` section as a ``Curriculum``.
+
+    Args:
+        cfg: the validated config.
+        n_steps: the training sequences' length T.
+
+    Returns:
+        The ``Curriculum`` (not attached), or None when ``train.curriculum.enabled`` is false.
+    """
     c = cfg.train.curriculum
     if not c.enabled:
         return None
@@ -247,6 +263,14 @@ def setup_curriculum(cfg: Any, n_steps: int) -> Curriculum | None:
 
 
 def final_tbptt_steps(cfg: Any, n_steps: int) -> int:
-    """The window length of the run's longest epochs: ``n_steps`` when the curriculum's window follows L."""
+    """The window length of the run's longest epochs (a curriculum's last stage).
+
+    Args:
+        cfg: the validated config.
+        n_steps: the training sequences' length T.
+
+    Returns:
+        ``n_steps`` when a curriculum's window follows L, else ``train.tbptt_steps``.
+    """
     c = cfg.train.curriculum
     return n_steps if c.enabled and c.tbptt == "follow" else cfg.train.tbptt_steps
