@@ -164,6 +164,10 @@ def _check_curriculum(cfg: dict, problems: list[str], valid: Callable[..., bool]
                         f"belong to the metric rule; with epochs_per_stage leave them at 1 and null")
     elif _is_number(low) and _is_number(high) and high < low:
         problems.append(f"{key}.max_epochs: {high!r} must be >= min_epochs ({low!r})")
+    schedule = _section(_section(cfg, "handlers"), "lr_scheduler").get("name", "cosine")
+    if _is_number(c.get("lr_factor")) and c.get("lr_factor") != 1 and schedule not in ("none", "plateau"):
+        problems.append(f"{key}.lr_factor: {c.get('lr_factor')!r} with handlers.lr_scheduler.name={schedule!r}, which "
+                        f"sets the rate at every step and would undo it: use none or plateau, or lr_factor 1.0")
 
 
 def _check_stage_epochs(c: dict, train: dict, steps: int, problems: list[str]) -> None:

@@ -97,6 +97,8 @@ class CurriculumConfig:
     max_epochs: Optional[int] = _f(None, "metric rule: epochs after which a stage ends anyway; null: no limit", ge=1)
     tbptt: str = _f("fixed", "window per stage: fixed (train.tbptt_steps) or follow (tbptt_steps = L)",
                     choices=("fixed", "follow"))
+    lr_factor: float = _f(1.0, "the learning rate is multiplied by this at every stage change (lr_scheduler "
+                                "none or plateau)", gt=0.0, le=1.0)
 
 
 @dataclass

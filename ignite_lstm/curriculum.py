@@ -128,6 +128,12 @@ class Curriculum:
         min_epochs: metric rule: epochs a stage lasts at least.
         max_epochs: metric rule: epochs after which a stage ends anyway (None: no limit).
         follow_tbptt: the trainer's window length follows L (``set_tbptt_steps``).
+        lr_factor: at every stage change the learning rate of each of the optimizer's
+            parameter groups is multiplied by this (1: unchanged; ``attach`` needs the
+            optimizer otherwise). A longer stage has larger gradients and a new loss
+            surface; a smaller step keeps what the shorter stages learned. It lives in
+            the optimizer's ``param_groups``, so an optimizer checkpoint resumes it; a
+            schedule that sets the rate every step (cosine, onecycle, ...) would undo it.
 
     Example:
         >>> curriculum = Curriculum(stage_lengths(1000, start=100), metric="mse", threshold=0.01, max_epochs=50,
@@ -138,7 +144,7 @@ class Curriculum:
 
     def __init__(self, lengths: Sequence[int], *, epochs_per_stage: int | None = None, metric: str | None = None,
                  threshold: float | None = None, mode: str | None = None, min_epochs: int = 1,
-                 max_epochs: int | None = None, follow_tbptt: bool = False) -> None:
+                 max_epochs: int | None = None, follow_tbptt: bool = False, lr_factor: float = 1.0) -> None:
         self.lengths = [int(v) for v in lengths]
         if not self.lengths or any(b <= a for a, b in zip(self.lengths, self.lengths[1:])) or self.lengths[0] < 1:
             raise ValueError(f"Argument lengths should be positive and increasing, got {list(lengths)}.")
@@ -152,7 +158,10 @@ class Curriculum:
                 raise ValueError(f"Argument {name} should be a positive integer or None, got {value!r}.")
         self.epochs_per_stage, self.metric, self.threshold = epochs_per_stage, metric, threshold
         self.mode = monitor_mode(metric, mode) if metric is not None else None
+        if not (isinstance(lr_factor, (int, float)) and 0 < lr_factor <= 1):
+            raise ValueError(f"Argument lr_factor should be in (0, 1], got {lr_factor!r}.")
         self.min_epochs, self.max_epochs, self.follow_tbptt = min_epochs, max_epochs, follow_tbptt
+        self.lr_factor, self.optimizer = float(lr_factor), None
         self.stage, self.epochs_in_stage, self.score = 0, 0, None
 
     @property
@@ -169,8 +178,15 @@ class Curriculum:
         """Ignite event filter: True in the last stage only (for ``Events.COMPLETED(event_filter=...)``)."""
         return self.final
 
-    def attach(self, trainer: Engine, val_evaluator: Engine | None = None) -> None:
-        """Cut the batches of ``trainer`` (and of ``val_evaluator``, whose metric decides) to the current L."""
+    def attach(self, trainer: Engine, val_evaluator: Engine | None = None, optimizer: Any = None) -> None:
+        """Cut the batches of ``trainer`` (and of ``val_evaluator``, whose metric decides) to the current L.
+
+        ``optimizer``: the one whose learning rate ``lr_factor`` scales at each stage change.
+        """
+        if self.lr_factor != 1.0 and optimizer is None:
+            raise ValueError(f"Argument optimizer is needed: lr_factor={self.lr_factor} scales its learning rate at "
+                             f"every stage change.")
+        self.optimizer = optimizer
         trainer.state.curriculum_length = self.length
         trainer.add_event_handler(Events.STARTED, self._apply, True)  # after a resume loaded the state
         trainer.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
@@ -200,6 +216,9 @@ class Curriculum:
         self.score = None
         if advance:
             self.stage, self.epochs_in_stage = self.stage + 1, 0
+            if self.lr_factor != 1.0:
+                for group in self.optimizer.param_groups:
+                    group["lr"] *= self.lr_factor
         self._apply(trainer, advance)
 
     def _due(self) -> bool:
@@ -221,8 +240,9 @@ class Curriculum:
             set_tbptt_steps(trainer, self.length)
         if log:
             window = min(self.length, getattr(trainer.state, "tbptt_steps", self.length))
-            logger.info("Curriculum: stage %d of %d, %d steps, tbptt %d", self.stage + 1, len(self.lengths),
-                        self.length, window)
+            rate = f", lr {self.optimizer.param_groups[0]['lr']:.3g}" if self.lr_factor != 1.0 else ""
+            logger.info("Curriculum: stage %d of %d, %d steps, tbptt %d%s", self.stage + 1, len(self.lengths),
+                        self.length, window, rate)
 
     def _completed(self, trainer: Engine) -> None:
         if not self.final:
@@ -259,7 +279,8 @@ def setup_curriculum(cfg: Any, n_steps: int) -> Curriculum | None:
         return None
     lengths = stage_lengths(n_steps, list(c.lengths), c.start, c.factor)
     return Curriculum(lengths, epochs_per_stage=c.epochs_per_stage, metric=c.metric, threshold=c.threshold,
-                      min_epochs=c.min_epochs, max_epochs=c.max_epochs, follow_tbptt=c.tbptt == "follow")
+                      min_epochs=c.min_epochs, max_epochs=c.max_epochs, follow_tbptt=c.tbptt == "follow",
+                      lr_factor=c.lr_factor)
 
 
 def final_tbptt_steps(cfg: Any, n_steps: int) -> int:

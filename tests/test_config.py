@@ -52,7 +52,7 @@ BASE_RESOLVED = {
               "loss": "mse", "grad_clip": 1.0, "amp": None, "gradient_accumulation_steps": 1,
               "curriculum": {"enabled": False, "lengths": [], "start": None, "factor": 2.0, "epochs_per_stage": None,
                              "metric": None, "threshold": None, "min_epochs": 1, "max_epochs": None,
-                             "tbptt": "fixed"}},
+                             "tbptt": "fixed", "lr_factor": 1.0}},
     "eval": {"batch_size": 40, "every": 1, "engine": "auto", "report": True},
     "handlers": {
         "progress_bar": True, "terminate_on_nan": True,

@@ -127,6 +127,21 @@ def test_the_epoch_rule_changes_the_stage_at_the_scheduled_epochs_and_the_model_
                                                             "score": None}
 
 
+def test_lr_factor_scales_the_learning_rate_once_at_every_stage_change_and_needs_the_optimizer():
+    model, trainer = _engines(tbptt_steps=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=8, update="window")
+    curriculum = Curriculum([10, 20, T], epochs_per_stage=2, lr_factor=0.5)
+    with pytest.raises(ValueError, match=re.escape("Argument optimizer is needed: lr_factor=0.5 scales")):
+        curriculum.attach(trainer)
+    curriculum.attach(trainer, optimizer=optimizer)
+    rates = _per_epoch(trainer, lambda e: optimizer.param_groups[0]["lr"])
+    trainer.run(_loader(_sequences()), max_epochs=6)
+    assert rates == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]  # stages 10, 10, 20, 20, T, T
+    with pytest.raises(ValueError, match=re.escape("Argument lr_factor should be in (0, 1], got 0.")):
+        Curriculum([10, 20], epochs_per_stage=1, lr_factor=0)
+
+
 def test_the_window_follows_L_with_full_window_bptt_and_the_path_follows_the_window():
     model, trainer = _engines(tbptt_steps=1, update="sequence")
     assert trainer.state.execution == "fused-detached"
@@ -259,6 +274,10 @@ C = "train.curriculum"
     ({"start": 50, "factor": 1.0, "epochs_per_stage": 1}, f"{C}.factor: 1.0 is out of range: must be > 1.0"),
     ({"start": 50, "epochs_per_stage": 1, "tbptt": "auto"}, f"{C}.tbptt: 'auto' is not allowed: choose one of "
                                                             f"'fixed', 'follow'"),
+    ({"start": 50, "epochs_per_stage": 1, "lr_factor": 0.5},
+     f"{C}.lr_factor: 0.5 with handlers.lr_scheduler.name='cosine', which sets the rate at every step and would undo "
+     f"it: use none or plateau, or lr_factor 1.0"),
+    ({"start": 50, "epochs_per_stage": 1, "lr_factor": 1.5}, f"{C}.lr_factor: 1.5 is out of range: must be <= 1.0"),
 ])
 def test_a_curriculum_that_cannot_run_is_refused_naming_the_key(curriculum, problem):
     problems = _problems(curriculum)
