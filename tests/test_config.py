@@ -69,9 +69,14 @@ PRESET_CHANGES = {
     "quick.yaml": {"data.duration": 1.0, "data.train.mixtures": 2, "eval.batch_size": 8,
                    "handlers.lr_scheduler.name": "cosine", "handlers.lr_scheduler.warmup_epochs": 0.0,
                    "model.hidden_size": 16, "train.batch_size": 8, "train.epochs": 2, "train.tbptt_steps": 100},
-    "assignment.yaml": {"data.phase_scale": 1.0, "data.train.mixtures": 1, "handlers.early_stopping.enabled": True,
-                        "handlers.early_stopping.patience": 20, "handlers.lr_scheduler.warmup_epochs": 36.0,
-                        "train.batch_size": 4, "train.epochs": 120},
+    # session 4 replaced assignment.yaml's recipe by the length curriculum (issue 17)
+    "assignment.yaml": {"data.input_scale": 1.0, "data.phase_scale": 1.0, "data.train.mixtures": 64,
+                        "handlers.early_stopping.enabled": True, "handlers.early_stopping.patience": 5,
+                        "handlers.lr_scheduler.name": "none", "handlers.lr_scheduler.warmup_epochs": 0.0,
+                        "model.hidden_size": 64, "train.batch_size": 16, "train.curriculum.enabled": True,
+                        "train.curriculum.lr_factor": 0.5, "train.curriculum.metric": "mse",
+                        "train.curriculum.start": 250, "train.curriculum.tbptt": "follow",
+                        "train.curriculum.threshold": 0.01, "train.epochs": 3000, "train.tbptt_steps": 250},
 }
 
 
