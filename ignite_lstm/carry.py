@@ -264,6 +264,9 @@ def reset_state(engine: Engine, lanes: torch.Tensor | Sequence[int] | None = Non
                              f"{tuple(lanes.shape)}.")
         flags = lanes.cpu()
     else:
+        if any(isinstance(i, bool) for i in lanes):  # a list of flags would silently read as indices 0 and 1
+            raise TypeError("Argument lanes should be a (B,) bool tensor or a sequence of lane indices, got a "
+                            "sequence of bools; use torch.tensor(flags).")
         index = [int(i) for i in lanes]
         if any(not -n <= i < n for i in index):
             raise ValueError(f"Argument lanes should hold lane indices in [0, {n}), got {index}.")

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ignite_lstm import native
-from ignite_lstm.engines import create_trainer
+from ignite_lstm.engines import TimeEvents, create_trainer
 from ignite_lstm.models import StatefulLSTM
 from ignite_lstm.state import state_tensors
 
@@ -55,6 +55,8 @@ def train(batches, path: str, kernel: bool, max_epochs: int = 2, model=None, **k
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(),
                              execution="stepwise" if path == "stepwise" else "auto", **kwargs)
     assert trainer.state.execution == path
+    windows = trainer.state.recorded_windows = []  # every window's loss, from CHUNK_COMPLETED (every path)
+    trainer.add_event_handler(TimeEvents.CHUNK_COMPLETED, lambda e: windows.extend(e.state.window_losses.tolist()))
     with backend(kernel):
         trainer.run(batches, max_epochs=max_epochs)
     return model, trainer

@@ -22,6 +22,7 @@ the same lanes in one batch, on every execution path (``stepwise``, ``fused`` an
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import pytest
@@ -59,9 +60,12 @@ DETACHED_CASES = {
 def test_a_stream_in_chunks_trains_as_the_whole_batch(path, kernel):
     whole = stream()
     for name, (stream_kw, whole_kw) in (DETACHED_CASES if path == "fused-detached" else WINDOW_CASES).items():
-        streamed, _ = train(chunked(whole), path, kernel, carry_state=True, **stream_kw)
-        reference, _ = train([whole], path, kernel, **whole_kw)
+        streamed, trainer = train(chunked(whole), path, kernel, carry_state=True, **stream_kw)
+        reference, whole_trainer = train([whole], path, kernel, **whole_kw)
         assert max_rel(streamed, reference) <= TOL, name
+        # the window events see the same windows: their count and losses
+        assert trainer.state.window == whole_trainer.state.window, name
+        assert trainer.state.recorded_windows == pytest.approx(whole_trainer.state.recorded_windows, rel=TOL), name
 
 
 @pytest.mark.parametrize("kernel", [True, False])
@@ -233,6 +237,9 @@ def test_reset_state_called_by_handlers_resets_the_lanes_it_names():
     with pytest.raises(ValueError, match=re.escape("Argument lanes should be a (3,) bool tensor (the carried lanes), "
                                                    "got shape (2,).")):
         reset_state(trainer, torch.ones(2, dtype=torch.bool))
+    with pytest.raises(TypeError, match=re.escape("Argument lanes should be a (B,) bool tensor or a sequence of lane "
+                                                  "indices, got a sequence of bools; use torch.tensor(flags).")):
+        reset_state(trainer, [True, False, True])
     plain = create_trainer(make_model(), torch.optim.SGD(make_model().parameters(), lr=0.1), nn.MSELoss())
     for fn in (lambda: reset_state(plain), lambda: set_state(plain, None)):
         with pytest.raises(TypeError, match="Argument engine should be an engine made with carry_state=True, got "
@@ -251,6 +258,22 @@ def test_a_batch_with_another_number_of_lanes_is_refused_unless_every_lane_is_re
     assert trainer.state.carried_state[0].shape == (2, 2, 5)
     with pytest.raises(ValueError, match=re.escape("Argument batch has 2 lanes but the carried state has 3")):
         create_evaluator(make_model(), carry_state=True).run([chunks[0], narrow])
+
+
+def test_lanes_stepped_through_another_process_s_padding_must_be_reset():
+    # On several processes a shorter batch is padded to the longest (test_carry_checkpoint marks
+    # it so on 2 real processes); here the trainer is told so, as its process function would be.
+    def padded(engine):
+        engine.end_batch(engine.state.carried_state, padded=True)
+
+    for resets, refused in (({}, True), ({1: torch.ones(B, dtype=torch.bool)}, False)):
+        model = make_model()
+        trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), tbptt_steps=C,
+                                 carry_state=True)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), padded)
+        msg = "Argument batch continues lanes that were stepped through padding: the previous batch of this process"
+        with pytest.raises(ValueError, match=re.escape(msg)) if refused else contextlib.nullcontext():
+            trainer.run(chunked(stream(), resets), max_epochs=1)
 
 
 def test_a_reset_given_to_an_engine_that_does_not_carry_changes_nothing():
