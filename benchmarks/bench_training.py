@@ -199,11 +199,12 @@ def _stream_rows(steps: int, th: str) -> None:
         r = _run(["compare", engine, "40", str(steps), variants, tbptt, update, str(STREAM_ROUNDS), th], kernel)
         sec, path = r["seconds"], r["execution"]["stream"]
         per_step = {v: s / (SEQUENCES * steps) * 1e6 for v, s in sec.items()}  # us per sequence-step
-        line = (f"    tbptt_steps={tbptt:<2} {update:<8} {kernel:<7} ({path:<14}): whole {per_step['plain']:6.3f} "
-                f"us/step, stream {per_step['stream']:6.3f} us/step ({sec['stream'] / sec['plain']:.2f}x)")
+        line = (f"    tbptt_steps={tbptt:<2} {update:<8} {kernel:<7} ({path:<14}): whole {per_step['plain']:5.2f}, "
+                f"stream {per_step['stream']:5.2f} ({sec['stream'] / sec['plain']:.2f}x)")
         if "stream-step" in sec:
-            line += f", stream a step per chunk {per_step['stream-step']:6.3f} us/step " \
-                    f"({sec['stream-step'] / sec['plain']:.2f}x)"
+            ratio = sec["stream-step"] / sec["plain"]
+            line += f", stream a step per chunk {per_step['stream-step']:5.2f} ({ratio:.2f}x)"
+        line += " us per sequence-step"
         print(line, flush=True)
 
 
