@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from ignite_lstm import native
+from ignite_lstm.batches import collate_sequences
 from ignite_lstm.engines import TimeEvents, create_trainer
 from ignite_lstm.models import StatefulLSTM
 from ignite_lstm.state import state_tensors
@@ -73,3 +74,21 @@ def max_rel(a: nn.Module, b: nn.Module) -> float:
 def same_state(a, b) -> bool:
     """The tensors of two states of the same structure are equal."""
     return all(torch.equal(p, q) for p, q in zip(state_tensors(a), state_tensors(b)))
+
+
+def two_series_in_lane_0(steps_a: int = 11):
+    """Lane 0: series A (``steps_a`` < 2C, masked to the end of chunk 1), then B (C steps) from chunk 2 on.
+
+    Lane 1 is masked at 5 steps of chunks 0 and 2, so that every chunk counts 19 positions.
+    Returns the stream's chunks (B reset at chunk 2) and the whole batch of A, B and lanes 1, 2 each alone.
+    """
+    s = stream()
+    x, y = s["x"], s["y"]
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, steps_a : 2 * C] = False
+    mask[1, 1:6] = mask[1, 2 * C + 2 : 2 * C + 7] = False
+    chunks = chunked({"x": x, "y": y, "mask": mask}, {2: torch.tensor([True, False, False])})
+    series = [(x[0, :steps_a], y[0, :steps_a]), (x[0, 2 * C :], y[0, 2 * C :]), (x[1], y[1]), (x[2], y[2])]
+    xs, ys, masks = collate_sequences(series)
+    masks[2] = mask[1]
+    return chunks, {"x": xs, "y": ys, "mask": masks}

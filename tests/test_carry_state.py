@@ -1,23 +1,27 @@
-"""State carried across batches (``carry_state=True``, ``ignite_lstm.carry``), in float64.
+"""State carried across batches (``carry_state=True``, ``ignite_lstm.carry``) in training, in float64.
 
-A long series laid out in B lanes and cut into chunks of C steps trains and evaluates as
-the same lanes in one batch, on every execution path (``stepwise``, ``fused`` and
-``fused-detached``, each ``fused`` path on the native kernel and on PyTorch's code):
+A long series laid out in B lanes and cut into chunks of C steps trains as the same
+lanes in one batch, on every execution path (``stepwise``, ``fused`` and
+``fused-detached``, each ``fused`` path on the native kernel and on PyTorch's code),
+each case equal by construction (the same windows at the same steps, the same optimizer
+steps):
 
-- training, each equal by construction (the same windows at the same steps, the same
-  optimizer steps): ``update="window"`` with windows of C or C/2 steps against the whole
-  batch's ``update="window"`` (the issue's criterion); ``update="sequence"`` with one
-  window per chunk, an optimizer step per chunk, against the whole batch's
-  ``update="window"``; ``update="sequence"`` with the T/C chunks' gradients accumulated
+- ``update="window"`` with windows of C or C/2 steps against the whole batch's
+  ``update="window"`` (the issue's criterion);
+- ``update="sequence"`` with one window per chunk (an optimizer step per chunk) against the
+  whole batch's ``update="window"``;
+- ``update="sequence"`` with the T/C chunks' gradients accumulated
   (``gradient_accumulation_steps=T/C``, every chunk counting the same positions) against
-  the whole batch's one ``update="sequence"`` step. ``fused-detached`` (``tbptt_steps=1``,
-  ``update="sequence"`` only): the accumulated form with the same ``chunk_steps`` on both
-  sides, and, an optimizer step per chunk, the literal per-step loop (``stepwise``) carrying
-  the same stream. Two epochs each: every epoch starts every lane fresh.
-- a lane whose series ends inside a chunk, masked to the chunk's end and reset by the
-  next chunk, trains and evaluates as its two series in lanes of their own;
-- stream evaluation chunk by chunk gives every metric of ``build_metrics`` of the whole
-  sequences; a run starts fresh, or from ``set_state``.
+  the whole batch's one ``update="sequence"`` step;
+- ``fused-detached`` (``tbptt_steps=1``, ``update="sequence"`` only): the accumulated form
+  with the same ``chunk_steps`` on both sides, and, with an optimizer step per chunk, the
+  literal per-step loop (``stepwise``) carrying the same stream.
+
+Two epochs each: every epoch starts every lane fresh. A lane whose series ends inside a
+chunk, masked to the chunk's end and reset by the next chunk, trains as its two series in
+lanes of their own, by hand and through ``StreamLoader``. Then: when lanes start fresh,
+what is refused, other state forms, mixed precision. Stream evaluation:
+``test_carry_evaluation.py``; checkpoints and 2 processes: ``test_carry_checkpoint.py``.
 """
 
 from __future__ import annotations
@@ -30,14 +34,14 @@ import torch
 import torch.nn as nn
 from ignite.engine import Events
 
-from carry_helpers import (B, C, DTYPE, F_IN, PATHS, T, TOL, backend, chunked, make_model, max_rel, same_state,
-                           stream, train)
+from carry_helpers import (B, C, DTYPE, F_IN, PATHS, T, TOL, chunked, make_model, max_rel, same_state, stream, train,
+                           two_series_in_lane_0)
 from ignite_lstm.batches import collate_sequences
 from ignite_lstm.carry import CarryingEngine
 from ignite_lstm.engines import create_evaluator, create_trainer, reset_state, set_state
-from ignite_lstm.metrics import METRIC_NAMES, build_metrics
 from ignite_lstm.models import StatefulLSTM
 from ignite_lstm.state import state_tensors
+from ignite_lstm.streams import StreamLoader
 
 # (stream settings, whole-batch settings) per path, equal by construction (module docstring)
 WINDOW_CASES = {
@@ -83,27 +87,9 @@ def test_without_carry_state_each_chunk_starts_fresh_and_trains_otherwise():
     assert max_rel(fresh, reference) > 1e-4
 
 
-def _two_series_in_lane_0(steps_a: int = 11):
-    """Lane 0: series A (``steps_a`` < 2C, masked to the end of chunk 1), then B (C steps) from chunk 2 on.
-
-    Lane 1 is masked at 5 steps of chunks 0 and 2, so that every chunk counts 19 positions.
-    Returns the stream's chunks (B reset at chunk 2) and the whole batch of A, B and lanes 1, 2 each alone.
-    """
-    s = stream()
-    x, y = s["x"], s["y"]
-    mask = torch.ones(B, T, dtype=torch.bool)
-    mask[0, steps_a : 2 * C] = False
-    mask[1, 1:6] = mask[1, 2 * C + 2 : 2 * C + 7] = False
-    chunks = chunked({"x": x, "y": y, "mask": mask}, {2: torch.tensor([True, False, False])})
-    series = [(x[0, :steps_a], y[0, :steps_a]), (x[0, 2 * C :], y[0, 2 * C :]), (x[1], y[1]), (x[2], y[2])]
-    xs, ys, masks = collate_sequences(series)
-    masks[2] = mask[1]
-    return chunks, {"x": xs, "y": ys, "mask": masks}
-
-
 @pytest.mark.parametrize("path, kernel", PATHS)
 def test_a_lane_masked_to_its_chunk_end_and_reset_trains_as_its_two_series_alone(path, kernel):
-    chunks, alone = _two_series_in_lane_0()
+    chunks, alone = two_series_in_lane_0()
     assert len({int(c["mask"].sum()) for c in chunks}) == 1  # equal counts: accumulation gives the global mean
     kw = {"tbptt_steps": 1, "chunk_steps": C // 2} if path == "fused-detached" else {"tbptt_steps": C // 2}
     streamed, _ = train(chunks, path, kernel, carry_state=True, gradient_accumulation_steps=len(chunks), **kw)
@@ -115,73 +101,26 @@ def test_a_lane_masked_to_its_chunk_end_and_reset_trains_as_its_two_series_alone
     assert max_rel(carried_on, reference) > 1e-6
 
 
-# --- (b) stream evaluation ---------------------------------------------------------------------------------
-
-EVAL_PATHS = [("fused", True), ("fused", False), ("stepwise", False)]
-
-
-def _evaluate(model, batches, execution: str, kernel: bool, carry_state: bool, state=None) -> tuple[dict, list]:
-    evaluator = create_evaluator(model, build_metrics([1.0, 3.0], per_frequency=METRIC_NAMES), execution=execution,
-                                 carry_state=carry_state)
-    outputs = []
-    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(e.state.output["y_pred"]))
-    if state is not None:
-        set_state(evaluator, state)
-    with backend(kernel):
-        metrics = evaluator.run(batches).metrics
-    return metrics, outputs
-
-
-def _assert_same_metrics(got: dict, expected: dict) -> None:
-    assert sorted(got) == sorted(expected) and len(got) == 3 * len(METRIC_NAMES)
-    for name, value in expected.items():
-        # Ignite's MeanAbsoluteError keeps its running sum in float32 (the others in float64), so
-        # summed in other pieces it agrees to float32's precision only.
-        rel = 1e-6 if name.startswith("mae") else TOL
-        assert got[name] == pytest.approx(value, rel=rel, abs=1e-12), name
+def test_a_stream_loader_s_batches_train_as_its_series_each_in_a_lane_of_its_own():
+    # StreamLoader packs [A, E, F, B, G] into 2 lanes of 8-step chunks: lane 0 holds A (12 steps) then B (12),
+    # lane 1 E (4), F (12), G (8); every chunk counts 12 positions, so accumulating its 4 chunks into one
+    # step is the one step of the five series side by side (windows of 4: aligned, each series starting at
+    # a chunk boundary).
+    g = torch.Generator().manual_seed(2)
+    series = [(torch.randn(n, F_IN, generator=g, dtype=DTYPE), torch.randn(n, 1, generator=g, dtype=DTYPE))
+              for n in (12, 4, 12, 12, 8)]
+    layout = StreamLoader(series, lanes=2, chunk_steps=C)
+    assert len(layout) == 4 and [int(b["mask"].sum()) for b in layout] == [12] * 4
+    assert [b["reset"].tolist() for b in layout] == [[True, True], [False, True], [True, False], [False, True]]
+    loader = StreamLoader(series, lanes=2, chunk_steps=C)
+    xs, ys, mask = collate_sequences(series)
+    kw = {"tbptt_steps": C // 2, "update": "sequence"}
+    streamed, _ = train(loader, "fused", True, carry_state=True, gradient_accumulation_steps=len(loader), **kw)
+    reference, _ = train([(xs, ys, mask)], "fused", True, **kw)
+    assert max_rel(streamed, reference) <= TOL
 
 
-@pytest.mark.parametrize("execution, kernel", EVAL_PATHS)
-def test_stream_evaluation_chunk_by_chunk_equals_the_whole_sequences(execution, kernel):
-    whole, model = stream(), make_model()
-    whole["mask"] = torch.arange(T)[None, :] < torch.tensor([T, 17, 9])[:, None]  # lanes that end inside a chunk
-    expected, _ = _evaluate(model, [whole], execution, kernel, carry_state=False)
-    got, _ = _evaluate(model, chunked(whole), execution, kernel, carry_state=True)
-    _assert_same_metrics(got, expected)
-    fresh, _ = _evaluate(model, chunked(whole), execution, kernel, carry_state=False)
-    assert abs(fresh["mse"] - expected["mse"]) > 1e-6  # guard: each chunk from a fresh state
-
-
-@pytest.mark.parametrize("execution, kernel", EVAL_PATHS)
-def test_stream_evaluation_resets_a_lane_in_the_middle_as_a_fresh_start(execution, kernel):
-    chunks, alone = _two_series_in_lane_0()
-    model = make_model()
-    expected, _ = _evaluate(model, [alone], execution, kernel, carry_state=False)
-    got, _ = _evaluate(model, chunks, execution, kernel, carry_state=True)
-    _assert_same_metrics(got, expected)
-
-
-def test_each_evaluation_run_starts_fresh_unless_given_the_state_to_continue():
-    whole, model = stream(), make_model()
-    chunks = chunked(whole)
-    with torch.no_grad():
-        y_whole, _ = model(whole["x"])
-        y_fresh, _ = model(whole["x"][:, 2 * C :])
-    evaluator = create_evaluator(model, carry_state=True)
-    evaluator.run(chunks[:2])
-    after_two = evaluator.state.carried_state
-    assert evaluator.run(chunks[2:]).output["y_pred"].view(B, C, 1).allclose(y_fresh, rtol=TOL, atol=0)
-    set_state(evaluator, after_two)  # continue where the first run ended
-    assert evaluator.run(chunks[2:]).output["y_pred"].view(B, C, 1).allclose(y_whole[:, 2 * C :], rtol=TOL, atol=0)
-    # the use case: validation continues where the training stream ended
-    _, trainer = train(chunks[:2], "fused", True, max_epochs=1, model=model, carry_state=True, tbptt_steps=C)
-    with torch.no_grad():
-        expected, _ = model(whole["x"][:, 2 * C :], trainer.state.carried_state)
-    set_state(evaluator, trainer.state.carried_state)
-    assert evaluator.run(chunks[2:]).output["y_pred"].view(B, C, 1).allclose(expected, rtol=TOL, atol=0)
-
-
-# --- (c) when lanes start fresh, and what is refused ---------------------------------------------------------
+# --- (b) when lanes start fresh, and what is refused ---------------------------------------------------------
 
 
 class _Probe(StatefulLSTM):
@@ -350,12 +289,6 @@ def test_models_of_other_state_forms_carry_and_reset_their_lanes():
         create_trainer(_GRU(), torch.optim.SGD(_GRU().parameters(), lr=0.1), nn.MSELoss(), carry_state=True)
     with pytest.raises(TypeError, match=re.escape(msg)):
         create_evaluator(_GRU(), carry_state=True)
-
-
-def state_tensors(state) -> list:
-    from ignite_lstm.state import state_tensors
-
-    return state_tensors(state)
 
 
 def test_mixed_precision_bfloat16_carries_the_state():
