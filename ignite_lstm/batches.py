@@ -25,8 +25,8 @@ import torch
 from ignite.utils import convert_tensor
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["collate_sequences", "parse_batch", "prepare_batch", "check_mask", "check_reset", "SegmentCounts",
-           "segment_counts", "pad_to_length", "window_bounds", "global_steps"]
+__all__ = ["collate_sequences", "parse_batch", "prepare_batch", "check_prepared", "check_mask", "check_reset",
+           "SegmentCounts", "segment_counts", "pad_to_length", "window_bounds", "global_steps"]
 
 _KEYS = ("x", "y", "mask", "reset")
 
@@ -147,6 +147,21 @@ def prepare_batch(batch: Any, device: str | torch.device | None = None, non_bloc
     x, y, mask, reset = parse_batch(batch)
     x, y = convert_tensor(x, device, non_blocking), convert_tensor(y, device, non_blocking)
     mask, reset = (convert_tensor(v, device, non_blocking) if v is not None else None for v in (mask, reset))
+    return x, y, check_mask(mask, x), check_reset(reset, x)
+
+
+def check_prepared(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """A ``prepare_batch`` result, ``(x, y)``, ``(x, y, mask)`` or ``(x, y, mask, reset)``, checked.
+
+    Args:
+        out: what the engines' ``prepare_batch`` returned.
+
+    Returns:
+        ``(x, y, mask, reset)``, mask and reset None where there is none.
+    """
+    if not isinstance(out, (tuple, list)) or len(out) not in (2, 3, 4):
+        raise TypeError("Argument prepare_batch should return (x, y), (x, y, mask) or (x, y, mask, reset).")
+    x, y, mask, reset = (*out, *(None,) * (4 - len(out)))
     return x, y, check_mask(mask, x), check_reset(reset, x)
 
 

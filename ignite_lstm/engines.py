@@ -55,7 +55,7 @@ import torch.nn as nn
 from ignite.engine import Engine, EventEnum, Events
 from ignite.metrics import Average
 
-from ignite_lstm.batches import check_mask, check_reset, prepare_batch
+from ignite_lstm.batches import check_prepared, prepare_batch
 from ignite_lstm.carry import CarryingEngine, check_carry_state, reset_state, set_state
 from ignite_lstm.execution import (
     amp_context,
@@ -111,14 +111,6 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise TypeError(f"Argument {name} should be an integer, got {type(value).__name__}.")
     if value < 1:
         raise ValueError(f"Argument {name} should be positive, got {value}.")
-
-
-def _prepared(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """A ``prepare_batch`` result, ``(x, y)``, ``(x, y, mask)`` or ``(x, y, mask, reset)``, checked."""
-    if not isinstance(out, (tuple, list)) or len(out) not in (2, 3, 4):
-        raise TypeError("Argument prepare_batch should return (x, y), (x, y, mask) or (x, y, mask, reset).")
-    x, y, mask, reset = (*out, *(None,) * (4 - len(out)))
-    return x, y, check_mask(mask, x), check_reset(reset, x)
 
 
 def _to_device(model: nn.Module, device: str | torch.device | None, optimizer: bool) -> None:
@@ -215,7 +207,7 @@ def create_trainer(
                        accumulation_steps=gradient_accumulation_steps, scaler=scaler)
 
     def _update(engine: Engine, batch) -> dict[str, float]:
-        x, y, mask, reset = _prepared(prepare_batch(batch, device, non_blocking))
+        x, y, mask, reset = check_prepared(prepare_batch(batch, device, non_blocking))
         refuse_outer_autocast(x)
         model.train()
         out = body(engine, x, y, mask, engine.begin_batch(x, reset) if carry_state else None)
@@ -364,7 +356,7 @@ def create_evaluator(
 
     @torch.no_grad()
     def _infer(engine: Engine, batch) -> dict[str, torch.Tensor]:
-        x, y, mask, reset = _prepared(prepare_batch(batch, device, non_blocking))
+        x, y, mask, reset = check_prepared(prepare_batch(batch, device, non_blocking))
         refuse_outer_autocast(x)
         net.eval()
         state = engine.begin_batch(x, reset) if carry_state else None

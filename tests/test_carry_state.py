@@ -163,6 +163,21 @@ def test_each_batch_continues_the_last_one_except_at_epoch_starts_and_where_rese
     assert seen[1] is None  # every lane reset: the model's own state=None start
 
 
+def test_a_prepare_batch_of_the_user_s_may_return_the_reset():
+    def prepare(batch, device, non_blocking):  # (x, y, reset) batches of the user's own form
+        x, y, reset = batch
+        return x, y, None, reset
+
+    chunks = chunked(stream(), {1: torch.tensor([False, True, False])})
+    as_user = [(c["x"], c["y"], c.get("reset", torch.zeros(B, dtype=torch.bool))) for c in chunks]
+    given, _ = train(as_user, "fused", True, carry_state=True, tbptt_steps=C, prepare_batch=prepare)
+    mapped, _ = train(chunks, "fused", True, carry_state=True, tbptt_steps=C)
+    assert max_rel(given, mapped) == 0.0
+    with pytest.raises(TypeError, match=re.escape("Argument prepare_batch should return (x, y), (x, y, mask) or "
+                                                  "(x, y, mask, reset).")):
+        train(as_user, "fused", True, carry_state=True, tbptt_steps=C, prepare_batch=lambda b, d, n: (*b, None, 1))
+
+
 def test_reset_state_called_by_handlers_resets_the_lanes_it_names():
     handlers = [(Events.ITERATION_COMPLETED(once=1), lambda e: reset_state(e, [2])),
                 (Events.ITERATION_COMPLETED(once=2), lambda e: reset_state(e)),
