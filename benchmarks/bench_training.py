@@ -9,7 +9,14 @@ The side-by-side rows train, in one process and in turn (best of 3 epochs each, 
 that a busy machine slows them alike), the same batches unmasked, with a mask that
 leaves the last 0 to 50% of every sequence uncounted (lengths drawn with a fixed
 seed, the longest kept whole, so the model steps through the same T steps), and
-with a loss function of the user's (not a built-in class) on the same fast path.
+with a loss function of the user's (not a built-in class) on the same fast path. The
+stream rows train, side by side in the same way, the same batches whole and cut into
+chunks of ``STREAM_CHUNK`` steps with ``carry_state=True`` (each batch's first chunk
+resetting its lanes): "stream" accumulates the chunks' gradients into the batch's one
+optimizer step (the same numbers as the whole batch, tests/test_carry_state.py), "stream,
+a step per chunk" takes an optimizer step per chunk (stream mode as it is used); on the
+tbptt_steps = 1 path and on the fused window path (tbptt_steps = 50, update = window,
+where both forms are the same numbers).
 
     python benchmarks/bench_training.py            # full workload (several minutes)
     python benchmarks/bench_training.py --quick    # 1,000 steps per sequence
@@ -27,6 +34,8 @@ import sys
 import time
 
 SEQUENCES, FEATURES, HIDDEN, LAYERS = 40, 5, 64, 2
+STREAM_CHUNK = 250  # steps per chunk of the stream rows (the default chunk_steps of fused-detached)
+STREAM_ROUNDS = 7  # epochs per variant of the stream rows, the best kept: their differences are small
 
 
 def _data(steps: int):
@@ -55,7 +64,21 @@ def _user_mse(y_pred, y):
     return ((y_pred - y) ** 2).mean()
 
 
-def _trainer_and_batches(engine: str, batch: int, steps: int, variant: str):
+def _stream(batches: list, steps: int) -> list:
+    """Each (x, y) batch as consecutive chunks of STREAM_CHUNK steps, its first chunk resetting every lane."""
+    import torch
+
+    chunks = []
+    for x, y in batches:
+        for start in range(0, steps, STREAM_CHUNK):
+            reset = torch.full((x.shape[0],), start == 0)
+            chunks.append({"x": x[:, start : start + STREAM_CHUNK], "y": y[:, start : start + STREAM_CHUNK],
+                           "reset": reset})
+    return chunks
+
+
+def _trainer_and_batches(engine: str, batch: int, steps: int, variant: str, tbptt_steps: int = 1,
+                         update: str = "sequence"):
     import torch
     import torch.nn as nn
 
@@ -67,10 +90,17 @@ def _trainer_and_batches(engine: str, batch: int, steps: int, variant: str):
     mask = _mask(steps)
     batches = [(x[i : i + batch], y[i : i + batch]) + ((mask[i : i + batch],) if variant == "masked" else ())
                for i in range(0, SEQUENCES, batch)]
+    stream = variant.startswith("stream")
+    extra = {"carry_state": True} if stream else {}
+    if variant == "stream" and update == "sequence":  # the chunks' gradients in the batch's one step
+        extra["gradient_accumulation_steps"] = -(-steps // STREAM_CHUNK)
+    if stream:
+        batches = _stream(batches, steps)
     model = StatefulLSTM(FEATURES, HIDDEN, LAYERS)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     loss_fn = _user_mse if variant == "custom-loss" else nn.MSELoss()
-    trainer = create_trainer(model, optimizer, loss_fn, tbptt_steps=1, update="sequence", execution=engine)
+    trainer = create_trainer(model, optimizer, loss_fn, tbptt_steps=tbptt_steps, update=update, execution=engine,
+                             **extra)
     trainer.run(batches[:1], max_epochs=1)  # warm-up: allocator, oneDNN primitives
     return trainer, batches
 
@@ -91,15 +121,17 @@ def worker_train(engine: str, batch: int, steps: int, threads: int | None) -> di
     return {"seconds": seconds, "peak_mib": _peak_mib(), "execution": trainer.execution}
 
 
-def worker_compare(engine: str, batch: int, steps: int, threads: int | None, variants: str) -> dict:
-    """Epochs of several variants in turn in one process, best of 3 each: noise on a shared machine hits all alike."""
+def worker_compare(engine: str, batch: int, steps: int, threads: int | None, variants: str, tbptt_steps: int = 1,
+                   update: str = "sequence", rounds: int = 3) -> dict:
+    """Epochs of several variants in turn in one process, best of ``rounds`` each: noise on a shared machine hits
+    all alike."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    runs = {v: _trainer_and_batches(engine, batch, steps, v) for v in variants.split(",")}
+    runs = {v: _trainer_and_batches(engine, batch, steps, v, tbptt_steps, update) for v in variants.split(",")}
     best = {v: float("inf") for v in runs}
-    for _ in range(3):
+    for _ in range(rounds):
         for v in runs:
             best[v] = min(best[v], _epoch_seconds(*runs[v]))
     return {"seconds": best, "execution": {v: t.execution for v, (t, _) in runs.items()}}
@@ -151,6 +183,31 @@ def worker_stream(samples: int) -> dict:
     return {"us_per_sample": seconds / samples * 1e6, "nn_lstm_us_per_sample": baseline / samples * 1e6}
 
 
+def _window(args: list[str]) -> tuple:
+    """``[tbptt_steps, update, rounds]`` of a compare worker's command line, or nothing (the defaults)."""
+    return (int(args[0]), args[1], int(args[2])) if args else ()
+
+
+def _stream_rows(steps: int, th: str) -> None:
+    """Stream mode (chunks with carry_state) against whole-sequence batches, per step, batch 40."""
+    print(f"  stream mode: the batches cut into chunks of {STREAM_CHUNK} steps with carry_state=True, against the "
+          f"whole sequences (best of {STREAM_ROUNDS} epochs each, in one process), batch 40")
+    cases = [("fused", "1", "sequence", "native"), ("fused", "1", "sequence", "pytorch"),
+             ("fused", "50", "window", "native")]
+    for engine, tbptt, update, kernel in cases:
+        variants = "plain,stream,stream-step" if update == "sequence" else "plain,stream"
+        r = _run(["compare", engine, "40", str(steps), variants, tbptt, update, str(STREAM_ROUNDS), th], kernel)
+        sec, path = r["seconds"], r["execution"]["stream"]
+        per_step = {v: s / (SEQUENCES * steps) * 1e6 for v, s in sec.items()}  # us per sequence-step
+        line = (f"    tbptt_steps={tbptt:<2} {update:<8} {kernel:<7} ({path:<14}): whole {per_step['plain']:5.2f}, "
+                f"stream {per_step['stream']:5.2f} ({sec['stream'] / sec['plain']:.2f}x)")
+        if "stream-step" in sec:
+            ratio = sec["stream-step"] / sec["plain"]
+            line += f", stream a step per chunk {per_step['stream-step']:5.2f} ({ratio:.2f}x)"
+        line += " us per sequence-step"
+        print(line, flush=True)
+
+
 def _run(args: list[str], kernel: str = "native") -> dict:
     env = dict(os.environ, IGNITE_LSTM_NATIVE="1" if kernel == "native" else "0")
     out = subprocess.run(
@@ -173,7 +230,7 @@ def main() -> None:
         if kind == "train":
             result = worker_train(rest[0], int(rest[1]), int(rest[2]), threads)
         elif kind == "compare":
-            result = worker_compare(rest[0], int(rest[1]), int(rest[2]), threads, rest[3])
+            result = worker_compare(rest[0], int(rest[1]), int(rest[2]), threads, rest[3], *_window(rest[4:-1]))
         elif kind == "eval":
             result = worker_eval(int(rest[0]), threads)
         else:
@@ -213,6 +270,7 @@ def main() -> None:
         print(f"    train fused    {kernel:<7} ({path:<14}): unmasked {sec['plain']:7.2f} s/epoch, masked "
               f"{sec['masked']:7.2f} s/epoch ({sec['masked'] / sec['plain']:.2f}x), custom loss "
               f"{sec['custom-loss']:7.2f} s/epoch ({sec['custom-loss'] / sec['plain']:.2f}x)", flush=True)
+    _stream_rows(steps, th)
     for kernel in ("native", "pytorch"):
         ev = _run(["eval", str(steps), th], kernel)
         print(f"  evaluation {kernel:<7} (batch 40): {ev['steps_per_s']:11,.0f} sequence-steps/s, "

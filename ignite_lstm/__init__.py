@@ -4,7 +4,8 @@ The public API, re-exported here, is what a user needs to train any model that
 follows the contract ``forward(x, state=None) -> (y, state)`` (x (B, T, F),
 y (B, T, O), any nesting of tensors as state) with Ignite engines:
 
-- engines: `create_trainer`, `create_evaluator`, `select_execution`, `TimeEvents`, `collate_sequences`;
+- engines: `create_trainer`, `create_evaluator`, `select_execution`, `TimeEvents`, `collate_sequences`,
+  `reset_state`, `set_state` (state carried across batches);
 - the package's model: `StatefulLSTM`, `load_model`;
 - metrics: `build_metrics`, `SignalToNoiseRatio`, `metric_direction`;
 - handlers: `attach_checkpoints`, `attach_early_stopping`, `attach_tensorboard`,
@@ -23,7 +24,7 @@ from ignite_lstm.batches import collate_sequences
 from ignite_lstm.checkpointing import attach_checkpoints
 from ignite_lstm.config import ConfigError, load_config, validate_config
 from ignite_lstm.data import SignalDataset, ensure_split
-from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer, select_execution
+from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer, reset_state, select_execution, set_state
 from ignite_lstm.h5io import DataFileError, read_split, write_split
 from ignite_lstm.handlers import (
     attach_early_stopping,
@@ -46,6 +47,8 @@ __all__ = [
     "select_execution",
     "TimeEvents",
     "collate_sequences",
+    "reset_state",
+    "set_state",
     # model
     "StatefulLSTM",
     "load_model",

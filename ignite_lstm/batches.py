@@ -1,10 +1,15 @@
-"""What a batch is: ``(x, y)``, ``(x, y, mask)`` or a mapping, and the padding of variable lengths.
+"""What a batch is: ``(x, y)``, ``(x, y, mask)``, ``(x, y, mask, reset)`` or a mapping, and padding.
 
-A batch holds B whole sequences: x (B, T, F), y (B, T, O) and optionally a mask
-(B, T) bool, True at the steps that count. The model steps through every step; a
-step whose mask is False counts nowhere (loss, gradients, window losses, metrics).
-``collate_sequences`` pads a list of sequences of different lengths to the longest
-and builds that mask; it is the ``collate_fn`` for a ``DataLoader`` over them.
+A batch holds B sequences (lanes): x (B, T, F), y (B, T, O), optionally a mask
+(B, T) bool, True at the steps that count, and optionally ``reset`` (B,) bool. The
+model steps through every step; a step whose mask is False counts nowhere (loss,
+gradients, window losses, metrics). ``reset`` matters to engines that carry the
+state across batches (``carry_state=True``, ``ignite_lstm.carry``): lane i starts
+from a fresh state where it is True and continues lane i of the previous batch where
+it is False; every other engine starts every lane of every batch fresh, so it
+checks ``reset`` and has nothing more to do. ``collate_sequences`` pads a list of
+sequences of different lengths to the longest and builds the mask; it is the
+``collate_fn`` for a ``DataLoader`` over them.
 
 ``segment_counts`` says, for the parts of a batch computed one at a time (windows,
 chunks), how many positions count in each, on this process and on all of them.
@@ -20,10 +25,10 @@ import torch
 from ignite.utils import convert_tensor
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["collate_sequences", "parse_batch", "prepare_batch", "check_mask", "SegmentCounts", "segment_counts",
-           "pad_to_length", "window_bounds", "global_steps"]
+__all__ = ["collate_sequences", "parse_batch", "prepare_batch", "check_prepared", "check_mask", "check_reset",
+           "SegmentCounts", "segment_counts", "pad_to_length", "window_bounds", "global_steps"]
 
-_KEYS = ("x", "y", "mask")
+_KEYS = ("x", "y", "mask", "reset")
 
 
 def _refuse_packed(*values: Any) -> None:
@@ -33,39 +38,37 @@ def _refuse_packed(*values: Any) -> None:
                         "pads them and adds the mask.")
 
 
-def parse_batch(batch: Any) -> tuple[Any, Any, Any]:
-    """Split a batch into ``(x, y, mask)``; mask is None when the batch has none.
+def parse_batch(batch: Any) -> tuple[Any, Any, Any, Any]:
+    """Split a batch into ``(x, y, mask, reset)``; mask and reset are None when the batch has none.
 
     Args:
-        batch: ``(x, y)``, ``(x, y, mask)``, or a mapping with keys ``x``, ``y`` and
-            optionally ``mask``.
+        batch: ``(x, y)``, ``(x, y, mask)``, ``(x, y, mask, reset)``, or a mapping with keys
+            ``x``, ``y`` and optionally ``mask`` and ``reset``.
 
     Returns:
-        ``(x, y, mask)`` as given (not moved, not checked beyond their number).
+        ``(x, y, mask, reset)`` as given (not moved, not checked beyond their number).
 
     Example:
-        >>> x, y, mask = parse_batch((torch.zeros(2, 5, 3), torch.zeros(2, 5, 1)))
-        >>> mask is None
+        >>> x, y, mask, reset = parse_batch((torch.zeros(2, 5, 3), torch.zeros(2, 5, 1)))
+        >>> mask is None and reset is None
         True
     """
     if isinstance(batch, PackedSequence):
         _refuse_packed(batch)
     if isinstance(batch, Mapping):
-        if "reset" in batch:
-            raise ValueError("Argument batch has a 'reset' key: resetting the state inside a batch is not "
-                             "supported yet; every sequence of a batch starts from the zero state.")
         unknown = sorted(set(batch) - set(_KEYS))
         if unknown or "x" not in batch or "y" not in batch:
-            raise ValueError(f"Argument batch should be a mapping with keys 'x', 'y' and optionally 'mask', "
-                             f"got keys {sorted(batch)}.")
-        parts = (batch["x"], batch["y"], batch.get("mask"))
-    elif isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) and len(batch) in (2, 3):
-        parts = (batch[0], batch[1], batch[2] if len(batch) == 3 else None)
+            raise ValueError(f"Argument batch should be a mapping with keys 'x', 'y' and optionally 'mask' and "
+                             f"'reset', got keys {sorted(batch)}.")
+        parts = (batch["x"], batch["y"], batch.get("mask"), batch.get("reset"))
+    elif isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) and len(batch) in (2, 3, 4):
+        parts = (*batch, *(None,) * (4 - len(batch)))
     else:
         size = len(batch) if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) else None
-        raise TypeError(f"Argument batch should be (x, y), (x, y, mask) or a mapping with keys 'x', 'y', 'mask', "
-                        f"got {type(batch).__name__}" + (f" of length {size}." if size is not None else "."))
-    _refuse_packed(*parts)
+        raise TypeError(f"Argument batch should be (x, y), (x, y, mask), (x, y, mask, reset) or a mapping with keys "
+                        f"'x', 'y', 'mask', 'reset', got {type(batch).__name__}"
+                        + (f" of length {size}." if size is not None else "."))
+    _refuse_packed(*parts[:3])
     return parts
 
 
@@ -96,9 +99,39 @@ def check_mask(mask: Any, x: torch.Tensor) -> torch.Tensor | None:
     return mask.to(x.device)
 
 
-def prepare_batch(batch: Any, device: str | torch.device | None = None,
-                  non_blocking: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def check_reset(reset: Any, x: torch.Tensor) -> torch.Tensor | None:
+    """Check that ``reset`` is None or a (B,) bool tensor matching x (B, T, F); return it.
+
+    Args:
+        reset: the batch's reset flags (True: the lane starts from a fresh state), or None.
+        x: the batch's inputs.
+
+    Returns:
+        The flags (on x's device), or None.
+
+    Example:
+        >>> check_reset(torch.tensor([True, False]), torch.zeros(2, 5, 3))
+        tensor([ True, False])
+    """
+    if reset is None:
+        return None
+    if not isinstance(reset, torch.Tensor) or reset.dtype != torch.bool:
+        kind = f"a {reset.dtype} tensor" if isinstance(reset, torch.Tensor) else type(reset).__name__
+        raise TypeError(f"Argument reset should be a (batch,) bool tensor, True for the lanes that start from a "
+                        f"fresh state, got {kind}.")
+    if tuple(reset.shape) != tuple(x.shape[:1]):
+        raise ValueError(f"Argument reset should have the shape (batch,) = {tuple(x.shape[:1])} of x, "
+                         f"got {tuple(reset.shape)}.")
+    return reset.to(x.device)
+
+
+def prepare_batch(batch: Any, device: str | torch.device | None = None, non_blocking: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The engines' default ``prepare_batch``: parse the batch and move it to ``device``.
+
+    A ``prepare_batch`` of your own may return ``(x, y)``, ``(x, y, mask)`` or
+    ``(x, y, mask, reset)`` (mask or reset None when there is none); the engines check
+    the mask and the reset flags.
 
     Args:
         batch: see ``parse_batch``.
@@ -106,14 +139,30 @@ def prepare_batch(batch: Any, device: str | torch.device | None = None,
         non_blocking: passed to the transfer.
 
     Returns:
-        ``(x, y, mask)``, mask None when the batch has none.
+        ``(x, y, mask, reset)``, mask and reset None when the batch has none.
 
     Example:
-        >>> x, y, mask = prepare_batch(batch, "cpu")
+        >>> x, y, mask, reset = prepare_batch(batch, "cpu")
     """
-    x, y, mask = parse_batch(batch)
+    x, y, mask, reset = parse_batch(batch)
     x, y = convert_tensor(x, device, non_blocking), convert_tensor(y, device, non_blocking)
-    return x, y, check_mask(convert_tensor(mask, device, non_blocking) if mask is not None else None, x)
+    mask, reset = (convert_tensor(v, device, non_blocking) if v is not None else None for v in (mask, reset))
+    return x, y, check_mask(mask, x), check_reset(reset, x)
+
+
+def check_prepared(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """A ``prepare_batch`` result, ``(x, y)``, ``(x, y, mask)`` or ``(x, y, mask, reset)``, checked.
+
+    Args:
+        out: what the engines' ``prepare_batch`` returned.
+
+    Returns:
+        ``(x, y, mask, reset)``, mask and reset None where there is none.
+    """
+    if not isinstance(out, (tuple, list)) or len(out) not in (2, 3, 4):
+        raise TypeError("Argument prepare_batch should return (x, y), (x, y, mask) or (x, y, mask, reset).")
+    x, y, mask, reset = (*out, *(None,) * (4 - len(out)))
+    return x, y, check_mask(mask, x), check_reset(reset, x)
 
 
 def collate_sequences(items: Sequence[Any], padding_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor,
@@ -138,8 +187,8 @@ def collate_sequences(items: Sequence[Any], padding_value: float = 0.0) -> tuple
         raise ValueError("Argument items should be a non-empty sequence of (x, y) sequences.")
     pairs = []
     for i, item in enumerate(items):
-        x, y, mask = parse_batch(item)
-        if mask is not None:
+        x, y, mask, reset = parse_batch(item)
+        if mask is not None or reset is not None:
             raise ValueError(f"Argument items[{i}] should be an (x, y) pair: the mask is built from the lengths.")
         x, y = torch.as_tensor(x), torch.as_tensor(y)
         if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0] or x.shape[0] < 1:

@@ -121,6 +121,8 @@ class TrainConfig:
                             choices=tuple(AMP_MODES))
     gradient_accumulation_steps: int = _f(1, "an optimizer step every N batches (each batch's gradient scaled 1/N); "
                                              "needs update: sequence", ge=1)
+    carry_state: bool = _f(False, "stateful mode: lane i of each batch continues the state of lane i of the previous "
+                                  "one (reset at each epoch start and by a batch's reset); needs full batches")
     curriculum: CurriculumConfig = _f(CurriculumConfig(), "sequence-length curriculum (ignite_lstm/curriculum.py)")
 
 

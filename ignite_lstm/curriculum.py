@@ -90,26 +90,32 @@ def stage_lengths(n_steps: int, lengths: Sequence[int] = (), start: int | None =
 
 
 def cut_batch(batch: Any, steps: int) -> Any:
-    """The first ``steps`` steps of a batch ``(x, y)``, ``(x, y, mask)`` or mapping (views, no copy).
+    """The first ``steps`` steps of a batch ``(x, y)``, ``(x, y, mask)``, ``(x, y, mask, reset)`` or mapping (views).
 
     Args:
-        batch: x (B, T, F), y (B, T, O) and optionally a mask (B, T), as ``batches.parse_batch`` reads them.
+        batch: x (B, T, F), y (B, T, O) and optionally a mask (B, T) and a reset (B,), as
+            ``batches.parse_batch`` reads them.
         steps: how many steps to keep.
 
     Returns:
         The batch itself when it has at most ``steps`` steps, else a list (or, for a mapping, a dict)
-        of x (B, steps, F), y (B, steps, O) and the mask (B, steps).
+        of x (B, steps, F), y (B, steps, O), the mask (B, steps) and the reset (B,) as given.
 
     Example:
         >>> x, y = cut_batch((torch.zeros(2, 100, 5), torch.zeros(2, 100, 1)), 30)
         >>> x.shape
         torch.Size([2, 30, 5])
     """
-    x, y, mask = parse_batch(batch)
+    x, y, mask, reset = parse_batch(batch)
     if x.shape[1] <= steps:
         return batch
-    parts = [x[:, :steps], y[:, :steps]] + ([] if mask is None else [mask[:, :steps]])
-    return dict(zip(("x", "y", "mask"), parts)) if isinstance(batch, Mapping) else parts
+    parts = {"x": x[:, :steps], "y": y[:, :steps], "mask": None if mask is None else mask[:, :steps], "reset": reset}
+    if isinstance(batch, Mapping):
+        return {k: v for k, v in parts.items() if v is not None}
+    values = list(parts.values())
+    while values[-1] is None:  # (x, y) and (x, y, mask) keep their form
+        values.pop()
+    return values
 
 
 class Curriculum:

@@ -1,11 +1,15 @@
 """Trainer and evaluator factories for stateful one-step-at-a-time models.
 
-A batch is ``(x, y)``, ``(x, y, mask)`` or a mapping with those keys: x (B, T, F),
-y (B, T, O), mask (B, T) bool: B whole sequences (``ignite_lstm.batches``). The
-trainer's process function owns the recurrent state: it resets it at the start of
-every batch (every sequence starts at n = 0), walks time in windows of
-``tbptt_steps`` steps, carries the state across windows and detaches it at every
-window boundary (``ignite_lstm.updates``). Three execution paths compute the same numbers:
+A batch is ``(x, y)``, ``(x, y, mask)``, ``(x, y, mask, reset)`` or a mapping with
+those keys: x (B, T, F), y (B, T, O), mask (B, T) bool, reset (B,) bool: B sequences
+or lanes (``ignite_lstm.batches``). The trainer's process function owns the recurrent
+state: it starts every batch from a reset state (every sequence starts at n = 0) or,
+with ``carry_state=True``, from the state the previous batch ended with, lane by lane,
+fresh where the batch's ``reset`` says, at each epoch start and after ``reset_state``
+(``ignite_lstm.carry``: long series in consecutive chunks, a "stateful RNN"); it walks
+time in windows of ``tbptt_steps`` steps, carries the state across windows and detaches
+it at every window boundary, a batch's end included (``ignite_lstm.updates``). Three
+execution paths compute the same numbers, with the state carried or not:
 
 - ``stepwise``: the literal loop, one ``model.step`` call per time step (reference);
 - ``fused``: one ``model(x_window, state)`` call per window;
@@ -51,7 +55,8 @@ import torch.nn as nn
 from ignite.engine import Engine, EventEnum, Events
 from ignite.metrics import Average
 
-from ignite_lstm.batches import check_mask, prepare_batch
+from ignite_lstm.batches import check_prepared, prepare_batch
+from ignite_lstm.carry import CarryingEngine, check_carry_state, reset_state, set_state
 from ignite_lstm.execution import (
     amp_context,
     check_amp_dtype,
@@ -66,7 +71,7 @@ from ignite_lstm.losses import check_loss
 from ignite_lstm.updates import BatchUpdate
 
 __all__ = ["TimeEvents", "create_trainer", "create_evaluator", "select_execution", "epoch_loss_metric",
-           "set_tbptt_steps"]  # select_execution: from execution.py
+           "set_tbptt_steps", "reset_state", "set_state"]  # select_execution: execution.py; reset/set_state: carry.py
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +113,6 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise ValueError(f"Argument {name} should be positive, got {value}.")
 
 
-def _prepared(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """A ``prepare_batch`` result, ``(x, y)`` or ``(x, y, mask)``, with its mask checked."""
-    if not isinstance(out, (tuple, list)) or len(out) not in (2, 3):
-        raise TypeError("Argument prepare_batch should return (x, y) or (x, y, mask).")
-    x, y = out[0], out[1]
-    return x, y, check_mask(out[2] if len(out) == 3 else None, x)
-
-
 def _to_device(model: nn.Module, device: str | torch.device | None, optimizer: bool) -> None:
     """Move the model to ``device``; with an optimizer, refuse a move that replaced the parameters."""
     if device is None:
@@ -144,10 +141,12 @@ def create_trainer(
     non_blocking: bool = False,
     prepare_batch: Callable = prepare_batch,
     engine: str | None = None,
+    carry_state: bool = False,
 ) -> Engine:
     """Create an Ignite trainer that steps a stateful model one time step per call.
 
-    Batches, masks and the loss contract: see the module docstring.
+    Batches, masks and the loss contract: see the module docstring. Every batch starts
+    from a reset state, unless ``carry_state``.
 
     Args:
         model: any module with ``forward(x, state=None) -> (y, state)`` for x (B, T, F);
@@ -169,15 +168,21 @@ def create_trainer(
         gradient_accumulation_steps: N: Ignite's meaning: each batch's loss scaled by 1/N,
             an optimizer step at iterations N, 2N, ... (``update="sequence"`` only).
         non_blocking: passed to the batch transfer.
-        prepare_batch: ``(batch, device, non_blocking) -> (x, y)`` or ``(x, y, mask)``.
+        prepare_batch: ``(batch, device, non_blocking) -> (x, y)``, ``(x, y, mask)`` or
+            ``(x, y, mask, reset)``.
         engine: deprecated name of ``execution``.
+        carry_state: keep the state across batches, lane by lane (``ignite_lstm.carry``):
+            fresh where a batch's ``reset`` (B,) bool is True, at each epoch start and after
+            ``reset_state``; in ``trainer.state.carried_state`` and the ``state_dict``. The
+            model needs ``state_batch_dim``. Without it every lane of every batch starts fresh.
 
     Returns:
-        An ``Engine`` whose output is ``{"loss": float, "grad_norm": float}`` (the loss of the
-        global batch over all processes; without an optimizer step, the norm accumulated so
-        far), with an ``epoch_loss`` metric (Ignite's ``Average`` of the iterations' losses),
-        firing the ``TimeEvents``; ``trainer.state.execution`` names the path taken and
-        ``trainer.state.tbptt_steps`` the window length (``set_tbptt_steps`` changes it).
+        An ``Engine`` (a ``CarryingEngine`` with ``carry_state``) whose output is ``{"loss":
+        float, "grad_norm": float}`` (the loss of the global batch over all processes; without
+        an optimizer step, the norm accumulated so far), with an ``epoch_loss`` metric
+        (Ignite's ``Average`` of the iterations' losses), firing the ``TimeEvents``;
+        ``trainer.state.execution`` names the path taken and ``trainer.state.tbptt_steps``
+        the window length (``set_tbptt_steps`` changes it).
 
     Example:
         >>> model = StatefulLSTM(5, 32)
@@ -188,6 +193,7 @@ def create_trainer(
         ...     print(engine.state.window, engine.state.window_loss.item())
     """
     _check_trainer_args(tbptt_steps, chunk_steps, gradient_accumulation_steps, update, grad_clip)
+    check_carry_state(carry_state)
     check_loss(loss_fn)
     check_amp_dtype(amp_dtype)
     _to_device(model, device, optimizer=True)
@@ -201,17 +207,20 @@ def create_trainer(
                        accumulation_steps=gradient_accumulation_steps, scaler=scaler)
 
     def _update(engine: Engine, batch) -> dict[str, float]:
-        x, y, mask = _prepared(prepare_batch(batch, device, non_blocking))
+        x, y, mask, reset = check_prepared(prepare_batch(batch, device, non_blocking))
         refuse_outer_autocast(x)
         model.train()
-        total, count, norm = body(engine, x, y, mask)
+        out = body(engine, x, y, mask, engine.begin_batch(x, reset) if carry_state else None)
+        if carry_state:
+            engine.end_batch(out.state, out.padded)
+        total = out.total
         if idist.get_world_size() > 1:
             # Every rank reports (and TerminateOnNan stops on) the same loss; the gradient
             # norm already is the same after DDP's averaging.
             total = idist.all_reduce(total)
-        return {"loss": (total / count).item(), "grad_norm": float(norm)}
+        return {"loss": (total / out.count).item(), "grad_norm": float(out.norm)}
 
-    trainer = Engine(_update)
+    trainer = CarryingEngine(_update, model, checkpointed=True) if carry_state else Engine(_update)
     _count_windows(trainer)
     trainer.state.window_loss = None
     trainer.state.window_losses = None
@@ -301,8 +310,9 @@ def create_evaluator(
     non_blocking: bool = False,
     prepare_batch: Callable = prepare_batch,
     engine: str | None = None,
+    carry_state: bool = False,
 ) -> Engine:
-    """Create an Ignite evaluator: every sequence from a reset state through all T steps.
+    """Create an Ignite evaluator: every sequence from a reset state through all T steps, or a stream.
 
     One evaluator serves the train, validation and test splits. The metrics see
     every time step of every sequence once: the output is
@@ -320,12 +330,18 @@ def create_evaluator(
             forward (y_pred is returned in y's dtype); autocast around ``evaluator.run``
             is refused.
         non_blocking: passed to the batch transfer.
-        prepare_batch: ``(batch, device, non_blocking) -> (x, y)`` or ``(x, y, mask)``.
+        prepare_batch: ``(batch, device, non_blocking) -> (x, y)``, ``(x, y, mask)`` or
+            ``(x, y, mask, reset)``.
         engine: deprecated name of ``execution``.
+        carry_state: stream evaluation (``ignite_lstm.carry``): lane i of a batch continues
+            lane i of the previous one (a series in chunks gives the numbers of it whole),
+            fresh where ``reset`` says and at each run start, unless ``set_state`` gave a
+            state (e.g. ``trainer.state.carried_state``). The model needs ``state_batch_dim``.
 
     Returns:
-        An ``Engine``; after ``evaluator.run(loader)`` the values are in
-        ``evaluator.state.metrics``.
+        An ``Engine`` (a ``CarryingEngine`` with ``carry_state``, its state in
+        ``evaluator.state.carried_state``); after ``evaluator.run(loader)`` the values
+        are in ``evaluator.state.metrics``.
 
     Example:
         >>> evaluator = create_evaluator(model, build_metrics([1.0, 3.0, 5.0, 7.0]))
@@ -333,17 +349,21 @@ def create_evaluator(
     """
     execution = resolve_execution(execution, engine)
     check_amp_dtype(amp_dtype)
+    check_carry_state(carry_state)
     _to_device(model, device, optimizer=False)
     net = unwrap(model)  # no gradients here, so no DDP hooks are needed
     step = step_fn(net)
 
     @torch.no_grad()
-    def _infer(_: Engine, batch) -> dict[str, torch.Tensor]:
-        x, y, mask = _prepared(prepare_batch(batch, device, non_blocking))
+    def _infer(engine: Engine, batch) -> dict[str, torch.Tensor]:
+        x, y, mask, reset = check_prepared(prepare_batch(batch, device, non_blocking))
         refuse_outer_autocast(x)
         net.eval()
+        state = engine.begin_batch(x, reset) if carry_state else None
         with amp_context(x, amp_dtype):
-            y_pred, _ = run_steps(step, x, None) if execution == "stepwise" else net(x)
+            y_pred, state = run_steps(step, x, state) if execution == "stepwise" else net(x, state)
+        if carry_state:
+            engine.end_batch(state)
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         return {
@@ -353,7 +373,7 @@ def create_evaluator(
             "mask": mask.reshape(-1),
         }
 
-    evaluator = Engine(_infer)
+    evaluator = CarryingEngine(_infer, model, checkpointed=False) if carry_state else Engine(_infer)
     for name, metric in (metrics or {}).items():
         metric.attach(evaluator, name)
     return evaluator

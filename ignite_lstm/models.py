@@ -13,6 +13,10 @@ accepts ``forward(x, state, detach_every_step=True)`` and returns outputs whose
 gradient equals that of the per-step loop detaching the state after every step;
 ``create_trainer`` then runs the literal L = 1 setting in chunks (``fused-detached``).
 
+Optional, for ``carry_state=True`` (``ignite_lstm.carry``): ``state_batch_dim``, an
+integer class attribute, the batch dimension of every tensor of the state (1 for
+``StatefulLSTM``'s (h, c), each (layers, B, H), as for ``nn.LSTM``/``nn.GRU``).
+
 ``StatefulLSTM`` owns its backends: the native CPU kernel (``ignite_lstm.native``)
 where it runs, else PyTorch (``nn.LSTM`` for whole windows, ``torch.lstm_cell`` for
 one step, ``ignite_lstm.lstm_detached`` for the detached form).
@@ -65,6 +69,7 @@ class StatefulLSTM(nn.Module):
     """
 
     supports_detach_every_step = True  # see the module docstring
+    state_batch_dim = 1  # (h, c), each (num_layers, B, H): the lanes that carry_state=True carries
     native_chunk_steps = 512  # steps per native call without gradients: memory does not grow with T
 
     def __init__(

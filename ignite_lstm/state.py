@@ -6,28 +6,35 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["map_state", "detach_state"]
+__all__ = ["map_state", "detach_state", "state_tensors"]
 
 
-def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: Any) -> Any:
+def map_state(fn: Callable[..., torch.Tensor], state: Any, *others: Any) -> Any:
     """Apply ``fn`` to every tensor in a nested state, keeping its structure.
 
     Tuples (named tuples included), lists and dicts are rebuilt; ``None`` and
-    non-tensor leaves are returned unchanged.
+    non-tensor leaves are returned unchanged. With ``others`` (states of the same
+    structure), ``fn`` takes the tensor of ``state`` and those at the same place in each.
     """
     if state is None:
         return None
     if isinstance(state, torch.Tensor):
-        return fn(state)
+        return fn(state, *others)
     if isinstance(state, dict):
-        return type(state)((k, map_state(fn, v)) for k, v in state.items())
-    if isinstance(state, tuple) and hasattr(state, "_fields"):  # named tuple
-        return type(state)(*(map_state(fn, v) for v in state))
+        return type(state)((k, map_state(fn, v, *(o[k] for o in others))) for k, v in state.items())
     if isinstance(state, (tuple, list)):
-        return type(state)(map_state(fn, v) for v in state)
+        parts = [map_state(fn, v, *(o[i] for o in others)) for i, v in enumerate(state)]
+        return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)  # a named tuple
     return state
 
 
 def detach_state(state: Any) -> Any:
     """Cut the autograd graph at a truncated-BPTT window boundary; values are kept."""
     return map_state(torch.Tensor.detach, state)
+
+
+def state_tensors(state: Any) -> list[torch.Tensor]:
+    """The tensors of a nested state, in the order ``map_state`` visits them."""
+    found: list[torch.Tensor] = []
+    map_state(found.append, state)
+    return found

@@ -44,7 +44,8 @@ def setup_trainer(cfg: Any, model: torch.nn.Module, optimizer: torch.optim.Optim
     t = cfg.train
     return create_trainer(model, optimizer, setup_loss(t.loss), tbptt_steps=t.tbptt_steps, update=t["update"],
                           grad_clip=t.grad_clip, device=device, execution=t.engine, chunk_steps=t.chunk_steps,
-                          amp_dtype=AMP_MODES.get(t.amp), gradient_accumulation_steps=t.gradient_accumulation_steps)
+                          amp_dtype=AMP_MODES.get(t.amp), gradient_accumulation_steps=t.gradient_accumulation_steps,
+                          carry_state=t.carry_state)
 
 
 def setup_evaluators(cfg: Any, model: torch.nn.Module, device: torch.device) -> dict[str, Engine]:

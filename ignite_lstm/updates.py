@@ -1,8 +1,10 @@
 """The trainer's work on one batch: windows or detached chunks, with masks, mixed precision and accumulation.
 
 ``BatchUpdate`` is what ``create_trainer``'s process function calls. It owns the
-recurrent state of the batch (reset at its start, carried across windows, detached
-at every window boundary) and the optimizer steps.
+recurrent state of the batch (from the state it is given at its start: None, the
+model's own start, unless the trainer carries the state across batches; carried
+across windows, detached at every window boundary, returned at the end) and the
+optimizer steps.
 
 The loss of a batch is the mean over its counted positions (every position without
 a mask) on all processes together: each segment (a window, or a chunk of one-step
@@ -16,7 +18,7 @@ and takes no optimizer step.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import ignite.distributed as idist
 import torch
@@ -28,11 +30,21 @@ from ignite_lstm.execution import amp_context, run_steps, step_fn, without_grad_
 from ignite_lstm.losses import StepLosses, masked_loss
 from ignite_lstm.state import detach_state
 
-__all__ = ["BatchUpdate"]
+__all__ = ["BatchUpdate", "BatchResult"]
+
+
+class BatchResult(NamedTuple):
+    """What ``BatchUpdate`` returns for one batch."""
+
+    total: torch.Tensor  # the loss summed over this process's counted positions (no graph)
+    count: int  # counted positions on all processes
+    norm: torch.Tensor | None  # the gradient norm (None: no optimizer step reported one)
+    state: Any  # the state after the batch's last step, detached
+    padded: bool  # the batch was padded to another process's length (the state stepped through it)
 
 
 class BatchUpdate:
-    """One batch of the trainer: ``update(engine, x, y, mask) -> (loss sum here, count everywhere, grad norm)``.
+    """One batch of the trainer: ``update(engine, x, y, mask, state=None) -> BatchResult``.
 
     Args:
         model, optimizer, loss_fn: as given to ``create_trainer``.
@@ -62,18 +74,19 @@ class BatchUpdate:
         self.path, self.tbptt_steps = path, tbptt_steps
         self.length = self.chunk_steps if path == "fused-detached" else tbptt_steps
 
-    def __call__(self, engine: Engine, x: torch.Tensor, y: torch.Tensor,
-                 mask: torch.Tensor | None) -> tuple[torch.Tensor, int, torch.Tensor]:
+    def __call__(self, engine: Engine, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
+                 state: Any = None) -> BatchResult:
         self.busy = True
         try:
-            return self._batch(engine, x, y, mask)
+            return self._batch(engine, x, y, mask, state)
         finally:
             self.busy = False
 
-    def _batch(self, engine: Engine, x: torch.Tensor, y: torch.Tensor,
-               mask: torch.Tensor | None) -> tuple[torch.Tensor, int, torch.Tensor]:
+    def _batch(self, engine: Engine, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
+               state: Any) -> BatchResult:
         steps = global_steps(x.shape[1])
-        if steps > x.shape[1]:  # processes with batches of other lengths: pad to the longest, uncounted
+        padded = steps > x.shape[1]
+        if padded:  # processes with batches of other lengths: pad to the longest, uncounted
             x, y, mask = pad_to_length(x, y, mask, steps)
         counts = segment_counts(mask, x.shape[0], window_bounds(steps, self.length))
         n = sum(counts.total)
@@ -84,17 +97,17 @@ class BatchUpdate:
         if self.update == "sequence" and (iteration - 1) % self.accumulation == 0:
             self.optimizer.zero_grad(set_to_none=True)
         run = self._detached if self.path == "fused-detached" else self._windows
-        total, norm = run(engine, x, y, mask, counts, n, stepping)
+        total, norm, state = run(engine, x, y, mask, counts, n, stepping, state)
         if self.update == "sequence":
             norm = self._optimizer_step() if stepping else self._grad_norm()
-        return total, n, norm
+        return BatchResult(total, n, norm, state, padded)
 
     # ------------------------------------------------------------ the two loops
 
     def _windows(self, engine: Engine, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
-                 counts: SegmentCounts, n: int, stepping: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 counts: SegmentCounts, n: int, stepping: bool, state: Any):
         sequence = self.update == "sequence"
-        state, total, norm = None, y.new_zeros(()), None  # every sequence of the batch starts here
+        total, norm = y.new_zeros(()), None
         for w, (start, stop) in enumerate(counts.bounds):
             engine.state.window += 1
             engine.fire_event(self.events.WINDOW_STARTED)
@@ -115,12 +128,12 @@ class BatchUpdate:
             engine.fire_event(self.events.WINDOW_COMPLETED)
             engine.state.window_losses = loss.reshape(1)
             engine.fire_event(self.events.CHUNK_COMPLETED)
-        return total, norm
+        return total, norm, state
 
     def _detached(self, engine: Engine, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
-                  counts: SegmentCounts, n: int, stepping: bool) -> tuple[torch.Tensor, None]:
+                  counts: SegmentCounts, n: int, stepping: bool, state: Any):
         # tbptt_steps == 1, update == "sequence": every step is a window, computed a chunk at a time.
-        state, total = None, y.new_zeros(())
+        total = y.new_zeros(())
         for c, (start, stop) in enumerate(counts.bounds):
             m = None if mask is None else mask[:, start:stop]
             y_pred, state, loss = self._segment(x[:, start:stop], y[:, start:stop], m, state, counts, c,
@@ -130,7 +143,7 @@ class BatchUpdate:
             engine.state.window_losses = self.step_losses(y_pred.detach(), y[:, start:stop], m)  # (C,)
             engine.state.window += stop - start
             engine.fire_event(self.events.CHUNK_COMPLETED)
-        return total, None
+        return total, None, state
 
     # ------------------------------------------------------------ one segment, backward, optimizer
 

@@ -239,15 +239,26 @@ def test_batch_forms_give_the_same_training():
 
 
 @pytest.mark.parametrize("batch, error, msg", [
-    ("xy", TypeError, "Argument batch should be (x, y), (x, y, mask) or a mapping with keys 'x', 'y', 'mask', got str."),
-    ((1, 2, 3, 4), TypeError, "got tuple of length 4."),
-    ({"x": 1}, ValueError, "Argument batch should be a mapping with keys 'x', 'y' and optionally 'mask', got keys ['x']."),
+    ("xy", TypeError, "Argument batch should be (x, y), (x, y, mask), (x, y, mask, reset) or a mapping with keys "
+                      "'x', 'y', 'mask', 'reset', got str."),
+    ((1, 2, 3, 4, 5), TypeError, "got tuple of length 5."),
+    ({"x": 1}, ValueError, "Argument batch should be a mapping with keys 'x', 'y' and optionally 'mask' and 'reset', "
+                           "got keys ['x']."),
     ({"x": 1, "y": 2, "lengths": 3}, ValueError, "got keys ['lengths', 'x', 'y']."),
-    ({"x": 1, "y": 2, "reset": 3}, ValueError, "Argument batch has a 'reset' key: resetting the state inside a batch"),
 ])
 def test_parse_batch_refuses_other_forms(batch, error, msg):
     with pytest.raises(error, match=re.escape(msg)):
         parse_batch(batch)
+
+
+def test_parse_batch_takes_a_reset_in_every_form():
+    x, y, mask, reset = torch.zeros(2, 5, 3), torch.zeros(2, 5, 1), torch.ones(2, 5, dtype=torch.bool), \
+        torch.tensor([True, False])
+    for batch in [(x, y, mask, reset), {"x": x, "y": y, "mask": mask, "reset": reset}]:
+        assert parse_batch(batch) == (x, y, mask, reset)
+    assert parse_batch({"x": x, "y": y, "reset": reset}) == (x, y, None, reset)
+    assert parse_batch((x, y)) == (x, y, None, None)
+    assert prepare_batch({"x": x, "y": y, "reset": reset})[3] is not None
 
 
 def test_lengths_in_place_of_a_mask_are_refused_with_the_way_to_a_mask():

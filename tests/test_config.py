@@ -50,6 +50,7 @@ BASE_RESOLVED = {
     "train": {"epochs": 200, "batch_size": 40, "tbptt_steps": 500, "update": "window", "engine": "auto",
               "chunk_steps": 250, "optimizer": "adam", "lr": 0.003, "weight_decay": 0.0, "momentum": 0.9,
               "loss": "mse", "grad_clip": 1.0, "amp": None, "gradient_accumulation_steps": 1,
+              "carry_state": False,
               "curriculum": {"enabled": False, "lengths": [], "start": None, "factor": 2.0, "epochs_per_stage": None,
                              "metric": None, "threshold": None, "min_epochs": 1, "max_epochs": None,
                              "tbptt": "fixed", "lr_factor": 1.0}},
@@ -437,4 +438,21 @@ def test_gradient_accumulation_needs_one_optimizer_step_per_batch():
     assert info.value.problems == ["train.gradient_accumulation_steps: 4 needs train.update: sequence (with "
                                    "update: window every window takes its own optimizer step)"]
     assert validate_config({"train": {"gradient_accumulation_steps": 4, "update": "sequence"}})
+
+
+def test_carry_state_needs_full_training_batches():
+    # 5 mixtures x 4 frequencies = 20 training sequences: batches of 8 leave a last one of 4 lanes
+    with pytest.raises(ConfigError) as info:
+        validate_config({"train": {"carry_state": True, "batch_size": 8}, "data": {"train": {"mixtures": 5}}})
+    assert info.value.problems == [
+        "train.carry_state: true needs every training batch full, so that lane i of a batch continues lane i of the "
+        "previous one: the 20 training sequences (data.train.mixtures x data.frequencies) are not a multiple of "
+        "train.batch_size=8"]
+    assert validate_config({"train": {"carry_state": True, "batch_size": 10}, "data": {"train": {"mixtures": 5}}})
+    assert validate_config({"train": {"carry_state": False, "batch_size": 8}, "data": {"train": {"mixtures": 5}}})
+    with pytest.raises(ConfigError) as info:
+        validate_config({"train": {"carry_state": True, "curriculum": {"enabled": True, "start": 50}}})
+    assert "train.carry_state: true cannot run with train.curriculum.enabled: true (the curriculum cuts every batch " \
+           "to its first L steps, so lane i of the next batch would not continue where lane i was cut)" \
+           in info.value.problems
 

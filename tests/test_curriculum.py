@@ -90,6 +90,10 @@ def test_cut_batch_keeps_the_first_steps_of_every_batch_form():
     cut = cut_batch({"x": x, "y": y, "mask": mask}, 4)
     assert set(cut) == {"x", "y", "mask"} and torch.equal(cut["mask"], mask[:, :4])
     assert cut_batch((x, y), 10)[0] is x and cut_batch((x, y), 50)[0] is x  # the full length: the batch itself
+    reset = torch.tensor([True, False])  # per lane: kept as it is
+    cut = cut_batch((x, y, None, reset), 4)
+    assert cut[2] is None and cut[3] is reset and cut[0].shape[1] == 4
+    assert cut_batch({"x": x, "y": y, "reset": reset}, 4)["reset"] is reset
 
 
 def test_curriculum_arguments_are_checked():

@@ -21,6 +21,7 @@ from ignite_lstm.data import setup_data
 from ignite_lstm.metrics import METRIC_NAMES
 from ignite_lstm.models import setup_model
 from ignite_lstm.optim import setup_optimizer
+from ignite_lstm.carry import CarryingEngine
 from ignite_lstm.trainers import setup_evaluators, setup_trainer
 from ignite_lstm.training import setup
 
@@ -60,6 +61,14 @@ def test_setup_trainer_takes_its_path_from_the_train_settings(folder, overrides,
 def test_setup_trainer_adds_a_grad_scaler_for_float16(folder):
     _, _, trainer = _engines(_cfg(folder, "train.amp=fp16"))
     assert isinstance(trainer.state.scaler, torch.amp.GradScaler)
+
+
+def test_setup_trainer_carries_the_state_across_batches_with_train_carry_state(folder):
+    # 2 mixtures x 4 frequencies = 8 training sequences, 2 full batches of 4 lanes
+    _, _, trainer = _engines(_cfg(folder, "train.carry_state=true"))
+    trainer.run(setup_data(_cfg(folder))["train_loader"], max_epochs=1)
+    assert isinstance(trainer, CarryingEngine) and trainer.state.carried_state[0].shape == (1, 4, 8)
+    assert not isinstance(_engines(_cfg(folder))[2], CarryingEngine)
 
 
 def test_setup_evaluators_validates_on_the_overall_metrics_and_evaluates_every_metric_per_frequency(folder):
