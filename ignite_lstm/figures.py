@@ -156,6 +156,7 @@ def plot_extraction_grid(
     fs: float,
     span_s: float = 1.0,
     split: str = "test",
+    start_s: float = 0.0,
 ) -> Path:
     """One panel per frequency (a ceil(sqrt(F)) x ceil(F / cols) grid) as in ``plot_extraction``.
 
@@ -165,6 +166,9 @@ def plot_extraction_grid(
         targets, predictions: (F, T), row k for ``frequencies[k]``.
         frequencies: the F frequencies in Hz.
         fs, span_s, split: as in ``plot_extraction``.
+        start_s: where the window of ``span_s`` seconds starts (e.g. 9.0 for the last
+            second of 10: where an oscillator's drift would show). The panel titles keep
+            the MSE over the whole sequence.
 
     Returns:
         The written path.
@@ -173,20 +177,29 @@ def plot_extraction_grid(
         >>> plot_extraction_grid("all.png", mixture=s, targets=y, predictions=y_hat, frequencies=[1, 3, 5, 7],
         ...                      fs=1000)
     """
+    return _save(_extraction_grid(mixture, targets, predictions, frequencies, fs, span_s, split, start_s), path)
+
+
+def _extraction_grid(mixture, targets, predictions, frequencies, fs, span_s, split, start_s) -> Figure:
     n_freq = len(frequencies)
+    first = min(targets.shape[1] - 1, max(0, round(start_s * fs)))
     t = np.arange(targets.shape[1]) / fs
-    n = _span(targets.shape[1], fs, span_s)
+    n = _span(targets.shape[1] - first, fs, span_s)
     fig, axes = _frequency_grid(n_freq, panel_height=3.6, left=0.8)
     for k, freq in enumerate(frequencies):
         ax = axes.flat[k]
-        _draw_extraction(ax, t, mixture, targets[k], predictions[k], freq, n, legend=False)
+        _draw_extraction(ax, t[first:], mixture[first:], targets[k, first:], predictions[k, first:], freq, n,
+                         legend=False)
         mse = float(np.mean((predictions[k] - targets[k]) ** 2))
-        ax.set_title(f"{freq:g} Hz (MSE {mse:.3g})", fontsize=10)
+        ax.set_title(f"{freq:g} Hz (MSE {mse:.3g}{' over the sequence' if first else ''})", fontsize=10)
     _hide_unused(axes, n_freq)
     axes.flat[0].get_lines()[1].set_label("clean target sine")  # one legend for all panels
     _bottom_legend(fig, axes.flat[0], markerscale=2)
-    _title(fig, f"{split} split: extraction of every frequency from one mixture, first {t[n - 1] + 1 / fs:g} s")
-    return _save(fig, path)
+    shown = (f"first {t[n - 1] + 1 / fs:g} s" if not first else
+             f"t = {t[first]:g} to {t[first + n - 1] + 1 / fs:g} s")
+    _title(fig, f"{split} split: extraction of {'every frequency' if n_freq > 2 else 'frequencies'} from one "
+                f"mixture, {shown}")
+    return fig
 
 
 def _series(epochs: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:

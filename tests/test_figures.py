@@ -5,6 +5,7 @@ from matplotlib.image import imread
 from ignite_lstm.figures import (
     _amplitude_spectrum,
     plot_extraction,
+    _extraction_grid,
     plot_extraction_grid,
     plot_spectra,
     plot_training_curves,
@@ -41,6 +42,18 @@ def test_plot_extraction_grid_uses_a_ceil_grid(tmp_path, n_freq, size):
     path = plot_extraction_grid(tmp_path / "grid.png", mixture=mixture, targets=targets, predictions=predictions,
                                 frequencies=freqs, fs=FS)
     _check_png(path, *size)  # cols = ceil(sqrt(F)), rows = ceil(F / cols), 6.5 x 3.6 in per panel
+
+
+def test_the_grid_can_show_a_later_window_of_the_sequence(tmp_path):
+    freqs, mixture, targets, predictions = _signals(2, T=1000)
+    fig = _extraction_grid(mixture, targets, predictions, freqs, FS, 0.3, "test", start_s=0.6)
+    assert fig.axes[0].get_xlim() == pytest.approx((0.6, 0.899))  # 300 steps from step 600
+    assert fig.axes[0].get_lines()[1].get_xdata()[0] == pytest.approx(0.6)
+    assert "t = 0.6 to 0.9 s" in fig.texts[0].get_text()
+    assert fig.axes[0].get_title().endswith("over the sequence)")
+    path = plot_extraction_grid(tmp_path / "late.png", mixture=mixture, targets=targets, predictions=predictions,
+                                frequencies=freqs, fs=FS, span_s=0.3, start_s=0.6)
+    _check_png(path, 1560, 504)
 
 
 def test_plot_spectra_writes_png(tmp_path):
