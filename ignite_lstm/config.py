@@ -15,7 +15,6 @@ config, every key with its help text; ``--markdown`` prints the key table of the
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 import warnings
@@ -28,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch.distributed import Backend
 
 from ignite_lstm._config_rules import check_cross, with_defaults
-from ignite_lstm._schema import check_section, commented_yaml, markdown_table
+from ignite_lstm._schema import check_section
 from ignite_lstm._schema import setting as _f
 from ignite_lstm.engines import UPDATES
 from ignite_lstm.execution import AMP_MODES, EXECUTIONS
@@ -319,48 +318,10 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ignite_lstm.config [CONFIG [key=value ...]] [--markdown]``; returns the exit status.
+    """``python -m ignite_lstm.config [CONFIG [key=value ...]] [--markdown]`` (``config_cli.main``)."""
+    from ignite_lstm.config_cli import main as print_config
 
-    Prints the complete resolved config (the schema's defaults without CONFIG), every key
-    with its help text as a YAML comment; a bad config exits 2 with the messages of ``run.py``.
-
-    Args:
-        argv: the command-line arguments (default: ``sys.argv[1:]``).
-
-    Returns:
-        0, or 2 for a bad config or bad arguments.
-
-    Example:
-        >>> main(["configs/base.yaml", "train.epochs=5"])  # prints the YAML
-        0
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m ignite_lstm.config",
-        description="Print a config resolved against the schema: every key, its value and its help text.",
-        epilog="Example: python -m ignite_lstm.config configs/base.yaml train.lr=1e-3",
-    )
-    parser.add_argument("config", nargs="?", help="YAML config file, e.g. configs/base.yaml (none: the schema's "
-                                                  "defaults)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-3")
-    parser.add_argument("--markdown", action="store_true", help="print the key table of the README instead")
-    args = parser.parse_args(argv)
-    defaults = _defaults()
-    if args.markdown:
-        if args.config:
-            parser.error("--markdown takes no config: the table shows the schema's defaults")
-        print(markdown_table(Config, defaults), end="")
-        return 0
-    try:
-        cfg = load_config(args.config, args.overrides) if args.config else validate_config({})
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    command = " ".join(["python -m ignite_lstm.config", *([args.config] if args.config else []), *args.overrides])
-    print(f"# {command}\n"
-          "# The complete config, every key with its help text; \"(schema default: X)\" marks a value set\n"
-          "# differently from the schema (ignite_lstm/config.py). python run.py reads this output as it is.")
-    print(commented_yaml(Config, OmegaConf.to_container(cfg), defaults), end="")
-    return 0
+    return print_config(argv)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ from typing import Any, Callable
 import ignite.distributed as idist
 import torch
 import torch.nn as nn
-from ignite.engine import Engine, EventEnum, Events
+from ignite.engine import Engine
 from ignite.metrics import Average
 
 from ignite_lstm.batches import check_prepared, prepare_batch
@@ -68,6 +68,7 @@ from ignite_lstm.execution import (
     unwrap,
 )
 from ignite_lstm.losses import check_loss
+from ignite_lstm.time_events import TimeEvents, count_windows
 from ignite_lstm.updates import BatchUpdate
 
 __all__ = ["TimeEvents", "create_trainer", "create_evaluator", "select_execution", "epoch_loss_metric",
@@ -76,34 +77,6 @@ __all__ = ["TimeEvents", "create_trainer", "create_evaluator", "select_execution
 logger = logging.getLogger(__name__)
 
 UPDATES = ("sequence", "window")
-
-
-class TimeEvents(EventEnum):
-    """Events fired inside one trainer iteration, around the real computation.
-
-    - ``WINDOW_STARTED`` / ``WINDOW_COMPLETED``: before and after each truncated-BPTT
-      window is computed (and, with ``update="window"``, its optimizer step taken), on
-      the ``fused`` and ``stepwise`` paths. A handler at ``WINDOW_STARTED`` affects its
-      window (the learning-rate schedules rely on it). At ``WINDOW_COMPLETED``
-      ``engine.state.window_loss`` holds the window's loss (a 0-dim tensor, no graph; the
-      mean over its counted steps, NaN when none counts).
-      Not fired on ``fused-detached``, where no window is computed on its own.
-    - ``CHUNK_COMPLETED``: after each part of the batch that is computed in one go, on
-      every path: a window on ``fused``/``stepwise``, ``chunk_steps`` one-step windows on
-      ``fused-detached``. ``engine.state.window_losses`` holds their losses, a (n,)
-      tensor without graph, and ``engine.state.window`` the last of them. Loggers of
-      window losses listen here (``attach_tensorboard`` does).
-
-    ``engine.state.window`` counts the windows computed since the start of training,
-    ``ceil(T / tbptt_steps)`` for a batch of T steps whatever the batches' lengths (one
-    per step on ``fused-detached``), which makes ``TimeEvents.WINDOW_COMPLETED(every=100)``
-    work. It is a running count in the trainer's ``state_dict`` (a user key), so that a
-    checkpoint of ``trainer`` resumes it exactly.
-    """
-
-    WINDOW_STARTED = "window_started"
-    WINDOW_COMPLETED = "window_completed"
-    CHUNK_COMPLETED = "chunk_completed"
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -221,7 +194,7 @@ def create_trainer(
         return {"loss": (total / out.count).item(), "grad_norm": float(out.norm)}
 
     trainer = CarryingEngine(_update, model, checkpointed=True) if carry_state else Engine(_update)
-    _count_windows(trainer)
+    count_windows(trainer)
     trainer.state.window_loss = None
     trainer.state.window_losses = None
     trainer.state.execution = path
@@ -286,18 +259,6 @@ def _check_trainer_args(tbptt_steps: int, chunk_steps: int, accumulation_steps: 
         raise TypeError(f"Argument grad_clip should be a number or None, got {type(grad_clip).__name__}.")
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"Argument grad_clip should be positive or None, got {grad_clip}.")
-
-
-def _count_windows(trainer: Engine) -> None:
-    """``state.window``: a running count of the windows, in the trainer's ``state_dict`` (exact resume)."""
-    trainer.register_events(*TimeEvents, event_to_attr={e: "window" for e in TimeEvents})
-    trainer.state.window = 0
-    trainer.state_dict_user_keys.append("window")
-
-    @trainer.on(Events.STARTED)
-    def _restart(engine: Engine) -> None:
-        if engine.state.iteration == 0:  # a fresh run, not a resumed or continued one
-            engine.state.window = 0
 
 
 def create_evaluator(
