@@ -126,10 +126,10 @@ def _check_carry_state(train: dict, freqs: Any, mixtures: Any, problems: list[st
 
 
 def _validation_metrics(freqs: Any) -> list[str]:
-    """The validation evaluator's metrics: ``METRIC_NAMES`` and ``mse_f<Hz>`` of ``freqs``."""
+    """The validation evaluator's metrics: ``METRIC_NAMES``, ``mse_f<Hz>`` of ``freqs`` and ``mse_worst``."""
     allowed = list(METRIC_NAMES)
     if isinstance(freqs, list) and all(isinstance(f, (int, float)) for f in freqs):
-        allowed += [f"mse_f{f:g}" for f in freqs]
+        allowed += [f"mse_f{f:g}" for f in freqs] + (["mse_worst"] if len(freqs) > 1 else [])
     return allowed
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from ignite.exceptions import NotComputableError
-from ignite.metrics import MeanAbsoluteError, MeanSquaredError, Metric, RootMeanSquaredError
+from ignite.metrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricsLambda, RootMeanSquaredError
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
 from ignite_lstm._compat import metric_placement
@@ -153,7 +153,7 @@ _DIRECTIONS = {"mse": "min", "rmse": "min", "mae": "min", "corr": "max", "r2": "
 METRIC_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 """Names accepted by ``build_metrics``; per-frequency keys add ``_f<Hz>`` to them."""
 
-_KEY_RE = re.compile(r"^(?P<base>[a-z0-9]+)(?:_f.+)?$")
+_KEY_RE = re.compile(r"^(?P<base>[a-z0-9]+)(?:_f.+|_worst)?$")
 
 
 def _rows(output: dict, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,6 +192,7 @@ def build_metrics(
     *,
     names: Sequence[str] = ("mse", "rmse", "mae", "corr", "r2", "snr"),
     per_frequency: Sequence[str] = ("mse",),
+    worst: Sequence[str] = ("mse",),
     device: str | torch.device = "cpu",
 ) -> dict[str, Metric]:
     """Build fresh metric instances for the evaluator's dict output.
@@ -209,6 +210,9 @@ def build_metrics(
         names: overall metrics, keyed by the bare name (``"mse"``, ``"snr"``, ...).
         per_frequency: metrics also computed per frequency, keyed ``f"{name}_f{freq:g}"``
             (``mse_f3`` for 3 Hz, ``mse_f2.5`` for 2.5 Hz). Ignored when ``frequencies`` is None.
+        worst: per-frequency metrics whose worst frequency is a metric too, keyed
+            ``f"{name}_worst"`` (the largest ``mse``, the smallest ``snr``; an Ignite
+            ``MetricsLambda`` of the per-frequency ones), with two frequencies or more.
         device: where the metrics accumulate.
 
     Returns:
@@ -237,6 +241,12 @@ def build_metrics(
         for index, suffix in enumerate(suffixes):
             transform = _select_frequency(index, len(frequencies))
             metrics[f"{name}_f{suffix}"] = _FACTORIES[name](output_transform=transform, device=device)
+    for name in worst if len(suffixes) > 1 else ():
+        if name not in per_frequency:
+            raise ValueError(f"Argument worst should name metrics of per_frequency, got {name!r}.")
+        pick = max if _DIRECTIONS[name] == "min" else min
+        metrics[f"{name}_worst"] = MetricsLambda(lambda *values, pick=pick: pick(values),
+                                                 *(metrics[f"{name}_f{s}"] for s in suffixes))
     return metrics
 
 
@@ -255,5 +265,6 @@ def metric_direction(name: str) -> str:
     """
     match = _KEY_RE.match(name) if isinstance(name, str) else None
     if match is None or match["base"] not in _DIRECTIONS:
-        raise ValueError(f"Unknown metric {name!r}; allowed: {list(METRIC_NAMES)}, optionally with a _f<Hz> suffix.")
+        raise ValueError(f"Unknown metric {name!r}; allowed: {list(METRIC_NAMES)}, optionally with a _f<Hz> or _worst "
+                         f"suffix.")
     return _DIRECTIONS[match["base"]]

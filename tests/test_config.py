@@ -23,7 +23,7 @@ from ignite_lstm.schedules import SCHEDULES
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 TOP_KEYS = "seed, output_dir, name, device, threads, resume, data, model, train, eval, handlers, distributed"
-MONITORS = "mse, rmse, mae, corr, r2, snr, mse_f1, mse_f3, mse_f5, mse_f7"
+MONITORS = "mse, rmse, mae, corr, r2, snr, mse_f1, mse_f3, mse_f5, mse_f7, mse_worst"
 
 
 def _problems(values: dict) -> list[str]:
@@ -317,7 +317,7 @@ def test_monitor_accepts_a_per_frequency_metric():
     assert cfg.handlers.lr_scheduler.monitor == "mse_f7"
     assert _problems({"data": {"frequencies": [1.0, 2.0]}, "handlers": {"checkpoint": {"monitor": "mse_f3"}}}) == [
         "handlers.checkpoint.monitor: 'mse_f3' is not a validation metric: "
-        "choose one of mse, rmse, mae, corr, r2, snr, mse_f1, mse_f2"
+        "choose one of mse, rmse, mae, corr, r2, snr, mse_f1, mse_f2, mse_worst"
     ]
 
 

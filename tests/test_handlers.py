@@ -168,7 +168,7 @@ def test_tensorboard_events_hold_losses_metrics_lr_grad_norm_and_histograms(tmp_
     for name, value in evaluator.state.metrics.items():  # every validation metric, once per epoch
         assert [s for s, _ in events[f"val/{name}"]] == [1, 2]
         assert events[f"val/{name}"][-1][1] == pytest.approx(value, rel=1e-6)
-    assert len(evaluator.state.metrics) == 6 + 2  # mse ... snr, mse_f1, mse_f3
+    assert len(evaluator.state.metrics) == 6 + 3  # mse ... snr, mse_f1, mse_f3, mse_worst
     assert len(windows) == 16
     group_means = [sum(windows[k - 3:k]) / 3 for k in (3, 6, 9, 12, 15)]
     assert events["train/window_loss"] == [(k, pytest.approx(m, rel=1e-6)) for k, m in zip((3, 6, 9, 12, 15),

@@ -68,8 +68,11 @@ def test_overall_metrics_match_numpy_over_several_batches():
 def test_per_frequency_metrics_match_numpy_with_a_frequency_absent_from_a_batch():
     batches = _batches()
     assert not (batches[2]["x"][:, 3] == 1).any()  # 3 Hz absent from the last batch
-    got = _run(build_metrics(FREQS, names=(), per_frequency=METRIC_NAMES), batches)
-    assert set(got) == {f"{n}_f{s}" for n in METRIC_NAMES for s in ("1", "2.5", "3")}
+    got = _run(build_metrics(FREQS, names=(), per_frequency=METRIC_NAMES, worst=("mse", "snr")), batches)
+    assert set(got) == {f"{n}_f{s}" for n in METRIC_NAMES for s in ("1", "2.5", "3")} | {"mse_worst", "snr_worst"}
+    # the worst frequency: the largest error, the smallest signal-to-noise ratio
+    assert got["mse_worst"] == max(got[f"mse_f{s}"] for s in ("1", "2.5", "3"))
+    assert got["snr_worst"] == min(got[f"snr_f{s}"] for s in ("1", "2.5", "3"))
     for k, suffix in enumerate(("1", "2.5", "3")):
         expected = _numpy_metrics(batches, rows=lambda b, k=k: b["x"][:, 1:].argmax(dim=1).numpy() == k)
         for name in METRIC_NAMES:
@@ -78,7 +81,10 @@ def test_per_frequency_metrics_match_numpy_with_a_frequency_absent_from_a_batch(
 
 def test_default_keys():
     assert set(build_metrics()) == set(METRIC_NAMES)
-    assert set(build_metrics(FREQS)) == set(METRIC_NAMES) | {"mse_f1", "mse_f2.5", "mse_f3"}
+    assert set(build_metrics(FREQS)) == set(METRIC_NAMES) | {"mse_f1", "mse_f2.5", "mse_f3", "mse_worst"}
+    assert "mse_worst" not in build_metrics([1.0])  # one frequency: nothing to be worst of
+    with pytest.raises(ValueError, match="Argument worst should name metrics of per_frequency, got 'snr'."):
+        build_metrics(FREQS, worst=("snr",))
     assert set(build_metrics(per_frequency=("mae",))) == set(METRIC_NAMES)  # no frequencies: none per frequency
 
 

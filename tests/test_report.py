@@ -76,6 +76,7 @@ def _reference(model, dataset):
     values = stats(pred.ravel(), y.ravel())
     for i, f in enumerate(FREQS):
         values.update({f"{n}_f{f:g}": v for n, v in stats(pred[k == i].ravel(), y[k == i].ravel()).items()})
+    values["mse_worst"] = max(values[f"mse_f{f:g}"] for f in FREQS)
     return values, pred.reshape(dataset.n_mixtures, len(FREQS), -1)
 
 
