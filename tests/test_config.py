@@ -75,9 +75,9 @@ PRESET_CHANGES = {
                         "handlers.early_stopping.enabled": True, "handlers.early_stopping.patience": 5,
                         "handlers.lr_scheduler.name": "none", "handlers.lr_scheduler.warmup_epochs": 0.0,
                         "model.hidden_size": 64, "train.batch_size": 16, "train.curriculum.enabled": True,
-                        "train.curriculum.lr_factor": 0.5, "train.curriculum.metric": "mse",
+                        "train.curriculum.lr_factor": 0.5, "train.curriculum.metric": "mse_worst",
                         "train.curriculum.start": 250, "train.curriculum.tbptt": "follow",
-                        "train.curriculum.threshold": 0.01, "train.epochs": 3000, "train.tbptt_steps": 250},
+                        "train.curriculum.threshold": 0.02, "train.epochs": 3000, "train.tbptt_steps": 250},
 }
 
 
