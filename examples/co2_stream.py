@@ -134,10 +134,7 @@ def _figure(path: Path, steps, truth, lstm, seasonal, mse) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        out = Path(sys.argv[1])
-        out.mkdir(parents=True, exist_ok=True)
-        main(out)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            main(Path(tmp))
+    with tempfile.TemporaryDirectory() as scratch:  # used when no OUTPUT_DIR is given
+        target = Path(sys.argv[1] if len(sys.argv) > 1 else scratch)
+        target.mkdir(parents=True, exist_ok=True)
+        main(target)
