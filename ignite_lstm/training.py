@@ -76,7 +76,7 @@ class _Setup:
     trainer: Engine
     evaluators: dict[str, Engine]
     handlers: RunHandlers
-    train_data: Any  # the train loader in SkipBatches, or a StreamLoader (in to_save: it restores its position)
+    train_data: SkipBatches
 
 
 def run(local_rank: int, cfg: Any, run_dir: str, resume_from: str | None = None, *, launched: bool = False,
@@ -144,10 +144,8 @@ def setup(cfg: Any, run_dir: str | Path, *, launched: bool = False,
                 t.tbptt_steps, t["update"], native.describe(device))
     handlers = attach_handlers(trainer, evaluators["val"], cfg, model=model, optimizer=optimizer, data=data,
                                run_dir=run_dir, extra=attach, abort_on_second_signal=not launched)
-    loader = data["train_loader"]  # one that checkpoints its own position is resumed by its state, not skipped
-    restores_itself = any(obj is loader for obj in handlers.to_save.values())
     return _Setup(cfg, Path(run_dir), device, data, model, net, trainer, evaluators, handlers,
-                  loader if restores_itself else SkipBatches(loader))
+                  SkipBatches(data["train_loader"]))
 
 
 def _resume(s: _Setup, checkpoint: dict, source: str) -> None:
