@@ -4,9 +4,10 @@ The schema (``ignite_lstm.config``) checks each key on its own; what is left is 
 sample count from ``data.fs`` and ``data.duration``, monitors that name a validation
 metric of these frequencies, warm-up shorter than the run, ``restore_best`` with
 checkpoints, several processes with a backend, the form of ``handlers.extra``, the
-curriculum's stages (within T) and its one rule to advance, full batches (and no
-curriculum) for ``train.carry_state``. The rules read a plain dict already merged over
-the schema's defaults (``with_defaults``), so no default is written here.
+curriculum's stages (within T) and its one rule to advance, ``train.carry_state`` for the
+streams layout, full batches (sequences layout) and no curriculum with it. The rules read
+a plain dict already merged over the schema's defaults (``with_defaults``), so no default
+is written here.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def check_cross(cfg: dict, problems: list[str], *, backends: Sequence[str]) -> N
             and train.get("update") == "window":
         problems.append(f"train.gradient_accumulation_steps: {steps!r} needs train.update: sequence (with "
                         f"update: window every window takes its own optimizer step)")
-    _check_carry_state(train, freqs, _section(data, "train").get("mixtures"), problems)
+    _check_carry_state(train, data, problems)
     stop, ckpt = _section(handlers, "early_stopping"), _section(handlers, "checkpoint")
     if stop.get("enabled") is True and stop.get("restore_best") is True and ckpt.get("enabled") is False:
         problems.append("handlers.early_stopping.restore_best: true needs handlers.checkpoint.enabled: true "
@@ -106,23 +107,28 @@ def check_cross(cfg: dict, problems: list[str], *, backends: Sequence[str]) -> N
             problems.append(f"handlers.extra[{i}]: {entry!r} must look like 'package.module:function'")
 
 
-def _check_carry_state(train: dict, freqs: Any, mixtures: Any, problems: list[str]) -> None:
-    """``train.carry_state``: every training batch holds ``train.batch_size`` lanes (a smaller last one is refused),
-    and no curriculum cuts the batches."""
+def _check_carry_state(train: dict, data: dict, problems: list[str]) -> None:
+    """``train.carry_state``: what it runs with. The streams layout needs it; the sequences layout gives it full
+    training batches only (a smaller last one is refused); no curriculum cuts the batches."""
+    streams = data.get("layout") == "streams"
+    if streams and train.get("carry_state") is not True:
+        problems.append(f"data.layout: 'streams' needs train.carry_state: true (lane i of a chunk continues the series "
+                        f"that lane i of the previous chunk played), got {train.get('carry_state')!r}")
     if train.get("carry_state") is not True:
         return
     if _section(train, "curriculum").get("enabled") is True:
         problems.append("train.carry_state: true cannot run with train.curriculum.enabled: true (the curriculum cuts "
                         "every batch to its first L steps, so lane i of the next batch would not continue where lane "
                         "i was cut)")
-    batch = train.get("batch_size")
-    if not isinstance(freqs, list) or not _is_number(mixtures) or not _is_number(batch) or batch < 1:
-        return
+    freqs, mixtures, batch = data.get("frequencies"), _section(data, "train").get("mixtures"), train.get("batch_size")
+    if streams or not isinstance(freqs, list) or not _is_number(mixtures) or not _is_number(batch) or batch < 1:
+        return  # a stream loader's batches are always full: lanes without a series are masked
     sequences = mixtures * len(freqs)  # a training sequence per (mixture, frequency)
     if sequences % batch:
         problems.append(f"train.carry_state: true needs every training batch full, so that lane i of a batch continues "
                         f"lane i of the previous one: the {sequences} training sequences (data.train.mixtures x "
-                        f"data.frequencies) are not a multiple of train.batch_size={batch}")
+                        f"data.frequencies) are not a multiple of train.batch_size={batch}; or set data.layout: "
+                        f"streams, whose batches are always full")
 
 
 def _validation_metrics(freqs: Any) -> list[str]:

@@ -60,6 +60,15 @@ class SplitConfig:
     mixtures: int = _f(1, "noisy mixtures in the split; each gives one sequence per frequency", ge=1)
 
 
+LAYOUTS = ("sequences", "streams")  # how setup_data batches the splits
+
+
+@dataclass
+class StreamConfig:
+    chunk_steps: Optional[int] = _f(None, "steps per batch of the streams layout; null: train.tbptt_steps", ge=1)
+    shuffle: bool = _f(True, "a new order of the training sequences in the lanes every epoch (seeded by seed)")
+
+
 @dataclass
 class DataConfig:
     dir: str = _f("data", "split files live here, named by a hash of their generation parameters")
@@ -74,6 +83,9 @@ class DataConfig:
     train: SplitConfig = _f(SplitConfig(seed=1, mixtures=10), "the training split: fresh noise draws per mixture")
     val: SplitConfig = _f(SplitConfig(seed=3, mixtures=1), "the validation split: model selection looks only at it")
     test: SplitConfig = _f(SplitConfig(seed=2, mixtures=1), "the test split (seed 2: the specification's)")
+    layout: str = _f("sequences", "sequences: a batch holds whole sequences; streams: the sequences one after another "
+                                  "in lanes, cut into chunks (StreamLoader; needs train.carry_state)", choices=LAYOUTS)
+    stream: StreamConfig = _f(StreamConfig(), "the streams layout (ignite_lstm/streams.py)")
 
 
 @dataclass
@@ -103,7 +115,7 @@ class CurriculumConfig:
 @dataclass
 class TrainConfig:
     epochs: int = _f(120, "passes over the training sequences", ge=1)
-    batch_size: int = _f(40, "whole sequences per batch (global, over all processes)", ge=1)
+    batch_size: int = _f(40, "whole sequences per batch (global, over all processes); streams layout: the lanes", ge=1)
     tbptt_steps: int = _f(500, "window K: the state is detached every K steps (1 = literal L = 1, no gradient "
                                "through time)", ge=1)
     update: str = _f("window", "one optimizer step per batch (sequence) or per window", choices=UPDATES)
@@ -121,13 +133,14 @@ class TrainConfig:
     gradient_accumulation_steps: int = _f(1, "an optimizer step every N batches (each batch's gradient scaled 1/N); "
                                              "needs update: sequence", ge=1)
     carry_state: bool = _f(False, "stateful mode: lane i of each batch continues the state of lane i of the previous "
-                                  "one (reset at each epoch start and by a batch's reset); needs full batches")
+                                  "one (reset at each epoch start and by a batch's reset); sequences layout: needs "
+                                  "full batches")
     curriculum: CurriculumConfig = _f(CurriculumConfig(), "sequence-length curriculum (ignite_lstm/curriculum.py)")
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = _f(40, "sequences per evaluation batch (per process)", ge=1)
+    batch_size: int = _f(40, "sequences per evaluation batch (per process); streams layout: the lanes", ge=1)
     every: int = _f(1, "validate every N epochs (and after the last)", ge=1)
     engine: str = _f("auto", "auto/fused: whole sequences in one call; stepwise: model.step per time step",
                      choices=EXECUTIONS)

@@ -8,7 +8,8 @@ and the target is the clean sine ``sin(2*pi*f_k*t_n)``.
 parameters (see `ignite_lstm.h5io`), generating it on rank 0 the first time and
 reading it on every rank. `setup_data` builds the three splits of a config and their
 loaders: the training batches shared out over the processes, and every evaluation
-sequence on exactly one process (`ShardSampler`).
+sequence on exactly one process (`ShardSampler`); or, with ``data.layout: streams``,
+the sequences of each split laid out in lanes and cut into chunks (`StreamLoader`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from .config import ConfigError
 from .h5io import DataFileError, read_split, split_filename, write_split
 from .signal import SplitData, canonical_params, generate_split
+from .streams import StreamLoader
 
 __all__ = ["SignalDataset", "ensure_split", "setup_data", "split_params", "batch_problem", "ShardSampler", "SPLITS"]
 
@@ -238,6 +240,13 @@ def setup_data(cfg: Any) -> dict[str, Any]:
         evaluation loader holds this rank's ``ShardSampler`` shard (every sequence on
         exactly one rank; a rank without any gets one empty batch).
 
+        With ``data.layout: streams`` every loader is a ``StreamLoader`` over the split's
+        sequences, each a series: chunks of ``data.stream.chunk_steps`` steps (null:
+        ``train.tbptt_steps``) with ``mask`` and ``reset``, for engines with
+        ``carry_state=True``. Training: ``train.batch_size`` lanes (global), shuffled per
+        epoch if ``data.stream.shuffle`` (by ``seed``); evaluation: ``eval.batch_size``
+        lanes per process (fewer for a smaller split), in order.
+
     Raises:
         ConfigError: ``train.batch_size`` is not a multiple of the number of processes.
     """
@@ -251,10 +260,34 @@ def setup_data(cfg: Any) -> dict[str, Any]:
         path, data = ensure_split(cfg.data.dir, split, split_params(cfg.data, split))
         datasets[split] = SignalDataset(data.mixture, data.target, input_scale=cfg.data.input_scale)
         files[split] = path
-    train_sampler = DistributedSampler(datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    train_loader = DataLoader(datasets["train"], batch_size=batch // world, sampler=train_sampler)
-    eval_loaders = {split: _eval_loader(ds, cfg.eval.batch_size, rank, world) for split, ds in datasets.items()}
+    if cfg.data.layout == "streams":
+        train_loader, eval_loaders = _stream_loaders(cfg, datasets, world)
+    else:
+        train_sampler = DistributedSampler(datasets["train"], num_replicas=world, rank=rank, shuffle=True,
+                                           seed=cfg.seed)
+        train_loader = DataLoader(datasets["train"], batch_size=batch // world, sampler=train_sampler)
+        eval_loaders = {split: _eval_loader(ds, cfg.eval.batch_size, rank, world) for split, ds in datasets.items()}
     return {"datasets": datasets, "files": files, "train_loader": train_loader, "eval_loaders": eval_loaders}
+
+
+def _stream_loaders(cfg: Any, datasets: dict[str, SignalDataset],
+                    world: int) -> tuple[StreamLoader, dict[str, StreamLoader]]:
+    """The streams layout: every split's sequences (each a series) in lanes, cut into chunks.
+
+    Training: ``train.batch_size`` lanes (global; each rank yields its own), shuffled per epoch by
+    ``seed``. Evaluation: ``eval.batch_size`` lanes per process, fewer when the split has fewer
+    sequences (no lane left empty by that), never shuffled; every sequence on exactly one rank.
+    """
+    chunk = cfg.data.stream.chunk_steps or cfg.train.tbptt_steps
+
+    def series(dataset: SignalDataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [dataset[i] for i in range(len(dataset))]  # views: x (T, 1 + F), y (T, 1)
+
+    train = StreamLoader(series(datasets["train"]), lanes=cfg.train.batch_size, chunk_steps=chunk,
+                         shuffle=cfg.data.stream.shuffle, seed=cfg.seed)
+    evals = {split: StreamLoader(series(ds), lanes=world * min(cfg.eval.batch_size, -(-len(ds) // world)),
+                                 chunk_steps=chunk) for split, ds in datasets.items()}
+    return train, evals
 
 
 def _eval_loader(dataset: SignalDataset, batch_size: int, rank: int, world: int) -> Any:

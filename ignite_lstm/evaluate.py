@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             datasets[split] = SignalDataset(data.mixture, data.target, input_scale=cfg.data.input_scale)
         output = Path(args.output) if args.output else _default_output(files)
         model = files.model.to(device)
-        evaluator = setup_evaluators(cfg, model, device)["final"]
+        evaluator = setup_evaluators(cfg, model, device, carry_state=False)["final"]  # whole sequences, any layout
         loaders = {split: DataLoader(ds, batch_size=cfg.eval.batch_size) for split, ds in datasets.items()}
         metrics = evaluate_splits(evaluator, loaders)
         figure_split = "test" if "test" in datasets else splits[-1]

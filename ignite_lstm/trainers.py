@@ -31,6 +31,7 @@ from ignite_lstm.losses import setup_loss
 from ignite_lstm.metrics import METRIC_NAMES, build_metrics, metric_direction
 from ignite_lstm.resume import RNGState
 from ignite_lstm.schedules import setup_lr_scheduler, steps_per_epoch
+from ignite_lstm.streams import StreamLoader
 from ignite_lstm.tensorboard_logging import attach_tensorboard
 
 __all__ = ["setup_trainer", "setup_evaluators", "attach_handlers", "RunHandlers", "HANDLER_ORDER"]
@@ -48,16 +49,23 @@ def setup_trainer(cfg: Any, model: torch.nn.Module, optimizer: torch.optim.Optim
                           carry_state=t.carry_state)
 
 
-def setup_evaluators(cfg: Any, model: torch.nn.Module, device: torch.device) -> dict[str, Engine]:
+def setup_evaluators(cfg: Any, model: torch.nn.Module, device: torch.device, *,
+                     carry_state: bool | None = None) -> dict[str, Engine]:
     """``{"val": ..., "final": ...}``: validation (model selection) and the final evaluation.
 
     The final evaluator computes every metric per frequency (the report's tables);
     validation only the overall ones and ``mse`` per frequency, every epoch.
+
+    Args:
+        carry_state: evaluate streams chunk by chunk (``create_evaluator(..., carry_state=True)``);
+            None: for ``data.layout: streams``, whose loaders ``setup_data`` makes. Whole
+            sequences (``DataLoader`` batches of ``SignalDataset``) need False.
     """
     freqs = list(cfg.data.frequencies)
+    carry = cfg.data.layout == "streams" if carry_state is None else carry_state
     make = lambda per: create_evaluator(model, build_metrics(freqs, per_frequency=per, device=device),  # noqa: E731
                                         device=device, execution=cfg.eval.engine,
-                                        amp_dtype=AMP_MODES.get(cfg.train.amp))
+                                        amp_dtype=AMP_MODES.get(cfg.train.amp), carry_state=carry)
     return {"val": make(("mse",)), "final": make(METRIC_NAMES)}
 
 
@@ -101,8 +109,12 @@ def _epoch_metrics(r: _Run) -> None:
         r.out.to_save["grad_scaler"] = r.trainer.state.scaler
     r.out.timer = Timer()  # training time of an epoch, paused before validation and checkpoints
     r.out.timer.attach(r.trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
-    sampler = r.data["train_loader"].sampler  # a new permutation per epoch, the same after a resume
-    r.trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: sampler.set_epoch(e.state.epoch - 1))
+    loader = r.data["train_loader"]
+    if isinstance(loader, StreamLoader):  # its position (and the trainer's lanes): a mid-epoch resume is exact
+        r.out.to_save["train_loader"] = loader
+    # a new order per epoch, the same after a resume (a StreamLoader keeps its loaded position)
+    set_epoch = loader.set_epoch if isinstance(loader, StreamLoader) else loader.sampler.set_epoch
+    r.trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: set_epoch(e.state.epoch - 1))
 
 
 def _curriculum(r: _Run) -> None:
@@ -126,8 +138,10 @@ def _full_length_only(r: _Run) -> Callable | None:
 
 def _lr_schedule(r: _Run) -> None:
     cfg, s = r.cfg, r.cfg.handlers.lr_scheduler
+    loader = r.data["train_loader"]
     n_steps = r.data["datasets"]["train"].n_steps  # the longest epochs: a curriculum's last stage
-    spe = steps_per_epoch(len(r.data["train_loader"]), n_steps, final_tbptt_steps(cfg, n_steps), cfg.train["update"])
+    batch_steps = loader.chunk_steps if isinstance(loader, StreamLoader) else n_steps
+    spe = steps_per_epoch(len(loader), batch_steps, final_tbptt_steps(cfg, n_steps), cfg.train["update"])
     scheduler = setup_lr_scheduler(
         r.trainer, r.optimizer, name=s.name, lr=cfg.train.lr, epochs=cfg.train.epochs, steps_per_epoch=spe,
         update=cfg.train["update"], warmup_epochs=s.warmup_epochs, min_lr=s.min_lr, step_size=s.step_size,

@@ -32,7 +32,7 @@ def _problems(values: dict) -> list[str]:
     return info.value.problems
 
 
-@pytest.mark.parametrize("name", ["base.yaml", "quick.yaml"])
+@pytest.mark.parametrize("name", ["base.yaml", "quick.yaml", "stream.yaml"])
 def test_presets_load_and_validate(name):
     cfg = load_config(CONFIGS / name)
     assert cfg.model.hidden_size >= 1
@@ -45,7 +45,8 @@ BASE_RESOLVED = {
     "seed": 0, "output_dir": "runs", "name": None, "device": "auto", "threads": None, "resume": None,
     "data": {"dir": "data", "frequencies": [1.0, 3.0, 5.0, 7.0], "fs": 1000.0, "duration": 10.0,
              "amplitude": [0.8, 1.2], "phase_scale": 0.01, "noise_sigma": 0.0, "input_scale": 4.0, "train": {"seed": 1, "mixtures": 10},
-             "val": {"seed": 3, "mixtures": 1}, "test": {"seed": 2, "mixtures": 1}},
+             "val": {"seed": 3, "mixtures": 1}, "test": {"seed": 2, "mixtures": 1},
+             "layout": "sequences", "stream": {"chunk_steps": None, "shuffle": True}},
     "model": {"hidden_size": 128, "num_layers": 1, "dropout": 0.0},
     "train": {"epochs": 200, "batch_size": 40, "tbptt_steps": 500, "update": "window", "engine": "auto",
               "chunk_steps": 250, "optimizer": "adam", "lr": 0.003, "weight_decay": 0.0, "momentum": 0.9,
@@ -70,6 +71,10 @@ PRESET_CHANGES = {
     "quick.yaml": {"data.duration": 1.0, "data.train.mixtures": 2, "eval.batch_size": 8,
                    "handlers.lr_scheduler.name": "cosine", "handlers.lr_scheduler.warmup_epochs": 0.0,
                    "model.hidden_size": 16, "train.batch_size": 8, "train.epochs": 2, "train.tbptt_steps": 100},
+    "stream.yaml": {"data.duration": 1.0, "data.train.mixtures": 2, "data.layout": "streams",
+                    "data.stream.chunk_steps": 100, "eval.batch_size": 4, "handlers.lr_scheduler.name": "cosine",
+                    "handlers.lr_scheduler.warmup_epochs": 0.0, "model.hidden_size": 16, "train.batch_size": 4,
+                    "train.carry_state": True, "train.epochs": 2, "train.tbptt_steps": 100},
     # session 4 replaced assignment.yaml's recipe by the length curriculum (issue 17)
     "assignment.yaml": {"data.input_scale": 1.0, "data.phase_scale": 1.0, "data.train.mixtures": 64,
                         "handlers.early_stopping.enabled": True, "handlers.early_stopping.patience": 5,
@@ -447,7 +452,7 @@ def test_carry_state_needs_full_training_batches():
     assert info.value.problems == [
         "train.carry_state: true needs every training batch full, so that lane i of a batch continues lane i of the "
         "previous one: the 20 training sequences (data.train.mixtures x data.frequencies) are not a multiple of "
-        "train.batch_size=8"]
+        "train.batch_size=8; or set data.layout: streams, whose batches are always full"]
     assert validate_config({"train": {"carry_state": True, "batch_size": 10}, "data": {"train": {"mixtures": 5}}})
     assert validate_config({"train": {"carry_state": False, "batch_size": 8}, "data": {"train": {"mixtures": 5}}})
     with pytest.raises(ConfigError) as info:

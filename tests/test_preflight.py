@@ -96,7 +96,7 @@ def test_data_dir_that_is_a_file_is_refused(tmp_path, capsys):
     assert afile.read_text() == "a regular file, not a folder\n" and not runs.exists()
 
 
-@pytest.mark.parametrize("name", ["base.yaml", "quick.yaml", "assignment.yaml"])
+@pytest.mark.parametrize("name", ["base.yaml", "quick.yaml", "assignment.yaml", "stream.yaml"])
 def test_the_presets_pass_and_need_little_memory(name):
     cfg = load_config(REPO / "configs" / name)
     preflight(cfg)
