@@ -15,7 +15,7 @@ start, factor, layers, scale (input scale), decay (rate factor per stage), batch
 (sequences drawn per step; default all), out (the JSON-lines file).
 """
 import json, sys, time
-import numpy as np, torch
+import torch
 from ignite_lstm.signal import generate_split
 from ignite_lstm.data import SignalDataset
 from ignite_lstm.models import StatefulLSTM
