@@ -3,7 +3,7 @@
 Model: StatefulLSTM(5 -> 64 x 2 layers -> 1) (bench_training.py's), batch 1, one thread,
 the state fed back after every sample. Rows, all in this one process:
 
-- ``model.step``, native kernel: what ``python -m ignite_lstm.extract`` runs;
+- ``model.step``, native kernel: what ``ignite-lstm extract`` runs;
 - ``model.step``, PyTorch code (``native.disabled()``: ``torch.lstm_cell`` per layer);
 - a plain ``nn.LSTM`` call on a length-1 sequence per step, plus the read-out;
 - onnxruntime, CPU provider, ``OnnxStep.run`` on numpy arrays (the exported step);
@@ -62,10 +62,10 @@ def main() -> None:
 
     import onnxruntime
 
-    from ignite_lstm import native
-    from ignite_lstm.export import export_onnx
-    from ignite_lstm.models import StatefulLSTM
-    from ignite_lstm.onnx_step import OnnxStep
+    from ignite_lstm.models import native
+    from ignite_lstm.app.export import export_onnx
+    from ignite_lstm.models.lstm import StatefulLSTM
+    from ignite_lstm.deploy.onnx_step import OnnxStep
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 Workload (issue 4): 40 sequences x 10,000 steps, StatefulLSTM(5 -> 64 x 2 layers -> 1),
 tbptt_steps = 1 (state detached after every step), one optimizer step per batch.
 Each configuration runs in its own subprocess so that its peak memory (max RSS) is
-its own. "native" rows use the compiled kernel of ``ignite_lstm.native``; "pytorch"
+its own. "native" rows use the compiled kernel of ``ignite_lstm.models.native``; "pytorch"
 rows the same paths on PyTorch's own LSTM code (``IGNITE_LSTM_NATIVE=0``).
 The side-by-side rows train, in one process and in turn (best of 3 epochs each, so
 that a busy machine slows them alike), the same batches unmasked, with a mask that
@@ -82,8 +82,8 @@ def _trainer_and_batches(engine: str, batch: int, steps: int, variant: str, tbpt
     import torch
     import torch.nn as nn
 
-    from ignite_lstm.engines import create_trainer
-    from ignite_lstm.models import StatefulLSTM
+    from ignite_lstm.engine.factories import create_trainer
+    from ignite_lstm.models.lstm import StatefulLSTM
 
     torch.manual_seed(0)
     x, y = _data(steps)
@@ -140,8 +140,8 @@ def worker_compare(engine: str, batch: int, steps: int, threads: int | None, var
 def worker_eval(steps: int, threads: int | None) -> dict:
     import torch
 
-    from ignite_lstm.engines import create_evaluator
-    from ignite_lstm.models import StatefulLSTM
+    from ignite_lstm.engine.factories import create_evaluator
+    from ignite_lstm.models.lstm import StatefulLSTM
 
     if threads:
         torch.set_num_threads(threads)
@@ -158,7 +158,7 @@ def worker_eval(steps: int, threads: int | None) -> dict:
 def worker_stream(samples: int) -> dict:
     import torch
 
-    from ignite_lstm.models import StatefulLSTM
+    from ignite_lstm.models.lstm import StatefulLSTM
 
     torch.set_num_threads(1)
     model = StatefulLSTM(FEATURES, HIDDEN, LAYERS).eval()

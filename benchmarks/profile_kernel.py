@@ -5,7 +5,7 @@ float32 accuracy of its gate activations against float64 (next to PyTorch's own 
 LSTM on the same gates); then, with one torch thread:
 
 1. the cost per step of one LSTM layer (batch 40, 64 inputs, H = 64) without
-   gradients: PyTorch's ``nn.LSTM`` against the native kernel of ``ignite_lstm.native``,
+   gradients: PyTorch's ``nn.LSTM`` against the native kernel of ``ignite_lstm.models.native``,
    and the kernel's arithmetic rate;
 2. the cost of one streaming ``model.step`` at batch 1 (``StatefulLSTM(5 -> 64 x 2)``)
    against the kernel call inside it;
@@ -26,8 +26,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ignite_lstm import _kernel_build, _native_lib, native
-from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.models.native import build as _kernel_build, library as _native_lib
+from ignite_lstm.models import native
+from ignite_lstm.models.lstm import StatefulLSTM
 
 B, C, H, IN = 40, 250, 64, 64
 

@@ -33,7 +33,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from ignite_lstm import TimeEvents
-from ignite_lstm.cli import main as run_cli  # what run.py and the ignite-lstm command call
+from ignite_lstm.app.cli import main as run_cli  # what run.py and the ignite-lstm command call
 
 logger = logging.getLogger("custom_window_handler")
 

@@ -21,16 +21,11 @@ import torch.nn as nn
 from ignite.engine import Events
 from torch.utils.data import DataLoader
 
-from ignite_lstm import (
-    SignalDataset,
-    StatefulLSTM,
-    build_metrics,
-    create_evaluator,
-    create_trainer,
-    generate_split,
-    read_split,
-    write_split,
-)
+from ignite_lstm.app.task.dataset import SignalDataset
+from ignite_lstm import StatefulLSTM, create_evaluator, create_trainer
+from ignite_lstm.app.task.metrics import build_metrics
+from ignite_lstm.app.task.generator import generate_split
+from ignite_lstm.app.task.h5io import read_split, write_split
 
 FREQUENCIES = [1.0, 3.0, 5.0, 7.0]
 COMMON = dict(frequencies=FREQUENCIES, fs=1000.0, duration=0.3, amplitude_range=(0.8, 1.2),

@@ -32,15 +32,10 @@ import torch.nn as nn
 from ignite.engine import Events
 from torch.utils.data import DataLoader
 
-from ignite_lstm import (
-    SignalDataset,
-    StatefulLSTM,
-    attach_checkpoints,
-    build_metrics,
-    create_evaluator,
-    create_trainer,
-    generate_split,
-)
+from ignite_lstm.app.task.dataset import SignalDataset
+from ignite_lstm import StatefulLSTM, attach_checkpoints, create_evaluator, create_trainer
+from ignite_lstm.app.task.metrics import build_metrics
+from ignite_lstm.app.task.generator import generate_split
 
 TASK = dict(frequencies=[1.0, 3.0], fs=1000.0, duration=0.2, amplitude_range=(0.8, 1.2), phase_scale=0.01,
             noise_sigma=0.1)

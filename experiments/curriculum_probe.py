@@ -16,9 +16,9 @@ start, factor, layers, scale (input scale), decay (rate factor per stage), batch
 """
 import json, sys, time
 import torch
-from ignite_lstm.signal import generate_split
-from ignite_lstm.data import SignalDataset
-from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.app.task.generator import generate_split
+from ignite_lstm.app.task.dataset import SignalDataset
+from ignite_lstm.models.lstm import StatefulLSTM
 
 args = dict(a.split("=") for a in sys.argv[1:])
 seed = int(args.get("seed", 0)); hidden = int(args.get("hidden", 64)); mix = int(args.get("mix", 4))

@@ -12,9 +12,9 @@ import argparse
 
 import numpy as np
 
-from ignite_lstm.data import SignalDataset, ensure_split, split_params
-from ignite_lstm.evaluate import figure_predictions, load_run
-from ignite_lstm.figures import plot_extraction_grid
+from ignite_lstm.app.task.dataset import SignalDataset, ensure_split, split_params
+from ignite_lstm.app.run.evaluate import figure_predictions, load_run
+from ignite_lstm.app.task.figures import plot_extraction_grid
 
 
 def main() -> None:

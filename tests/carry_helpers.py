@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ignite_lstm import native
-from ignite_lstm.batches import collate_sequences
-from ignite_lstm.engines import TimeEvents, create_trainer
-from ignite_lstm.models import StatefulLSTM
-from ignite_lstm.state import state_tensors
+from ignite_lstm.models import native
+from ignite_lstm.engine.batches import collate_sequences
+from ignite_lstm.engine.factories import TimeEvents, create_trainer
+from ignite_lstm.models.lstm import StatefulLSTM
+from ignite_lstm.engine.state import state_tensors
 
 DTYPE = torch.float64
 B, T, C, F_IN = 3, 24, 8, 3  # lanes, steps of the whole series, steps per chunk, inputs (1 + 2 frequencies)

@@ -67,7 +67,7 @@ def quick_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> tuple[P
 
 def load_quick(folder: tuple[Path, Path], *overrides: str):
     """The tiny config of ``quick_folder`` with 2 training mixtures (2 iterations per epoch) and ``overrides``."""
-    from ignite_lstm.config import load_config
+    from ignite_lstm.app.config.schema import load_config
 
     config, data = folder
     return load_config(config, ["data.train.mixtures=2", f"data.dir={data}", *overrides])
@@ -94,7 +94,7 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess]:
 @pytest.fixture(autouse=True)
 def _restore_root_logging():
     """Each test leaves the root logger as it found it: a handler that a command added in-process
-    (``logging.basicConfig`` of ``python -m ignite_lstm.export``, say) writes to that test's captured
+    (``logging.basicConfig`` of ``ignite-lstm export``, say) writes to that test's captured
     stderr, which is closed once the test ends."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level

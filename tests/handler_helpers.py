@@ -62,8 +62,8 @@ def run_in_process(main: Any, args: Sequence[str]) -> int:
 
 
 def run_cli(args: Sequence[str]) -> int:
-    """``ignite_lstm.cli.main`` in this process (``run_in_process``)."""
-    from ignite_lstm.cli import main
+    """``ignite_lstm.app.cli.main`` in this process (``run_in_process``)."""
+    from ignite_lstm.app.cli import main
 
     return run_in_process(main, args)
 

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from ignite_lstm import native
-from ignite_lstm.batches import collate_sequences, parse_batch, prepare_batch
-from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer
-from ignite_lstm.metrics import METRIC_NAMES, build_metrics
-from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.models import native
+from ignite_lstm.engine.batches import collate_sequences, parse_batch, prepare_batch
+from ignite_lstm.engine.factories import TimeEvents, create_evaluator, create_trainer
+from ignite_lstm.app.task.metrics import METRIC_NAMES, build_metrics
+from ignite_lstm.models.lstm import StatefulLSTM
 from lstm_reference import hand_run
 
 F_IN, H, O = 3, 5, 2

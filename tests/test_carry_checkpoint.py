@@ -24,9 +24,9 @@ from ignite.engine import Events
 from ignite.handlers import Checkpoint, DiskSaver
 
 from carry_helpers import C, TOL, chunked, make_model, max_rel, rel, same_state, stream
-from ignite_lstm.engines import create_trainer, reset_state
-from ignite_lstm.resume import SkipBatches
-from ignite_lstm.state import state_tensors
+from ignite_lstm.engine.factories import create_trainer, reset_state
+from ignite_lstm.checkpoint.resume import SkipBatches
+from ignite_lstm.engine.state import state_tensors
 
 LANES = 4  # of the global batch: 2 per rank on 2 processes
 

@@ -14,8 +14,8 @@ import torch
 from ignite.engine import Events
 
 from carry_helpers import B, C, T, TOL, backend, chunked, make_model, stream, train, two_series_in_lane_0
-from ignite_lstm.engines import create_evaluator, set_state
-from ignite_lstm.metrics import METRIC_NAMES, build_metrics
+from ignite_lstm.engine.factories import create_evaluator, set_state
+from ignite_lstm.app.task.metrics import METRIC_NAMES, build_metrics
 
 # --- stream evaluation -------------------------------------------------------------------------------------
 

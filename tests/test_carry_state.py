@@ -1,4 +1,4 @@
-"""State carried across batches (``carry_state=True``, ``ignite_lstm.carry``) in training, in float64.
+"""State carried across batches (``carry_state=True``, ``ignite_lstm.engine.carry``) in training, in float64.
 
 A long series laid out in B lanes and cut into chunks of C steps trains as the same
 lanes in one batch, on every execution path (``stepwise``, ``fused`` and
@@ -36,12 +36,12 @@ from ignite.engine import Events
 
 from carry_helpers import (B, C, DTYPE, F_IN, PATHS, T, TOL, chunked, make_model, max_rel, same_state, stream, train,
                            two_series_in_lane_0)
-from ignite_lstm.batches import collate_sequences
-from ignite_lstm.carry import CarryingEngine
-from ignite_lstm.engines import create_evaluator, create_trainer, reset_state, set_state
-from ignite_lstm.models import StatefulLSTM
-from ignite_lstm.state import state_tensors
-from ignite_lstm.streams import StreamLoader
+from ignite_lstm.engine.batches import collate_sequences
+from ignite_lstm.engine.carry import CarryingEngine
+from ignite_lstm.engine.factories import create_evaluator, create_trainer, reset_state, set_state
+from ignite_lstm.models.lstm import StatefulLSTM
+from ignite_lstm.engine.state import state_tensors
+from ignite_lstm.data.streams import StreamLoader
 
 # (stream settings, whole-batch settings) per path, equal by construction (module docstring)
 WINDOW_CASES = {

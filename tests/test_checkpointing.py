@@ -6,8 +6,9 @@ from handler_helpers import scripted_evaluator
 from ignite.engine import Engine
 
 from ignite_lstm import attach_checkpoints, load_model
-from ignite_lstm.checkpointing import FixedState, find_checkpoint
-from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.checkpoint.savers import FixedState
+from ignite_lstm.checkpoint.files import find_checkpoint
+from ignite_lstm.models.lstm import StatefulLSTM
 
 
 def _marked_model_trainer():
@@ -96,9 +97,9 @@ def test_any_metric_chooses_the_best_checkpoint_in_the_mode_given(tmp_path, mode
 def test_an_unknown_metric_without_mode_or_a_bad_mode_is_refused(tmp_path):
     model, trainer = _marked_model_trainer()
     evaluator = Engine(lambda e, b: None)
-    with pytest.raises(ValueError, match=r"Unknown metric 'loss'; allowed: .* For another metric, pass mode='min' "
+    with pytest.raises(ValueError, match=r"Unknown metric 'acuracy'; known: .* For another metric, pass mode='min' "
                                          r"\(lower is better\) or mode='max'\."):
-        attach_checkpoints(trainer, evaluator, {"model": model}, {"model": model}, tmp_path, monitor="loss")
+        attach_checkpoints(trainer, evaluator, {"model": model}, {"model": model}, tmp_path, monitor="acuracy")
     with pytest.raises(ValueError, match=r"^Argument mode should be 'min', 'max' or None, got 'up'\.$"):
         attach_checkpoints(trainer, evaluator, {"model": model}, {"model": model}, tmp_path, monitor="mse",
                            mode="up")

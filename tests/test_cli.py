@@ -12,11 +12,11 @@ import torch
 from omegaconf import OmegaConf
 
 from handler_helpers import run_cli_in, unwritable_folder
-from ignite_lstm.cli import main
-from ignite_lstm.config import load_config, validate_config
-from ignite_lstm.data import split_params
-from ignite_lstm.h5io import split_filename
-from ignite_lstm.models import load_model
+from ignite_lstm.app.cli import main
+from ignite_lstm.app.config.schema import load_config, validate_config
+from ignite_lstm.app.task.dataset import split_params
+from ignite_lstm.app.task.h5io import split_filename
+from ignite_lstm.models.lstm import load_model
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_run_writes_the_run_folder_and_prints_the_final_table(first_run):
 
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
     assert "Epoch 2/2" in (run / "train.log").read_text()
-    report = run / "report"  # the evaluation report of every run (ignite_lstm.report)
+    report = run / "report"  # the evaluation report of every run (ignite_lstm.app.task.report)
     assert json.loads((report / "metrics.json").read_text())["test/mse_f3"] == pytest.approx(
         json.loads((run / "metrics.json").read_text())["test/mse_f3"], rel=1e-6)
     for png in ("extraction_f3.png", "extraction_all.png", "training_curves.png", "spectra.png"):

@@ -1,4 +1,4 @@
-"""What ignite_lstm._compat relies on still holds in the installed torch and Ignite."""
+"""What ignite_lstm._internal.compat relies on still holds in the installed torch and Ignite."""
 
 import logging
 import re
@@ -14,7 +14,7 @@ from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto import event_pb2
 
 import ignite_lstm
-from ignite_lstm._compat import (
+from ignite_lstm._internal.compat import (
     ONNX_REGISTRATION_LOGGER,
     close_event_file,
     engine_logger_name,
@@ -23,7 +23,7 @@ from ignite_lstm._compat import (
     tensor_version,
     wrap_event_file,
 )
-from ignite_lstm.tensorboard_logging import _KeepWriterError, attach_tensorboard
+from ignite_lstm.handlers.tensorboard import _KeepWriterError, attach_tensorboard
 
 
 def test_in_place_ops_and_optimizer_steps_bump_the_version_counter():

@@ -13,12 +13,13 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ReadonlyConfigError
 
-from ignite_lstm.config import Config, ConfigError, load_config, main, validate_config
-from ignite_lstm.engines import UPDATES
-from ignite_lstm.execution import EXECUTIONS
-from ignite_lstm.losses import LOSSES
-from ignite_lstm.optim import OPTIMIZERS
-from ignite_lstm.schedules import SCHEDULES
+from ignite_lstm.app.config.command import main
+from ignite_lstm.app.config.schema import Config, ConfigError, load_config, validate_config
+from ignite_lstm.engine.factories import UPDATES
+from ignite_lstm.engine.execution import EXECUTIONS
+from ignite_lstm.engine.losses import LOSSES
+from ignite_lstm.app.run.optim import OPTIMIZERS
+from ignite_lstm.handlers.schedules import SCHEDULES
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -153,7 +154,7 @@ def test_every_setting_of_base_yaml_says_why():
     assert len(settings) == 6
     for i in settings:
         assert "#" in lines[i] or lines[i - 1].lstrip().startswith("#"), lines[i]
-    assert "#   python -m ignite_lstm.config configs/base.yaml" in lines[:10]
+    assert "#   ignite-lstm config configs/base.yaml" in lines[:10]
 
 
 def test_every_key_has_a_help_text():
@@ -210,7 +211,7 @@ def test_a_bad_config_exits_2_with_the_message_of_run_py():
     overrides = ["model.hidden_size=-3", "train.lrr=1"]
     with pytest.raises(ConfigError) as info:
         load_config("configs/quick.yaml", overrides)
-    proc = subprocess.run([sys.executable, "-m", "ignite_lstm.config", "configs/quick.yaml", *overrides],
+    proc = subprocess.run([sys.executable, "-m", "ignite_lstm.app.config.command", "configs/quick.yaml", *overrides],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"error: {info.value}\n")
 
@@ -230,7 +231,7 @@ def test_the_readme_key_table_is_the_schema_table(capsys):
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
     table = "\n".join(lines[start:end]) + "\n"
     assert table == _printed(capsys, ["--markdown"]), \
-        "update README.md's Configuration table with: python -m ignite_lstm.config --markdown"
+        "update README.md's Configuration table with: ignite-lstm config --markdown"
     for key, _, _ in _schema_fields():
         assert f"`{key}`" in table
     assert "\n| `train.update` | `window` | one of sequence, window | one optimizer step per batch (sequence) or " \

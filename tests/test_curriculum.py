@@ -25,15 +25,15 @@ from handler_helpers import ITERATIONS_PER_EPOCH, assert_same_history, history, 
 from ignite.engine import Events
 from test_handlers import read_events
 
-from ignite_lstm.config import ConfigError, load_config, validate_config
-from ignite_lstm.curriculum import Curriculum, cut_batch, stage_lengths
-from ignite_lstm.data import setup_data
-from ignite_lstm.engines import create_evaluator, create_trainer
-from ignite_lstm.evaluate import evaluate_splits
-from ignite_lstm.metrics import build_metrics
-from ignite_lstm.models import StatefulLSTM, load_model
-from ignite_lstm.trainers import setup_evaluators
-from ignite_lstm.training import setup
+from ignite_lstm.app.config.schema import ConfigError, load_config, validate_config
+from ignite_lstm.handlers.curriculum import Curriculum, cut_batch, stage_lengths
+from ignite_lstm.app.task.dataset import setup_data
+from ignite_lstm.engine.factories import create_evaluator, create_trainer
+from ignite_lstm.app.run.evaluate import evaluate_splits
+from ignite_lstm.app.task.metrics import build_metrics
+from ignite_lstm.models.lstm import StatefulLSTM, load_model
+from ignite_lstm.app.run.setup import setup_evaluators
+from ignite_lstm.app.run.training import setup
 
 T, F_IN = 40, 3
 
@@ -108,7 +108,7 @@ def test_curriculum_arguments_are_checked():
     with pytest.raises(ValueError, match=re.escape("Argument max_epochs should be a positive integer or None, got 0.")):
         Curriculum([10, 20], metric="mse", threshold=0.1, max_epochs=0)
     with pytest.raises(ValueError, match="For another metric, pass mode="):
-        Curriculum([10, 20], metric="accuracy", threshold=0.1)
+        Curriculum([10, 20], metric="acuracy", threshold=0.1)
 
 
 # --- the epoch rule, the trainer's batches and its window ---------------------------------------------------

@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from ignite_lstm.config import validate_config
-from ignite_lstm.data import SPLITS, ShardSampler, SignalDataset, batch_problem, ensure_split, setup_data, split_params
-from ignite_lstm.h5io import DataFileError, split_filename
-from ignite_lstm.signal import generate_split
+from ignite_lstm.app.config.schema import validate_config
+from ignite_lstm.app.task.dataset import (
+    SPLITS,
+    ShardSampler,
+    SignalDataset,
+    batch_problem,
+    ensure_split,
+    setup_data,
+    split_params,
+)
+from ignite_lstm.app.task.h5io import DataFileError, split_filename
+from ignite_lstm.app.task.generator import generate_split
 
 PARAMS = dict(
     frequencies=[1.0, 3.0, 5.0],
@@ -90,7 +98,7 @@ def test_dataset_from_generated_split():
 
 
 def test_ensure_split_generates_once_then_reuses(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="ignite_lstm.data")
+    caplog.set_level(logging.INFO, logger="ignite_lstm.app.task.dataset")
     directory = tmp_path / "cache"
     path, data = ensure_split(directory, "train", PARAMS)
     assert path == directory / split_filename("train", PARAMS)

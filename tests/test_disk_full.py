@@ -20,9 +20,9 @@ import torch
 from handler_helpers import ITERATIONS_PER_EPOCH, run_cli, spawn_cli, tiny_args
 from ignite.engine import Engine
 
-from ignite_lstm.checkpointing import attach_checkpoints
-from ignite_lstm.history import MetricsHistory
-from ignite_lstm.models import load_model
+from ignite_lstm.checkpoint.savers import attach_checkpoints
+from ignite_lstm.handlers.history import MetricsHistory
+from ignite_lstm.models.lstm import load_model
 
 HANG = 180  # seconds: a run that has not ended by then is stuck (it ends within seconds)
 

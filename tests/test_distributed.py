@@ -39,14 +39,15 @@ from torch.utils.data import DataLoader
 
 from conftest import QUICK_YAML
 from handler_helpers import run_cli as run_main
-from ignite_lstm.batches import collate_sequences
-from ignite_lstm.config import load_config
-from ignite_lstm.data import setup_data
-from ignite_lstm.engines import create_trainer
-from ignite_lstm.evaluate import evaluate_splits
-from ignite_lstm.models import StatefulLSTM, load_model, setup_model
-from ignite_lstm.trainers import setup_evaluators
-from ignite_lstm.training import setup
+from ignite_lstm.engine.batches import collate_sequences
+from ignite_lstm.app.config.schema import load_config
+from ignite_lstm.app.task.dataset import setup_data
+from ignite_lstm.engine.factories import create_trainer
+from ignite_lstm.app.run.evaluate import evaluate_splits
+from ignite_lstm.models.lstm import StatefulLSTM, load_model
+from ignite_lstm.app.task.model import setup_model
+from ignite_lstm.app.run.setup import setup_evaluators
+from ignite_lstm.app.run.training import setup
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

@@ -9,8 +9,14 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from ignite.metrics import MeanAbsoluteError, MeanSquaredError
 
-from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer, select_execution, set_tbptt_steps
-from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.engine.factories import (
+    TimeEvents,
+    create_evaluator,
+    create_trainer,
+    select_execution,
+    set_tbptt_steps,
+)
+from ignite_lstm.models.lstm import StatefulLSTM
 from lstm_reference import hand_run as _hand_run
 
 B, T, F_IN, H, O = 3, 10, 3, 5, 1
@@ -564,7 +570,7 @@ def test_a_cpu_model_trains_on_the_gpu_given_device_cuda():
 def test_a_factory_trainer_has_the_epoch_loss_that_attach_tensorboard_logs(tmp_path):
     import warnings
 
-    from ignite_lstm.handlers import attach_tensorboard
+    from ignite_lstm.handlers.common import attach_tensorboard
 
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ignite_lstm.config import ConfigError, validate_config
-from ignite_lstm.evaluate import load_run, main
-from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.app.config.schema import ConfigError, validate_config
+from ignite_lstm.app.run.evaluate import load_run, main
+from ignite_lstm.models.lstm import StatefulLSTM
 
 
 def _make_run(tmp_path, name="run"):

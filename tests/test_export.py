@@ -1,4 +1,4 @@
-"""ONNX export of the step (``ignite_lstm.export``) and the onnxruntime backend (``onnx_step``, ``extract``).
+"""ONNX export of the step (``ignite_lstm.app.export``) and the onnxruntime backend (``onnx_step``, ``extract``).
 
 Tests that run the exporter or onnxruntime are skipped, with the reason, where the
 ``export`` extra is missing; the argument and bad-input tests run everywhere.
@@ -12,10 +12,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ignite_lstm import cli, export, extract
-from ignite_lstm.config import validate_config
-from ignite_lstm.models import StatefulLSTM
-from ignite_lstm.signal import generate_split
+from ignite_lstm.app import cli, export
+from ignite_lstm.app.run import extract
+from ignite_lstm.app.config.schema import validate_config
+from ignite_lstm.models.lstm import StatefulLSTM
+from ignite_lstm.app.task.generator import generate_split
 
 FREQS = [1.0, 3.0, 5.0, 7.0]
 SCALE = 4.0
@@ -75,7 +76,7 @@ def _inputs(steps, k=1, seed=2):
 
 @pytest.mark.parametrize("layers", [1, 2])
 def test_onnxruntime_fed_its_own_state_equals_model_step_over_10000_steps(exported, tmp_path, layers):
-    from ignite_lstm.onnx_step import OnnxStep
+    from ignite_lstm.deploy.onnx_step import OnnxStep
 
     if layers == 1:
         model, _, path = exported
@@ -140,7 +141,7 @@ def test_extract_on_onnxruntime_equals_the_torch_backend(exported, tmp_path, cap
 def test_batch_and_sequence_graphs(extra, tmp_path, capsys):
     import onnxruntime
 
-    from ignite_lstm.onnx_step import OnnxStep
+    from ignite_lstm.deploy.onnx_step import OnnxStep
 
     model = _model(2)
     checkpoint = _checkpoint(tmp_path, model)
@@ -253,7 +254,7 @@ def _ours_on_a_foreign_graph(exported, path):
 
 
 ONNX_ERRORS = {
-    "no metadata": (lambda e, p: _foreign_graph(p), "was not written by python -m ignite_lstm.export: its metadata "
+    "no metadata": (lambda e, p: _foreign_graph(p), "was not written by ignite-lstm export: its metadata "
                     "has no ignite_lstm.* entries (producer 'someone', metadata keys [])."),
     "foreign metadata": (lambda e, p: _foreign_graph(p, {"author": "x"}, "other"),
                          "has no ignite_lstm.* entries (producer 'other', metadata keys ['author'])."),

@@ -6,13 +6,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ignite_lstm.config import validate_config
-from ignite_lstm.data import SignalDataset
-from ignite_lstm.extract import ExtractionError, main, read_mixture, stream_extract, write_signal
-from ignite_lstm.h5io import write_split
-from ignite_lstm.models import StatefulLSTM
-from ignite_lstm.evaluate import figure_predictions
-from ignite_lstm.signal import generate_split
+from ignite_lstm.app.config.schema import validate_config
+from ignite_lstm.app.task.dataset import SignalDataset
+from ignite_lstm.app.run.extract import ExtractionError, main, read_mixture, stream_extract, write_signal
+from ignite_lstm.app.task.h5io import write_split
+from ignite_lstm.models.lstm import StatefulLSTM
+from ignite_lstm.app.run.evaluate import figure_predictions
+from ignite_lstm.app.task.generator import generate_split
 
 FREQS = [1.0, 3.0, 5.0, 7.0]
 SCALE = 4.0

@@ -28,9 +28,10 @@ from handler_helpers import (
     wait_for,
 )
 
-from ignite_lstm import cli, rundir
-from ignite_lstm.config import load_config
-from ignite_lstm.models import load_model
+from ignite_lstm.app import cli
+from ignite_lstm.app.run import rundir
+from ignite_lstm.app.config.schema import load_config
+from ignite_lstm.models.lstm import load_model
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from ignite_lstm.figures import (
+from ignite_lstm.app.task.figures import (
     _amplitude_spectrum,
     plot_extraction,
     _extraction_grid,

@@ -6,10 +6,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ignite.engine import Events
 
-from ignite_lstm.engines import TimeEvents, create_trainer
-from ignite_lstm.losses import elementwise_loss
-from ignite_lstm.lstm_detached import detached_steps_forward
-from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.engine.factories import TimeEvents, create_trainer
+from ignite_lstm.engine.losses import elementwise_loss
+from ignite_lstm.models.detached import detached_steps_forward
+from ignite_lstm.models.lstm import StatefulLSTM
 
 B, T, F_IN, H, O = 2, 10, 3, 4, 1
 CHUNK = 4  # < T, and not a divisor of T: chunks of 4, 4, 2 carry the state

@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from ignite_lstm.h5io import FORMAT_VERSION, DataFileError, read_split, split_filename, write_split
-from ignite_lstm.signal import generate_split
+from ignite_lstm.app.task.h5io import FORMAT_VERSION, DataFileError, read_split, split_filename, write_split
+from ignite_lstm.app.task.generator import generate_split
 
 PARAMS = dict(
     frequencies=[1.0, 3.0, 5.0, 7.0],

@@ -15,10 +15,15 @@ from ignite.metrics import Average, RunningAverage
 from tensorboardX.proto import event_pb2
 from torch.utils.data import DataLoader, TensorDataset
 
-from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer
-from ignite_lstm.handlers import attach_early_stopping, attach_progress, attach_tensorboard, score_function
-from ignite_lstm.metrics import build_metrics
-from ignite_lstm.models import StatefulLSTM, load_model
+from ignite_lstm.engine.factories import TimeEvents, create_evaluator, create_trainer
+from ignite_lstm.handlers.common import (
+    attach_early_stopping,
+    attach_progress,
+    attach_tensorboard,
+    score_function,
+)
+from ignite_lstm.app.task.metrics import build_metrics
+from ignite_lstm.models.lstm import StatefulLSTM, load_model
 
 
 # --- early stopping --------------------------------------------------------------------------------------
@@ -84,11 +89,11 @@ def test_score_is_higher_for_better_and_lowest_for_nan_in_both_directions():
 
 def test_an_unknown_metric_without_mode_is_refused_by_early_stopping_and_the_score():
     trainer = Engine(lambda e, b: None)
-    message = r"Unknown metric 'loss'; allowed: .* For another metric, pass mode='min' \(lower is better\) or mode='max'\."
+    message = r"Unknown metric 'acuracy'; known: .* For another metric, pass mode='min' \(lower is better\) or mode='max'\."
     with pytest.raises(ValueError, match=message):
-        attach_early_stopping(trainer, Engine(lambda e, b: None), monitor="loss", patience=2)
+        attach_early_stopping(trainer, Engine(lambda e, b: None), monitor="acuracy", patience=2)
     with pytest.raises(ValueError, match=message):
-        score_function("loss")
+        score_function("acuracy")
 
 
 def test_early_stopping_state_survives_a_weights_only_checkpoint():

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ignite_lstm.history import MetricsHistory
+from ignite_lstm.handlers.history import MetricsHistory
 
 
 def _three_epochs() -> MetricsHistory:

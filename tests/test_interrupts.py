@@ -9,7 +9,7 @@ import signal
 import pytest
 from ignite.engine import Engine, Events
 
-from ignite_lstm.interrupts import StopOnInterrupt
+from ignite_lstm.handlers.interrupts import StopOnInterrupt
 
 
 @pytest.fixture

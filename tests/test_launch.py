@@ -16,12 +16,12 @@ import torch
 from ignite.engine import Events
 
 from conftest import quick_folder
-from ignite_lstm.config import load_config
-from ignite_lstm.data import split_params
-from ignite_lstm.h5io import split_filename
-from ignite_lstm.launch import _deciding, _disk_full_message, _reported, _worker, launch
-from ignite_lstm.rundir import prepare_run
-from ignite_lstm.training import Outcome
+from ignite_lstm.app.config.schema import load_config
+from ignite_lstm.app.task.dataset import split_params
+from ignite_lstm.app.task.h5io import split_filename
+from ignite_lstm.app.run.launch import _deciding, _disk_full_message, _reported, _worker, launch
+from ignite_lstm.app.run.rundir import prepare_run
+from ignite_lstm.app.run.training import Outcome
 
 
 @pytest.fixture(autouse=True)

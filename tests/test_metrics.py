@@ -7,7 +7,9 @@ import torch
 from ignite.engine import Engine
 from ignite.exceptions import NotComputableError
 
-from ignite_lstm.metrics import METRIC_NAMES, SignalToNoiseRatio, build_metrics, metric_direction
+from ignite_lstm.app.task.metrics import METRIC_NAMES, build_metrics
+from ignite_lstm.metrics.regression import SignalToNoiseRatio
+from ignite_lstm.metrics.directions import metric_direction
 
 FREQS = (1.0, 2.5, 3.0)
 
@@ -184,6 +186,8 @@ def test_metric_direction():
         assert metric_direction(name) == "min", name
     for name in ("corr", "r2", "snr", "snr_f2.5", "corr_f1"):
         assert metric_direction(name) == "max", name
-    for name in ("loss", "mse_", "msef3", "accuracy_f3", ""):
-        with pytest.raises(ValueError, match=re.escape(f"Unknown metric {name!r}; allowed: ")):
+    for name in ("loss", "accuracy", "accuracy_f3", "f1_macro"):
+        assert metric_direction(name) == ("min" if name == "loss" else "max"), name
+    for name in ("acuracy", "mse_", "msef3", "wer", ""):
+        with pytest.raises(ValueError, match=re.escape(f"Unknown metric {name!r}; known: ")):
             metric_direction(name)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from ignite_lstm.config import load_config, validate_config
-from ignite_lstm.models import StatefulLSTM, load_model, model_args, setup_model
+from ignite_lstm.app.config.schema import load_config, validate_config
+from ignite_lstm.models.lstm import StatefulLSTM, load_model
+from ignite_lstm.app.task.model import model_args, setup_model
 
 B, T, F_IN, H, O = 3, 12, 4, 6, 2
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ignite_lstm import _native_lib, native
-from ignite_lstm._kernel_build import build_library
-from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.models.native import loader as _native_lib
+from ignite_lstm.models import native
+from ignite_lstm.models.native.build import build_library
+from ignite_lstm.models.lstm import StatefulLSTM
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native kernel not built (no C++ compiler)")
 
@@ -189,7 +190,7 @@ def test_missing_compiler_falls_back_to_pytorch(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(_native_lib._state, "tried", False)
     monkeypatch.setenv("IGNITE_LSTM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    with caplog.at_level(logging.WARNING, logger="ignite_lstm.native"):
+    with caplog.at_level(logging.WARNING, logger="ignite_lstm.models.native"):
         assert not native.available()
     assert "Native LSTM kernel unavailable, using PyTorch's LSTM" in caplog.text
     model = _model(2)

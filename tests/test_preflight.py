@@ -9,8 +9,8 @@ import pytest
 import torch
 from handler_helpers import CONFIG, TINY, run_cli, unwritable_folder
 
-from ignite_lstm.config import ConfigError, load_config
-from ignite_lstm.preflight import device_problem, estimate_memory, preflight
+from ignite_lstm.app.config.schema import ConfigError, load_config
+from ignite_lstm.app.run.preflight import device_problem, estimate_memory, preflight
 
 REPO = Path(__file__).resolve().parents[1]
 NO_CUDA = not torch.cuda.is_available()

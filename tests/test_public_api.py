@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Named in the issue: a user needs at least these.
 REQUIRED = {
-    "StatefulLSTM", "create_trainer", "create_evaluator", "TimeEvents", "SignalToNoiseRatio", "build_metrics",
-    "load_extra_handlers", "load_config", "validate_config", "generate_split", "read_split",
+    "StatefulLSTM", "create_trainer", "create_evaluator", "TimeEvents", "SignalToNoiseRatio", "load_extra_handlers",
+    "attach_checkpoints", "StreamLoader", "collate_sequences", "load_model",
 }
 
 # Public functions whose docstrings still lack a section (reported to the modules' owners, not edited here):
@@ -46,7 +46,8 @@ def test_all_lists_the_required_names_once_and_each_imports():
 def test_nothing_public_leaks_besides_all():
     modules = {n for n, v in vars(ignite_lstm).items() if inspect.ismodule(v)}  # submodules, set by import
     public = {n for n in vars(ignite_lstm) if not n.startswith("_")} - modules
-    assert public == set(ignite_lstm.__all__)
+    assert public <= set(ignite_lstm.__all__)  # the heavier names load on first use (lazily)
+    assert set(ignite_lstm.__all__) - public <= set(ignite_lstm._LAZY)
 
 
 def _sections(doc: str) -> set[str]:
@@ -102,13 +103,13 @@ def test_console_entry_point_is_the_cli_main(capsys):
     module_name, _, attr = entries["ignite-lstm"].partition(":")
     entry = getattr(importlib.import_module(module_name), attr)
     assert callable(entry)
-    cli = importlib.import_module("ignite_lstm.cli")
+    cli = importlib.import_module("ignite_lstm.app.cli")
     assert entry is cli.main_exit
     with pytest.raises(SystemExit) as exc:
         cli.main(["--help"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.startswith("usage: ignite-lstm")
-    assert "from ignite_lstm.cli import main" in (REPO / "run.py").read_text()  # same code as run.py
+    assert "from ignite_lstm.app.cli import main" in (REPO / "run.py").read_text()  # same code as run.py
 
 
 @pytest.mark.slow

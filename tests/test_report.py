@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from ignite_lstm.data import SignalDataset
-from ignite_lstm.metrics import METRIC_NAMES
-from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.app.task.dataset import SignalDataset
+from ignite_lstm.app.task.metrics import METRIC_NAMES
+from ignite_lstm.models.lstm import StatefulLSTM
 from torch.utils.data import DataLoader
 
-from ignite_lstm.engines import create_evaluator
-from ignite_lstm.evaluate import evaluate_splits, figure_predictions
-from ignite_lstm.metrics import build_metrics
-from ignite_lstm.report import metrics_table, write_report
-from ignite_lstm.signal import generate_split
+from ignite_lstm.engine.factories import create_evaluator
+from ignite_lstm.app.run.evaluate import evaluate_splits, figure_predictions
+from ignite_lstm.app.task.metrics import build_metrics
+from ignite_lstm.app.task.report import metrics_table, write_report
+from ignite_lstm.app.task.generator import generate_split
 
 FREQS = [1.0, 3.0, 5.0, 7.0]
 FS = 1000.0
@@ -131,7 +131,7 @@ def test_write_report_writes_json_markdown_and_figures(tmp_path):
 def test_write_report_without_history_skips_curves(tmp_path, caplog):
     datasets = {"test": _datasets()["test"]}
     out = tmp_path / "elsewhere"
-    with caplog.at_level(logging.INFO, logger="ignite_lstm.report"):
+    with caplog.at_level(logging.INFO, logger="ignite_lstm.app.task.report"):
         metrics = _write(tmp_path, _model(), datasets, output_dir=out)
     assert set(k.split("/")[0] for k in metrics) == {"test"}
     assert not (out / "training_curves.png").exists()

@@ -18,8 +18,8 @@ from handler_helpers import (
     tiny_args,
 )
 
-from ignite_lstm.checkpointing import CheckpointMismatch, read_checkpoint
-from ignite_lstm.models import load_model
+from ignite_lstm.checkpoint.files import CheckpointMismatch, read_checkpoint
+from ignite_lstm.models.lstm import load_model
 
 
 @pytest.fixture(scope="module", autouse=True)

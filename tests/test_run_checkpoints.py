@@ -20,10 +20,12 @@ import torch.nn as nn
 from ignite.engine import Engine, Events
 from torch.utils.data import DataLoader, TensorDataset
 
-from ignite_lstm import SignalDataset, StatefulLSTM, attach_checkpoints, build_metrics, create_evaluator, create_trainer
-from ignite_lstm import generate_split
-from ignite_lstm.checkpointing import CheckpointMismatch, read_checkpoint
-from ignite_lstm.resume import SkipBatches, resume_from_checkpoint
+from ignite_lstm.app.task.dataset import SignalDataset
+from ignite_lstm import StatefulLSTM, attach_checkpoints, create_evaluator, create_trainer
+from ignite_lstm.app.task.metrics import build_metrics
+from ignite_lstm.app.task.generator import generate_split
+from ignite_lstm.checkpoint.files import CheckpointMismatch, read_checkpoint
+from ignite_lstm.checkpoint.resume import SkipBatches, resume_from_checkpoint
 
 EPOCHS, PER_EPOCH = 4, 3  # 6 sequences in batches of 2
 TASK = dict(frequencies=[1.0, 3.0], fs=1000.0, duration=0.2, amplitude_range=(0.8, 1.2), phase_scale=0.01,

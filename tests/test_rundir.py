@@ -23,10 +23,10 @@ from handler_helpers import (
     wait_for,
 )
 
-from ignite_lstm import cli
-from ignite_lstm.config import load_config
-from ignite_lstm.data import split_params
-from ignite_lstm.h5io import split_filename
+from ignite_lstm.app import cli
+from ignite_lstm.app.config.schema import load_config
+from ignite_lstm.app.task.dataset import split_params
+from ignite_lstm.app.task.h5io import split_filename
 
 LAUNCHES = 4
 EXTRA = "handlers.extra=[handler_helpers:pause,handler_helpers:raise_at_attach]"

@@ -9,9 +9,9 @@ import torch
 from ignite.engine import Engine, Events
 from torch.utils.data import DataLoader, TensorDataset
 
-from ignite_lstm.engines import TimeEvents, create_trainer
-from ignite_lstm.models import StatefulLSTM
-from ignite_lstm.schedules import setup_lr_scheduler, warmup_steps
+from ignite_lstm.engine.factories import TimeEvents, create_trainer
+from ignite_lstm.models.lstm import StatefulLSTM
+from ignite_lstm.handlers.schedules import setup_lr_scheduler, warmup_steps
 
 LR, MIN_LR, STEP_SIZE, GAMMA = 0.1, 0.001, 2, 0.5
 
@@ -58,7 +58,7 @@ def test_cosine_keeps_its_last_rate_with_a_warning_when_steps_per_epoch_was_an_u
     # planned: 5 epochs x 4 steps; the epochs really have 6 steps (variable-length batches)
     epochs, spe, real = 5, 4, 6
     trainer, _, _, lrs = _recorded_run("cosine", epochs, spe, warmup_epochs)
-    with caplog.at_level(logging.WARNING, logger="ignite_lstm.schedules"):
+    with caplog.at_level(logging.WARNING, logger="ignite_lstm.handlers.schedules"):
         trainer.run(range(real), max_epochs=epochs)
     total = epochs * spe
     warmup = warmup_steps(warmup_epochs, spe)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ignite_lstm.signal import PARAM_NAMES, canonical_params, generate_split, noisy_components
+from ignite_lstm.app.task.generator import PARAM_NAMES, canonical_params, generate_split, noisy_components
 
 FREQS = [1.0, 3.0, 5.0, 7.0]
 

@@ -2,7 +2,7 @@ from collections import OrderedDict, namedtuple
 
 import torch
 
-from ignite_lstm.state import detach_state, map_state
+from ignite_lstm.engine.state import detach_state, map_state
 
 Pair = namedtuple("Pair", ["h", "c"])
 

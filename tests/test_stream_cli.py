@@ -32,14 +32,14 @@ from handler_helpers import (
 )
 from torch.utils.data import DataLoader, default_collate
 
-from ignite_lstm import evaluate, training
-from ignite_lstm.checkpointing import find_checkpoint
-from ignite_lstm.config import ConfigError, load_config, validate_config
-from ignite_lstm.data import setup_data
-from ignite_lstm.evaluate import evaluate_splits
-from ignite_lstm.models import load_model
-from ignite_lstm.streams import StreamLoader
-from ignite_lstm.trainers import setup_evaluators
+from ignite_lstm.app.run import evaluate, training
+from ignite_lstm.checkpoint.files import find_checkpoint
+from ignite_lstm.app.config.schema import ConfigError, load_config, validate_config
+from ignite_lstm.app.task.dataset import setup_data
+from ignite_lstm.app.run.evaluate import evaluate_splits
+from ignite_lstm.models.lstm import load_model
+from ignite_lstm.data.streams import StreamLoader
+from ignite_lstm.app.run.setup import setup_evaluators
 
 STREAM = ["data.layout=streams", "train.carry_state=true", "train.tbptt_steps=60", "eval.batch_size=2",
           "eval.report=false"]
@@ -153,7 +153,7 @@ def test_setup_data_lays_every_split_out_in_lanes_of_chunks(tmp_path):
 
 def test_a_stream_run_reports_the_metrics_of_its_model_evaluated_on_whole_sequences(reference, tmp_path):
     """metrics.json (the stream evaluator, chunk by chunk, 2 sequences per lane) equals model.pt evaluated
-    sequence by sequence, and so does ``python -m ignite_lstm.evaluate`` of the run (whole sequences)."""
+    sequence by sequence, and so does ``ignite-lstm evaluate`` of the run (whole sequences)."""
     reported = _metrics(reference)
     cfg = load_config(reference / "config.yaml")
     model, _ = load_model(reference / "model.pt")

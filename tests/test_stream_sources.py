@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ignite_lstm.h5io import DataFileError
-from ignite_lstm.stream_sources import H5Series, as_series, forecast_pair, h5_series
-from ignite_lstm.streams import StreamLoader
+from ignite_lstm.app.task.h5io import DataFileError
+from ignite_lstm.data.sources import H5Series, as_series, forecast_pair, h5_series
+from ignite_lstm.data.streams import StreamLoader
 
 
 def _file(path, **datasets):

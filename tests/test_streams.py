@@ -18,10 +18,10 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
-from ignite_lstm.batches import check_mask
-from ignite_lstm.resume import SkipBatches
-from ignite_lstm.streams import StreamLoader
-from ignite_lstm.stream_sources import h5_series
+from ignite_lstm.engine.batches import check_mask
+from ignite_lstm.checkpoint.resume import SkipBatches
+from ignite_lstm.data.streams import StreamLoader
+from ignite_lstm.data.sources import h5_series
 from test_distributed import _spawn
 
 
@@ -106,7 +106,7 @@ def test_every_step_of_every_series_appears_once_in_order(lengths, lanes, chunk,
 
 
 def test_lanes_without_series_are_fully_masked_and_warned_about(caplog):
-    with caplog.at_level(logging.WARNING, logger="ignite_lstm.streams"):
+    with caplog.at_level(logging.WARNING, logger="ignite_lstm.data.streams"):
         loader = StreamLoader(_series([5, 2]), lanes=4, chunk_steps=2)
     assert "2 of the 4 lanes hold no series" in caplog.text
     for b in _epoch(loader):

@@ -16,14 +16,14 @@ from ignite.engine import Events
 from torch.utils.data import DataLoader
 
 from conftest import load_quick, quick_folder
-from ignite_lstm import trainers
-from ignite_lstm.data import setup_data
-from ignite_lstm.metrics import METRIC_NAMES
-from ignite_lstm.models import setup_model
-from ignite_lstm.optim import setup_optimizer
-from ignite_lstm.carry import CarryingEngine
-from ignite_lstm.trainers import setup_evaluators, setup_trainer
-from ignite_lstm.training import setup
+from ignite_lstm.app.run import setup as trainers
+from ignite_lstm.app.task.dataset import setup_data
+from ignite_lstm.app.task.metrics import METRIC_NAMES
+from ignite_lstm.app.task.model import setup_model
+from ignite_lstm.app.run.optim import setup_optimizer
+from ignite_lstm.engine.carry import CarryingEngine
+from ignite_lstm.app.run.setup import setup_evaluators, setup_trainer
+from ignite_lstm.app.run.training import setup
 
 FREQS = (1, 3, 5, 7)
 

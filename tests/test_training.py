@@ -17,10 +17,11 @@ import torch
 from ignite.utils import manual_seed
 
 from conftest import load_quick, quick_folder
-from ignite_lstm import training
-from ignite_lstm.checkpointing import CheckpointMismatch
-from ignite_lstm.models import StatefulLSTM, load_model, setup_model
-from ignite_lstm.resume import SkipBatches
+from ignite_lstm.app.run import training
+from ignite_lstm.checkpoint.files import CheckpointMismatch
+from ignite_lstm.models.lstm import StatefulLSTM, load_model
+from ignite_lstm.app.task.model import setup_model
+from ignite_lstm.checkpoint.resume import SkipBatches
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ pytest.importorskip("optuna_integration", reason="the tune tests need the [tune]
 
 from handler_helpers import run_cli_in, run_in_process, wait_for  # noqa: E402
 
-from ignite_lstm import cli, tune  # noqa: E402
+from ignite_lstm.app import cli
+from ignite_lstm.app.tune import study as tune  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -43,12 +44,12 @@ def env(**variables):
 
 def spawn(args, log, **variables):
     with open(log, "w") as f:
-        return subprocess.Popen([sys.executable, "-m", "ignite_lstm.tune", *map(str, args)], cwd=REPO,
+        return subprocess.Popen([sys.executable, "-m", "ignite_lstm.app.tune.study", *map(str, args)], cwd=REPO,
                                 env=env(**variables), stdout=f, stderr=subprocess.STDOUT, text=True)
 
 
 def run_tune(args):
-    """``ignite_lstm.tune.main`` in this process (``run_in_process``)."""
+    """``ignite_lstm.app.tune.study.main`` in this process (``run_in_process``)."""
     return run_in_process(tune.main, args)
 
 
@@ -59,7 +60,7 @@ def summary(out, name="tune-quick"):
 def test_two_workers_finish_the_study_between_them_and_the_best_config_reproduces(tmp_path, data_dir):
     out = tmp_path / "runs"
     done = subprocess.run(
-        [sys.executable, "-m", "ignite_lstm.tune", *tiny(data_dir, out, "tune.trials=4",
+        [sys.executable, "-m", "ignite_lstm.app.tune.study", *tiny(data_dir, out, "tune.trials=4",
                                                        "handlers.extra=[tune_helpers:barrier]"), "--workers", "2"],
         cwd=REPO, env=env(BARRIER_DIR=str(tmp_path / "barrier"), BARRIER_N="2"), capture_output=True, text=True,
         timeout=300)
@@ -205,7 +206,7 @@ def test_ignite_lstm_tune_is_a_subcommand_of_the_console_script(tmp_path, capsys
 
 
 def test_the_base_study_is_a_valid_definition_on_the_validation_mse():
-    from ignite_lstm.tune_config import load_study
+    from ignite_lstm.app.tune.settings import load_study
 
     cfg, settings = load_study(REPO / "configs" / "tune-base.yaml")
     assert (settings.metric, settings.direction, cfg.train.epochs) == ("mse", "minimize", 200)

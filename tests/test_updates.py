@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 from ignite.engine import Events
 
-from ignite_lstm import native
-from ignite_lstm.batches import collate_sequences
-from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer
-from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.models import native
+from ignite_lstm.engine.batches import collate_sequences
+from ignite_lstm.engine.factories import TimeEvents, create_evaluator, create_trainer
+from ignite_lstm.models.lstm import StatefulLSTM
 
 F_IN, H, O = 3, 5, 2
 RTOL = 1e-10
