@@ -76,8 +76,12 @@ def __getattr__(name: str) -> _Any:
         globals()[name] = value
         return value
     if name in _MOVED:
-        warnings.warn(f"ignite_lstm.{name} is deprecated and will be removed in ignite_lstm "
-                      f"{_deprecated.REMOVED_IN}; use {_MOVED[name]}.{name} instead.", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"ignite_lstm.{name} is deprecated and will be removed in ignite_lstm "
+            f"{_deprecated.REMOVED_IN}; use {_MOVED[name]}.{name} instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(importlib.import_module(_MOVED[name]), name)
     raise AttributeError(f"module 'ignite_lstm' has no attribute {name!r}")
 

@@ -6,12 +6,16 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests mirror the package (tests/engine, tests/app, ...); the shared helpers (handler_helpers,
+# lstm_reference, ...) stay here, importable from every folder.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Tiny tensors gain nothing from a second thread, and on a busy 2-core machine OpenMP
 # threads that wait for each other slow torch down by orders of magnitude. Subprocesses
@@ -55,7 +59,10 @@ def _run_cli(args: Sequence[str | Path], cwd: str | Path, timeout: float = 300) 
     """Run ``python run.py ARGS`` in ``cwd`` with this interpreter; output is captured as text."""
     return subprocess.run(
         [sys.executable, str(REPO / "run.py"), *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -104,4 +111,3 @@ def _restore_root_logging():
             root.removeHandler(handler)
             handler.close()
     root.setLevel(level)
-

@@ -15,14 +15,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "ignite_lstm"
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-HEAVY = ("h5py", "omegaconf", "yaml", "matplotlib", "tensorboardX", "optuna", "onnx", "onnxruntime", "scipy",
-         "pandas")
+HEAVY = ("h5py", "omegaconf", "yaml", "matplotlib", "tensorboardX", "optuna", "onnx", "onnxruntime", "scipy", "pandas")
 
 
 def _lint_imports(root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.run([str(LINT_IMPORTS), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_import_contracts_hold():
@@ -52,7 +57,8 @@ def _modules() -> dict[str, Path]:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
@@ -123,8 +129,11 @@ def _package_graph() -> dict[str, set[str]]:
     # a package's __init__ re-exporting its own modules is no dependency of those modules on it
     graph = {name: _imports(path, name, modules) for name, path in modules.items()}
     for name in graph:
-        graph[name] = {m for m in graph[name] if not (name.startswith(m + ".") and m in modules
-                                                       and modules[m].name == "__init__.py")}
+        graph[name] = {
+            m
+            for m in graph[name]
+            if not (name.startswith(m + ".") and m in modules and modules[m].name == "__init__.py")
+        }
     return graph
 
 
@@ -144,9 +153,11 @@ def test_no_module_is_named_after_a_standard_library_module():
 
 
 def test_the_library_import_loads_none_of_the_applications_dependencies():
-    code = ("import sys\nfrom ignite_lstm import create_trainer, create_evaluator, StatefulLSTM\n"
-            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
-            "print(' '.join(sorted(m for m in sys.modules if m.startswith('ignite_lstm.app'))))")
+    code = (
+        "import sys\nfrom ignite_lstm import create_trainer, create_evaluator, StatefulLSTM\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('ignite_lstm.app'))))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     loaded, app = result.stdout.splitlines()[0].split(), result.stdout.splitlines()[1:]
     assert {"torch", "ignite", "numpy"} <= set(loaded)

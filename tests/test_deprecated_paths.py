@@ -33,7 +33,8 @@ def test_an_old_module_path_imports_warns_and_names_the_new_one(old):
     primary, groups = OLD_MODULES[old]
     module, caught = _import_fresh(f"ignite_lstm.{old}")
     assert [str(w.message) for w in caught] == [
-        f"ignite_lstm.{old} is deprecated and will be removed in ignite_lstm 0.3.0; use ignite_lstm.{primary} instead."]
+        f"ignite_lstm.{old} is deprecated and will be removed in ignite_lstm 0.3.0; use ignite_lstm.{primary} instead."
+    ]
     for home, names in groups.items():
         for name in names.split():
             new = importlib.import_module(f"ignite_lstm.{home}")
@@ -44,9 +45,14 @@ def test_an_old_module_path_imports_warns_and_names_the_new_one(old):
 @pytest.mark.parametrize("old", KEPT)
 def test_a_name_that_left_a_kept_package_warns_and_resolves(old):
     primary, groups = OLD_MODULES[old]
-    moved = [(home, name) for home, names in groups.items() for name in names.split()
-             if not home.startswith(f"{old}.") and home != old and not hasattr(
-                 importlib.import_module(f"ignite_lstm.{old}"), f"_probe_{name}")]
+    moved = [
+        (home, name)
+        for home, names in groups.items()
+        for name in names.split()
+        if not home.startswith(f"{old}.")
+        and home != old
+        and not hasattr(importlib.import_module(f"ignite_lstm.{old}"), f"_probe_{name}")
+    ]
     package = importlib.import_module(f"ignite_lstm.{old}")
     for home, name in moved:
         if name in package.__dict__ or name in getattr(package, "__all__", ()):
@@ -70,8 +76,9 @@ def test_the_old_model_import_still_builds_the_task_model():
 def test_python_m_of_an_old_command_path_runs_the_command(old):
     if old == "serve" and importlib.util.find_spec("ignite_lstm.app.serve") is None:
         pytest.skip("the serving application is not part of this checkout")
-    result = subprocess.run([sys.executable, "-m", f"ignite_lstm.{old}", "--help"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", f"ignite_lstm.{old}", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert f"usage: ignite-lstm {old}" in result.stdout
     assert f"python -m ignite_lstm.{old} is deprecated; use python -m ignite_lstm.{COMMANDS[old]}" in result.stderr
@@ -94,8 +101,16 @@ def test_a_training_checkpoint_written_before_the_split_resumes(tmp_path):
     run = tmp_path / "runs" / "old"
     shutil.copytree(FIXTURE, run)
     (run / "metrics.json").unlink()  # a run still to finish: train.epochs=3 below
-    status = main([str(run / "config.yaml"), f"output_dir={tmp_path / 'runs'}", "name=old", "train.epochs=3",
-                   f"data.dir={tmp_path / 'data'}", f"resume={run / 'checkpoints' / 'last_checkpoint_2.pt'}"])
+    status = main(
+        [
+            str(run / "config.yaml"),
+            f"output_dir={tmp_path / 'runs'}",
+            "name=old",
+            "train.epochs=3",
+            f"data.dir={tmp_path / 'data'}",
+            f"resume={run / 'checkpoints' / 'last_checkpoint_2.pt'}",
+        ]
+    )
     assert status == 0
     history = json.loads((run / "history.json").read_text())
     assert [row["epoch"] for row in history["epochs"]][-1] == 3

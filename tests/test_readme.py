@@ -23,9 +23,20 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 EXAMPLE_RUN = "runs/example"  # the convention the README's library section states
 # The tiny config of the suite (QUICK_YAML): 200 steps per sequence, one mixture per split, two epochs.
-EXAMPLE_OVERRIDES = ["data.duration=0.2", "data.train.mixtures=1", "data.val.mixtures=1", "data.test.mixtures=1",
-                     "model.hidden_size=8", "train.epochs=2", "train.batch_size=4", "train.tbptt_steps=50",
-                     "eval.batch_size=4", "eval.report=false", "handlers.progress_bar=false", "threads=1"]
+EXAMPLE_OVERRIDES = [
+    "data.duration=0.2",
+    "data.train.mixtures=1",
+    "data.val.mixtures=1",
+    "data.test.mixtures=1",
+    "model.hidden_size=8",
+    "train.epochs=2",
+    "train.batch_size=4",
+    "train.tbptt_steps=50",
+    "eval.batch_size=4",
+    "eval.report=false",
+    "handlers.progress_bar=false",
+    "threads=1",
+]
 
 _FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)\s*$")
 _HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*$")
@@ -65,8 +76,13 @@ BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
 def example_run(tmp_path_factory) -> Path:
     """A finished tiny run (once per session): its folder, its data beside it."""
     root = tmp_path_factory.mktemp("readme-example")
-    args = [str(REPO / "configs" / "quick.yaml"), *EXAMPLE_OVERRIDES, f"data.dir={root / 'data'}",
-            f"output_dir={root / 'runs'}", "name=example"]
+    args = [
+        str(REPO / "configs" / "quick.yaml"),
+        *EXAMPLE_OVERRIDES,
+        f"data.dir={root / 'data'}",
+        f"output_dir={root / 'runs'}",
+        "name=example",
+    ]
     assert run_cli(args) == 0
     return root / "runs" / "example"
 
@@ -78,8 +94,9 @@ def test_the_readme_has_python_blocks_and_the_extractor_finds_them():
     assert len(ids) == len(set(ids)) and len(ids) >= 10, ids
 
 
-@pytest.mark.parametrize(("code", "line"), [(code, line) for _, code, line in BLOCKS],
-                         ids=[block_id for block_id, _, _ in BLOCKS])
+@pytest.mark.parametrize(
+    ("code", "line"), [(code, line) for _, code, line in BLOCKS], ids=[block_id for block_id, _, _ in BLOCKS]
+)
 def test_readme_block(code, line, tmp_path, monkeypatch, request):
     (tmp_path / "configs").symlink_to(REPO / "configs", target_is_directory=True)
     if EXAMPLE_RUN in code:

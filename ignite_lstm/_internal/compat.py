@@ -7,12 +7,20 @@ under it, so that an upgrade breaks loudly here instead of silently elsewhere.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["tensor_version", "metric_placement", "engine_logger_name", "quiet_handler_logger", "wrap_event_file",
-           "close_event_file", "ONNX_REGISTRATION_LOGGER"]
+__all__ = [
+    "tensor_version",
+    "metric_placement",
+    "engine_logger_name",
+    "quiet_handler_logger",
+    "wrap_event_file",
+    "close_event_file",
+    "ONNX_REGISTRATION_LOGGER",
+]
 
 ONNX_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
 """The logger of torch's ONNX exporter that warns once per missing optional operator library

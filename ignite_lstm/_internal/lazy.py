@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["lazy_getattr"]
 
 
-def lazy_getattr(package: str, exports: dict[str, str], fallback: Callable[[str, str], Any] | None = None
-                 ) -> Callable[[str], Any]:
+def lazy_getattr(
+    package: str, exports: dict[str, str], fallback: Callable[[str, str], Any] | None = None
+) -> Callable[[str], Any]:
     """A module ``__getattr__`` that imports ``exports[name]`` (a submodule of ``package``) when asked.
 
     Args:

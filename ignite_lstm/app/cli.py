@@ -18,17 +18,18 @@ import os
 import shlex
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from ignite_lstm.checkpoint.files import CheckpointMismatch
 from ignite_lstm.app.config.schema import ConfigError, load_config
-from ignite_lstm.app.task.dataset import batch_problem
-from ignite_lstm.app.task.h5io import DataFileError
 from ignite_lstm.app.run.launch import launch, setup_logging
 from ignite_lstm.app.run.preflight import preflight
 from ignite_lstm.app.run.rundir import RunDirError, discard_unused_run_dir, prepare_run
 from ignite_lstm.app.run.training import Outcome
+from ignite_lstm.app.task.dataset import batch_problem
+from ignite_lstm.app.task.h5io import DataFileError
+from ignite_lstm.checkpoint.files import CheckpointMismatch
 
 __all__ = ["main", "main_exit", "dispatch", "SUBCOMMANDS"]
 
@@ -37,8 +38,10 @@ def _check_world(cfg: Any, world: int, torchrun: bool) -> None:
     """Settings that depend on the number of processes, checked before anything is written."""
     problems = []
     if torchrun and world > 1 and not cfg.distributed.backend:
-        problems.append(f"distributed.backend: null cannot join torchrun's {world} processes (each would train "
-                        f"alone); set gloo (CPU) or nccl (GPU)")
+        problems.append(
+            f"distributed.backend: null cannot join torchrun's {world} processes (each would train "
+            f"alone); set gloo (CPU) or nccl (GPU)"
+        )
     if problem := batch_problem(cfg.train.batch_size, world):
         problems.append(problem)
     if problems:
@@ -49,9 +52,11 @@ def _summary(outcome: Outcome, frequencies: Sequence[float]) -> str:
     """The final metrics table that ends a finished run's output."""
     metrics = outcome.metrics
     rows = ["mse"] + [f"mse_f{f:g}" for f in frequencies] + ["rmse", "mae", "corr", "r2", "snr"]
-    lines = [f"Run folder: {outcome.run_dir}",
-             f"Epochs: {outcome.epochs}, mean epoch time {outcome.epoch_seconds:.2f} s",
-             f"{'metric':<10}{'train':>12}{'val':>12}{'test':>12}"]
+    lines = [
+        f"Run folder: {outcome.run_dir}",
+        f"Epochs: {outcome.epochs}, mean epoch time {outcome.epoch_seconds:.2f} s",
+        f"{'metric':<10}{'train':>12}{'val':>12}{'test':>12}",
+    ]
     for row in rows:
         cells = [metrics.get(f"{split}/{row}") for split in ("train", "val", "test")]
         lines.append(f"{row:<10}" + "".join(f"{c:>12.5f}" if c is not None else f"{'-':>12}" for c in cells))
@@ -66,8 +71,9 @@ def _report(outcome: Outcome, args: argparse.Namespace, frequencies: Sequence[fl
     elif outcome.status == "interrupted":
         kept = [a for a in args.overrides if not a.startswith("resume=")]
         hint = " ".join(shlex.quote(a) for a in [sys.argv[0], args.config, *kept, f"resume={outcome.checkpoint}"])
-        print(f"{outcome.message}; checkpoint saved to {outcome.checkpoint}. Resume with: python {hint}",
-              file=sys.stderr)
+        print(
+            f"{outcome.message}; checkpoint saved to {outcome.checkpoint}. Resume with: python {hint}", file=sys.stderr
+        )
     else:
         print(f"error: {outcome.message}", file=sys.stderr)
     return outcome.exit_code
@@ -76,7 +82,8 @@ def _report(outcome: Outcome, args: argparse.Namespace, frequencies: Sequence[fl
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="ignite-lstm", description="Train a stateful L = 1 LSTM on the signal-extraction task.",
+        prog="ignite-lstm",
+        description="Train a stateful L = 1 LSTM on the signal-extraction task.",
         epilog="Example: python run.py configs/base.yaml train.epochs=20 resume=auto",
     )
     parser.add_argument("config", help="YAML config file, e.g. configs/base.yaml")

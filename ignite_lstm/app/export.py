@@ -35,18 +35,18 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
 
-from ignite_lstm.models import native
 from ignite_lstm._internal.compat import ONNX_REGISTRATION_LOGGER
 from ignite_lstm.app.config.schema import ConfigError
 from ignite_lstm.app.run.extract import _settings
-from ignite_lstm.models.lstm import StatefulLSTM
 from ignite_lstm.deploy.onnx_step import INPUTS, METADATA_PREFIX, OUTPUTS, require_extra
+from ignite_lstm.models import native
+from ignite_lstm.models.lstm import StatefulLSTM
 
 __all__ = ["ExportError", "export_onnx", "main"]
 
@@ -116,8 +116,14 @@ def _trace(graph: nn.Module, example: tuple, names: tuple):
             # nn.LSTM re-assigns its flat weights while traced: harmless, the values are the parameters.
             warnings.filterwarnings("ignore", message=r"The tensor attributes .* were assigned during export")
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-            program = torch.onnx.export(graph.eval(), example, dynamo=True, verbose=False,
-                                        input_names=list(names[0]), output_names=list(names[1]))
+            program = torch.onnx.export(
+                graph.eval(),
+                example,
+                dynamo=True,
+                verbose=False,
+                input_names=list(names[0]),
+                output_names=list(names[1]),
+            )
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
@@ -173,8 +179,10 @@ def export_onnx(
         raise ValueError(f"Argument model should have float32 parameters, got {dtype}.")
     frequencies = [float(f) for f in frequencies]
     if len(frequencies) != model.input_size - 1:
-        raise ValueError(f"Argument frequencies should list input_size - 1 = {model.input_size - 1} "
-                         f"frequencies, got {len(frequencies)}.")
+        raise ValueError(
+            f"Argument frequencies should list input_size - 1 = {model.input_size - 1} "
+            f"frequencies, got {len(frequencies)}."
+        )
     if not math.isfinite(input_scale):
         raise ValueError(f"Argument input_scale should be a finite number, got {input_scale}.")
     onnx = require_extra("onnx", "ONNX export")
@@ -191,9 +199,14 @@ def export_onnx(
         example = (torch.zeros(b, steps, f, device=device), *state)  # (B, T, F), ...
     proto = _trace(graph, example, names)
 
-    metadata = {"graph": "step" if steps is None else "sequence", "model_args": json.dumps(model.config),
-                "frequencies": json.dumps(frequencies), "input_scale": repr(float(input_scale)),
-                "batch_size": str(b), "version": __version__}
+    metadata = {
+        "graph": "step" if steps is None else "sequence",
+        "model_args": json.dumps(model.config),
+        "frequencies": json.dumps(frequencies),
+        "input_scale": repr(float(input_scale)),
+        "batch_size": str(b),
+        "version": __version__,
+    }
     if steps is not None:
         metadata["steps"] = str(steps)
     if source is not None:
@@ -238,21 +251,35 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm export") ->
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Export a trained model to ONNX: the L = 1 step with its state (default), "
-                    "or the whole-sequence model (--sequence T).",
+        "or the whole-sequence model (--sequence T).",
         epilog=f"Example: {prog} runs/base-seed0 --output model.onnx; then ignite-lstm extract "
-               f"--backend onnxruntime --model model.onnx --input s.npy --frequency 3 --output sine3.npy",
+        f"--backend onnxruntime --model model.onnx --input s.npy --frequency 3 --output sine3.npy",
     )
-    parser.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
-                        help="a run folder (its model.pt) or a model/checkpoint file written by a run")
-    parser.add_argument("--output", help="the .onnx file (default: beside the model file, <name>.onnx; "
-                        "-batchB and -sequenceT are added for those graphs)")
+    parser.add_argument(
+        "checkpoint",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run folder (its model.pt) or a model/checkpoint file written by a run",
+    )
+    parser.add_argument(
+        "--output",
+        help="the .onnx file (default: beside the model file, <name>.onnx; "
+        "-batchB and -sequenceT are added for those graphs)",
+    )
     parser.add_argument("--batch", type=int, default=1, help="the graph's fixed batch size B (default 1)")
-    parser.add_argument("--sequence", type=int, metavar="T", help="export the whole-sequence model over T "
-                        "steps (fixed) instead of the step, for batch inference")
-    parser.add_argument("--input-scale", type=float, help="factor of the mixture in the model input "
-                        "(default: the checkpoint's data.input_scale)")
-    parser.add_argument("--frequencies", help="the model's frequencies, e.g. 1,3,5,7 (only for a checkpoint "
-                        "without config)")
+    parser.add_argument(
+        "--sequence",
+        type=int,
+        metavar="T",
+        help="export the whole-sequence model over T steps (fixed) instead of the step, for batch inference",
+    )
+    parser.add_argument(
+        "--input-scale",
+        type=float,
+        help="factor of the mixture in the model input (default: the checkpoint's data.input_scale)",
+    )
+    parser.add_argument(
+        "--frequencies", help="the model's frequencies, e.g. 1,3,5,7 (only for a checkpoint without config)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -267,8 +294,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm export") ->
         model_file = source / "model.pt" if source.is_dir() else source
         output = Path(args.output) if args.output else _default_output(model_file, args.batch, args.sequence)
         _check_output(output)
-        proto = export_onnx(model, output, frequencies=frequencies, input_scale=scale, batch_size=args.batch,
-                            steps=args.sequence, source=model_file)
+        proto = export_onnx(
+            model,
+            output,
+            frequencies=frequencies,
+            input_scale=scale,
+            batch_size=args.batch,
+            steps=args.sequence,
+            source=model_file,
+        )
     except (ImportError, OSError, ValueError, ConfigError) as exc:  # ExportError, ExtractionError: ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -277,9 +311,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm export") ->
     o = model.output_size
     y = f"y_t ({b}, {o})" if args.sequence is None else f"y ({b}, {args.sequence}, {o})"
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    print(f"Exported the {'step' if args.sequence is None else 'sequence'} model of {model_file} -> {output} "
-          f"(opset {opset}, {output.stat().st_size / 1024:.1f} KiB): {x}, h, c {lh} -> {y}, h_next, c_next; "
-          f"frequencies {', '.join(f'{v:g}' for v in frequencies)} Hz, input_scale {scale:g}.")
+    print(
+        f"Exported the {'step' if args.sequence is None else 'sequence'} model of {model_file} -> {output} "
+        f"(opset {opset}, {output.stat().st_size / 1024:.1f} KiB): {x}, h, c {lh} -> {y}, h_next, c_next; "
+        f"frequencies {', '.join(f'{v:g}' for v in frequencies)} Hz, input_scale {scale:g}."
+    )
     return 0
 
 

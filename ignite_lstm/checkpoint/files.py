@@ -8,10 +8,11 @@ that write them are in ``savers``; continuing a run from one is ``resume``'s.
 from __future__ import annotations
 
 import pickle
-import warnings
 import re
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -35,7 +36,6 @@ class CheckpointMismatch(ValueError):
     """A checkpoint that does not fit the run that tries to load it."""
 
 
-
 class FixedState:
     """A value saved with the checkpoint that must match on load (model arguments, config).
 
@@ -56,12 +56,14 @@ class FixedState:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         keys = self.must_match or ()
-        diffs = [f"{k}: checkpoint {state.get(k)!r} vs config {self.value.get(k)!r}" for k in keys
-                 if state.get(k) != self.value.get(k)]
+        diffs = [
+            f"{k}: checkpoint {state.get(k)!r} vs config {self.value.get(k)!r}"
+            for k in keys
+            if state.get(k) != self.value.get(k)
+        ]
         if diffs:
             raise CheckpointMismatch(f"The checkpoint's {self.name} differs from this run's: " + "; ".join(diffs))
         self.loaded = dict(state)
-
 
 
 _STEP = re.compile(r"_(\d+)(?:\.\d+)?\.pt$")
@@ -125,8 +127,9 @@ def load_torch_file(path: Path, map_location: Any = "cpu") -> Any:
     except pickle.UnpicklingError as exc:
         found = _UNPICKLER_DETAIL.search(str(exc))
         detail = found.group(1).strip().rstrip(".") if found else type(exc).__name__
-        raise UnreadableFile(f"it holds objects other than tensors, numbers, strings, lists and dicts "
-                             f"({detail})", foreign=True) from exc
+        raise UnreadableFile(
+            f"it holds objects other than tensors, numbers, strings, lists and dicts ({detail})", foreign=True
+        ) from exc
     except Exception as exc:  # torch raises many types for a damaged file
         raise UnreadableFile(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,8 +51,13 @@ class RNGState:
         version, internal, gauss_next = random.getstate()
         state = {
             "torch": torch.get_rng_state(),
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "numpy": {
+                "name": name,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "gauss": float(gauss),
+            },
             "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -101,8 +107,11 @@ def check_model_args(saved: Mapping[str, Any], current: Mapping[str, Any], sourc
     Raises:
         CheckpointMismatch: naming every differing argument.
     """
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this config {current.get(k)!r}" for k in SHAPE_KEYS
-             if saved.get(k) != current.get(k)]
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r}, this config {current.get(k)!r}"
+        for k in SHAPE_KEYS
+        if saved.get(k) != current.get(k)
+    ]
     if diffs:
         raise CheckpointMismatch(
             f"Cannot resume from {source}: this config changes the model shape ({'; '.join(diffs)}). "
@@ -134,13 +143,17 @@ def check_resumable(
     trainer = checkpoint["trainer"]
     done = trainer["iteration"] // trainer["epoch_length"]  # whole epochs trained
     if done >= epochs:  # Ignite would start such a run over from epoch 1
-        raise CheckpointMismatch(f"{source} is the end of a finished run (epoch {done} of train.epochs={epochs}); "
-                                 f"pass train.epochs=N with N > {done} to train longer.")
+        raise CheckpointMismatch(
+            f"{source} is the end of a finished run (epoch {done} of train.epochs={epochs}); "
+            f"pass train.epochs=N with N > {done} to train longer."
+        )
     counter = checkpoint.get("early_stopping", {}).get("counter", 0)
     if patience is not None and counter >= patience:
-        raise CheckpointMismatch(f"{source} is from a run that stopped early at epoch {done} ({counter} "
-                                 f"validations without improvement); raise handlers.early_stopping.patience above "
-                                 f"{counter} to train longer.")
+        raise CheckpointMismatch(
+            f"{source} is from a run that stopped early at epoch {done} ({counter} "
+            f"validations without improvement); raise handlers.early_stopping.patience above "
+            f"{counter} to train longer."
+        )
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -155,8 +168,11 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``key: old -> new`` for every setting that differs (``resume`` itself ignored)."""
     old, new = _flatten(saved), _flatten(current)
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k != "resume" and old.get(k) != new.get(k)]
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if k != "resume" and old.get(k) != new.get(k)
+    ]
 
 
 def _load(name: str, obj: Any, state: Any) -> None:
@@ -179,8 +195,10 @@ def essential_keys(to_load: Mapping[str, Any], trainer: Engine, argument: str = 
         ValueError: no entry of ``to_load`` is the trainer (``argument`` names it in the message).
     """
     if not any(obj is trainer for obj in to_load.values()):
-        raise ValueError(f"Argument {argument} should hold the trainer, e.g. {{'model': model, 'optimizer': "
-                         f"optimizer, 'trainer': trainer}}: a run continues from the trainer's position.")
+        raise ValueError(
+            f"Argument {argument} should hold the trainer, e.g. {{'model': model, 'optimizer': "
+            f"optimizer, 'trainer': trainer}}: a run continues from the trainer's position."
+        )
     return [k for k, obj in to_load.items() if k in ESSENTIAL_KEYS or obj is trainer]
 
 
@@ -243,8 +261,10 @@ def resume_from_checkpoint(
     else:
         if not _restores_itself(data, to_load):
             if not isinstance(data, SkipBatches):
-                raise TypeError(f"Argument data should be a SkipBatches or an entry of to_load that restores its "
-                                f"own position (the checkpoint is mid-epoch), got {type(data).__name__}.")
+                raise TypeError(
+                    f"Argument data should be a SkipBatches or an entry of to_load that restores its "
+                    f"own position (the checkpoint is mid-epoch), got {type(data).__name__}."
+                )
             data.skip = done_in_epoch
 
         def restore(_: Engine) -> None:
@@ -252,6 +272,10 @@ def resume_from_checkpoint(
                 _load(name, obj, checkpoint[name])
 
         trainer.add_event_handler(Events.ITERATION_STARTED(once=state.iteration + 1), restore)
-    logger.info("Resumed from %s at epoch %d, iteration %d%s", source, state.epoch, state.iteration,
-                f" ({done_in_epoch} of {state.epoch_length} batches of epoch {state.epoch + 1} done)"
-                if done_in_epoch else "")
+    logger.info(
+        "Resumed from %s at epoch %d, iteration %d%s",
+        source,
+        state.epoch,
+        state.iteration,
+        f" ({done_in_epoch} of {state.epoch_length} batches of epoch {state.epoch + 1} done)" if done_in_epoch else "",
+    )

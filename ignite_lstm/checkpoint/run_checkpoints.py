@@ -9,8 +9,9 @@ line's runs go through as well).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
@@ -67,8 +68,9 @@ class RunCheckpoints(dict):
         directory: the checkpoints folder.
     """
 
-    def __init__(self, savers: Mapping[str, Checkpoint], *, trainer: Engine, objects: Mapping[str, Any],
-                 directory: str | Path) -> None:
+    def __init__(
+        self, savers: Mapping[str, Checkpoint], *, trainer: Engine, objects: Mapping[str, Any], directory: str | Path
+    ) -> None:
         super().__init__(savers)
         self.trainer = trainer
         self.objects = dict(objects)
@@ -78,8 +80,7 @@ class RunCheckpoints(dict):
         """The newest training checkpoint in the folder (``last_``, ``epoch_``, ``interrupted_``), or None."""
         return find_checkpoint(self.directory)
 
-    def resume(self, checkpoint: str | Path | Mapping[str, Any], data: Any, *,
-               source: str | Path | None = None) -> Any:
+    def resume(self, checkpoint: str | Path | Mapping[str, Any], data: Any, *, source: str | Path | None = None) -> Any:
         """Continue the run from a training checkpoint, exactly where it stood.
 
         Call it after building the run's objects as the first run did (``attach_checkpoints``
@@ -120,8 +121,10 @@ class RunCheckpoints(dict):
             source = "checkpoint" if source is None else source
             require_entries(dict(checkpoint), required, source)
         else:
-            raise TypeError(f"Argument checkpoint should be a file path or a checkpoint's contents (dict), "
-                            f"got {type(checkpoint).__name__}.")
+            raise TypeError(
+                f"Argument checkpoint should be a file path or a checkpoint's contents (dict), "
+                f"got {type(checkpoint).__name__}."
+            )
         if not isinstance(data, SkipBatches) and not any(obj is data for obj in self.objects.values()):
             data = SkipBatches(data)
         resume_from_checkpoint(checkpoint, self.objects, self.trainer, data, source=source)

@@ -8,8 +8,9 @@ is ``resume``'s.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -21,9 +22,7 @@ from ignite_lstm.checkpoint.files import TRAINING_KINDS, FixedState
 from ignite_lstm.checkpoint.run_checkpoints import RunCheckpoints, resumable_objects
 from ignite_lstm.handlers.common import monitor_mode, score_function
 
-
 __all__ = ["attach_checkpoints"]
-
 
 
 def _with_model_args(objects: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,16 +144,27 @@ def attach_checkpoints(
     training = resumable_objects(_with_model_args(to_save), trainer)
     files: dict[str, dict[str, Any]] = {kind: dict(training) for kind in kinds}
     checkpoints: dict[str, Checkpoint] = {
-        kind: Checkpoint(files[kind], saver, filename_prefix=kind, n_saved=1 if kind == "interrupted" else n_saved,
-                         global_step_transform=step, include_self=True)
+        kind: Checkpoint(
+            files[kind],
+            saver,
+            filename_prefix=kind,
+            n_saved=1 if kind == "interrupted" else n_saved,
+            global_step_transform=step,
+            include_self=True,
+        )
         for kind in kinds
     }
     if enabled:
         sign = "" if mode == "max" else "neg_"
-        checkpoints["best"] = Checkpoint(_with_model_args(best_objects), saver, filename_prefix="best",
-                                         score_function=score_function(monitor, mode),
-                                         score_name=f"{sign}val_{monitor}", n_saved=n_saved,
-                                         global_step_transform=step)
+        checkpoints["best"] = Checkpoint(
+            _with_model_args(best_objects),
+            saver,
+            filename_prefix="best",
+            score_function=score_function(monitor, mode),
+            score_name=f"{sign}val_{monitor}",
+            n_saved=n_saved,
+            global_step_transform=step,
+        )
     for kind in kinds:  # the other savers' bookkeeping, read when the file is saved
         files[kind].update({f"checkpointer_{k}": c for k, c in checkpoints.items() if k != kind})
     if enabled:

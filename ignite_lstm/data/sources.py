@@ -30,8 +30,10 @@ def _as_tensor(name: str, value: Any, dims: tuple[int, ...] = (2,)) -> torch.Ten
     elif not isinstance(value, torch.Tensor):
         raise TypeError(f"Argument {name} should be a numpy array or a torch tensor, got {type(value).__name__}.")
     if value.ndim not in dims:
-        raise ValueError(f"Argument {name} should be (steps, features), 2-D, got shape {tuple(value.shape)}"
-                         + ("; a univariate series x of shape (T,) is x[:, None]." if value.ndim == 1 else "."))
+        raise ValueError(
+            f"Argument {name} should be (steps, features), 2-D, got shape {tuple(value.shape)}"
+            + ("; a univariate series x of shape (T,) is x[:, None]." if value.ndim == 1 else ".")
+        )
     return value.detach().cpu()
 
 
@@ -82,12 +84,16 @@ class H5Series:
         f = file.get()
         xd, yd = (_dataset(f, file.path, arg, key) for arg, key in (("x", x), ("y", y)))
         if xd.shape[0] != yd.shape[0]:
-            raise DataFileError(f"Datasets {x!r} ({xd.shape[0]} steps) and {y!r} ({yd.shape[0]} steps) of "
-                                f"{file.path} should have the same number of steps.")
+            raise DataFileError(
+                f"Datasets {x!r} ({xd.shape[0]} steps) and {y!r} ({yd.shape[0]} steps) of "
+                f"{file.path} should have the same number of steps."
+            )
         self._length = xd.shape[0] - horizon
         if self._length < 1:
-            raise DataFileError(f"Dataset {x!r} of {file.path} has {xd.shape[0]} steps, too few for "
-                                f"horizon={horizon}: a series needs at least one step.")
+            raise DataFileError(
+                f"Dataset {x!r} of {file.path} has {xd.shape[0]} steps, too few for "
+                f"horizon={horizon}: a series needs at least one step."
+            )
         self.features, self.outputs = _width(xd), _width(yd)
         self.dtypes = (_torch_dtype(xd), _torch_dtype(yd))
 
@@ -105,7 +111,7 @@ class H5Series:
         f, h = self._file.get(), self.horizon
         if self._open is None or self._open[0] is not f:  # a name lookup costs more than a chunk's read
             self._open = (f, f[self.x], f[self.y])
-        x, y = self._open[1][start:stop], self._open[2][start + h:stop + h]
+        x, y = self._open[1][start:stop], self._open[2][start + h : stop + h]
         return torch.from_numpy(x.reshape(len(x), -1)), torch.from_numpy(y.reshape(len(y), -1))
 
 
@@ -113,14 +119,18 @@ def _dataset(f: h5py.File, path: Path, arg: str, key: str) -> h5py.Dataset:
     node = f.get(key)
     if not isinstance(node, h5py.Dataset):
         names: list[str] = []
-        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) and len(names) < 10
-                     else None)
+        f.visititems(
+            lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) and len(names) < 10 else None
+        )
         what = "a group, not a dataset" if node is not None else "missing"
-        raise DataFileError(f"Argument {arg} names dataset {key!r} of {path}, which is {what}; the file's "
-                            f"datasets include: {', '.join(names) or 'none'}.")
+        raise DataFileError(
+            f"Argument {arg} names dataset {key!r} of {path}, which is {what}; the file's "
+            f"datasets include: {', '.join(names) or 'none'}."
+        )
     if node.ndim not in (1, 2):
-        raise DataFileError(f"Dataset {key!r} of {path} should be (steps,) or (steps, features), got shape "
-                            f"{node.shape}.")
+        raise DataFileError(
+            f"Dataset {key!r} of {path} should be (steps,) or (steps, features), got shape {node.shape}."
+        )
     return node
 
 
@@ -140,8 +150,9 @@ def _open(path: str | os.PathLike) -> _H5File:
     try:
         opened.get()
     except OSError as err:  # not HDF5, truncated or unreadable
-        raise DataFileError(f"Argument path should be an HDF5 file, got {path}, which is not a readable one "
-                            f"({err}).") from err
+        raise DataFileError(
+            f"Argument path should be an HDF5 file, got {path}, which is not a readable one ({err})."
+        ) from err
     return opened
 
 
@@ -152,8 +163,14 @@ def _names(arg: str, value: Any) -> list[str]:
     return list(names)
 
 
-def h5_series(path: str | os.PathLike, x: str | Sequence[str] = "x", y: str | Sequence[str] = "y", *,
-              group: str | None = None, horizon: int = 0) -> list[H5Series]:
+def h5_series(
+    path: str | os.PathLike,
+    x: str | Sequence[str] = "x",
+    y: str | Sequence[str] = "y",
+    *,
+    group: str | None = None,
+    horizon: int = 0,
+) -> list[H5Series]:
     """The series stored in an HDF5 file, read lazily: each chunk reads only its own rows.
 
     Args:
@@ -185,11 +202,13 @@ def h5_series(path: str | os.PathLike, x: str | Sequence[str] = "x", y: str | Se
         root = file.get().get(group)
         if not isinstance(root, h5py.Group):
             raise DataFileError(f"Argument group names {group!r} of {file.path}, which is not a group.")
-        members = [node.name for node in root.values()
-                   if isinstance(node, h5py.Group) and xs[0] in node and ys[0] in node]
+        members = [
+            node.name for node in root.values() if isinstance(node, h5py.Group) and xs[0] in node and ys[0] in node
+        ]
         if not members:
-            raise DataFileError(f"Group {group!r} of {file.path} has no member holding datasets {xs[0]!r} and "
-                                f"{ys[0]!r}.")
+            raise DataFileError(
+                f"Group {group!r} of {file.path} has no member holding datasets {xs[0]!r} and {ys[0]!r}."
+            )
         xs, ys = [f"{m}/{xs[0]}" for m in members], [f"{m}/{ys[0]}" for m in members]
     if len(xs) != len(ys):
         raise ValueError(f"Arguments x and y should name as many datasets, got {len(xs)} and {len(ys)}.")
@@ -213,8 +232,10 @@ def forecast_pair(values: Any, horizon: int = 1) -> tuple[torch.Tensor, torch.Te
     values = _as_tensor("values", values, dims=(1, 2))
     values = values[:, None] if values.ndim == 1 else values
     if not isinstance(horizon, int) or isinstance(horizon, bool) or not 1 <= horizon < len(values):
-        raise ValueError(f"Argument horizon should be an integer from 1 to {len(values) - 1} (the series has "
-                         f"{len(values)} steps), got {horizon!r}.")
+        raise ValueError(
+            f"Argument horizon should be an integer from 1 to {len(values) - 1} (the series has "
+            f"{len(values)} steps), got {horizon!r}."
+        )
     return values[:-horizon], values[horizon:]
 
 
@@ -243,11 +264,15 @@ def as_series(items: Any) -> list[Any]:
     first = out[0]
     for i, s in enumerate(out):
         if (s.features, s.outputs) != (first.features, first.outputs):
-            raise ValueError(f"Argument series[{i}] should have F = {first.features} inputs and O = {first.outputs} "
-                             f"targets like series[0], got F = {s.features}, O = {s.outputs}.")
+            raise ValueError(
+                f"Argument series[{i}] should have F = {first.features} inputs and O = {first.outputs} "
+                f"targets like series[0], got F = {s.features}, O = {s.outputs}."
+            )
         if s.dtypes != first.dtypes:
-            raise ValueError(f"Argument series[{i}] should have the dtypes of series[0] (x {first.dtypes[0]}, "
-                             f"y {first.dtypes[1]}), got x {s.dtypes[0]}, y {s.dtypes[1]}.")
+            raise ValueError(
+                f"Argument series[{i}] should have the dtypes of series[0] (x {first.dtypes[0]}, "
+                f"y {first.dtypes[1]}), got x {s.dtypes[0]}, y {s.dtypes[1]}."
+            )
     return out
 
 
@@ -259,10 +284,14 @@ def _one_series(i: int, item: Any) -> Any:
     elif isinstance(item, Sequence) and not isinstance(item, (str, bytes)) and len(item) == 2:
         x, y = item
     else:
-        raise TypeError(f"Argument series[{i}] should be an (x, y) pair, a mapping with keys 'x' and 'y', or an "
-                        f"H5Series, got {type(item).__name__}.")
+        raise TypeError(
+            f"Argument series[{i}] should be an (x, y) pair, a mapping with keys 'x' and 'y', or an "
+            f"H5Series, got {type(item).__name__}."
+        )
     x, y = _as_tensor(f"series[{i}] x", x), _as_tensor(f"series[{i}] y", y)
     if x.shape[0] != y.shape[0] or x.shape[0] < 1:
-        raise ValueError(f"Argument series[{i}] should hold x (T, F) and y (T, O) with the same T >= 1, got shapes "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}.")
+        raise ValueError(
+            f"Argument series[{i}] should hold x (T, F) and y (T, O) with the same T >= 1, got shapes "
+            f"{tuple(x.shape)} and {tuple(y.shape)}."
+        )
     return _MemorySeries(x, y)

@@ -43,8 +43,8 @@ from __future__ import annotations
 import bisect
 import heapq
 import logging
-from collections.abc import Mapping
-from typing import Any, Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -104,8 +104,17 @@ class StreamLoader:
         to_save = {"trainer": trainer, "loader": loader}   # a mid-epoch checkpoint resumes exactly
     """
 
-    def __init__(self, series: Any, lanes: int, chunk_steps: int, *, shuffle: bool = False, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None) -> None:
+    def __init__(
+        self,
+        series: Any,
+        lanes: int,
+        chunk_steps: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
         self.lanes = _int_arg("lanes", lanes, 1)
         self.chunk_steps = _int_arg("chunk_steps", chunk_steps, 1)
         if not isinstance(shuffle, bool):
@@ -116,8 +125,10 @@ class StreamLoader:
         if self.rank >= self.world_size:
             raise ValueError(f"Argument rank should be below world_size={self.world_size}, got {self.rank}.")
         if lanes % self.world_size:
-            raise ValueError(f"Argument lanes should be divisible by world_size={self.world_size} (each process "
-                             f"owns lanes / world_size lanes), got {lanes}.")
+            raise ValueError(
+                f"Argument lanes should be divisible by world_size={self.world_size} (each process "
+                f"owns lanes / world_size lanes), got {lanes}."
+            )
         self.series = as_series(series)
         self.local_lanes = lanes // self.world_size
         self._first = self.rank * self.local_lanes
@@ -131,8 +142,12 @@ class StreamLoader:
         self._cached: tuple[int, list[list[int]], list[list[int]]] | None = None
         empty = sum(not lane for lane in self._packed)
         if empty:
-            logger.warning("StreamLoader: %d of the %d lanes hold no series (only %d series); they are fully masked.",
-                           empty, lanes, len(self.series))
+            logger.warning(
+                "StreamLoader: %d of the %d lanes hold no series (only %d series); they are fully masked.",
+                empty,
+                lanes,
+                len(self.series),
+            )
 
     def __len__(self) -> int:
         return self._length
@@ -200,8 +215,10 @@ class StreamLoader:
         _, lanes, starts = self._cached
         for k in range(start, self._length):
             if token != self._token:
-                raise RuntimeError("This StreamLoader iterator is stale: a later iter(loader), set_epoch or "
-                                   "load_state_dict moved the loader's position; iterate the new one.")
+                raise RuntimeError(
+                    "This StreamLoader iterator is stale: a later iter(loader), set_epoch or "
+                    "load_state_dict moved the loader's position; iterate the new one."
+                )
             batch = self._batch(lanes, starts, k)
             self._epoch, self._position = (epoch, k + 1) if k + 1 < self._length else (epoch + 1, 0)
             yield batch
@@ -229,8 +246,14 @@ class StreamLoader:
         return {"x": x, "y": y, "mask": mask, "reset": reset}
 
     def _fingerprint(self) -> dict[str, int]:
-        return {"lanes": self.lanes, "chunk_steps": self.chunk_steps, "series": len(self.series),
-                "steps": sum(len(s) for s in self.series), "shuffle": int(self.shuffle), "seed": self.seed}
+        return {
+            "lanes": self.lanes,
+            "chunk_steps": self.chunk_steps,
+            "series": len(self.series),
+            "steps": sum(len(s) for s in self.series),
+            "shuffle": int(self.shuffle),
+            "seed": self.seed,
+        }
 
     def state_dict(self) -> dict[str, int]:
         """The next chunk (``epoch``, ``position``) and the layout it belongs to, as plain ints.
@@ -256,14 +279,21 @@ class StreamLoader:
         missing = [k for k in ("epoch", "position", *_LAYOUT_KEYS) if k not in state_dict]
         if missing:
             raise ValueError(f"Argument state_dict should have keys {missing}, got {sorted(state_dict)}.")
-        diffs = [f"{k}={int(state_dict[k])} (this loader: {v})" for k, v in self._fingerprint().items()
-                 if int(state_dict[k]) != v]
+        diffs = [
+            f"{k}={int(state_dict[k])} (this loader: {v})"
+            for k, v in self._fingerprint().items()
+            if int(state_dict[k]) != v
+        ]
         if diffs:
-            raise ValueError(f"Argument state_dict was saved by a loader of another layout: {'; '.join(diffs)}; a "
-                             f"stream resumes with the same series, lanes, chunk_steps, shuffle and seed.")
+            raise ValueError(
+                f"Argument state_dict was saved by a loader of another layout: {'; '.join(diffs)}; a "
+                f"stream resumes with the same series, lanes, chunk_steps, shuffle and seed."
+            )
         epoch, position = int(state_dict["epoch"]), int(state_dict["position"])
         if epoch < 0 or not 0 <= position < self._length:
-            raise ValueError(f"Argument state_dict should have epoch >= 0 and 0 <= position < {self._length}, "
-                             f"got epoch={epoch}, position={position}.")
+            raise ValueError(
+                f"Argument state_dict should have epoch >= 0 and 0 <= position < {self._length}, "
+                f"got epoch={epoch}, position={position}."
+            )
         self._epoch, self._position = epoch, position
         self._token += 1

@@ -48,8 +48,9 @@ def require_extra(module: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ModuleNotFoundError(f"{what} needs {module}, which is not installed: "
-                                  f"pip install 'ignite_lstm[export]' ({exc}).") from exc
+        raise ModuleNotFoundError(
+            f"{what} needs {module}, which is not installed: pip install 'ignite_lstm[export]' ({exc})."
+        ) from exc
 
 
 def _field(path: Path, props: dict[str, str], key: str, parse, expected: str) -> Any:
@@ -80,8 +81,10 @@ def _model_args(text: str) -> dict | None:
 
 def _frequencies(text: str) -> list[float] | None:
     values = json.loads(text)
-    ok = isinstance(values, list) and values and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values
+    ok = (
+        isinstance(values, list)
+        and values
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values)
     )
     return [float(v) for v in values] if ok else None
 
@@ -141,19 +144,24 @@ class OnnxStep:
             )
         graph = _field(path, props, "graph", lambda s: s if s in ("step", "sequence") else None, "'step'")
         if graph != "step":
-            raise OnnxModelError(f"ONNX model {path} holds the whole-sequence graph (exported with --sequence); "
-                                 f"streaming needs the step graph: export again without --sequence.")
-        self.config = _field(path, props, "model_args", _model_args,
-                             f"a JSON object with positive integers {list(_MODEL_ARGS)}")
+            raise OnnxModelError(
+                f"ONNX model {path} holds the whole-sequence graph (exported with --sequence); "
+                f"streaming needs the step graph: export again without --sequence."
+            )
+        self.config = _field(
+            path, props, "model_args", _model_args, f"a JSON object with positive integers {list(_MODEL_ARGS)}"
+        )
         self.frequencies = _field(path, props, "frequencies", _frequencies, "a JSON list of frequencies in Hz")
         self.input_scale = _field(path, props, "input_scale", _finite, "a finite number")
         self.batch_size = _field(path, props, "batch_size", _positive_int, "a positive integer")
         self.version = props.get(METADATA_PREFIX + "version", "?")
         self._check_graph()
         if batch_size is not None and batch_size != self.batch_size:
-            raise OnnxModelError(f"ONNX model {path} was exported with --batch {self.batch_size}; expected "
-                                 f"batch {batch_size}{' (one sample at a time)' if batch_size == 1 else ''}: "
-                                 f"export it with --batch {batch_size}.")
+            raise OnnxModelError(
+                f"ONNX model {path} was exported with --batch {self.batch_size}; expected "
+                f"batch {batch_size}{' (one sample at a time)' if batch_size == 1 else ''}: "
+                f"export it with --batch {batch_size}."
+            )
 
     def _check_graph(self) -> None:
         cfg, b = self.config, self.batch_size
@@ -168,8 +176,10 @@ class OnnxStep:
                 f"{METADATA_PREFIX}model_args {cfg} and batch_size {b} need inputs {want_in} and outputs {want_out}."
             )
         if len(self.frequencies) != cfg["input_size"] - 1:
-            raise OnnxModelError(f"ONNX model {self.path} lists {len(self.frequencies)} frequencies for "
-                                 f"input_size {cfg['input_size']}; expected input_size - 1.")
+            raise OnnxModelError(
+                f"ONNX model {self.path} lists {len(self.frequencies)} frequencies for "
+                f"input_size {cfg['input_size']}; expected input_size - 1."
+            )
 
     def init_state(self) -> tuple[np.ndarray, np.ndarray]:
         """Zero state (h, c), each float32 (L, B, H): the start of a sequence."""

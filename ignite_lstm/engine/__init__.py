@@ -10,5 +10,13 @@ from ignite_lstm.engine.events import TimeEvents
 from ignite_lstm.engine.execution import select_execution
 from ignite_lstm.engine.factories import create_evaluator, create_trainer, set_tbptt_steps
 
-__all__ = ["create_trainer", "create_evaluator", "select_execution", "TimeEvents", "collate_sequences",
-           "reset_state", "set_state", "set_tbptt_steps"]
+__all__ = [
+    "create_trainer",
+    "create_evaluator",
+    "select_execution",
+    "TimeEvents",
+    "collate_sequences",
+    "reset_state",
+    "set_state",
+    "set_tbptt_steps",
+]

@@ -25,17 +25,30 @@ import torch
 from ignite.utils import convert_tensor
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["collate_sequences", "parse_batch", "prepare_batch", "check_prepared", "check_mask", "check_reset",
-           "SegmentCounts", "segment_counts", "pad_to_length", "window_bounds", "global_steps"]
+__all__ = [
+    "collate_sequences",
+    "parse_batch",
+    "prepare_batch",
+    "check_prepared",
+    "check_mask",
+    "check_reset",
+    "SegmentCounts",
+    "segment_counts",
+    "pad_to_length",
+    "window_bounds",
+    "global_steps",
+]
 
 _KEYS = ("x", "y", "mask", "reset")
 
 
 def _refuse_packed(*values: Any) -> None:
     if any(isinstance(v, PackedSequence) for v in values):
-        raise TypeError("Argument batch should hold padded tensors, got a PackedSequence; for sequences of "
-                        "different lengths use DataLoader(..., collate_fn=ignite_lstm.collate_sequences), which "
-                        "pads them and adds the mask.")
+        raise TypeError(
+            "Argument batch should hold padded tensors, got a PackedSequence; for sequences of "
+            "different lengths use DataLoader(..., collate_fn=ignite_lstm.collate_sequences), which "
+            "pads them and adds the mask."
+        )
 
 
 def parse_batch(batch: Any) -> tuple[Any, Any, Any, Any]:
@@ -58,16 +71,20 @@ def parse_batch(batch: Any) -> tuple[Any, Any, Any, Any]:
     if isinstance(batch, Mapping):
         unknown = sorted(set(batch) - set(_KEYS))
         if unknown or "x" not in batch or "y" not in batch:
-            raise ValueError(f"Argument batch should be a mapping with keys 'x', 'y' and optionally 'mask' and "
-                             f"'reset', got keys {sorted(batch)}.")
+            raise ValueError(
+                f"Argument batch should be a mapping with keys 'x', 'y' and optionally 'mask' and "
+                f"'reset', got keys {sorted(batch)}."
+            )
         parts = (batch["x"], batch["y"], batch.get("mask"), batch.get("reset"))
     elif isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) and len(batch) in (2, 3, 4):
         parts = (*batch, *(None,) * (4 - len(batch)))
     else:
         size = len(batch) if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)) else None
-        raise TypeError(f"Argument batch should be (x, y), (x, y, mask), (x, y, mask, reset) or a mapping with keys "
-                        f"'x', 'y', 'mask', 'reset', got {type(batch).__name__}"
-                        + (f" of length {size}." if size is not None else "."))
+        raise TypeError(
+            f"Argument batch should be (x, y), (x, y, mask), (x, y, mask, reset) or a mapping with keys "
+            f"'x', 'y', 'mask', 'reset', got {type(batch).__name__}"
+            + (f" of length {size}." if size is not None else ".")
+        )
     _refuse_packed(*parts[:3])
     return parts
 
@@ -90,12 +107,15 @@ def check_mask(mask: Any, x: torch.Tensor) -> torch.Tensor | None:
         return None
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         kind = f"a {mask.dtype} tensor" if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise TypeError(f"Argument mask should be a (batch, steps) bool tensor, True at the steps that count, got "
-                        f"{kind}; lengths become a mask with torch.arange(T) < lengths[:, None], or use "
-                        f"ignite_lstm.collate_sequences.")
+        raise TypeError(
+            f"Argument mask should be a (batch, steps) bool tensor, True at the steps that count, got "
+            f"{kind}; lengths become a mask with torch.arange(T) < lengths[:, None], or use "
+            f"ignite_lstm.collate_sequences."
+        )
     if tuple(mask.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"Argument mask should have the shape (batch, steps) = {tuple(x.shape[:2])} of x, "
-                         f"got {tuple(mask.shape)}.")
+        raise ValueError(
+            f"Argument mask should have the shape (batch, steps) = {tuple(x.shape[:2])} of x, got {tuple(mask.shape)}."
+        )
     return mask.to(x.device)
 
 
@@ -117,16 +137,20 @@ def check_reset(reset: Any, x: torch.Tensor) -> torch.Tensor | None:
         return None
     if not isinstance(reset, torch.Tensor) or reset.dtype != torch.bool:
         kind = f"a {reset.dtype} tensor" if isinstance(reset, torch.Tensor) else type(reset).__name__
-        raise TypeError(f"Argument reset should be a (batch,) bool tensor, True for the lanes that start from a "
-                        f"fresh state, got {kind}.")
+        raise TypeError(
+            f"Argument reset should be a (batch,) bool tensor, True for the lanes that start from a "
+            f"fresh state, got {kind}."
+        )
     if tuple(reset.shape) != tuple(x.shape[:1]):
-        raise ValueError(f"Argument reset should have the shape (batch,) = {tuple(x.shape[:1])} of x, "
-                         f"got {tuple(reset.shape)}.")
+        raise ValueError(
+            f"Argument reset should have the shape (batch,) = {tuple(x.shape[:1])} of x, got {tuple(reset.shape)}."
+        )
     return reset.to(x.device)
 
 
-def prepare_batch(batch: Any, device: str | torch.device | None = None, non_blocking: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def prepare_batch(
+    batch: Any, device: str | torch.device | None = None, non_blocking: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The engines' default ``prepare_batch``: parse the batch and move it to ``device``.
 
     A ``prepare_batch`` of your own may return ``(x, y)``, ``(x, y, mask)`` or
@@ -165,8 +189,9 @@ def check_prepared(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
     return x, y, check_mask(mask, x), check_reset(reset, x)
 
 
-def collate_sequences(items: Sequence[Any], padding_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                  torch.Tensor]:
+def collate_sequences(
+    items: Sequence[Any], padding_value: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad sequences of different lengths into one batch with its mask (a ``DataLoader`` ``collate_fn``).
 
     Args:
@@ -192,8 +217,10 @@ def collate_sequences(items: Sequence[Any], padding_value: float = 0.0) -> tuple
             raise ValueError(f"Argument items[{i}] should be an (x, y) pair: the mask is built from the lengths.")
         x, y = torch.as_tensor(x), torch.as_tensor(y)
         if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0] or x.shape[0] < 1:
-            raise ValueError(f"Argument items[{i}] should hold x (T, F) and y (T, O) with the same T >= 1, got "
-                             f"shapes {tuple(x.shape)} and {tuple(y.shape)}.")
+            raise ValueError(
+                f"Argument items[{i}] should hold x (T, F) and y (T, O) with the same T >= 1, got "
+                f"shapes {tuple(x.shape)} and {tuple(y.shape)}."
+            )
         pairs.append((x, y))
     lengths = torch.tensor([x.shape[0] for x, _ in pairs])
     x = torch.nn.utils.rnn.pad_sequence([x for x, _ in pairs], batch_first=True, padding_value=padding_value)
@@ -248,7 +275,9 @@ def segment_counts(mask: torch.Tensor | None, batch_size: int, bounds: list[tupl
         local = torch.diff(cumulative, prepend=cumulative.new_zeros(1)).tolist()
     total = local
     if idist.get_world_size() > 1:
-        total = [int(n) for n in idist.all_reduce(torch.tensor(local, dtype=torch.float64, device=idist.device())).tolist()]
+        total = [
+            int(n) for n in idist.all_reduce(torch.tensor(local, dtype=torch.float64, device=idist.device())).tolist()
+        ]
     return SegmentCounts(bounds, local, total)
 
 
@@ -262,4 +291,3 @@ def global_steps(steps: int) -> int:
     if idist.get_world_size() == 1:
         return steps
     return int(idist.all_reduce(torch.tensor(float(steps), device=idist.device()), op="MAX").item())
-

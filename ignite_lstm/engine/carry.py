@@ -35,7 +35,8 @@ the next batch must reset all of them.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -62,9 +63,11 @@ def state_batch_dim(model: nn.Module) -> int:
     dim = getattr(net, "state_batch_dim", None)
     if not isinstance(dim, int) or isinstance(dim, bool):
         got = "none" if dim is None else repr(dim)
-        raise TypeError(f"Argument model should have an integer attribute state_batch_dim with carry_state=True: the "
-                        f"batch dimension of every tensor of its state (1 for (layers, B, H) states as in nn.LSTM, "
-                        f"nn.GRU and StatefulLSTM; 0 for (B, H)); {type(net).__name__} has {got}.")
+        raise TypeError(
+            f"Argument model should have an integer attribute state_batch_dim with carry_state=True: the "
+            f"batch dimension of every tensor of its state (1 for (layers, B, H) states as in nn.LSTM, "
+            f"nn.GRU and StatefulLSTM; 0 for (B, H)); {type(net).__name__} has {got}."
+        )
     return dim
 
 
@@ -100,8 +103,10 @@ class _Carry:
                 sizes.add(t.shape[self.dim])
         if None in sizes or len(sizes) > 1:
             shapes = [tuple(t.shape) for t in state_tensors(state)]
-            raise ValueError(f"The state of {self.model_name} should hold the lanes (the batch) in dimension "
-                             f"{self.dim} (its state_batch_dim) of every tensor, with one size; got shapes {shapes}.")
+            raise ValueError(
+                f"The state of {self.model_name} should hold the lanes (the batch) in dimension "
+                f"{self.dim} (its state_batch_dim) of every tensor, with one size; got shapes {shapes}."
+            )
         return sizes.pop() if sizes else 0
 
     def begin(self, x: torch.Tensor, reset: torch.Tensor | None) -> Any:
@@ -114,15 +119,19 @@ class _Carry:
             return None
         lanes, batch = self.lanes(state), x.shape[0]
         if lanes != batch:
-            raise ValueError(f"Argument batch has {batch} lanes but the carried state has {lanes}: with "
-                             f"carry_state=True lane i of a batch continues lane i of the previous one. Keep the "
-                             f"number of lanes, or reset all of them (a 'reset' True everywhere, or "
-                             f"reset_state(engine) before the batch).")
+            raise ValueError(
+                f"Argument batch has {batch} lanes but the carried state has {lanes}: with "
+                f"carry_state=True lane i of a batch continues lane i of the previous one. Keep the "
+                f"number of lanes, or reset all of them (a 'reset' True everywhere, or "
+                f"reset_state(engine) before the batch)."
+            )
         if self.stale:
-            raise ValueError("Argument batch continues lanes that were stepped through padding: the previous batch "
-                             "of this process was shorter than another process's, so it was padded to that length. "
-                             "With carry_state=True give every process batches of the same length, or reset all "
-                             "lanes after a shorter batch.")
+            raise ValueError(
+                "Argument batch continues lanes that were stepped through padding: the previous batch "
+                "of this process was shorter than another process's, so it was padded to that length. "
+                "With carry_state=True give every process batches of the same length, or reset all "
+                "lanes after a shorter batch."
+            )
         state = map_state(lambda t: t.to(x.device), state)
         if reset is not None and bool(reset.any()):
             state = _zero_lanes(state, ~reset, self.dim)
@@ -145,11 +154,16 @@ class _Carry:
         states = [r["state"] for r in every]
         if any(s is None for s in states) and not all(s is None for s in states):
             fresh = [r for r, s in enumerate(states) if s is None]
-            raise ValueError(f"The carried state is reset (None) on the processes {fresh} only, so it cannot be "
-                             f"saved as one global set of lanes; reset every process's lanes together.")
+            raise ValueError(
+                f"The carried state is reset (None) on the processes {fresh} only, so it cannot be "
+                f"saved as one global set of lanes; reset every process's lanes together."
+            )
         joined = None if states[0] is None else map_state(lambda *ts: torch.cat(ts, self.dim), *states)
-        return {"state": joined, "lanes": torch.tensor([r["lanes"] for r in every]),
-                "stale": torch.tensor([r["stale"] for r in every])}
+        return {
+            "state": joined,
+            "lanes": torch.tensor([r["lanes"] for r in every]),
+            "stale": torch.tensor([r["stale"] for r in every]),
+        }
 
     def restore(self, saved: Mapping[str, Any] | None) -> None:
         """Take this process's lanes of a ``saved()`` value (None: a checkpoint without a carried state)."""
@@ -164,17 +178,21 @@ class _Carry:
             if length and self.engine.state.iteration % length == 0:  # the next epoch start resets every lane
                 self.reset()
                 return
-            raise ValueError(f"Argument state_dict holds the carried state of {len(lanes)} processes (lanes "
-                             f"{lanes}) in the middle of an epoch; this run has {world}: resume it on "
-                             f"{len(lanes)} processes, or from a checkpoint taken at the end of an epoch.")
+            raise ValueError(
+                f"Argument state_dict holds the carried state of {len(lanes)} processes (lanes "
+                f"{lanes}) in the middle of an epoch; this run has {world}: resume it on "
+                f"{len(lanes)} processes, or from a checkpoint taken at the end of an epoch."
+            )
         start = sum(lanes[:rank])
-        self.engine.state.carried_state = map_state(lambda t: t.narrow(self.dim, start, lanes[rank]).clone(),
-                                                    saved["state"])
+        self.engine.state.carried_state = map_state(
+            lambda t: t.narrow(self.dim, start, lanes[rank]).clone(), saved["state"]
+        )
         self.stale = bool(stale[rank])
 
 
 def _zero_lanes(state: Any, keep: torch.Tensor, dim: int) -> Any:
     """``state`` with the lanes where ``keep`` (B,) is False set to zero (a fresh start)."""
+
     def zero(t: torch.Tensor) -> torch.Tensor:
         shape = [1] * t.dim()
         shape[dim] = -1
@@ -229,8 +247,7 @@ class CarryingEngine(Engine):
 
 def _carry_of(engine: Any) -> _Carry:
     if not isinstance(engine, CarryingEngine):
-        raise TypeError(f"Argument engine should be an engine made with carry_state=True, got "
-                        f"{type(engine).__name__}.")
+        raise TypeError(f"Argument engine should be an engine made with carry_state=True, got {type(engine).__name__}.")
     return engine._carry
 
 
@@ -260,13 +277,16 @@ def reset_state(engine: Engine, lanes: torch.Tensor | Sequence[int] | None = Non
     n = carry.lanes(state)
     if isinstance(lanes, torch.Tensor) and lanes.dtype == torch.bool:
         if tuple(lanes.shape) != (n,):
-            raise ValueError(f"Argument lanes should be a ({n},) bool tensor (the carried lanes), got shape "
-                             f"{tuple(lanes.shape)}.")
+            raise ValueError(
+                f"Argument lanes should be a ({n},) bool tensor (the carried lanes), got shape {tuple(lanes.shape)}."
+            )
         flags = lanes.cpu()
     else:
         if any(isinstance(i, bool) for i in lanes):  # a list of flags would silently read as indices 0 and 1
-            raise TypeError("Argument lanes should be a (B,) bool tensor or a sequence of lane indices, got a "
-                            "sequence of bools; use torch.tensor(flags).")
+            raise TypeError(
+                "Argument lanes should be a (B,) bool tensor or a sequence of lane indices, got a "
+                "sequence of bools; use torch.tensor(flags)."
+            )
         index = [int(i) for i in lanes]
         if any(not -n <= i < n for i in index):
             raise ValueError(f"Argument lanes should hold lane indices in [0, {n}), got {index}.")

@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["EXECUTIONS", "AMP_MODES", "select_execution", "resolve_execution", "step_fn", "run_steps", "unwrap",
-           "without_grad_sync", "amp_context", "check_amp_dtype", "refuse_outer_autocast"]
+__all__ = [
+    "EXECUTIONS",
+    "AMP_MODES",
+    "select_execution",
+    "resolve_execution",
+    "step_fn",
+    "run_steps",
+    "unwrap",
+    "without_grad_sync",
+    "amp_context",
+    "check_amp_dtype",
+    "refuse_outer_autocast",
+]
 
 EXECUTIONS = ("auto", "fused", "stepwise")
 
@@ -47,7 +59,8 @@ def refuse_outer_autocast(x: torch.Tensor) -> None:
         raise RuntimeError(
             f"torch.autocast is active around the engine ({x.device.type}): its cached low-precision weights go "
             f"stale across optimizer steps. Remove it and pass amp_dtype=torch.bfloat16 (or torch.float16) to "
-            f"create_trainer/create_evaluator instead.")
+            f"create_trainer/create_evaluator instead."
+        )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -88,8 +101,15 @@ def resolve_execution(execution: str, engine: str | None = None) -> str:
     return execution
 
 
-def select_execution(model: nn.Module, loss_fn: Callable, tbptt_steps: int, update: str, execution: str = "auto",
-                     *, engine: str | None = None) -> str:
+def select_execution(
+    model: nn.Module,
+    loss_fn: Callable,
+    tbptt_steps: int,
+    update: str,
+    execution: str = "auto",
+    *,
+    engine: str | None = None,
+) -> str:
     """Resolve the execution path: ``"stepwise"``, ``"fused"`` or ``"fused-detached"``.
 
     ``fused-detached`` applies to a model that advertises ``supports_detach_every_step``

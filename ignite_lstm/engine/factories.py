@@ -46,7 +46,8 @@ of N*B when each counts the same number of positions.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -56,6 +57,7 @@ from ignite.metrics import Average
 
 from ignite_lstm.engine.batches import check_prepared, prepare_batch
 from ignite_lstm.engine.carry import CarryingEngine, check_carry_state, reset_state, set_state
+from ignite_lstm.engine.events import TimeEvents, count_windows
 from ignite_lstm.engine.execution import (
     amp_context,
     check_amp_dtype,
@@ -67,11 +69,18 @@ from ignite_lstm.engine.execution import (
     unwrap,
 )
 from ignite_lstm.engine.losses import check_loss
-from ignite_lstm.engine.events import TimeEvents, count_windows
 from ignite_lstm.engine.updates import BatchUpdate
 
-__all__ = ["TimeEvents", "create_trainer", "create_evaluator", "select_execution", "epoch_loss_metric",
-           "set_tbptt_steps", "reset_state", "set_state"]  # select_execution: execution.py; reset/set_state: carry.py
+__all__ = [
+    "TimeEvents",
+    "create_trainer",
+    "create_evaluator",
+    "select_execution",
+    "epoch_loss_metric",
+    "set_tbptt_steps",
+    "reset_state",
+    "set_state",
+]  # select_execution: execution.py; reset/set_state: carry.py
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +101,11 @@ def _to_device(model: nn.Module, device: str | torch.device | None, optimizer: b
     before = list(model.parameters())
     model.to(device)  # in place where torch can (CPU <-> GPU): an optimizer built on the parameters keeps them
     if optimizer and any(a is not b for a, b in zip(before, model.parameters())):
-        raise ValueError(f"Argument device is {str(device)!r}: moving the model there replaced its parameters, so the "
-                         f"optimizer built on them would not train it; move the model first (model.to(device)), "
-                         f"then create the optimizer.")
+        raise ValueError(
+            f"Argument device is {str(device)!r}: moving the model there replaced its parameters, so the "
+            f"optimizer built on them would not train it; move the model first (model.to(device)), "
+            f"then create the optimizer."
+        )
 
 
 def create_trainer(
@@ -174,9 +185,20 @@ def create_trainer(
     scaler = None
     if amp_dtype is torch.float16:
         scaler = torch.amp.GradScaler(next(model.parameters()).device.type)
-    body = BatchUpdate(model, optimizer, loss_fn, TimeEvents, path=path, tbptt_steps=tbptt_steps, update=update,
-                       chunk_steps=chunk_steps, grad_clip=grad_clip, amp_dtype=amp_dtype,
-                       accumulation_steps=gradient_accumulation_steps, scaler=scaler)
+    body = BatchUpdate(
+        model,
+        optimizer,
+        loss_fn,
+        TimeEvents,
+        path=path,
+        tbptt_steps=tbptt_steps,
+        update=update,
+        chunk_steps=chunk_steps,
+        grad_clip=grad_clip,
+        amp_dtype=amp_dtype,
+        accumulation_steps=gradient_accumulation_steps,
+        scaler=scaler,
+    )
 
     def _update(engine: Engine, batch) -> dict[str, float]:
         x, y, mask, reset = check_prepared(prepare_batch(batch, device, non_blocking))
@@ -245,16 +267,19 @@ def epoch_loss_metric(trainer: Engine) -> Average:
     return metric
 
 
-def _check_trainer_args(tbptt_steps: int, chunk_steps: int, accumulation_steps: int, update: str,
-                        grad_clip: float | None) -> None:
+def _check_trainer_args(
+    tbptt_steps: int, chunk_steps: int, accumulation_steps: int, update: str, grad_clip: float | None
+) -> None:
     _check_positive_int("tbptt_steps", tbptt_steps)
     _check_positive_int("chunk_steps", chunk_steps)
     _check_positive_int("gradient_accumulation_steps", accumulation_steps)
     if update not in UPDATES:
         raise ValueError(f"Argument update should be one of {UPDATES}, got {update!r}.")
     if accumulation_steps > 1 and update != "sequence":
-        raise ValueError(f"Argument gradient_accumulation_steps should be 1 with update='window' (an optimizer "
-                         f"step per window), got {accumulation_steps}.")
+        raise ValueError(
+            f"Argument gradient_accumulation_steps should be 1 with update='window' (an optimizer "
+            f"step per window), got {accumulation_steps}."
+        )
     if grad_clip is not None and (not isinstance(grad_clip, (int, float)) or isinstance(grad_clip, bool)):
         raise TypeError(f"Argument grad_clip should be a number or None, got {type(grad_clip).__name__}.")
     if grad_clip is not None and not grad_clip > 0:

@@ -12,7 +12,7 @@ per-position values: ``StepLosses`` computes them.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -63,12 +63,15 @@ def check_loss(loss_fn: Callable) -> None:
         raise TypeError(f"Argument loss_fn should be callable, got {type(loss_fn).__name__}.")
     reduction = getattr(loss_fn, "reduction", "mean")
     if isinstance(reduction, str) and reduction != "mean":
-        raise ValueError(f"Argument loss_fn should be mean-reduced (the mean over (sequence, step) positions), got "
-                         f"reduction={reduction!r}.")
+        raise ValueError(
+            f"Argument loss_fn should be mean-reduced (the mean over (sequence, step) positions), got "
+            f"reduction={reduction!r}."
+        )
 
 
-def masked_loss(loss_fn: Callable, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
-                count: int) -> torch.Tensor | None:
+def masked_loss(
+    loss_fn: Callable, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, count: int
+) -> torch.Tensor | None:
     """The loss over the counted positions of a (B, K, O) segment, ``count`` of them; None if there are none.
 
     Under the loss contract, ``loss_fn`` on the counted positions alone, gathered into
@@ -117,10 +120,16 @@ class StepLosses:
                 raise ValueError(f"one position's loss has the shape {tuple(values.shape[1:])}, not ()")
         except Exception as exc:  # vmap refuses some operations (data-dependent control flow, .item(), ...)
             self.vectorised = False
-            logger.warning("The per-step window losses of the fused-detached path take one loss_fn call per step: "
-                           "torch.func.vmap could not vectorise %s (%s: %s). Expected cost: %d extra loss calls per "
-                           "chunk of %d steps, without gradients; the training itself is unchanged.",
-                           type(self.loss_fn).__name__, type(exc).__name__, exc, C, C)
+            logger.warning(
+                "The per-step window losses of the fused-detached path take one loss_fn call per step: "
+                "torch.func.vmap could not vectorise %s (%s: %s). Expected cost: %d extra loss calls per "
+                "chunk of %d steps, without gradients; the training itself is unchanged.",
+                type(self.loss_fn).__name__,
+                type(exc).__name__,
+                exc,
+                C,
+                C,
+            )
             return None
         return values.reshape(B, C)
 

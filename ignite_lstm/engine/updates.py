@@ -60,9 +60,22 @@ class BatchUpdate:
         scaler: a ``torch.amp.GradScaler`` (float16) or None.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Any, events: type[EventEnum], *,
-                 path: str, tbptt_steps: int, update: str, chunk_steps: int, grad_clip: float | None,
-                 amp_dtype: torch.dtype | None, accumulation_steps: int, scaler: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Any,
+        events: type[EventEnum],
+        *,
+        path: str,
+        tbptt_steps: int,
+        update: str,
+        chunk_steps: int,
+        grad_clip: float | None,
+        amp_dtype: torch.dtype | None,
+        accumulation_steps: int,
+        scaler: Any,
+    ) -> None:
         self.model, self.optimizer, self.loss_fn, self.events = model, optimizer, loss_fn, events
         self.update, self.grad_clip, self.chunk_steps = update, grad_clip, chunk_steps
         self.amp_dtype, self.accumulation, self.scaler = amp_dtype, accumulation_steps, scaler
@@ -75,21 +88,25 @@ class BatchUpdate:
     def set_window(self, path: str, tbptt_steps: int) -> None:
         """Another window length K and the path chosen for it, from the next batch on (not inside one)."""
         if self.busy:
-            raise RuntimeError("The trainer's window length cannot change inside an iteration; change it from a "
-                               "handler of Events.EPOCH_STARTED or Events.ITERATION_STARTED.")
+            raise RuntimeError(
+                "The trainer's window length cannot change inside an iteration; change it from a "
+                "handler of Events.EPOCH_STARTED or Events.ITERATION_STARTED."
+            )
         self.path, self.tbptt_steps = path, tbptt_steps
         self.length = self.chunk_steps if path == "fused-detached" else tbptt_steps
 
-    def __call__(self, engine: Engine, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
-                 state: Any = None) -> BatchResult:
+    def __call__(
+        self, engine: Engine, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, state: Any = None
+    ) -> BatchResult:
         self.busy = True
         try:
             return self._batch(engine, x, y, mask, state)
         finally:
             self.busy = False
 
-    def _batch(self, engine: Engine, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
-               state: Any) -> BatchResult:
+    def _batch(
+        self, engine: Engine, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, state: Any
+    ) -> BatchResult:
         steps = global_steps(x.shape[1])
         padded = steps > x.shape[1]
         if padded:  # processes with batches of other lengths: pad to the longest, uncounted
@@ -110,8 +127,17 @@ class BatchUpdate:
 
     # ------------------------------------------------------------ the two loops
 
-    def _windows(self, engine: Engine, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
-                 counts: SegmentCounts, n: int, stepping: bool, state: Any):
+    def _windows(
+        self,
+        engine: Engine,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        counts: SegmentCounts,
+        n: int,
+        stepping: bool,
+        state: Any,
+    ):
         sequence = self.update == "sequence"
         total, norm = y.new_zeros(()), None
         for w, (start, stop) in enumerate(counts.bounds):
@@ -136,14 +162,31 @@ class BatchUpdate:
             engine.fire_event(self.events.CHUNK_COMPLETED)
         return total, norm, state
 
-    def _detached(self, engine: Engine, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
-                  counts: SegmentCounts, n: int, stepping: bool, state: Any):
+    def _detached(
+        self,
+        engine: Engine,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        counts: SegmentCounts,
+        n: int,
+        stepping: bool,
+        state: Any,
+    ):
         # tbptt_steps == 1, update == "sequence": every step is a window, computed a chunk at a time.
         total = y.new_zeros(())
         for c, (start, stop) in enumerate(counts.bounds):
             m = None if mask is None else mask[:, start:stop]
-            y_pred, state, loss = self._segment(x[:, start:stop], y[:, start:stop], m, state, counts, c,
-                                                n * self.accumulation, c == counts.last and stepping)
+            y_pred, state, loss = self._segment(
+                x[:, start:stop],
+                y[:, start:stop],
+                m,
+                state,
+                counts,
+                c,
+                n * self.accumulation,
+                c == counts.last and stepping,
+            )
             if loss is not None:
                 total += loss * counts.local[c]
             engine.state.window_losses = self.step_losses(y_pred.detach(), y[:, start:stop], m)  # (C,)
@@ -153,8 +196,17 @@ class BatchUpdate:
 
     # ------------------------------------------------------------ one segment, backward, optimizer
 
-    def _segment(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, state: Any,
-                 counts: SegmentCounts, i: int, denominator: int, sync: bool):
+    def _segment(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        state: Any,
+        counts: SegmentCounts,
+        i: int,
+        denominator: int,
+        sync: bool,
+    ):
         """Forward (and backward) of segment i; returns (y_pred, state, its loss without graph or None)."""
         here, anywhere = counts.local[i], counts.total[i]
         with without_grad_sync(self.model, sync), torch.set_grad_enabled(anywhere > 0):

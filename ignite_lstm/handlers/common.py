@@ -12,17 +12,25 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping, ProgressBar, TerminateOnNan
 
 from ignite_lstm._internal.compat import quiet_handler_logger
-from ignite_lstm.metrics.directions import metric_direction
 from ignite_lstm.handlers.tensorboard import attach_tensorboard
+from ignite_lstm.metrics.directions import metric_direction
 
-__all__ = ["attach_early_stopping", "attach_tensorboard", "attach_progress", "attach_terminate_on_nan",
-           "load_extra_handlers", "score_function", "monitor_mode"]
+__all__ = [
+    "attach_early_stopping",
+    "attach_tensorboard",
+    "attach_progress",
+    "attach_terminate_on_nan",
+    "load_extra_handlers",
+    "score_function",
+    "monitor_mode",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +121,17 @@ def attach_early_stopping(
         >>> trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(val_loader))
     """
     mode = monitor_mode(monitor, mode)
-    stopper = EarlyStopping(patience=patience, score_function=_monitored(monitor, mode), trainer=trainer,
-                            threshold=min_delta, cumulative=True, mode=mode)
-    val_evaluator.add_event_handler(Events.COMPLETED(event_filter=event_filter) if event_filter else Events.COMPLETED,
-                                    stopper)
+    stopper = EarlyStopping(
+        patience=patience,
+        score_function=_monitored(monitor, mode),
+        trainer=trainer,
+        threshold=min_delta,
+        cumulative=True,
+        mode=mode,
+    )
+    val_evaluator.add_event_handler(
+        Events.COMPLETED(event_filter=event_filter) if event_filter else Events.COMPLETED, stopper
+    )
     return stopper
 
 
@@ -155,8 +170,12 @@ def attach_progress(trainer: Engine, **tqdm_kwargs: Any) -> ProgressBar:
             return
         attached.append(True)
         if engine.state.epoch_length == 1:
-            bar.attach(engine, metric_names=["running_loss"], event_name=Events.EPOCH_COMPLETED,
-                       closing_event_name=Events.COMPLETED)
+            bar.attach(
+                engine,
+                metric_names=["running_loss"],
+                event_name=Events.EPOCH_COMPLETED,
+                closing_event_name=Events.COMPLETED,
+            )
         else:
             bar.attach(engine, metric_names=["running_loss"])
 

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
@@ -50,8 +50,9 @@ __all__ = ["Curriculum", "stage_lengths", "cut_batch", "setup_curriculum", "fina
 logger = logging.getLogger("ignite_lstm")
 
 
-def stage_lengths(n_steps: int, lengths: Sequence[int] = (), start: int | None = None,
-                  factor: float = 2.0) -> list[int]:
+def stage_lengths(
+    n_steps: int, lengths: Sequence[int] = (), start: int | None = None, factor: float = 2.0
+) -> list[int]:
     """The stages' lengths in steps: ``lengths``, or ``start, start * factor, ...`` below ``n_steps``; then ``n_steps``.
 
     Args:
@@ -84,8 +85,9 @@ def stage_lengths(n_steps: int, lengths: Sequence[int] = (), start: int | None =
             k += 1
     stages = [int(v) for v in lengths]
     if any(b <= a for a, b in zip(stages, stages[1:])) or not all(1 <= v <= n_steps for v in stages):
-        raise ValueError(f"Argument lengths should increase, each between 1 and the sequence length {n_steps}, "
-                         f"got {list(lengths)}.")
+        raise ValueError(
+            f"Argument lengths should increase, each between 1 and the sequence length {n_steps}, got {list(lengths)}."
+        )
     return stages if stages and stages[-1] == n_steps else [*stages, n_steps]
 
 
@@ -148,9 +150,19 @@ class Curriculum:
         >>> to_save["curriculum"] = curriculum
     """
 
-    def __init__(self, lengths: Sequence[int], *, epochs_per_stage: int | None = None, metric: str | None = None,
-                 threshold: float | None = None, mode: str | None = None, min_epochs: int = 1,
-                 max_epochs: int | None = None, follow_tbptt: bool = False, lr_factor: float = 1.0) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        *,
+        epochs_per_stage: int | None = None,
+        metric: str | None = None,
+        threshold: float | None = None,
+        mode: str | None = None,
+        min_epochs: int = 1,
+        max_epochs: int | None = None,
+        follow_tbptt: bool = False,
+        lr_factor: float = 1.0,
+    ) -> None:
         self.lengths = [int(v) for v in lengths]
         if not self.lengths or any(b <= a for a, b in zip(self.lengths, self.lengths[1:])) or self.lengths[0] < 1:
             raise ValueError(f"Argument lengths should be positive and increasing, got {list(lengths)}.")
@@ -158,8 +170,11 @@ class Curriculum:
             raise ValueError("Arguments epochs_per_stage and metric: give exactly one (the epoch or the metric rule).")
         if (metric is None) != (threshold is None):
             raise ValueError("Arguments metric and threshold go together.")
-        for name, value in (("epochs_per_stage", epochs_per_stage), ("min_epochs", min_epochs),
-                            ("max_epochs", max_epochs)):
+        for name, value in (
+            ("epochs_per_stage", epochs_per_stage),
+            ("min_epochs", min_epochs),
+            ("max_epochs", max_epochs),
+        ):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"Argument {name} should be a positive integer or None, got {value!r}.")
         self.epochs_per_stage, self.metric, self.threshold = epochs_per_stage, metric, threshold
@@ -190,8 +205,10 @@ class Curriculum:
         ``optimizer``: the one whose learning rate ``lr_factor`` scales at each stage change.
         """
         if self.lr_factor != 1.0 and optimizer is None:
-            raise ValueError(f"Argument optimizer is needed: lr_factor={self.lr_factor} scales its learning rate at "
-                             f"every stage change.")
+            raise ValueError(
+                f"Argument optimizer is needed: lr_factor={self.lr_factor} scales its learning rate at "
+                f"every stage change."
+            )
         self.optimizer = optimizer
         trainer.state.curriculum_length = self.length
         trainer.add_event_handler(Events.STARTED, self._apply, True)  # after a resume loaded the state
@@ -236,8 +253,11 @@ class Curriculum:
         if self.max_epochs is not None and k >= self.max_epochs:
             return True
         score = self.score
-        passed = score is not None and math.isfinite(score) and (
-            score < self.threshold if self.mode == "min" else score > self.threshold)
+        passed = (
+            score is not None
+            and math.isfinite(score)
+            and (score < self.threshold if self.mode == "min" else score > self.threshold)
+        )
         return k >= self.min_epochs and passed
 
     def _apply(self, trainer: Engine, log: bool) -> None:
@@ -247,25 +267,43 @@ class Curriculum:
         if log:
             window = min(self.length, getattr(trainer.state, "tbptt_steps", self.length))
             rate = f", lr {self.optimizer.param_groups[0]['lr']:.3g}" if self.lr_factor != 1.0 else ""
-            logger.info("Curriculum: stage %d of %d, %d steps, tbptt %d%s", self.stage + 1, len(self.lengths),
-                        self.length, window, rate)
+            logger.info(
+                "Curriculum: stage %d of %d, %d steps, tbptt %d%s",
+                self.stage + 1,
+                len(self.lengths),
+                self.length,
+                window,
+                rate,
+            )
 
     def _completed(self, trainer: Engine) -> None:
         if not self.final:
-            logger.warning("Curriculum: the run ended in stage %d of %d (%d of %d steps): the full length was never "
-                           "trained, and the best checkpoint and early stopping, which count full-length validations "
-                           "only, never started.", self.stage + 1, len(self.lengths), self.length, self.lengths[-1])
+            logger.warning(
+                "Curriculum: the run ended in stage %d of %d (%d of %d steps): the full length was never "
+                "trained, and the best checkpoint and early stopping, which count full-length validations "
+                "only, never started.",
+                self.stage + 1,
+                len(self.lengths),
+                self.length,
+                self.lengths[-1],
+            )
 
     # ------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lengths": list(self.lengths), "stage": self.stage, "epochs_in_stage": self.epochs_in_stage,
-                "score": self.score}
+        return {
+            "lengths": list(self.lengths),
+            "stage": self.stage,
+            "epochs_in_stage": self.epochs_in_stage,
+            "score": self.score,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if list(state["lengths"]) != self.lengths:
-            raise ValueError(f"The checkpoint's curriculum has the stages {list(state['lengths'])}, this run's "
-                             f"{self.lengths}: resume with the same train.curriculum lengths.")
+            raise ValueError(
+                f"The checkpoint's curriculum has the stages {list(state['lengths'])}, this run's "
+                f"{self.lengths}: resume with the same train.curriculum lengths."
+            )
         self.stage, self.epochs_in_stage = int(state["stage"]), int(state["epochs_in_stage"])
         self.score = state["score"]
 
@@ -284,9 +322,16 @@ def setup_curriculum(cfg: Any, n_steps: int) -> Curriculum | None:
     if not c.enabled:
         return None
     lengths = stage_lengths(n_steps, list(c.lengths), c.start, c.factor)
-    return Curriculum(lengths, epochs_per_stage=c.epochs_per_stage, metric=c.metric, threshold=c.threshold,
-                      min_epochs=c.min_epochs, max_epochs=c.max_epochs, follow_tbptt=c.tbptt == "follow",
-                      lr_factor=c.lr_factor)
+    return Curriculum(
+        lengths,
+        epochs_per_stage=c.epochs_per_stage,
+        metric=c.metric,
+        threshold=c.threshold,
+        min_epochs=c.min_epochs,
+        max_epochs=c.max_epochs,
+        follow_tbptt=c.tbptt == "follow",
+        lr_factor=c.lr_factor,
+    )
 
 
 def final_tbptt_steps(cfg: Any, n_steps: int) -> int:

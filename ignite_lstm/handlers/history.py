@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ignite_lstm._internal.atomic import atomic_write
 from ignite_lstm.metrics.directions import metric_direction

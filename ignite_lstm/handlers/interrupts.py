@@ -99,8 +99,9 @@ class StopOnInterrupt:
         self.signum = signum
         self.trainer.state.interrupt_requested = True
         again = "press again" if signum == signal.SIGINT else "send it again"
-        logger.warning("%s: stopping after this iteration and saving a checkpoint (%s to abort).",
-                       signal_label(signum), again)
+        logger.warning(
+            "%s: stopping after this iteration and saving a checkpoint (%s to abort).", signal_label(signum), again
+        )
 
     def _shared(self) -> bool:
         if idist.get_world_size() == 1:

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -123,15 +124,24 @@ def setup_lr_scheduler(
     if name == "plateau":
         if val_evaluator is None:
             raise ValueError("Argument val_evaluator is required by the plateau schedule.")
-        plateau = _Plateau(optimizer, metric_name=monitor, trainer=trainer, mode=mode, patience=patience,
-                           factor=factor, min_lr=float(min_lr), param_group_index=0)
+        plateau = _Plateau(
+            optimizer,
+            metric_name=monitor,
+            trainer=trainer,
+            mode=mode,
+            patience=patience,
+            factor=factor,
+            min_lr=float(min_lr),
+            param_group_index=0,
+        )
 
         def after_warmup(evaluator: Engine) -> None:
             if trainer.state.epoch * steps_per_epoch >= warmup:
                 plateau(evaluator)
 
-        val_evaluator.add_event_handler(Events.COMPLETED(event_filter=event_filter) if event_filter else
-                                        Events.COMPLETED, after_warmup)
+        val_evaluator.add_event_handler(
+            Events.COMPLETED(event_filter=event_filter) if event_filter else Events.COMPLETED, after_warmup
+        )
         if not warmup:
             return plateau
         ramp = PiecewiseLinear(optimizer, "lr", [(0, start), (warmup - 1, lr)])
@@ -169,10 +179,15 @@ def _planned_steps(total: int, epochs: int, steps_per_epoch: int) -> Callable[[E
             return True
         if not warned:
             warned.append(step)
-            logger.warning("The cosine schedule planned %d optimizer steps (epochs %d x steps_per_epoch %d) and the "
-                           "run has reached step %d: the learning rate stays at its last value instead of starting a "
-                           "new cycle. Pass steps_per_epoch of the longest epoch.", total, epochs, steps_per_epoch,
-                           step)
+            logger.warning(
+                "The cosine schedule planned %d optimizer steps (epochs %d x steps_per_epoch %d) and the "
+                "run has reached step %d: the learning rate stays at its last value instead of starting a "
+                "new cycle. Pass steps_per_epoch of the longest epoch.",
+                total,
+                epochs,
+                steps_per_epoch,
+                step,
+            )
         return False
 
     return planned

@@ -10,8 +10,9 @@ guard here (``_KeepWriterError``) turns an error there (a full disk) into an
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -125,15 +126,22 @@ def attach_tensorboard(
     guard = wrap_event_file(tb.writer, _KeepWriterError)  # None: not tensorboardX's writer
     if guard is not None:
         trainer.add_event_handler(Events.ITERATION_COMPLETED | Events.EPOCH_COMPLETED, guard.check)
-    tb.attach(trainer, OutputHandler("train", output_transform=lambda o: {"loss": o["loss"],
-                                                                         "grad_norm": o["grad_norm"]}),
-              Events.ITERATION_COMPLETED(every=every))
+    tb.attach(
+        trainer,
+        OutputHandler("train", output_transform=lambda o: {"loss": o["loss"], "grad_norm": o["grad_norm"]}),
+        Events.ITERATION_COMPLETED(every=every),
+    )
     tb.attach(trainer, OptimizerParamsHandler(optimizer, "lr"), Events.ITERATION_COMPLETED(every=every))
     tb.attach(trainer, OutputHandler("train", metric_names=["epoch_loss"]), Events.EPOCH_COMPLETED)
     if epoch_state:
         tb.attach(trainer, OutputHandler("train", state_attributes=list(epoch_state)), Events.EPOCH_COMPLETED)
-    tb.attach(val_evaluator, OutputHandler("val", metric_names="all", global_step_transform=global_step_from_engine(
-        trainer, Events.EPOCH_COMPLETED)), Events.COMPLETED)
+    tb.attach(
+        val_evaluator,
+        OutputHandler(
+            "val", metric_names="all", global_step_transform=global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
+        ),
+        Events.COMPLETED,
+    )
     if window_every:
         group = {"sum": 0.0, "n": 0}
 

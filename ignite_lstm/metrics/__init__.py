@@ -3,7 +3,6 @@
 from typing import Any
 
 from ignite_lstm._internal.deprecated import moved_name
-
 from ignite_lstm.metrics.directions import known_metric_names, metric_direction, register_metric_direction
 from ignite_lstm.metrics.regression import (
     REGRESSION_METRICS,
@@ -14,8 +13,17 @@ from ignite_lstm.metrics.regression import (
     flatten_counted,
 )
 
-__all__ = ["SignalToNoiseRatio", "PearsonCorrelation", "R2Score", "REGRESSION_METRICS", "counted_rows",
-           "flatten_counted", "metric_direction", "register_metric_direction", "known_metric_names"]
+__all__ = [
+    "SignalToNoiseRatio",
+    "PearsonCorrelation",
+    "R2Score",
+    "REGRESSION_METRICS",
+    "counted_rows",
+    "flatten_counted",
+    "metric_direction",
+    "register_metric_direction",
+    "known_metric_names",
+]
 
 
 def __getattr__(name: str) -> Any:  # the flat layout's names that moved (deprecated)

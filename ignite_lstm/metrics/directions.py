@@ -11,11 +11,26 @@ __all__ = ["metric_direction", "register_metric_direction", "known_metric_names"
 
 _DIRECTIONS: dict[str, str] = {
     # errors and losses: lower is better
-    "mse": "min", "rmse": "min", "mae": "min", "loss": "min", "nll": "min", "cross_entropy": "min",
-    "error": "min", "mape": "min",
+    "mse": "min",
+    "rmse": "min",
+    "mae": "min",
+    "loss": "min",
+    "nll": "min",
+    "cross_entropy": "min",
+    "error": "min",
+    "mape": "min",
     # agreement and scores: higher is better
-    "corr": "max", "r2": "max", "snr": "max", "accuracy": "max", "precision": "max", "recall": "max",
-    "f1": "max", "fbeta": "max", "auc": "max", "iou": "max", "miou": "max",
+    "corr": "max",
+    "r2": "max",
+    "snr": "max",
+    "accuracy": "max",
+    "precision": "max",
+    "recall": "max",
+    "f1": "max",
+    "fbeta": "max",
+    "auc": "max",
+    "iou": "max",
+    "miou": "max",
 }
 
 
@@ -65,5 +80,7 @@ def metric_direction(name: str) -> str:
     for key in (name, base if suffix else None):
         if key in _DIRECTIONS:
             return _DIRECTIONS[key]
-    raise ValueError(f"Unknown metric {name!r}; known: {known_metric_names()}, optionally with a _<suffix>; "
-                     f"declare others with register_metric_direction(name, 'min' | 'max').")
+    raise ValueError(
+        f"Unknown metric {name!r}; known: {known_metric_names()}, optionally with a _<suffix>; "
+        f"declare others with register_metric_direction(name, 'min' | 'max')."
+    )

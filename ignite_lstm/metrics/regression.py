@@ -22,8 +22,14 @@ from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
 from ignite_lstm._internal.compat import metric_placement
 
-__all__ = ["SignalToNoiseRatio", "PearsonCorrelation", "R2Score", "REGRESSION_METRICS", "counted_rows",
-           "flatten_counted"]
+__all__ = [
+    "SignalToNoiseRatio",
+    "PearsonCorrelation",
+    "R2Score",
+    "REGRESSION_METRICS",
+    "counted_rows",
+    "flatten_counted",
+]
 
 
 class SignalToNoiseRatio(Metric):
@@ -114,8 +120,9 @@ class _MomentSums(Metric):
             raise NotComputableError(f"{self._name} must have at least one example before it can be computed.")
         return self._value(self._num_examples, *(getattr(self, name).item() for name in self._sums))
 
-    def _value(self, n: int, s_pred: float, s_y: float, s_pred2: float, s_y2: float, s_prod: float,
-               s_err2: float) -> float:
+    def _value(
+        self, n: int, s_pred: float, s_y: float, s_pred2: float, s_y2: float, s_prod: float, s_err2: float
+    ) -> float:
         raise NotImplementedError
 
 

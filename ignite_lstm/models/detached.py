@@ -22,7 +22,7 @@ parameters and plain tensors: the model owns dropout, state and the choice of ba
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -89,7 +89,11 @@ class _DetachedCells(torch.autograd.Function):
 
 
 def detached_steps_forward(
-    layers: Sequence[nn.LSTM], head: nn.Module, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+    layers: Sequence[nn.LSTM],
+    head: nn.Module,
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor,
     masks: Sequence[torch.Tensor | None],
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Outputs whose gradient equals that of the per-step loop with the state detached after every step.

@@ -39,8 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ignite_lstm.models import native
 from ignite_lstm.checkpoint.files import UnreadableFile, load_torch_file
+from ignite_lstm.models import native
 from ignite_lstm.models.detached import detached_steps_forward
 
 __all__ = ["StatefulLSTM", "LSTMState", "load_model"]
@@ -137,7 +137,9 @@ class StatefulLSTM(nn.Module):
         h0, c0 = state if state is not None else self.init_state(x.shape[0], x.device, x.dtype)
         if native.available(x):
             grad = torch.is_grad_enabled() and (
-                x.requires_grad or h0.requires_grad or c0.requires_grad
+                x.requires_grad
+                or h0.requires_grad
+                or c0.requires_grad
                 or any(p.requires_grad for p in self.parameters())
             )
             if not grad:
@@ -159,8 +161,10 @@ class StatefulLSTM(nn.Module):
     def step(self, x_t: torch.Tensor, state: LSTMState | None = None) -> tuple[torch.Tensor, LSTMState]:
         """One time step (the L = 1 call). x_t: (B, F) -> y_t: (B, O), state (h, c)."""
         if x_t.dim() != 2:
-            raise ValueError(f"Argument x_t should be a (batch, features) tensor, got shape {tuple(x_t.shape)}; "
-                             f"for one sequence use x_t[None] (batch of 1).")
+            raise ValueError(
+                f"Argument x_t should be a (batch, features) tensor, got shape {tuple(x_t.shape)}; "
+                f"for one sequence use x_t[None] (batch of 1)."
+            )
         if torch.is_autocast_enabled(x_t.device.type):  # float32 on every backend, see the module docstring
             with torch.autocast(x_t.device.type, enabled=False):
                 return self.step(x_t.to(self.head.weight.dtype), state)
@@ -203,8 +207,9 @@ class StatefulLSTM(nn.Module):
         """``[w_ih, w_hh, b_ih, b_hh]`` per layer (``nn.LSTM.all_weights``, current after ``.to()``)."""
         return [lstm.all_weights[0] for lstm in self.layers]
 
-    def _native_forward(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
-                        detach_every_step: bool) -> tuple[torch.Tensor, LSTMState]:
+    def _native_forward(
+        self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, detach_every_step: bool
+    ) -> tuple[torch.Tensor, LSTMState]:
         """With gradients: one ``native.lstm_layer`` call per layer over all T steps."""
         if detach_every_step:
             h0, c0 = h0.detach(), c0.detach()
@@ -228,8 +233,9 @@ class StatefulLSTM(nn.Module):
         h, c = (s.detach().contiguous() for s in (h0, c0))
         y = x.new_empty(T, B, self.output_size)
         dropout = self.training and self.dropout > 0.0
-        runner = None if dropout else native.stack_runner(self, self._weights(), (self.head.weight, self.head.bias),
-                                                          x.dtype)
+        runner = (
+            None if dropout else native.stack_runner(self, self._weights(), (self.head.weight, self.head.bias), x.dtype)
+        )
         for start in range(0, T, self.native_chunk_steps):
             stop = min(T, start + self.native_chunk_steps)
             inp = x[:, start:stop].transpose(0, 1).contiguous()  # (C, B, F)
@@ -242,8 +248,12 @@ class StatefulLSTM(nn.Module):
                 if masks[i] is not None:
                     inp = inp * masks[i]
                 inp, h[i], c[i] = native.lstm_layer_inference(inp, h[i], c[i], *params)
-            torch.addmm(self.head.bias, inp.view(-1, inp.shape[-1]), self.head.weight.t(),
-                        out=y[start:stop].view(-1, self.output_size))
+            torch.addmm(
+                self.head.bias,
+                inp.view(-1, inp.shape[-1]),
+                self.head.weight.t(),
+                out=y[start:stop].view(-1, self.output_size),
+            )
         return y.transpose(0, 1), (h, c)
 
     def _native_step(self, x_t: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:

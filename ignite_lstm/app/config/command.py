@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from omegaconf import OmegaConf
 
@@ -35,8 +35,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm config") ->
         description="Print a config resolved against the schema: every key, its value and its help text.",
         epilog="Example: ignite-lstm config configs/base.yaml train.lr=1e-3",
     )
-    parser.add_argument("config", nargs="?", help="YAML config file, e.g. configs/base.yaml (none: the schema's "
-                                                  "defaults)")
+    parser.add_argument(
+        "config", nargs="?", help="YAML config file, e.g. configs/base.yaml (none: the schema's defaults)"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-3")
     parser.add_argument("--markdown", action="store_true", help="print the key table of the README instead")
     args = parser.parse_args(argv)
@@ -52,9 +53,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm config") ->
         print(f"error: {exc}", file=sys.stderr)
         return 2
     command = " ".join(["ignite-lstm config", *([args.config] if args.config else []), *args.overrides])
-    print(f"# {command}\n"
-          "# The complete config, every key with its help text; \"(schema default: X)\" marks a value set\n"
-          "# differently from the schema (ignite_lstm/config.py). python run.py reads this output as it is.")
+    print(
+        f"# {command}\n"
+        '# The complete config, every key with its help text; "(schema default: X)" marks a value set\n'
+        "# differently from the schema (ignite_lstm/config.py). python run.py reads this output as it is."
+    )
     print(commented_yaml(Config, OmegaConf.to_container(cfg), defaults), end="")
     return 0
 

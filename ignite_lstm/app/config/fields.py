@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import yaml
 
@@ -72,7 +74,7 @@ def _check_scalar(key: str, value: Any, tp: Any, rules: dict, problems: list[str
 
 def _check(key: str, value: Any, tp: Any, rules: dict, problems: list[str]) -> None:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union:  # Optional[X]
+    if origin in (typing.Union, types.UnionType):  # Optional[X], X | None
         if value is None:
             return
         tp = next(a for a in args if a is not type(None))
@@ -134,7 +136,7 @@ def _lookup(values: dict, key: str) -> Any:
 def _allowed(tp: Any, rules: dict) -> str:
     """What a key accepts, from its type and rules: ``int >= 1``, ``null or one of gloo, nccl``."""
     words = []
-    if typing.get_origin(tp) is typing.Union:  # Optional[X]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # Optional[X], X | None
         words.append("null or")
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     bounds = [_RULE_TEXT[r].format(b) for r, b in rules.items() if r in _RULE_TEXT]
@@ -177,7 +179,10 @@ def markdown_table(schema: type, defaults: dict) -> str:
     """One row per section and per key of ``schema`` (default, allowed values, meaning), in schema order."""
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
     for key, value, f, tp in _fields(schema, defaults):
-        cells = [f"**`{key}`**", "", "", f.metadata["help"]] if dataclasses.is_dataclass(tp) else \
-            [f"`{key}`", f"`{_yaml_value(value)}`", _allowed(tp, _rules(f)), f.metadata["help"]]
+        cells = (
+            [f"**`{key}`**", "", "", f.metadata["help"]]
+            if dataclasses.is_dataclass(tp)
+            else [f"`{key}`", f"`{_yaml_value(value)}`", _allowed(tp, _rules(f)), f.metadata["help"]]
+        )
         rows.append("| " + " | ".join(re.sub("<(?=[A-Za-z])", "&lt;", c.replace("|", "\\|")) for c in cells) + " |")
     return "\n".join(rows) + "\n"

@@ -13,10 +13,11 @@ is written here.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from ignite_lstm.handlers.curriculum import stage_lengths
 from ignite_lstm.app.task.metrics import METRIC_NAMES
+from ignite_lstm.handlers.curriculum import stage_lengths
 
 __all__ = ["MIN_STEPS", "check_cross", "with_defaults"]
 
@@ -82,24 +83,40 @@ def check_cross(cfg: dict, problems: list[str], *, backends: Sequence[str]) -> N
     _check_monitors(handlers, freqs, problems)
     sched, train = _section(handlers, "lr_scheduler"), _section(cfg, "train")
     warmup, epochs = sched.get("warmup_epochs"), train.get("epochs")
-    if valid("handlers.lr_scheduler.warmup_epochs", "train.epochs") and _is_number(warmup) and _is_number(epochs) \
-            and warmup >= epochs:
+    if (
+        valid("handlers.lr_scheduler.warmup_epochs", "train.epochs")
+        and _is_number(warmup)
+        and _is_number(epochs)
+        and warmup >= epochs
+    ):
         problems.append(f"handlers.lr_scheduler.warmup_epochs: {warmup!r} must be shorter than train.epochs ({epochs})")
     steps = train.get("gradient_accumulation_steps")
-    if valid("train.gradient_accumulation_steps", "train.update") and _is_number(steps) and steps > 1 \
-            and train.get("update") == "window":
-        problems.append(f"train.gradient_accumulation_steps: {steps!r} needs train.update: sequence (with "
-                        f"update: window every window takes its own optimizer step)")
+    if (
+        valid("train.gradient_accumulation_steps", "train.update")
+        and _is_number(steps)
+        and steps > 1
+        and train.get("update") == "window"
+    ):
+        problems.append(
+            f"train.gradient_accumulation_steps: {steps!r} needs train.update: sequence (with "
+            f"update: window every window takes its own optimizer step)"
+        )
     _check_carry_state(train, data, problems)
     stop, ckpt = _section(handlers, "early_stopping"), _section(handlers, "checkpoint")
     if stop.get("enabled") is True and stop.get("restore_best") is True and ckpt.get("enabled") is False:
-        problems.append("handlers.early_stopping.restore_best: true needs handlers.checkpoint.enabled: true "
-                        "(the best weights are read from the best checkpoint)")
+        problems.append(
+            "handlers.early_stopping.restore_best: true needs handlers.checkpoint.enabled: true "
+            "(the best weights are read from the best checkpoint)"
+        )
     dist = _section(cfg, "distributed")
-    if valid("distributed.backend", "distributed.nproc_per_node") and dist.get("backend") is None \
-            and dist.get("nproc_per_node") != 1:
-        problems.append(f"distributed.nproc_per_node: more than 1 process needs distributed.backend "
-                        f"({' or '.join(backends)})")
+    if (
+        valid("distributed.backend", "distributed.nproc_per_node")
+        and dist.get("backend") is None
+        and dist.get("nproc_per_node") != 1
+    ):
+        problems.append(
+            f"distributed.nproc_per_node: more than 1 process needs distributed.backend ({' or '.join(backends)})"
+        )
     _check_curriculum(cfg, problems, valid)
     extra = handlers.get("extra")
     for i, entry in enumerate(extra if isinstance(extra, list) else []):
@@ -112,23 +129,29 @@ def _check_carry_state(train: dict, data: dict, problems: list[str]) -> None:
     training batches only (a smaller last one is refused); no curriculum cuts the batches."""
     streams = data.get("layout") == "streams"
     if streams and train.get("carry_state") is not True:
-        problems.append(f"data.layout: 'streams' needs train.carry_state: true (lane i of a chunk continues the series "
-                        f"that lane i of the previous chunk played), got {train.get('carry_state')!r}")
+        problems.append(
+            f"data.layout: 'streams' needs train.carry_state: true (lane i of a chunk continues the series "
+            f"that lane i of the previous chunk played), got {train.get('carry_state')!r}"
+        )
     if train.get("carry_state") is not True:
         return
     if _section(train, "curriculum").get("enabled") is True:
-        problems.append("train.carry_state: true cannot run with train.curriculum.enabled: true (the curriculum cuts "
-                        "every batch to its first L steps, so lane i of the next batch would not continue where lane "
-                        "i was cut)")
+        problems.append(
+            "train.carry_state: true cannot run with train.curriculum.enabled: true (the curriculum cuts "
+            "every batch to its first L steps, so lane i of the next batch would not continue where lane "
+            "i was cut)"
+        )
     freqs, mixtures, batch = data.get("frequencies"), _section(data, "train").get("mixtures"), train.get("batch_size")
     if streams or not isinstance(freqs, list) or not _is_number(mixtures) or not _is_number(batch) or batch < 1:
         return  # a stream loader's batches are always full: lanes without a series are masked
     sequences = mixtures * len(freqs)  # a training sequence per (mixture, frequency)
     if sequences % batch:
-        problems.append(f"train.carry_state: true needs every training batch full, so that lane i of a batch continues "
-                        f"lane i of the previous one: the {sequences} training sequences (data.train.mixtures x "
-                        f"data.frequencies) are not a multiple of train.batch_size={batch}; or set data.layout: "
-                        f"streams, whose batches are always full")
+        problems.append(
+            f"train.carry_state: true needs every training batch full, so that lane i of a batch continues "
+            f"lane i of the previous one: the {sequences} training sequences (data.train.mixtures x "
+            f"data.frequencies) are not a multiple of train.batch_size={batch}; or set data.layout: "
+            f"streams, whose batches are always full"
+        )
 
 
 def _validation_metrics(freqs: Any) -> list[str]:
@@ -165,18 +188,23 @@ def _check_curriculum(cfg: dict, problems: list[str], valid: Callable[..., bool]
     if valid("data.fs", "data.duration") and _is_number(fs) and _is_number(duration) and math.isfinite(fs * duration):
         steps = round(fs * duration)
         if lengths and (any(b <= a for a, b in zip(lengths, lengths[1:])) or lengths[-1] > steps):
-            problems.append(f"{key}.lengths: {lengths!r} must increase, each <= the sequence length T = {steps} "
-                            f"(round(data.fs * data.duration))")
+            problems.append(
+                f"{key}.lengths: {lengths!r} must increase, each <= the sequence length T = {steps} "
+                f"(round(data.fs * data.duration))"
+            )
         elif start is not None and start > steps:
             problems.append(f"{key}.start: {start!r} must be <= the sequence length T = {steps}")
         elif bool(lengths) != (start is not None) and per is not None and valid("train.epochs"):
             _check_stage_epochs(c, train, steps, problems)
     if per is None and metric is None:
-        problems.append(f"{key}: needs a rule to advance: epochs_per_stage (fixed epochs per stage), or metric and "
-                        f"threshold")
+        problems.append(
+            f"{key}: needs a rule to advance: epochs_per_stage (fixed epochs per stage), or metric and threshold"
+        )
     elif per is not None and metric is not None:
-        problems.append(f"{key}.epochs_per_stage: {per!r} and metric {metric!r} are two rules to advance: choose one "
-                        f"(min_epochs and max_epochs bound the stages of the metric rule)")
+        problems.append(
+            f"{key}.epochs_per_stage: {per!r} and metric {metric!r} are two rules to advance: choose one "
+            f"(min_epochs and max_epochs bound the stages of the metric rule)"
+        )
     if metric is not None and c.get("threshold") is None:
         problems.append(f"{key}.threshold: null: the metric rule ({metric!r}) needs the value to beat")
     elif metric is None and c.get("threshold") is not None:
@@ -186,14 +214,18 @@ def _check_curriculum(cfg: dict, problems: list[str], valid: Callable[..., bool]
         problems.append(f"{key}.metric: {metric!r} is not a validation metric: choose one of {allowed}")
     low, high = c.get("min_epochs"), c.get("max_epochs")
     if per is not None and metric is None and (high is not None or low != 1):
-        problems.append(f"{key}.max_epochs: min_epochs {low!r} and max_epochs {'null' if high is None else high!r} "
-                        f"belong to the metric rule; with epochs_per_stage leave them at 1 and null")
+        problems.append(
+            f"{key}.max_epochs: min_epochs {low!r} and max_epochs {'null' if high is None else high!r} "
+            f"belong to the metric rule; with epochs_per_stage leave them at 1 and null"
+        )
     elif _is_number(low) and _is_number(high) and high < low:
         problems.append(f"{key}.max_epochs: {high!r} must be >= min_epochs ({low!r})")
     schedule = _section(_section(cfg, "handlers"), "lr_scheduler").get("name", "cosine")
     if _is_number(c.get("lr_factor")) and c.get("lr_factor") != 1 and schedule not in ("none", "plateau"):
-        problems.append(f"{key}.lr_factor: {c.get('lr_factor')!r} with handlers.lr_scheduler.name={schedule!r}, which "
-                        f"sets the rate at every step and would undo it: use none or plateau, or lr_factor 1.0")
+        problems.append(
+            f"{key}.lr_factor: {c.get('lr_factor')!r} with handlers.lr_scheduler.name={schedule!r}, which "
+            f"sets the rate at every step and would undo it: use none or plateau, or lr_factor 1.0"
+        )
 
 
 def _check_stage_epochs(c: dict, train: dict, steps: int, problems: list[str]) -> None:
@@ -201,5 +233,7 @@ def _check_stage_epochs(c: dict, train: dict, steps: int, problems: list[str]) -
     per, epochs = c.get("epochs_per_stage"), train.get("epochs")
     shorter = len(stage_lengths(steps, c.get("lengths") or (), c.get("start"), c.get("factor") or 2.0)) - 1
     if _is_number(per) and _is_number(epochs) and per * shorter >= epochs:
-        problems.append(f"train.curriculum.epochs_per_stage: {per!r} x {shorter} stages below the full length = "
-                        f"{per * shorter} epochs leaves none of train.epochs={epochs} at the full length")
+        problems.append(
+            f"train.curriculum.epochs_per_stage: {per!r} x {shorter} stages below the full length = "
+            f"{per * shorter} epochs leaves none of train.epochs={epochs} at the full length"
+        )

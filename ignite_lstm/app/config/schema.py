@@ -16,21 +16,21 @@ config, every key with its help text; ``--markdown`` prints the key table of the
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.distributed import Backend
 
-from ignite_lstm.app.config.rules import check_cross, with_defaults
 from ignite_lstm.app.config.fields import check_section
 from ignite_lstm.app.config.fields import setting as _f
-from ignite_lstm.engine.factories import UPDATES
-from ignite_lstm.engine.execution import AMP_MODES, EXECUTIONS
-from ignite_lstm.engine.losses import LOSSES
+from ignite_lstm.app.config.rules import check_cross, with_defaults
 from ignite_lstm.app.run.optim import OPTIMIZERS
+from ignite_lstm.engine.execution import AMP_MODES, EXECUTIONS
+from ignite_lstm.engine.factories import UPDATES
+from ignite_lstm.engine.losses import LOSSES
 from ignite_lstm.handlers.schedules import SCHEDULES
 
 __all__ = ["Config", "ConfigError", "load_config", "validate_config"]
@@ -62,7 +62,7 @@ LAYOUTS = ("sequences", "streams")  # how setup_data batches the splits
 
 @dataclass
 class StreamConfig:
-    chunk_steps: Optional[int] = _f(None, "steps per batch of the streams layout; null: train.tbptt_steps", ge=1)
+    chunk_steps: int | None = _f(None, "steps per batch of the streams layout; null: train.tbptt_steps", ge=1)
     shuffle: bool = _f(True, "a new order of the training sequences in the lanes every epoch (seeded by seed)")
 
 
@@ -75,13 +75,18 @@ class DataConfig:
     amplitude: list[float] = _f([0.8, 1.2], "per-sample amplitude draw A ~ U(low, high)", ge=0.0, length=2)
     phase_scale: float = _f(0.01, "s in phi = s * U(0, 2 pi); 1.0 is the literal specification", ge=0.0)
     noise_sigma: float = _f(0.0, "std of additive Gaussian noise on the mixture", ge=0.0)
-    input_scale: float = _f(4.0, "the mixture is multiplied by this in the input (S has amplitude ~1/4 per "
-                                 "component)", gt=0.0)
+    input_scale: float = _f(
+        4.0, "the mixture is multiplied by this in the input (S has amplitude ~1/4 per component)", gt=0.0
+    )
     train: SplitConfig = _f(SplitConfig(seed=1, mixtures=10), "the training split: fresh noise draws per mixture")
     val: SplitConfig = _f(SplitConfig(seed=3, mixtures=1), "the validation split: model selection looks only at it")
     test: SplitConfig = _f(SplitConfig(seed=2, mixtures=1), "the test split (seed 2: the specification's)")
-    layout: str = _f("sequences", "sequences: a batch holds whole sequences; streams: the sequences one after another "
-                                  "in lanes, cut into chunks (StreamLoader; needs train.carry_state)", choices=LAYOUTS)
+    layout: str = _f(
+        "sequences",
+        "sequences: a batch holds whole sequences; streams: the sequences one after another "
+        "in lanes, cut into chunks (StreamLoader; needs train.carry_state)",
+        choices=LAYOUTS,
+    )
     stream: StreamConfig = _f(StreamConfig(), "the streams layout (ignite_lstm/streams.py)")
 
 
@@ -96,42 +101,56 @@ class ModelConfig:
 class CurriculumConfig:
     enabled: bool = _f(False, "train on the first L steps of each sequence, L growing by stages up to T")
     lengths: list[int] = _f([], "stage lengths L in steps, increasing, each <= T; T follows as the last stage", ge=1)
-    start: Optional[int] = _f(None, "with lengths []: stages start, start*factor, ... (below T), then T", ge=1)
+    start: int | None = _f(None, "with lengths []: stages start, start*factor, ... (below T), then T", ge=1)
     factor: float = _f(2.0, "growth of L per stage, with start", gt=1.0)
-    epochs_per_stage: Optional[int] = _f(None, "epoch rule: every stage before the last lasts this many epochs", ge=1)
-    metric: Optional[str] = _f(None, "metric rule: advance when this validation metric on L beats threshold")
-    threshold: Optional[float] = _f(None, "metric rule: the value to beat (below for errors, above for snr, r2, corr)")
+    epochs_per_stage: int | None = _f(None, "epoch rule: every stage before the last lasts this many epochs", ge=1)
+    metric: str | None = _f(None, "metric rule: advance when this validation metric on L beats threshold")
+    threshold: float | None = _f(None, "metric rule: the value to beat (below for errors, above for snr, r2, corr)")
     min_epochs: int = _f(1, "metric rule: epochs a stage lasts at least", ge=1)
-    max_epochs: Optional[int] = _f(None, "metric rule: epochs after which a stage ends anyway; null: no limit", ge=1)
-    tbptt: str = _f("fixed", "window per stage: fixed (train.tbptt_steps) or follow (tbptt_steps = L)",
-                    choices=("fixed", "follow"))
-    lr_factor: float = _f(1.0, "the learning rate is multiplied by this at every stage change (lr_scheduler "
-                                "none or plateau)", gt=0.0, le=1.0)
+    max_epochs: int | None = _f(None, "metric rule: epochs after which a stage ends anyway; null: no limit", ge=1)
+    tbptt: str = _f(
+        "fixed", "window per stage: fixed (train.tbptt_steps) or follow (tbptt_steps = L)", choices=("fixed", "follow")
+    )
+    lr_factor: float = _f(
+        1.0,
+        "the learning rate is multiplied by this at every stage change (lr_scheduler none or plateau)",
+        gt=0.0,
+        le=1.0,
+    )
 
 
 @dataclass
 class TrainConfig:
     epochs: int = _f(120, "passes over the training sequences", ge=1)
     batch_size: int = _f(40, "whole sequences per batch (global, over all processes); streams layout: the lanes", ge=1)
-    tbptt_steps: int = _f(500, "window K: the state is detached every K steps (1 = literal L = 1, no gradient "
-                               "through time)", ge=1)
+    tbptt_steps: int = _f(
+        500, "window K: the state is detached every K steps (1 = literal L = 1, no gradient through time)", ge=1
+    )
     update: str = _f("window", "one optimizer step per batch (sequence) or per window", choices=UPDATES)
-    engine: str = _f("auto", "how the model is called; stepwise is the literal per-step reference loop",
-                     choices=EXECUTIONS)
+    engine: str = _f(
+        "auto", "how the model is called; stepwise is the literal per-step reference loop", choices=EXECUTIONS
+    )
     chunk_steps: int = _f(250, "steps per chunk of the fused tbptt_steps = 1 path (bounds memory)", ge=1)
     optimizer: str = _f("adam", "torch optimizer", choices=tuple(OPTIMIZERS))
     lr: float = _f(3e-3, "peak learning rate", gt=0.0)
     weight_decay: float = _f(0.0, "L2 (adamw: decoupled) weight decay", ge=0.0)
     momentum: float = _f(0.9, "sgd and rmsprop only", ge=0.0, lt=1.0)
     loss: str = _f("mse", "training loss, mean-reduced", choices=tuple(LOSSES))
-    grad_clip: Optional[float] = _f(1.0, "max gradient norm; null disables clipping", gt=0.0)
-    amp: Optional[str] = _f(None, "mixed precision: null (float32), bf16 or fp16 (autocast around forward and loss)",
-                            choices=tuple(AMP_MODES))
-    gradient_accumulation_steps: int = _f(1, "an optimizer step every N batches (each batch's gradient scaled 1/N); "
-                                             "needs update: sequence", ge=1)
-    carry_state: bool = _f(False, "stateful mode: lane i of each batch continues the state of lane i of the previous "
-                                  "one (reset at each epoch start and by a batch's reset); sequences layout: needs "
-                                  "full batches")
+    grad_clip: float | None = _f(1.0, "max gradient norm; null disables clipping", gt=0.0)
+    amp: str | None = _f(
+        None,
+        "mixed precision: null (float32), bf16 or fp16 (autocast around forward and loss)",
+        choices=tuple(AMP_MODES),
+    )
+    gradient_accumulation_steps: int = _f(
+        1, "an optimizer step every N batches (each batch's gradient scaled 1/N); needs update: sequence", ge=1
+    )
+    carry_state: bool = _f(
+        False,
+        "stateful mode: lane i of each batch continues the state of lane i of the previous "
+        "one (reset at each epoch start and by a batch's reset); sequences layout: needs "
+        "full batches",
+    )
     curriculum: CurriculumConfig = _f(CurriculumConfig(), "sequence-length curriculum (ignite_lstm/curriculum.py)")
 
 
@@ -139,8 +158,9 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = _f(40, "sequences per evaluation batch (per process); streams layout: the lanes", ge=1)
     every: int = _f(1, "validate every N epochs (and after the last)", ge=1)
-    engine: str = _f("auto", "auto/fused: whole sequences in one call; stepwise: model.step per time step",
-                     choices=EXECUTIONS)
+    engine: str = _f(
+        "auto", "auto/fused: whole sequences in one call; stepwise: model.step per time step", choices=EXECUTIONS
+    )
     report: bool = _f(True, "at the end: <run>/report with metrics JSON/Markdown and figures")
 
 
@@ -164,8 +184,9 @@ class EarlyStoppingConfig:
 @dataclass
 class LRSchedulerConfig:
     name: str = _f("cosine", "learning-rate schedule, set before every optimizer step", choices=SCHEDULES)
-    warmup_epochs: float = _f(0.0, "warm-up epochs (linear from 1% of lr; onecycle: its rise, 30% of the run "
-                                   "when 0); 0 = none", ge=0.0)
+    warmup_epochs: float = _f(
+        0.0, "warm-up epochs (linear from 1% of lr; onecycle: its rise, 30% of the run when 0); 0 = none", ge=0.0
+    )
     min_lr: float = _f(0.0, "cosine end value / plateau floor", ge=0.0)
     step_size: int = _f(10, "step: epochs between decays", ge=1)
     gamma: float = _f(0.5, "step: decay factor", gt=0.0, le=1.0)
@@ -190,13 +211,12 @@ class HandlersConfig:
     early_stopping: EarlyStoppingConfig = _f(EarlyStoppingConfig(), "Ignite EarlyStopping on a validation metric")
     lr_scheduler: LRSchedulerConfig = _f(LRSchedulerConfig(), "Ignite param schedulers (ignite_lstm/schedules.py)")
     tensorboard: TensorboardConfig = _f(TensorboardConfig(), "Ignite TensorboardLogger")
-    extra: list[str] = _f([], 'your handlers: ["package.module:function"], called with (trainer, evaluator, '
-                              'config)')
+    extra: list[str] = _f([], 'your handlers: ["package.module:function"], called with (trainer, evaluator, config)')
 
 
 @dataclass
 class DistributedConfig:
-    backend: Optional[str] = _f(None, "null: one process; gloo for CPU processes, nccl for GPU ones", choices=BACKENDS)
+    backend: str | None = _f(None, "null: one process; gloo for CPU processes, nccl for GPU ones", choices=BACKENDS)
     nproc_per_node: int = _f(1, "processes started by run.py (ignored under torchrun)", ge=1)
 
 
@@ -204,12 +224,14 @@ class DistributedConfig:
 class Config:
     seed: int = _f(0, "seed of weights, shuffling and dropout", ge=0, lt=2**32)  # numpy's seed range
     output_dir: str = _f("runs", "parent of the run folders")
-    name: Optional[str] = _f(None, "run folder name; null: <config name>-<date-time>")
+    name: str | None = _f(None, "run folder name; null: <config name>-<date-time>")
     device: str = _f("auto", "auto (cuda if available), cpu, cuda, cuda:N or mps")
-    threads: Optional[int] = _f(None, "torch CPU threads; null keeps torch's default",
-                                ge=1, lt=2**31)  # torch.set_num_threads takes a C int
-    resume: Optional[str] = _f(None, "null, auto (newest checkpoint of this config's runs, or of name) or "
-                                     "path/to/checkpoint.pt")
+    threads: int | None = _f(
+        None, "torch CPU threads; null keeps torch's default", ge=1, lt=2**31
+    )  # torch.set_num_threads takes a C int
+    resume: str | None = _f(
+        None, "null, auto (newest checkpoint of this config's runs, or of name) or path/to/checkpoint.pt"
+    )
     data: DataConfig = _f(DataConfig(), "the signals: generation parameters and the three splits")
     model: ModelConfig = _f(ModelConfig(), "the StatefulLSTM")
     train: TrainConfig = _f(TrainConfig(), "training: truncated BPTT, optimizer, loss")
@@ -306,9 +328,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     if not isinstance(base, DictConfig):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
     if not base and _is_blank(path):  # OmegaConf reads an empty file as {}: every setting its schema default
-        raise ConfigError([f"{path}: the config file is empty; list the settings to change (`python -m "
-                           f"ignite_lstm.app.config.schema` prints every key with its default), or write {{}} to run with "
-                           f"the schema defaults"])
+        raise ConfigError(
+            [
+                f"{path}: the config file is empty; list the settings to change (`python -m "
+                f"ignite_lstm.app.config.schema` prints every key with its default), or write {{}} to run with "
+                f"the schema defaults"
+            ]
+        )
     bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0]]
     if bad:
         raise ConfigError([f"override {o!r}: expected key=value" for o in bad])

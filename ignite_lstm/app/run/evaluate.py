@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,10 +27,10 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from ignite_lstm.app.config.schema import ConfigError, load_config, validate_config
-from ignite_lstm.app.task.dataset import SignalDataset, ensure_split, split_params
-from ignite_lstm.models.lstm import StatefulLSTM, load_model
 from ignite_lstm.app.run.preflight import device_problem, resolve_device
 from ignite_lstm.app.run.setup import setup_evaluators
+from ignite_lstm.app.task.dataset import SignalDataset, ensure_split, split_params
+from ignite_lstm.models.lstm import StatefulLSTM, load_model
 
 __all__ = ["RunFiles", "load_run", "evaluate_splits", "figure_predictions", "main"]
 
@@ -98,8 +99,9 @@ def load_run(path: str | Path, *, require_config: bool = True) -> RunFiles:
                 config, run_dir = load_config(folder / "config.yaml"), folder
                 break
     if config is None and require_config:
-        raise ConfigError([f"{model_file}: holds no config and no config.yaml was found beside it "
-                           f"or in its parent folder"])
+        raise ConfigError(
+            [f"{model_file}: holds no config and no config.yaml was found beside it or in its parent folder"]
+        )
     if config is not None:
         n_freq = len(config.data.frequencies)
         if model.input_size != 1 + n_freq or model.output_size != 1:
@@ -139,8 +141,9 @@ def evaluate_splits(evaluator: Engine, loaders: Mapping[str, Iterable]) -> dict[
     return metrics
 
 
-def figure_predictions(model: torch.nn.Module, dataset: SignalDataset, device: str | torch.device = "cpu",
-                       mixture: int = 0) -> np.ndarray:
+def figure_predictions(
+    model: torch.nn.Module, dataset: SignalDataset, device: str | torch.device = "cpu", mixture: int = 0
+) -> np.ndarray:
     """The model's outputs for the F sequences of one mixture (one per frequency): what the report draws.
 
     Args:
@@ -181,12 +184,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm evaluate") 
         epilog="Example: ignite-lstm evaluate runs/base-20260101-120000 --split test",
     )
     parser.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="run folder or .pt model/checkpoint file")
-    parser.add_argument("--split", action="append", choices=SPLITS,
-                        help="split to evaluate (repeatable); default: train, val and test")
+    parser.add_argument(
+        "--split", action="append", choices=SPLITS, help="split to evaluate (repeatable); default: train, val and test"
+    )
     parser.add_argument("--output", metavar="DIR", help="report folder (default: <run>/report)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
-    parser.add_argument("--span", type=float, default=1.0, metavar="SECONDS",
-                        help="seconds shown in the time-domain figures (default 1)")
+    parser.add_argument(
+        "--span",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds shown in the time-domain figures (default 1)",
+    )
     parser.add_argument("--no-figures", action="store_true", help="write the metrics only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -218,9 +227,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm evaluate") 
         metrics = evaluate_splits(evaluator, loaders)
         figure_split = "test" if "test" in datasets else splits[-1]
         predictions = None if args.no_figures else figure_predictions(model, datasets[figure_split], device)
-        write_report(files.run_dir, metrics, dataset=datasets[figure_split], predictions=predictions,
-                     frequencies=list(cfg.data.frequencies), fs=cfg.data.fs, splits=splits, output_dir=output,
-                     figure_split=figure_split, span_s=args.span)
+        write_report(
+            files.run_dir,
+            metrics,
+            dataset=datasets[figure_split],
+            predictions=predictions,
+            frequencies=list(cfg.data.frequencies),
+            fs=cfg.data.fs,
+            splits=splits,
+            output_dir=output,
+            figure_split=figure_split,
+            span_s=args.span,
+        )
     except (OSError, ValueError, ConfigError) as exc:  # DataFileError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -24,8 +24,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -61,8 +61,10 @@ def _as_signal(path: Path, array: np.ndarray, what: str) -> np.ndarray:
     if array.size == 0:
         raise ExtractionError(f"Input {path}{what} is empty; expected at least one sample.")
     if not np.isfinite(array).all():
-        raise ExtractionError(f"Input {path}{what} has NaN or infinite values at sample(s) "
-                              f"{np.flatnonzero(~np.isfinite(array))[:5].tolist()}.")
+        raise ExtractionError(
+            f"Input {path}{what} has NaN or infinite values at sample(s) "
+            f"{np.flatnonzero(~np.isfinite(array))[:5].tolist()}."
+        )
     return array.astype(np.float32)
 
 
@@ -259,8 +261,10 @@ def _onnx_settings(args: argparse.Namespace):
     from ignite_lstm.deploy.onnx_step import OnnxStep
 
     if args.device != "cpu":
-        raise ExtractionError(f"--device {args.device} does not apply to --backend onnxruntime, which runs on "
-                              f"onnxruntime's CPU provider; leave --device at cpu.")
+        raise ExtractionError(
+            f"--device {args.device} does not apply to --backend onnxruntime, which runs on "
+            f"onnxruntime's CPU provider; leave --device at cpu."
+        )
     try:
         model = OnnxStep(args.model, batch_size=1)
     except ImportError as exc:
@@ -294,7 +298,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm extract") -
         prog=prog,
         description="Extract one frequency's clean sine from a noisy mixture, one sample at a time (model.step).",
         epilog="Example: ignite-lstm extract --checkpoint runs/base-x/model.pt --input s.npy "
-               "--frequency 3 --output sine3.npy",
+        "--frequency 3 --output sine3.npy",
     )
     parser.add_argument("--checkpoint", help="model.pt or checkpoint file written by a run (--backend torch)")
     parser.add_argument("--input", required=True, help="mixture: .npy, .csv (one column) or .h5")
@@ -302,29 +306,41 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm extract") -
     parser.add_argument("--output", required=True, help="extracted sine: .npy or .csv")
     parser.add_argument("--dataset", default="mixture", help=".h5 input: dataset path (default: mixture)")
     parser.add_argument("--row", type=int, default=0, help=".h5 input: row of a 2-D (M, T) dataset (default 0)")
-    parser.add_argument("--input-scale", type=float, help="factor of the mixture in the model input "
-                        "(default: the checkpoint's data.input_scale)")
-    parser.add_argument("--frequencies", help="the model's frequencies, e.g. 1,3,5,7 (only for a checkpoint "
-                        "without config)")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu: one sample per call "
-                        "is faster on a CPU)")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                        help="torch: model.step of --checkpoint (default); onnxruntime: the ONNX step model --model")
-    parser.add_argument("--model", help="ONNX step model written by ignite-lstm export "
-                        "(--backend onnxruntime)")
+    parser.add_argument(
+        "--input-scale",
+        type=float,
+        help="factor of the mixture in the model input (default: the checkpoint's data.input_scale)",
+    )
+    parser.add_argument(
+        "--frequencies", help="the model's frequencies, e.g. 1,3,5,7 (only for a checkpoint without config)"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu | cuda | cuda:N (default cpu: one sample per call is faster on a CPU)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help="torch: model.step of --checkpoint (default); onnxruntime: the ONNX step model --model",
+    )
+    parser.add_argument("--model", help="ONNX step model written by ignite-lstm export (--backend onnxruntime)")
     args = parser.parse_args(argv)
     if args.backend == "torch" and args.checkpoint is None:
         parser.error("the following arguments are required: --checkpoint (or --backend onnxruntime --model FILE)")
     if args.backend == "torch" and args.model is not None:
         parser.error("argument --model: only with --backend onnxruntime (--backend torch reads --checkpoint)")
     if args.backend == "onnxruntime" and (args.model is None or args.checkpoint is not None):
-        parser.error("argument --backend onnxruntime: needs --model FILE.onnx, and no --checkpoint "
-                     "(the ONNX file's metadata configures it)")
+        parser.error(
+            "argument --backend onnxruntime: needs --model FILE.onnx, and no --checkpoint "
+            "(the ONNX file's metadata configures it)"
+        )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if Path(args.output).suffix.lower() not in OUTPUT_FORMATS:  # refuse before any work
-            raise ExtractionError(f"Output {args.output} has an unknown extension "
-                                  f"{Path(args.output).suffix!r}; allowed: {OUTPUT_FORMATS}.")
+            raise ExtractionError(
+                f"Output {args.output} has an unknown extension "
+                f"{Path(args.output).suffix!r}; allowed: {OUTPUT_FORMATS}."
+            )
         bad_device = device_problem(args.device) if args.backend == "torch" else None  # onnxruntime: CPU only
         if bad_device:
             raise ExtractionError(f"--device {args.device!r} {bad_device}.")
@@ -334,15 +350,23 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm extract") -
         device = resolve_device(args.device)
         torch.set_num_threads(1)  # one sample per call: more threads only add synchronisation
         start = time.perf_counter()
-        signal = stream_extract(model.to(device), mixture, frequency_index=index,
-                                num_frequencies=len(frequencies), input_scale=scale, device=device)
+        signal = stream_extract(
+            model.to(device),
+            mixture,
+            frequency_index=index,
+            num_frequencies=len(frequencies),
+            input_scale=scale,
+            device=device,
+        )
         seconds = time.perf_counter() - start
         write_signal(args.output, signal)
     except (OSError, ValueError, ConfigError) as exc:  # ExtractionError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"Extracted {args.frequency:g} Hz from {args.input} ({len(signal)} samples) -> {args.output}; "
-          f"{seconds:.2f} s, {1e6 * seconds / len(signal):.1f} µs per sample.")
+    print(
+        f"Extracted {args.frequency:g} Hz from {args.input} ({len(signal)} samples) -> {args.output}; "
+        f"{seconds:.2f} s, {1e6 * seconds / len(signal):.1f} µs per sample."
+    )
     return 0
 
 

@@ -20,16 +20,17 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import ignite.distributed as idist
 
 from ignite_lstm._internal.compat import engine_logger_name
-from ignite_lstm.checkpoint.files import CheckpointMismatch, find_checkpoint
-from ignite_lstm.app.task.h5io import DataFileError
 from ignite_lstm.app.run.rundir import RunDirError, discard_unused_run_dir, prepare_run
 from ignite_lstm.app.run.training import Outcome
+from ignite_lstm.app.task.h5io import DataFileError
+from ignite_lstm.checkpoint.files import CheckpointMismatch, find_checkpoint
 
 __all__ = ["launch", "setup_logging"]
 
@@ -83,8 +84,12 @@ def _worker(local_rank: int, cfg: Any, stem: str, plan: dict | None, outcomes: A
         if isinstance(exc, OSError) and exc.errno not in _DISK_FULL:
             raise
         refused = not isinstance(exc, OSError)
-        outcomes.put((idist.get_rank(), Outcome("refused", str(exc)) if refused else
-                      Outcome("disk-full", _disk_full_message(exc, plan))))
+        outcomes.put(
+            (
+                idist.get_rank(),
+                Outcome("refused", str(exc)) if refused else Outcome("disk-full", _disk_full_message(exc, plan)),
+            )
+        )
         if launched:  # the process must fail, so that torch stops the ranks still waiting for this one
             raise
         return
@@ -102,8 +107,11 @@ def _disk_full_message(exc: OSError, plan: dict | None) -> str:
     text = f"{exc.strerror} while writing {target or 'a file'}{where}; training stopped."
     if run_dir is not None:
         kept = find_checkpoint(run_dir / "checkpoints")
-        text += (f" The last complete checkpoint is {kept}: free some space, then continue with resume=auto."
-                 if kept else " No checkpoint had been written yet.")
+        text += (
+            f" The last complete checkpoint is {kept}: free some space, then continue with resume=auto."
+            if kept
+            else " No checkpoint had been written yet."
+        )
     return text
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -19,8 +20,9 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 _MOMENTUM = ("sgd", "rmsprop")  # the optimizers that take a momentum argument
 
 
-def setup_optimizer(name: str, params: Iterable[Any], *, lr: float, weight_decay: float = 0.0,
-                    momentum: float = 0.9) -> torch.optim.Optimizer:
+def setup_optimizer(
+    name: str, params: Iterable[Any], *, lr: float, weight_decay: float = 0.0, momentum: float = 0.9
+) -> torch.optim.Optimizer:
     """Build the optimizer named by ``train.optimizer``.
 
     Args:

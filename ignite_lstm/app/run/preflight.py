@@ -23,16 +23,20 @@ import ignite.distributed as idist
 import torch
 
 from ignite_lstm.app.config.schema import ConfigError
-from ignite_lstm.handlers.curriculum import final_tbptt_steps
 from ignite_lstm.app.task.dataset import SPLITS, split_params
 from ignite_lstm.app.task.h5io import split_filename
+from ignite_lstm.handlers.curriculum import final_tbptt_steps
 
 __all__ = ["preflight", "device_problem", "resolve_device", "usable_devices", "estimate_memory", "available_memory"]
 
 _FLOAT = 4  # bytes of a float32
 # Optimizer state per parameter, in parameter-sized buffers (momentum 0: no buffer).
-_OPTIMIZER_STATE = {"adam": lambda m: 2, "adamw": lambda m: 2, "sgd": lambda m: int(m > 0),
-                    "rmsprop": lambda m: 1 + int(m > 0)}
+_OPTIMIZER_STATE = {
+    "adam": lambda m: 2,
+    "adamw": lambda m: 2,
+    "sgd": lambda m: int(m > 0),
+    "rmsprop": lambda m: 1 + int(m > 0),
+}
 
 
 def usable_devices() -> list[str]:
@@ -68,8 +72,10 @@ def device_problem(name: str) -> str | None:
     except (RuntimeError, TypeError, ValueError):
         return f"is not a torch device: {choose}"
     if device.type == "cuda" and not torch.cuda.is_available():
-        return (f"is not available: torch.cuda.is_available() is False (a CPU-only torch build, or no GPU or "
-                f"driver); {choose}")
+        return (
+            f"is not available: torch.cuda.is_available() is False (a CPU-only torch build, or no GPU or "
+            f"driver); {choose}"
+        )
     if device.type == "cuda":
         n = torch.cuda.device_count()
         return f"is not available: this machine has {n} CUDA device{'s' if n != 1 else ''}; {choose}"
@@ -134,14 +140,16 @@ def estimate_memory(cfg: Any, processes: int = 1, native: bool = False) -> dict[
     model = _FLOAT * params * copies
 
     sequences = {split: d[split].mixtures * n_freq for split in SPLITS}
-    data = sum(_FLOAT * (sequences[s] * steps * n_in + d[s].mixtures * steps + 2 * n_freq * steps) + 8 * steps
-               for s in SPLITS)
+    data = sum(
+        _FLOAT * (sequences[s] * steps * n_in + d[s].mixtures * steps + 2 * n_freq * steps) + 8 * steps for s in SPLITS
+    )
 
     batch = min(max(1, t.batch_size // processes), math.ceil(sequences["train"] / processes))
     tbptt = final_tbptt_steps(cfg, steps)  # a curriculum's last stage, when its window follows L
     detached = tbptt == 1 and t["update"] == "sequence" and t.engine != "stepwise"
-    window_key = "train.chunk_steps" if detached else \
-        "train.tbptt_steps" if tbptt == t.tbptt_steps else "train.curriculum.tbptt"
+    window_key = (
+        "train.chunk_steps" if detached else "train.tbptt_steps" if tbptt == t.tbptt_steps else "train.curriculum.tbptt"
+    )
     window = min(steps, t.chunk_steps if detached else tbptt)
     training = _FLOAT * batch * (window * (layers * (12 * hidden + n_in) + 2 * n_out) + steps * (n_in + n_out))
 
@@ -151,18 +159,33 @@ def estimate_memory(cfg: Any, processes: int = 1, native: bool = False) -> dict[
 
     largest = max(SPLITS, key=lambda s: sequences[s])
     parts = {
-        "model": (model * processes, f"parameters, gradients and {t.optimizer} state",
-                  {"model.hidden_size": hidden, **({"model.num_layers": layers} if layers > 1 else {})}),
-        "data": (data * processes, f"the data splits ({sum(sequences.values())} sequences x {steps} steps)",
-                 {f"data.{largest}.mixtures": d[largest].mixtures, "data.duration": d.duration}),
-        "training": (training * processes, f"one training window ({batch} sequences x {window} steps)",
-                     {"train.batch_size": t.batch_size, window_key: window, "model.hidden_size": hidden}),
-        "evaluation": (evaluation * processes, f"one evaluation batch ({eval_batch} sequences x {steps} steps)",
-                       {"eval.batch_size": e.batch_size, "data.duration": d.duration, "model.hidden_size": hidden}),
+        "model": (
+            model * processes,
+            f"parameters, gradients and {t.optimizer} state",
+            {"model.hidden_size": hidden, **({"model.num_layers": layers} if layers > 1 else {})},
+        ),
+        "data": (
+            data * processes,
+            f"the data splits ({sum(sequences.values())} sequences x {steps} steps)",
+            {f"data.{largest}.mixtures": d[largest].mixtures, "data.duration": d.duration},
+        ),
+        "training": (
+            training * processes,
+            f"one training window ({batch} sequences x {window} steps)",
+            {"train.batch_size": t.batch_size, window_key: window, "model.hidden_size": hidden},
+        ),
+        "evaluation": (
+            evaluation * processes,
+            f"one evaluation batch ({eval_batch} sequences x {steps} steps)",
+            {"eval.batch_size": e.batch_size, "data.duration": d.duration, "model.hidden_size": hidden},
+        ),
     }
     sizes = {k: v[0] for k, v in parts.items()}
-    return {**sizes, "peak": sizes["model"] + sizes["data"] + max(sizes["training"], sizes["evaluation"]),
-            "parts": parts}
+    return {
+        **sizes,
+        "peak": sizes["model"] + sizes["data"] + max(sizes["training"], sizes["evaluation"]),
+        "parts": parts,
+    }
 
 
 def _native_expected(device: torch.device) -> bool:
@@ -199,8 +222,13 @@ def _memory_problem(cfg: Any, device: torch.device) -> str | None:
     if device.type == "cuda":  # model and activations on the GPU, the data in host memory
         if processes == 1:  # (a launcher of several processes must not touch the GPUs itself)
             try:
-                checks.append((["model", active], torch.cuda.get_device_properties(device.index or 0).total_memory,
-                               f"{device} has"))
+                checks.append(
+                    (
+                        ["model", active],
+                        torch.cuda.get_device_properties(device.index or 0).total_memory,
+                        f"{device} has",
+                    )
+                )
             except Exception:  # no such GPU: the device check says so
                 pass
         checks.append((["data"], available_memory(), "this machine has"))
@@ -215,8 +243,9 @@ def _memory_problem(cfg: Any, device: torch.device) -> str | None:
         keys = ", ".join(f"{k}={v}" for k, v in parts[largest][2].items())
         detail = "; ".join(f"{parts[k][1]} {_size(parts[k][0])}" for k in shown)
         per = f" with {processes} processes" if processes > 1 else ""
-        return (f"{keys}: the run needs about {_size(need)} of memory{per} ({detail}); "
-                f"{where} {_size(available)} available")
+        return (
+            f"{keys}: the run needs about {_size(need)} of memory{per} ({detail}); {where} {_size(available)} available"
+        )
     return None
 
 
@@ -237,8 +266,10 @@ def _data_dir_problem(cfg: Any) -> str | None:
         with tempfile.TemporaryFile(dir=nearest):  # unnamed where the OS allows: nothing appears in the folder
             pass
     except OSError as exc:
-        return (f"data.dir: {cfg.data.dir!r} is not writable ({exc.strerror or exc}); the {', '.join(missing)} "
-                f"split file(s) must be generated there: choose a writable folder")
+        return (
+            f"data.dir: {cfg.data.dir!r} is not writable ({exc.strerror or exc}); the {', '.join(missing)} "
+            f"split file(s) must be generated there: choose a writable folder"
+        )
     return None
 
 
@@ -286,8 +317,10 @@ def preflight(cfg: Any) -> None:
     backend = cfg.distributed.backend
     if backend and backend not in idist.available_backends():
         allowed = ", ".join(repr(b) for b in idist.available_backends()) or "none"
-        problems.append(f"distributed.backend: {backend!r} is not available in this torch build: choose one of "
-                        f"{allowed}, or null (one process)")
+        problems.append(
+            f"distributed.backend: {backend!r} is not available in this torch build: choose one of "
+            f"{allowed}, or null (one process)"
+        )
     problems += _extra_problems(cfg.handlers.extra)
     data_dir = _data_dir_problem(cfg)
     if data_dir:

@@ -16,9 +16,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ignite_lstm.checkpoint.files import find_checkpoint
 from ignite_lstm.app.task.model import model_args
-from ignite_lstm.checkpoint.files import read_checkpoint
+from ignite_lstm.checkpoint.files import find_checkpoint, read_checkpoint
 from ignite_lstm.checkpoint.resume import check_resumable
 
 __all__ = ["prepare_run", "discard_unused_run_dir", "read_resumable", "RunDirError", "MIN_FREE_BYTES"]
@@ -47,8 +46,11 @@ def _newest_run_with_checkpoint(candidates: list[Path]) -> tuple[Path, Path] | N
 
 def _holds_results(run_dir: Path) -> bool:
     """Whether the run got past its start-up: a checkpoint, a finished epoch or the final model."""
-    return (any((run_dir / "checkpoints").glob("*.pt")) or (run_dir / "history.json").exists()
-            or (run_dir / "model.pt").exists())
+    return (
+        any((run_dir / "checkpoints").glob("*.pt"))
+        or (run_dir / "history.json").exists()
+        or (run_dir / "model.pt").exists()
+    )
 
 
 def _make_parents(folder: Path, created: list[Path]) -> None:
@@ -69,8 +71,9 @@ def _make_parents(folder: Path, created: list[Path]) -> None:
 
 
 def _taken(run_dir: Path) -> RunDirError:
-    return RunDirError(f"Run folder {run_dir} already holds a run; pass resume=auto to continue it, "
-                       f"or another name=... for a new run.")
+    return RunDirError(
+        f"Run folder {run_dir} already holds a run; pass resume=auto to continue it, or another name=... for a new run."
+    )
 
 
 def _claim_run_dir(out: Path, base: str, numbered: bool, created: list[Path]) -> Path:
@@ -127,8 +130,10 @@ def _resume_target(cfg: Any, stem: str, out: Path, run_dir: Path) -> tuple[Path,
             resume_from = str(checkpoint)
         elif cfg.name and candidates and any(run_dir.iterdir()):
             if (run_dir / "model.pt").exists():
-                raise RunDirError(f"resume=auto: run folder {run_dir} holds a finished run ({run_dir / 'model.pt'}) "
-                                  f"and no training checkpoint to continue; pass another name=... for a new run.")
+                raise RunDirError(
+                    f"resume=auto: run folder {run_dir} holds a finished run ({run_dir / 'model.pt'}) "
+                    f"and no training checkpoint to continue; pass another name=... for a new run."
+                )
             restart, where = True, run_dir / "checkpoints"
             note = "resume=auto: no checkpoint in %s yet; starting the run from the beginning in %s"
         elif cfg.name:
@@ -185,8 +190,10 @@ def prepare_run(cfg: Any, stem: str) -> dict[str, Any]:
         nearest = nearest.parent
     free = shutil.disk_usage(nearest).free
     if free < MIN_FREE_BYTES:
-        raise RunDirError(f"Output folder {run_dir} has only {free // 2**20} MiB free; at least "
-                          f"{MIN_FREE_BYTES // 2**20} MiB are needed.")
+        raise RunDirError(
+            f"Output folder {run_dir} has only {free // 2**20} MiB free; at least "
+            f"{MIN_FREE_BYTES // 2**20} MiB are needed."
+        )
     plan: dict[str, Any] = {"run_dir": str(run_dir), "resume_from": resume_from, "new": False, "created": []}
     try:
         if resume_from is None and not restart:
@@ -252,6 +259,11 @@ def read_resumable(path: str | Path, cfg: Any) -> dict[str, Any]:
     """
     checkpoint = read_checkpoint(path)
     es = cfg.handlers.early_stopping
-    check_resumable(checkpoint, model_args=model_args(cfg), epochs=cfg.train.epochs,
-                    patience=es.patience if es.enabled else None, source=path)
+    check_resumable(
+        checkpoint,
+        model_args=model_args(cfg),
+        epochs=cfg.train.epochs,
+        patience=es.patience if es.enabled else None,
+        source=path,
+    )
     return checkpoint

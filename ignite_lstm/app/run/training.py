@@ -14,9 +14,10 @@ import json
 import logging
 import math
 import signal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -24,16 +25,16 @@ from ignite.engine import Engine
 from ignite.utils import manual_seed
 from omegaconf import OmegaConf
 
-from ignite_lstm.models import native
 from ignite_lstm._internal.atomic import atomic_write
-from ignite_lstm.app.task.dataset import setup_data
 from ignite_lstm.app.run.evaluate import evaluate_splits, figure_predictions
-from ignite_lstm.app.task.model import setup_model
 from ignite_lstm.app.run.optim import setup_optimizer
 from ignite_lstm.app.run.preflight import resolve_device
-from ignite_lstm.checkpoint.resume import SkipBatches, config_changes
 from ignite_lstm.app.run.rundir import read_resumable
 from ignite_lstm.app.run.setup import RunHandlers, attach_handlers, setup_evaluators, setup_trainer
+from ignite_lstm.app.task.dataset import setup_data
+from ignite_lstm.app.task.model import setup_model
+from ignite_lstm.checkpoint.resume import SkipBatches, config_changes
+from ignite_lstm.models import native
 
 __all__ = ["run", "run_training", "Outcome"]
 
@@ -80,8 +81,15 @@ class _Setup:
     train_data: SkipBatches
 
 
-def run(local_rank: int, cfg: Any, run_dir: str, resume_from: str | None = None, *, launched: bool = False,
-        attach: Sequence[Callable[[Engine, Engine, Any], None]] = ()) -> Outcome:
+def run(
+    local_rank: int,
+    cfg: Any,
+    run_dir: str,
+    resume_from: str | None = None,
+    *,
+    launched: bool = False,
+    attach: Sequence[Callable[[Engine, Engine, Any], None]] = (),
+) -> Outcome:
     """Train, validate every ``eval.every`` epochs, evaluate every split once at the end.
 
     Args:
@@ -126,8 +134,13 @@ def _readable_checkpoint(cfg: Any, resume_from: str | None) -> dict | None:
     return read_resumable(resume_from, cfg) if resume_from else None
 
 
-def setup(cfg: Any, run_dir: str | Path, *, launched: bool = False,
-          attach: Sequence[Callable[[Engine, Engine, Any], None]] = ()) -> _Setup:
+def setup(
+    cfg: Any,
+    run_dir: str | Path,
+    *,
+    launched: bool = False,
+    attach: Sequence[Callable[[Engine, Engine, Any], None]] = (),
+) -> _Setup:
     """Seed, data, model, optimizer, engines and handlers of a run, ready for ``trainer.run``."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -137,16 +150,32 @@ def setup(cfg: Any, run_dir: str | Path, *, launched: bool = False,
     model = idist.auto_model(setup_model(cfg).to(device))
     net = model.module if hasattr(model, "module") else model
     t = cfg.train
-    optimizer = idist.auto_optim(setup_optimizer(t.optimizer, model.parameters(), lr=t.lr,
-                                                 weight_decay=t.weight_decay, momentum=t.momentum))
+    optimizer = idist.auto_optim(
+        setup_optimizer(t.optimizer, model.parameters(), lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
+    )
     trainer = setup_trainer(cfg, model, optimizer, device)
     evaluators = setup_evaluators(cfg, model, device)
-    logger.info("Training path: %s (tbptt_steps=%d, update=%s), LSTM kernel: %s", trainer.state.execution,
-                t.tbptt_steps, t["update"], native.describe(device))
-    handlers = attach_handlers(trainer, evaluators["val"], cfg, model=model, optimizer=optimizer, data=data,
-                               run_dir=run_dir, extra=attach, abort_on_second_signal=not launched)
-    return _Setup(cfg, Path(run_dir), device, data, model, net, trainer, evaluators, handlers,
-                  SkipBatches(data["train_loader"]))
+    logger.info(
+        "Training path: %s (tbptt_steps=%d, update=%s), LSTM kernel: %s",
+        trainer.state.execution,
+        t.tbptt_steps,
+        t["update"],
+        native.describe(device),
+    )
+    handlers = attach_handlers(
+        trainer,
+        evaluators["val"],
+        cfg,
+        model=model,
+        optimizer=optimizer,
+        data=data,
+        run_dir=run_dir,
+        extra=attach,
+        abort_on_second_signal=not launched,
+    )
+    return _Setup(
+        cfg, Path(run_dir), device, data, model, net, trainer, evaluators, handlers, SkipBatches(data["train_loader"])
+    )
 
 
 def _resume(s: _Setup, checkpoint: dict, source: str) -> None:
@@ -162,16 +191,25 @@ def _outcome(s: _Setup) -> Outcome:
     trainer, h, cfg = s.trainer, s.handlers, s.cfg
     stopper, interrupt = h.stopper, h.interrupt
     finished = trainer.state.iteration >= cfg.train.epochs * trainer.state.epoch_length or (
-        stopper is not None and stopper.counter >= stopper.patience)
+        stopper is not None and stopper.counter >= stopper.patience
+    )
     where = f"at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}"
     if interrupt.requested and finished:  # nothing left to resume: finish with the final evaluation
-        logger.warning("%s after the last epoch: finishing the final evaluation (%s again to abort).",
-                       interrupt.label, "press" if interrupt.signum == signal.SIGINT else "send it")
+        logger.warning(
+            "%s after the last epoch: finishing the final evaluation (%s again to abort).",
+            interrupt.label,
+            "press" if interrupt.signum == signal.SIGINT else "send it",
+        )
     elif interrupt.requested:
         h.checkpoints["interrupted"](trainer)
         saved = h.checkpoints["interrupted"].last_checkpoint
-        return Outcome("interrupted", f"Training interrupted by {interrupt.label} {where}",
-                       str(saved) if saved else None, int(interrupt.signum or signal.SIGINT), run_dir=str(s.run_dir))
+        return Outcome(
+            "interrupted",
+            f"Training interrupted by {interrupt.label} {where}",
+            str(saved) if saved else None,
+            int(interrupt.signum or signal.SIGINT),
+            run_dir=str(s.run_dir),
+        )
     loss = trainer.state.output["loss"] if isinstance(trainer.state.output, dict) else 0.0
     if cfg.handlers.terminate_on_nan and not math.isfinite(loss):
         last = h.checkpoints.get("last")
@@ -181,10 +219,17 @@ def _outcome(s: _Setup) -> Outcome:
             kept = " No checkpoint had been written yet."
         else:
             kept = f" The last good checkpoint is {last.last_checkpoint}."
-        return Outcome("diverged", f"Loss became {loss} {where}; training stopped.{kept} Lower train.lr or set "
-                                   f"train.grad_clip.", run_dir=str(s.run_dir))
-    return Outcome("done", epochs=trainer.state.epoch, epoch_seconds=_mean(h.history.series("time/epoch_seconds")),
-                   run_dir=str(s.run_dir))
+        return Outcome(
+            "diverged",
+            f"Loss became {loss} {where}; training stopped.{kept} Lower train.lr or set train.grad_clip.",
+            run_dir=str(s.run_dir),
+        )
+    return Outcome(
+        "done",
+        epochs=trainer.state.epoch,
+        epoch_seconds=_mean(h.history.series("time/epoch_seconds")),
+        run_dir=str(s.run_dir),
+    )
 
 
 def _finish(s: _Setup, outcome: Outcome) -> None:
@@ -201,16 +246,27 @@ def _finish(s: _Setup, outcome: Outcome) -> None:
     text = json.dumps(outcome.metrics, indent=2)
     atomic_write(s.run_dir / "metrics.json", lambda f: f.write(text.encode()))
     h.history.save(s.run_dir / "history.json")
-    final_model = {"model": s.net.state_dict(), "model_args": s.net.config,
-                   "config": OmegaConf.to_container(cfg, resolve=True)}
+    final_model = {
+        "model": s.net.state_dict(),
+        "model_args": s.net.config,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
     atomic_write(s.run_dir / "model.pt", lambda f: torch.save(final_model, f))
     if cfg.eval.report:
         from ignite_lstm.app.task.report import write_report  # matplotlib only when a report is wanted
 
         dataset = s.data["datasets"]["test"]
-        write_report(s.run_dir, outcome.metrics, dataset=dataset, predictions=figure_predictions(s.net, dataset,
-                     s.device), frequencies=list(cfg.data.frequencies), fs=cfg.data.fs, splits=list(s.data["datasets"]),
-                     history=h.history.state_dict(), figure_split="test")
+        write_report(
+            s.run_dir,
+            outcome.metrics,
+            dataset=dataset,
+            predictions=figure_predictions(s.net, dataset, s.device),
+            frequencies=list(cfg.data.frequencies),
+            fs=cfg.data.fs,
+            splits=list(s.data["datasets"]),
+            history=h.history.state_dict(),
+            figure_split="test",
+        )
 
 
 def _mean(values: list[float]) -> float:

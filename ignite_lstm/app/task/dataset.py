@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator, Mapping
 from numbers import Real
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import ignite.distributed as idist
 import numpy as np
@@ -27,8 +28,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ignite_lstm.app.config.schema import ConfigError
-from ignite_lstm.app.task.h5io import DataFileError, read_split, split_filename, write_split
 from ignite_lstm.app.task.generator import SplitData, canonical_params, generate_split
+from ignite_lstm.app.task.h5io import DataFileError, read_split, split_filename, write_split
 from ignite_lstm.data.streams import StreamLoader
 
 __all__ = ["SignalDataset", "ensure_split", "setup_data", "split_params", "batch_problem", "ShardSampler", "SPLITS"]
@@ -113,9 +114,7 @@ class SignalDataset(Dataset):
         return self._x[m, k], self._y[k]
 
 
-def ensure_split(
-    directory: str | os.PathLike, split: str, params: Mapping[str, Any]
-) -> tuple[Path, SplitData]:
+def ensure_split(directory: str | os.PathLike, split: str, params: Mapping[str, Any]) -> tuple[Path, SplitData]:
     """Return the split generated with ``params``, generating and caching it if needed.
 
     The file is ``directory / split_filename(split, params)``. Rank 0 generates
@@ -151,7 +150,11 @@ def ensure_split(
             write_split(path, data, split)
             logger.info(
                 "Generated %s split (%d mixtures x %d steps, seed %d) in %s",
-                split, data.mixture.shape[0], data.mixture.shape[1], params["seed"], path,
+                split,
+                data.mixture.shape[0],
+                data.mixture.shape[1],
+                params["seed"],
+                path,
             )
     if idist.get_world_size() > 1:
         idist.barrier()
@@ -203,8 +206,10 @@ def batch_problem(batch_size: int, world_size: int) -> str | None:
         'train.batch_size: 40 is not divisible by the 3 processes (...); use a multiple of 3'
     """
     if batch_size % world_size:
-        return (f"train.batch_size: {batch_size} is not divisible by the {world_size} processes (each trains on an "
-                f"equal share of the global batch); use a multiple of {world_size}")
+        return (
+            f"train.batch_size: {batch_size} is not divisible by the {world_size} processes (each trains on an "
+            f"equal share of the global batch); use a multiple of {world_size}"
+        )
     return None
 
 
@@ -263,15 +268,17 @@ def setup_data(cfg: Any) -> dict[str, Any]:
     if cfg.data.layout == "streams":
         train_loader, eval_loaders = _stream_loaders(cfg, datasets, world)
     else:
-        train_sampler = DistributedSampler(datasets["train"], num_replicas=world, rank=rank, shuffle=True,
-                                           seed=cfg.seed)
+        train_sampler = DistributedSampler(
+            datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed
+        )
         train_loader = DataLoader(datasets["train"], batch_size=batch // world, sampler=train_sampler)
         eval_loaders = {split: _eval_loader(ds, cfg.eval.batch_size, rank, world) for split, ds in datasets.items()}
     return {"datasets": datasets, "files": files, "train_loader": train_loader, "eval_loaders": eval_loaders}
 
 
-def _stream_loaders(cfg: Any, datasets: dict[str, SignalDataset],
-                    world: int) -> tuple[StreamLoader, dict[str, StreamLoader]]:
+def _stream_loaders(
+    cfg: Any, datasets: dict[str, SignalDataset], world: int
+) -> tuple[StreamLoader, dict[str, StreamLoader]]:
     """The streams layout: every split's sequences (each a series) in lanes, cut into chunks.
 
     Training: ``train.batch_size`` lanes (global; each rank yields its own), shuffled per epoch by
@@ -283,10 +290,17 @@ def _stream_loaders(cfg: Any, datasets: dict[str, SignalDataset],
     def series(dataset: SignalDataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [dataset[i] for i in range(len(dataset))]  # views: x (T, 1 + F), y (T, 1)
 
-    train = StreamLoader(series(datasets["train"]), lanes=cfg.train.batch_size, chunk_steps=chunk,
-                         shuffle=cfg.data.stream.shuffle, seed=cfg.seed)
-    evals = {split: StreamLoader(series(ds), lanes=world * min(cfg.eval.batch_size, -(-len(ds) // world)),
-                                 chunk_steps=chunk) for split, ds in datasets.items()}
+    train = StreamLoader(
+        series(datasets["train"]),
+        lanes=cfg.train.batch_size,
+        chunk_steps=chunk,
+        shuffle=cfg.data.stream.shuffle,
+        seed=cfg.seed,
+    )
+    evals = {
+        split: StreamLoader(series(ds), lanes=world * min(cfg.eval.batch_size, -(-len(ds) // world)), chunk_steps=chunk)
+        for split, ds in datasets.items()
+    }
     return train, evals
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -34,8 +35,17 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
 
 
 def _panels(
-    fig: Figure, rows: int, cols: int, *, left: float, right: float, top: float, bottom: float,
-    hgap: float, wgap: float, **kwargs: Any,
+    fig: Figure,
+    rows: int,
+    cols: int,
+    *,
+    left: float,
+    right: float,
+    top: float,
+    bottom: float,
+    hgap: float,
+    wgap: float,
+    **kwargs: Any,
 ) -> np.ndarray:
     """A rows x cols grid with fixed margins and gaps in inches.
 
@@ -45,8 +55,14 @@ def _panels(
     width, height = fig.get_size_inches()
     ax_h = (height - top - bottom - (rows - 1) * hgap) / rows
     ax_w = (width - left - right - (cols - 1) * wgap) / cols
-    spec = dict(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
-                hspace=hgap / ax_h, wspace=wgap / ax_w)
+    spec = dict(
+        left=left / width,
+        right=1 - right / width,
+        top=1 - top / height,
+        bottom=bottom / height,
+        hspace=hgap / ax_h,
+        wspace=wgap / ax_w,
+    )
     return fig.subplots(rows, cols, squeeze=False, gridspec_kw=spec, **kwargs)
 
 
@@ -56,8 +72,9 @@ def _frequency_grid(n_panels: int, *, panel_height: float, left: float) -> tuple
     cols = math.ceil(math.sqrt(n_panels))
     rows = math.ceil(n_panels / cols)
     fig = Figure(figsize=(max(6.5 * cols, 10.0), panel_height * rows + 0.6))
-    axes = _panels(fig, rows, cols, left=left, right=0.2, top=0.6, bottom=1.0, hgap=0.4, wgap=0.2,
-                   sharex=True, sharey=True)
+    axes = _panels(
+        fig, rows, cols, left=left, right=0.2, top=0.6, bottom=1.0, hgap=0.4, wgap=0.2, sharex=True, sharey=True
+    )
     return fig, axes
 
 
@@ -141,8 +158,10 @@ def plot_extraction(
     ax = _panels(fig, 1, 1, left=0.8, right=0.2, top=0.4, bottom=0.55, hgap=0, wgap=0)[0, 0]
     _draw_extraction(ax, t, mixture, target, prediction, frequency, n, legend=True)
     mse = float(np.mean((prediction - target) ** 2))
-    ax.set_title(f"{split} split: extraction of {frequency:g} Hz, first {t[n - 1] + 1 / fs:g} s "
-                 f"(MSE over the whole sequence {mse:.3g})")
+    ax.set_title(
+        f"{split} split: extraction of {frequency:g} Hz, first {t[n - 1] + 1 / fs:g} s "
+        f"(MSE over the whole sequence {mse:.3g})"
+    )
     return _save(fig, path)
 
 
@@ -188,17 +207,19 @@ def _extraction_grid(mixture, targets, predictions, frequencies, fs, span_s, spl
     fig, axes = _frequency_grid(n_freq, panel_height=3.6, left=0.8)
     for k, freq in enumerate(frequencies):
         ax = axes.flat[k]
-        _draw_extraction(ax, t[first:], mixture[first:], targets[k, first:], predictions[k, first:], freq, n,
-                         legend=False)
+        _draw_extraction(
+            ax, t[first:], mixture[first:], targets[k, first:], predictions[k, first:], freq, n, legend=False
+        )
         mse = float(np.mean((predictions[k] - targets[k]) ** 2))
         ax.set_title(f"{freq:g} Hz (MSE {mse:.3g}{' over the sequence' if first else ''})", fontsize=10)
     _hide_unused(axes, n_freq)
     axes.flat[0].get_lines()[1].set_label("clean target sine")  # one legend for all panels
     _bottom_legend(fig, axes.flat[0], markerscale=2)
-    shown = (f"first {t[n - 1] + 1 / fs:g} s" if not first else
-             f"t = {t[first]:g} to {t[first + n - 1] + 1 / fs:g} s")
-    _title(fig, f"{split} split: extraction of {'every frequency' if n_freq > 2 else 'frequencies'} from one "
-                f"mixture, {shown}")
+    shown = f"first {t[n - 1] + 1 / fs:g} s" if not first else f"t = {t[first]:g} to {t[first + n - 1] + 1 / fs:g} s"
+    _title(
+        fig,
+        f"{split} split: extraction of {'every frequency' if n_freq > 2 else 'frequencies'} from one mixture, {shown}",
+    )
     return fig
 
 
@@ -231,8 +252,9 @@ def plot_training_curves(path: str | os.PathLike, history: Mapping[str, Any]) ->
     if not epochs:
         return None
     fig = Figure(figsize=(11, 7.5))
-    (ax_loss, ax_freq), (ax_snr, ax_lr) = _panels(fig, 2, 2, left=0.9, right=0.2, top=0.6, bottom=0.55,
-                                                  hgap=0.45, wgap=1.0, sharex=True)
+    (ax_loss, ax_freq), (ax_snr, ax_lr) = _panels(
+        fig, 2, 2, left=0.9, right=0.2, top=0.6, bottom=0.55, hgap=0.45, wgap=1.0, sharex=True
+    )
     marker = "o" if len(epochs) <= 30 else None
 
     def draw(ax, keys_labels, title, ylabel, log=False):
@@ -254,12 +276,23 @@ def plot_training_curves(path: str | os.PathLike, history: Mapping[str, Any]) ->
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
 
-    draw(ax_loss, [("train/loss", "train loss"), ("val/mse", "val MSE")], "Loss and validation MSE",
-         "loss / MSE", log=True)
-    freq_keys = sorted({k for e in epochs for k in e if k.startswith("val/mse_f")},
-                       key=lambda k: float(k[len("val/mse_f"):]))
-    draw(ax_freq, [(k, f"{k[len('val/mse_f'):]} Hz") for k in freq_keys], "Validation MSE per frequency",
-         "MSE", log=True)
+    draw(
+        ax_loss,
+        [("train/loss", "train loss"), ("val/mse", "val MSE")],
+        "Loss and validation MSE",
+        "loss / MSE",
+        log=True,
+    )
+    freq_keys = sorted(
+        {k for e in epochs for k in e if k.startswith("val/mse_f")}, key=lambda k: float(k[len("val/mse_f") :])
+    )
+    draw(
+        ax_freq,
+        [(k, f"{k[len('val/mse_f') :]} Hz") for k in freq_keys],
+        "Validation MSE per frequency",
+        "MSE",
+        log=True,
+    )
     draw(ax_snr, [("val/snr", "val SNR")], "Validation signal-to-noise ratio", "SNR (dB)")
     draw(ax_lr, [("lr", "learning rate")], "Learning rate (end of epoch)", "learning rate")
     ax_lr.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))  # no offset text over the title
@@ -323,10 +356,8 @@ def plot_spectra(
         _, target_spec = _amplitude_spectrum(targets[k], fs)
         ax.plot(hz[keep], np.maximum(mix_spec[keep], floor), label="noisy mixture", **_MIXTURE)
         peaks = keep & (target_spec > 1e-3)  # a clean sine is one spectral line: draw it as a stem
-        ax.vlines(hz[peaks], floor, target_spec[peaks], color="tab:blue", linewidth=5, alpha=0.45,
-                  label="clean target")
-        ax.plot(hz[keep], np.maximum(pred_spec[keep], floor), label="model output", color="tab:red",
-                linewidth=0.9)
+        ax.vlines(hz[peaks], floor, target_spec[peaks], color="tab:blue", linewidth=5, alpha=0.45, label="clean target")
+        ax.plot(hz[keep], np.maximum(pred_spec[keep], floor), label="model output", color="tab:red", linewidth=0.9)
         ax.set_yscale("log")
         ax.yaxis.set_minor_locator(NullLocator())  # decades are enough; minor log ticks are most of the drawing time
         ax.set_ylim(floor, top)
@@ -338,6 +369,9 @@ def plot_spectra(
     _hide_unused(axes, n_freq)
     _bottom_legend(fig, axes.flat[0])
     duration = len(mixture) / fs
-    _title(fig, f"{split} split: amplitude spectra over the whole {duration:g} s sequence "
-                 f"({fs / len(mixture):.3g} Hz resolution)")
+    _title(
+        fig,
+        f"{split} split: amplitude spectra over the whole {duration:g} s sequence "
+        f"({fs / len(mixture):.3g} Hz resolution)",
+    )
     return _save(fig, path)

@@ -27,9 +27,10 @@ and stored as float32 (``t`` stays float64).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -239,10 +240,18 @@ def generate_split(
         >>> split.mixture.shape, split.target.shape, split.t.shape
         ((2, 500), (2, 500), (500,))
     """
-    params = _check_params(dict(
-        frequencies=frequencies, fs=fs, duration=duration, amplitude_range=amplitude_range,
-        phase_scale=phase_scale, noise_sigma=noise_sigma, n_mixtures=n_mixtures, seed=seed,
-    ))
+    params = _check_params(
+        dict(
+            frequencies=frequencies,
+            fs=fs,
+            duration=duration,
+            amplitude_range=amplitude_range,
+            phase_scale=phase_scale,
+            noise_sigma=noise_sigma,
+            n_mixtures=n_mixtures,
+            seed=seed,
+        )
+    )
     n_steps = round(params["fs"] * params["duration"])
     t = np.arange(n_steps, dtype=np.float64) / params["fs"]  # (T,)
     freqs = np.asarray(params["frequencies"], dtype=np.float64)
@@ -251,9 +260,7 @@ def generate_split(
     rng = np.random.default_rng(params["seed"])
     mixture = np.empty((params["n_mixtures"], n_steps), dtype=np.float32)  # (M, T)
     for m in range(params["n_mixtures"]):
-        components, _, _ = noisy_components(
-            rng, freqs, t, params["amplitude_range"], params["phase_scale"]
-        )
+        components, _, _ = noisy_components(rng, freqs, t, params["amplitude_range"], params["phase_scale"])
         noise = rng.standard_normal(n_steps)  # drawn even for sigma = 0: keeps later draws aligned
         mixture[m] = components.mean(axis=0) + params["noise_sigma"] * noise
 

@@ -32,15 +32,16 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
 
 from ignite_lstm._internal.atomic import atomic_write
-from ignite_lstm.data.errors import DataFileError
 from ignite_lstm.app.task.generator import SplitData, canonical_params
+from ignite_lstm.data.errors import DataFileError
 
 __all__ = ["FORMAT_VERSION", "DataFileError", "read_split", "split_filename", "write_split"]
 
@@ -119,6 +120,7 @@ def write_split(path: str | os.PathLike, data: SplitData, split: str) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+
     def write(tmp_name: str) -> None:
         with h5py.File(tmp_name, "w") as f:
             for name, array in arrays.items():
@@ -262,7 +264,5 @@ def _read_open_file(
     if expected_params is not None:
         differences = _param_differences(params, expected_params)
         if differences:
-            raise DataFileError(
-                f"Data file {path} was generated with other parameters: {'; '.join(differences)}."
-            )
+            raise DataFileError(f"Data file {path} was generated with other parameters: {'; '.join(differences)}.")
     return SplitData(t=arrays["t"], mixture=arrays["mixture"], target=arrays["target"], params=params)

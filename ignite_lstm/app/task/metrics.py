@@ -22,7 +22,6 @@ METRIC_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 """Names accepted by ``build_metrics``; per-frequency keys add ``_f<Hz>`` to them."""
 
 
-
 def _select_frequency(index: int, num_frequencies: int) -> Callable[[dict], tuple[torch.Tensor, torch.Tensor]]:
     def transform(output: dict) -> tuple[torch.Tensor, torch.Tensor]:
         selector = output["x"][:, 1 : 1 + num_frequencies]  # (N, F)
@@ -78,9 +77,7 @@ def build_metrics(
     """
     _check_names("names", names)
     _check_names("per_frequency", per_frequency)
-    metrics: dict[str, Metric] = {
-        name: _FACTORIES[name](output_transform=_flatten, device=device) for name in names
-    }
+    metrics: dict[str, Metric] = {name: _FACTORIES[name](output_transform=_flatten, device=device) for name in names}
     if frequencies is None:
         return metrics
     frequencies = list(frequencies)
@@ -97,6 +94,7 @@ def build_metrics(
         if name not in per_frequency:
             raise ValueError(f"Argument worst should name metrics of per_frequency, got {name!r}.")
         pick = max if metric_direction(name) == "min" else min
-        metrics[f"{name}_worst"] = MetricsLambda(lambda *values, pick=pick: pick(values),
-                                                 *(metrics[f"{name}_f{s}"] for s in suffixes))
+        metrics[f"{name}_worst"] = MetricsLambda(
+            lambda *values, pick=pick: pick(values), *(metrics[f"{name}_f{s}"] for s in suffixes)
+        )
     return metrics

@@ -22,8 +22,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -80,8 +81,10 @@ def metrics_table(metrics: Mapping[str, float], *, frequencies: Sequence[float],
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for split in splits:
         lines += ["", f"## {split}", ""]
-        lines += ["| frequency | " + " | ".join(_HEADERS[n] for n in METRIC_NAMES) + " |",
-                  "|" + "---|" * (len(METRIC_NAMES) + 1)]
+        lines += [
+            "| frequency | " + " | ".join(_HEADERS[n] for n in METRIC_NAMES) + " |",
+            "|" + "---|" * (len(METRIC_NAMES) + 1),
+        ]
         for label, suffix in rows:
             cells = [_cell(metrics.get(f"{split}/{name}{suffix}"), name) for name in METRIC_NAMES]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -156,13 +159,30 @@ def write_report(
     if splits is None:
         splits = list(dict.fromkeys(key.split("/", 1)[0] for key in metrics))
     _write_text(out / "metrics.json", json.dumps(dict(metrics), indent=2) + "\n")
-    drawn = {} if predictions is None else _draw_figures(out, run_dir, dataset, predictions, history,
-                                                          frequencies=frequencies, fs=fs, span_s=span_s,
-                                                          split=figure_split)
-    text = [f"# Evaluation report: {run_dir.name}", "",
-            f"Splits: {', '.join(splits)}" + (f"; figures on the {figure_split} split (mixture 0)" if drawn else "")
-            + ". Keys in metrics.json: `<split>/<metric>` and `<split>/<metric>_f<Hz>`.", "",
-            metrics_table(metrics, frequencies=frequencies, splits=list(splits))]
+    drawn = (
+        {}
+        if predictions is None
+        else _draw_figures(
+            out,
+            run_dir,
+            dataset,
+            predictions,
+            history,
+            frequencies=frequencies,
+            fs=fs,
+            span_s=span_s,
+            split=figure_split,
+        )
+    )
+    text = [
+        f"# Evaluation report: {run_dir.name}",
+        "",
+        f"Splits: {', '.join(splits)}"
+        + (f"; figures on the {figure_split} split (mixture 0)" if drawn else "")
+        + ". Keys in metrics.json: `<split>/<metric>` and `<split>/<metric>_f<Hz>`.",
+        "",
+        metrics_table(metrics, frequencies=frequencies, splits=list(splits)),
+    ]
     if drawn:
         text += ["## Figures", ""] + [f"![{name}]({path.name})\n" for name, path in drawn.items()]
     _write_text(out / "metrics.md", "\n".join(text))
@@ -171,8 +191,16 @@ def write_report(
 
 
 def _draw_figures(
-    out: Path, run_dir: Path, dataset: SignalDataset, outputs: np.ndarray, history: Any, *,
-    frequencies: list[float], fs: float, span_s: float, split: str,
+    out: Path,
+    run_dir: Path,
+    dataset: SignalDataset,
+    outputs: np.ndarray,
+    history: Any,
+    *,
+    frequencies: list[float],
+    fs: float,
+    span_s: float,
+    split: str,
 ) -> dict[str, Path]:
     """The report's figures for mixture 0 of one split; outputs (F, T). Returns name -> path."""
     n_freq = dataset.n_frequencies
@@ -181,14 +209,35 @@ def _draw_figures(
     second = 1 if n_freq > 1 else 0  # f2 of the task: the second frequency
     f2 = frequencies[second]
     figures = {
-        "extraction": plot_extraction(out / f"extraction_f{f2:g}.png", mixture=mixture, target=targets[second],
-                                      prediction=outputs[second], frequency=f2, fs=fs, span_s=span_s,
-                                      split=split),
-        "extraction_all": plot_extraction_grid(out / "extraction_all.png", mixture=mixture, targets=targets,
-                                               predictions=outputs, frequencies=frequencies, fs=fs,
-                                               span_s=span_s, split=split),
-        "spectra": plot_spectra(out / "spectra.png", mixture=mixture, targets=targets, predictions=outputs,
-                                frequencies=frequencies, fs=fs, split=split),
+        "extraction": plot_extraction(
+            out / f"extraction_f{f2:g}.png",
+            mixture=mixture,
+            target=targets[second],
+            prediction=outputs[second],
+            frequency=f2,
+            fs=fs,
+            span_s=span_s,
+            split=split,
+        ),
+        "extraction_all": plot_extraction_grid(
+            out / "extraction_all.png",
+            mixture=mixture,
+            targets=targets,
+            predictions=outputs,
+            frequencies=frequencies,
+            fs=fs,
+            span_s=span_s,
+            split=split,
+        ),
+        "spectra": plot_spectra(
+            out / "spectra.png",
+            mixture=mixture,
+            targets=targets,
+            predictions=outputs,
+            frequencies=frequencies,
+            fs=fs,
+            split=split,
+        ),
     }
     loaded = _load_history(run_dir, history)
     curves = plot_training_curves(out / "training_curves.png", loaded) if loaded is not None else None

@@ -16,8 +16,9 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -54,14 +55,19 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         steps = sorted(t.intermediate_values)
-        rows.append({
-            "number": t.number, "state": t.state.name.lower(), "value": _number(t.value), "params": dict(t.params),
-            "epochs": t.user_attrs.get("epochs", steps[-1] if steps else None),
-            "seconds": round(t.duration.total_seconds(), 2) if t.duration else None,
-            "run_dir": t.user_attrs.get("run_dir"),
-            "fail_reason": t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason"),
-            "worker": t.user_attrs.get("worker"),
-        })
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "value": _number(t.value),
+                "params": dict(t.params),
+                "epochs": t.user_attrs.get("epochs", steps[-1] if steps else None),
+                "seconds": round(t.duration.total_seconds(), 2) if t.duration else None,
+                "run_dir": t.user_attrs.get("run_dir"),
+                "fail_reason": t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason"),
+                "worker": t.user_attrs.get("worker"),
+            }
+        )
     return rows
 
 
@@ -80,8 +86,7 @@ def _best_config(best: Any, path: Path, output_dir: str, metric: str) -> Path | 
     values = OmegaConf.to_container(OmegaConf.load(source), resolve=True)
     values.update(output_dir=output_dir, name=None, resume=None)
     cfg = validate_config(values)
-    header = (f"# The best trial ({best.number}, val/{metric} = {best.value:.6g}) of this study: "
-              f"python run.py {path}\n")
+    header = f"# The best trial ({best.number}, val/{metric} = {best.value:.6g}) of this study: python run.py {path}\n"
     return _text(path, header + OmegaConf.to_yaml(cfg))
 
 
@@ -94,19 +99,40 @@ def _cell(v: Any) -> str:
 def _markdown(summary: dict[str, Any], rows: list[dict[str, Any]], keys: list[str]) -> str:
     m, best = summary["metric"], summary["best"]
     counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
-    lines = [f"# Study {summary['study']}", "",
-             f"Metric: `{m}` ({summary['direction']}); storage: `{summary['storage']}`; "
-             f"target: {summary['trials_target']} finished trials; trials: {counts or 'none'}.", ""]
+    lines = [
+        f"# Study {summary['study']}",
+        "",
+        f"Metric: `{m}` ({summary['direction']}); storage: `{summary['storage']}`; "
+        f"target: {summary['trials_target']} finished trials; trials: {counts or 'none'}.",
+        "",
+    ]
     if best:
-        lines += [f"Best: trial {best['number']}, `{m}` = {best['value']:.6g}, "
-                  f"{', '.join(f'`{k}` = {_cell(v)}' for k, v in best['params'].items())}.", "",
-                  f"Its config: `{best['config']}` (train it again: `python run.py {best['config']}`).", ""]
-    lines += ["| trial | state | " + m + " | epochs | seconds | " + " | ".join(f"`{k}`" for k in keys)
-              + " | run folder | note |",
-              "|" + "---|" * (7 + len(keys))]
+        lines += [
+            f"Best: trial {best['number']}, `{m}` = {best['value']:.6g}, "
+            f"{', '.join(f'`{k}` = {_cell(v)}' for k, v in best['params'].items())}.",
+            "",
+            f"Its config: `{best['config']}` (train it again: `python run.py {best['config']}`).",
+            "",
+        ]
+    lines += [
+        "| trial | state | "
+        + m
+        + " | epochs | seconds | "
+        + " | ".join(f"`{k}`" for k in keys)
+        + " | run folder | note |",
+        "|" + "---|" * (7 + len(keys)),
+    ]
     for r in rows:
-        cells = [r["number"], r["state"], _cell(r["value"]), _cell(r["epochs"]), _cell(r["seconds"]),
-                 *(_cell(r["params"].get(k)) for k in keys), r["run_dir"] or "-", r["fail_reason"] or ""]
+        cells = [
+            r["number"],
+            r["state"],
+            _cell(r["value"]),
+            _cell(r["epochs"]),
+            _cell(r["seconds"]),
+            *(_cell(r["params"].get(k)) for k in keys),
+            r["run_dir"] or "-",
+            r["fail_reason"] or "",
+        ]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     if summary["figures"]:
         lines += ["", *(f"![{Path(f).stem}](figures/{Path(f).name})" for f in summary["figures"])]
@@ -130,16 +156,24 @@ def _figures(study: Any, folder: Path, metric: str) -> list[Path]:
     varied = sorted({k for t in complete for k in t.params if len({repr(u.params.get(k)) for u in complete}) > 1})
     top: list[str] = varied[:2]
     plots: list[tuple[str, Callable[[], Any]]] = [
-        ("optimization_history.png", lambda: vis.plot_optimization_history(study, target_name=target))]
+        ("optimization_history.png", lambda: vis.plot_optimization_history(study, target_name=target))
+    ]
     if len(complete) >= 2 and varied:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ranked = optuna.importance.get_param_importances(study, evaluator=PedAnovaImportanceEvaluator(),
-                                                                 params=varied)
+                ranked = optuna.importance.get_param_importances(
+                    study, evaluator=PedAnovaImportanceEvaluator(), params=varied
+                )
             top = [k for k in ranked][:2] or top
-            plots.append(("param_importances.png", lambda: vis.plot_param_importances(
-                study, evaluator=PedAnovaImportanceEvaluator(), params=varied, target_name=target)))
+            plots.append(
+                (
+                    "param_importances.png",
+                    lambda: vis.plot_param_importances(
+                        study, evaluator=PedAnovaImportanceEvaluator(), params=varied, target_name=target
+                    ),
+                )
+            )
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             logger.info("No parameter importances yet: %s", exc)
     if complete and top:
@@ -162,8 +196,9 @@ def _figures(study: Any, folder: Path, metric: str) -> list[Path]:
                 a.xaxis.set_minor_formatter(NullFormatter())  # 2x10^-3, 3x10^-3, ... would overlap
         if name == "top_params.png":
             fig.suptitle(f"{target} against the {'two most important parameters' if len(top) > 1 else 'parameter'}")
-        written.append(_atomic(folder / name, lambda tmp: fig.savefig(tmp, format="png", dpi=110,
-                                                                       bbox_inches="tight")))
+        written.append(
+            _atomic(folder / name, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+        )
         plt.close(fig)
     return written
 
@@ -194,12 +229,23 @@ def write_outputs(study: Any, settings: Any, study_dir: Path, output_dir: str, s
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     summary = {
-        "study": settings.study_name, "storage": storage, "metric": f"val/{settings.metric}",
-        "direction": settings.direction, "trials_target": target_trials(settings), "counts": counts,
-        "best": None if best is None else {"number": best.number, "value": best.value, "params": dict(best.params),
-                                           "run_dir": best.user_attrs.get("run_dir"),
-                                           "config": str(best_yaml) if best_yaml else None},
-        "trials": rows, "figures": [str(f) for f in figures],
+        "study": settings.study_name,
+        "storage": storage,
+        "metric": f"val/{settings.metric}",
+        "direction": settings.direction,
+        "trials_target": target_trials(settings),
+        "counts": counts,
+        "best": None
+        if best is None
+        else {
+            "number": best.number,
+            "value": best.value,
+            "params": dict(best.params),
+            "run_dir": best.user_attrs.get("run_dir"),
+            "config": str(best_yaml) if best_yaml else None,
+        },
+        "trials": rows,
+        "figures": [str(f) for f in figures],
     }
     files["summary"] = _text(study_dir / "summary.md", _markdown(summary, rows, keys))
     files["summary (JSON)"] = _text(study_dir / "summary.json", json.dumps(summary, indent=2))

@@ -22,16 +22,17 @@ config the study writes, are the config alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from ignite_lstm.app.config.schema import ConfigError, validate_config
 from ignite_lstm.app.task.metrics import METRIC_NAMES
-from ignite_lstm.metrics.directions import metric_direction
 from ignite_lstm.app.tune.space import Distribution, check_space, is_int, set_key
+from ignite_lstm.metrics.directions import metric_direction
 
 __all__ = ["Distribution", "TuneSettings", "load_study", "target_trials", "trial_config"]
 
@@ -88,8 +89,9 @@ def _apply_overrides(top: DictConfig, overrides: Sequence[str]) -> None:
         raise ConfigError(problems)
 
 
-def load_study(path: str | Path, overrides: Sequence[str] = (), default_name: str | None = None
-               ) -> tuple[DictConfig, TuneSettings]:
+def load_study(
+    path: str | Path, overrides: Sequence[str] = (), default_name: str | None = None
+) -> tuple[DictConfig, TuneSettings]:
     """Read a study file, apply overrides, validate the config and its ``tune:`` section.
 
     Args:
@@ -122,8 +124,12 @@ def load_study(path: str | Path, overrides: Sequence[str] = (), default_name: st
         raise ConfigError([f"{path}: {exc}"]) from exc
     tune = values.pop("tune", None)
     if not isinstance(tune, dict):
-        raise ConfigError([f"tune: {path} has no tune: section (a study file is a config with a tune: section, "
-                           f"see configs/tune-quick.yaml)"])
+        raise ConfigError(
+            [
+                f"tune: {path} has no tune: section (a study file is a config with a tune: section, "
+                f"see configs/tune-quick.yaml)"
+            ]
+        )
     problems: list[str] = []
     cfg = None
     try:
@@ -131,8 +137,10 @@ def load_study(path: str | Path, overrides: Sequence[str] = (), default_name: st
     except ConfigError as exc:
         problems += exc.problems
     if cfg is not None and cfg.distributed.backend is not None:
-        problems.append(f"distributed.backend: {cfg.distributed.backend!r}: each trial trains on one process; "
-                        f"run trials in parallel with --workers N instead (set null)")
+        problems.append(
+            f"distributed.backend: {cfg.distributed.backend!r}: each trial trains on one process; "
+            f"run trials in parallel with --workers N instead (set null)"
+        )
     settings = _check_tune(tune, values, cfg, default_name or path.stem, problems)
     if problems:
         raise ConfigError(problems, f"study {path}")
@@ -157,12 +165,22 @@ def _check_tune(tune: dict, values: dict, cfg: Any, default_name: str, problems:
     for key in tune:
         if key not in _TUNE_KEYS:
             problems.append(f"tune.{key}: unknown key; allowed here: {', '.join(_TUNE_KEYS)}")
-    t = {"study_name": default_name, "storage": None, "trials": 20, "metric": "mse", "direction": None,
-         "sampler": "tpe", "seed": 0, **{k: v for k, v in tune.items() if k != "base"}}
+    t = {
+        "study_name": default_name,
+        "storage": None,
+        "trials": 20,
+        "metric": "mse",
+        "direction": None,
+        "sampler": "tpe",
+        "seed": 0,
+        **{k: v for k, v in tune.items() if k != "base"},
+    }
     pruner = {**_PRUNER_KEYS, **(t.get("pruner") or {})} if isinstance(t.get("pruner", {}), dict) else None
     if pruner is None:
-        problems.append(f"tune.pruner: {t['pruner']!r} has the wrong type: expected a section with name, "
-                        f"startup_trials, warmup_epochs")
+        problems.append(
+            f"tune.pruner: {t['pruner']!r} has the wrong type: expected a section with name, "
+            f"startup_trials, warmup_epochs"
+        )
         pruner = dict(_PRUNER_KEYS)
     for key in pruner:
         if key not in _PRUNER_KEYS:
@@ -175,13 +193,16 @@ def _check_tune(tune: dict, values: dict, cfg: Any, default_name: str, problems:
     _choose(problems, "tune.sampler", t["sampler"], SAMPLERS)
     name = default_name if t["study_name"] is None else t["study_name"]
     if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-        problems.append(f"tune.study_name: {name!r} must be a non-empty name without '/' (it names the study "
-                        f"folder)")
+        problems.append(f"tune.study_name: {name!r} must be a non-empty name without '/' (it names the study folder)")
     storage = t["storage"]
-    if storage is not None and not (isinstance(storage, str) and (
-            (storage.startswith("journal:") and len(storage) > len("journal:")) or "://" in storage)):
-        problems.append(f"tune.storage: {storage!r} is not a storage: use null (an SQLite file in the study folder), "
-                        f"a database URL such as sqlite:///study.db or postgresql://user@host/db, or journal:PATH")
+    if storage is not None and not (
+        isinstance(storage, str)
+        and ((storage.startswith("journal:") and len(storage) > len("journal:")) or "://" in storage)
+    ):
+        problems.append(
+            f"tune.storage: {storage!r} is not a storage: use null (an SQLite file in the study folder), "
+            f"a database URL such as sqlite:///study.db or postgresql://user@host/db, or journal:PATH"
+        )
     freqs = (cfg.data.frequencies if cfg is not None else []) or []
     metrics = [*METRIC_NAMES, *(f"mse_f{f:g}" for f in freqs)]
     metric = t["metric"]
@@ -194,9 +215,19 @@ def _check_tune(tune: dict, values: dict, cfg: Any, default_name: str, problems:
     space = check_space(t.get("space"), values, cfg, t["sampler"], problems)
     if problems:
         return None
-    return TuneSettings(space=space, study_name=name, storage=storage, trials=t["trials"], metric=metric,
-                        direction=direction, sampler=t["sampler"], seed=t["seed"], pruner=pruner["name"],
-                        pruner_startup_trials=pruner["startup_trials"], pruner_warmup_epochs=pruner["warmup_epochs"])
+    return TuneSettings(
+        space=space,
+        study_name=name,
+        storage=storage,
+        trials=t["trials"],
+        metric=metric,
+        direction=direction,
+        sampler=t["sampler"],
+        seed=t["seed"],
+        pruner=pruner["name"],
+        pruner_startup_trials=pruner["startup_trials"],
+        pruner_warmup_epochs=pruner["warmup_epochs"],
+    )
 
 
 def trial_config(cfg: Any, params: dict[str, Any], **top: Any) -> DictConfig:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,7 @@ from ignite_lstm.app.config.schema import Config, ConfigError, validate_config
 
 __all__ = ["Distribution", "check_space", "is_int", "set_key"]
 
-_FIELDS = {"float": ("low", "high", "log", "step"), "int": ("low", "high", "log", "step"),
-           "categorical": ("choices",)}
+_FIELDS = {"float": ("low", "high", "log", "step"), "int": ("low", "high", "log", "step"), "categorical": ("choices",)}
 _SET_PER_TRIAL = ("output_dir", "name", "resume")  # the tune command sets these for each trial
 
 
@@ -58,8 +58,9 @@ def _leaves(node: Any, prefix: str, problems: list[str]) -> list[tuple[str, Any]
     if isinstance(node, dict) and "type" not in node:
         return [leaf for k, v in node.items() for leaf in _leaves(v, f"{prefix}.{k}" if prefix else str(k), problems)]
     if not isinstance(node, dict):
-        problems.append(f"tune.space.{prefix}: {node!r} is not a distribution: expected "
-                        f"{{type: float|int|categorical, ...}}")
+        problems.append(
+            f"tune.space.{prefix}: {node!r} is not a distribution: expected {{type: float|int|categorical, ...}}"
+        )
         return []
     return [(prefix, node)]
 
@@ -71,7 +72,7 @@ def _schema_type(key: str) -> Any:
         if not dataclasses.is_dataclass(tp) or part not in {f.name for f in dataclasses.fields(tp)}:
             return None
         tp = typing.get_type_hints(tp)[part]
-        if typing.get_origin(tp) is typing.Union:
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
     return tp
 
@@ -96,8 +97,9 @@ def check_space(space: Any, values: dict, cfg: Any, sampler: str, problems: list
         seen.add(key)
         tp = _schema_type(key)
         if tp is None:
-            problems.append(f"{where}: unknown config key: {key} is not in the schema (configs/base.yaml lists "
-                            f"every key)")
+            problems.append(
+                f"{where}: unknown config key: {key} is not in the schema (configs/base.yaml lists every key)"
+            )
         elif dataclasses.is_dataclass(tp):
             problems.append(f"{where}: {key} is a section, not a value: search its keys ({key}.<name>)")
         elif key.split(".")[0] in _SET_PER_TRIAL or key.startswith("distributed."):
@@ -106,25 +108,35 @@ def check_space(space: Any, values: dict, cfg: Any, sampler: str, problems: list
         if kind not in _FIELDS:
             problems.append(f"{where}.type: {kind!r} is not allowed: choose one of 'float', 'int', 'categorical'")
         else:
-            problems += [f"{where}.{k}: unknown key; allowed here: type, {', '.join(_FIELDS[kind])}"
-                         for k in spec if k != "type" and k not in _FIELDS[kind]]
+            problems += [
+                f"{where}.{k}: unknown key; allowed here: type, {', '.join(_FIELDS[kind])}"
+                for k in spec
+                if k != "type" and k not in _FIELDS[kind]
+            ]
         if len(problems) > n:
             continue
         dist = _distribution(key, kind, spec, where, problems)
         if dist is None:
             continue
         if kind == "float" and tp is not float:
-            problems.append(f"{where}: type float does not fit {key}, which takes {tp.__name__} values: use "
-                            f"type int or categorical")
+            problems.append(
+                f"{where}: type float does not fit {key}, which takes {tp.__name__} values: use type int or categorical"
+            )
         elif kind == "int" and tp not in (int, float):
-            problems.append(f"{where}: type int does not fit {key}, which takes {getattr(tp, '__name__', tp)} "
-                            f"values: use type categorical")
+            problems.append(
+                f"{where}: type int does not fit {key}, which takes {getattr(tp, '__name__', tp)} "
+                f"values: use type categorical"
+            )
         elif sampler == "grid" and kind == "float":
-            problems.append(f"{where}: tune.sampler grid needs int or categorical entries: list the float values "
-                            f"as choices")
+            problems.append(
+                f"{where}: tune.sampler grid needs int or categorical entries: list the float values as choices"
+            )
         elif cfg is not None:  # every end of the range, every choice: what validate_config says of it
-            probes = ([("choice", c) for c in dist.choices] if kind == "categorical"
-                      else [("low", dist.low), ("high", dist.high)])
+            probes = (
+                [("choice", c) for c in dist.choices]
+                if kind == "categorical"
+                else [("low", dist.low), ("high", dist.high)]
+            )
             for label, value in probes:
                 trial = copy.deepcopy(values)
                 set_key(trial, key, value)

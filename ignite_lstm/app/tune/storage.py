@@ -18,13 +18,23 @@ import os
 import socket
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ignite_lstm.app.tune.settings import TuneSettings
 
-__all__ = ["StudyError", "fail_dead_trials", "heartbeat", "locked", "open_study", "shown_url", "storage_url",
-           "tell", "worker_id"]
+__all__ = [
+    "StudyError",
+    "fail_dead_trials",
+    "heartbeat",
+    "locked",
+    "open_study",
+    "shown_url",
+    "storage_url",
+    "tell",
+    "worker_id",
+]
 
 logger = logging.getLogger("ignite_lstm.app.tune.study")
 HEARTBEAT_S, GRACE_S = 60, 300  # database servers: a trial silent for GRACE_S is failed by other workers
@@ -58,7 +68,7 @@ def _open_storage(url: str) -> Any:
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-            return JournalStorage(JournalFileBackend(url[len("journal:"):]))
+            return JournalStorage(JournalFileBackend(url[len("journal:") :]))
         if url.startswith("sqlite"):  # one machine: a dead worker's trials are found by their pid
             return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
         return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
@@ -70,9 +80,9 @@ def _open_storage(url: str) -> Any:
 def _lock_file(url: str) -> Path | None:
     """A file lock that makes "count the trials, then start one" atomic among this machine's workers."""
     if url.startswith("journal:"):
-        return Path(url[len("journal:"):] + ".tune-lock")
+        return Path(url[len("journal:") :] + ".tune-lock")
     if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):] + ".tune-lock")
+        return Path(url[len("sqlite:///") :] + ".tune-lock")
     return None  # a database server: workers may overshoot tune.trials by one in a rare race
 
 
@@ -112,13 +122,16 @@ def open_study(cfg: Any, settings: TuneSettings) -> tuple[Any, Any, Path | None]
     try:
         with locked(lock):  # workers started at once would race to create the tables and the study
             storage = _open_storage(url)
-            study = optuna.create_study(study_name=settings.study_name, storage=storage,
-                                        direction=settings.direction, load_if_exists=True)
+            study = optuna.create_study(
+                study_name=settings.study_name, storage=storage, direction=settings.direction, load_if_exists=True
+            )
     except OSError as exc:  # the lock file beside the storage file
         raise StudyError(f"tune.storage: cannot open {shown_url(url)}: {exc.strerror or exc} ({exc.filename})") from exc
     if study.direction.name.lower() != settings.direction:
-        raise StudyError(f"tune.direction: study {settings.study_name!r} in {shown_url(url)} was created to "
-                         f"{study.direction.name.lower()}, not {settings.direction}; use another tune.study_name")
+        raise StudyError(
+            f"tune.direction: study {settings.study_name!r} in {shown_url(url)} was created to "
+            f"{study.direction.name.lower()}, not {settings.direction}; use another tune.study_name"
+        )
     return study, storage, lock
 
 
@@ -128,7 +141,7 @@ def _process_start(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return "Z" if fields[0] == "Z" else fields[19]
 
 
@@ -163,7 +176,8 @@ def fail_dead_trials(study: Any, storage: Any) -> None:
         worker = t.user_attrs.get("worker")
         if worker and not _alive(worker):
             trial_id = storage.get_trial_id_from_study_id_trial_number(
-                storage.get_study_id_from_name(study.study_name), t.number)
+                storage.get_study_id_from_name(study.study_name), t.number
+            )
             storage.set_trial_user_attr(trial_id, "fail_reason", f"its worker (pid {worker.split(':')[1]}) died")
             tell(study, t.number, state=TrialState.FAIL, skip_if_finished=True)
             logger.warning("Trial %d: its worker (pid %s) died; marked failed", t.number, worker.split(":")[1])
@@ -175,8 +189,7 @@ def heartbeat(storage: Any, study: Any, number: int) -> Iterator[None]:
     if getattr(storage, "heartbeat_interval", None) is None:  # SQLite and journal files: pids tell
         yield
         return
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
-                                                              number)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
     stop = threading.Event()
 
     def beat() -> None:

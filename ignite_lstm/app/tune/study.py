@@ -25,12 +25,12 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-from ignite_lstm.checkpoint.files import CheckpointMismatch
-from ignite_lstm.app.run.rundir import RunDirError, prepare_run
 from ignite_lstm.app.config.schema import ConfigError
+from ignite_lstm.app.run.rundir import RunDirError, prepare_run
 from ignite_lstm.app.task.h5io import DataFileError
 from ignite_lstm.app.tune.settings import TuneSettings, load_study, target_trials, trial_config
 from ignite_lstm.app.tune.storage import (
@@ -44,6 +44,7 @@ from ignite_lstm.app.tune.storage import (
     tell,
     worker_id,
 )
+from ignite_lstm.checkpoint.files import CheckpointMismatch
 
 __all__ = ["main", "run_worker", "StudyFailed"]
 
@@ -105,10 +106,14 @@ def _train(trial: Any, cfg: Any, settings: TuneSettings, study_dir: Path) -> flo
     from ignite_lstm.app.run.training import run
 
     params = {d.key: _suggest(trial, d) for d in settings.space}
-    logger.info("Trial %d started: %s", trial.number, ", ".join(f"{k}={v:.4g}" if isinstance(v, float)
-                                                                 else f"{k}={v}" for k, v in params.items()))
-    run_cfg = trial_config(cfg, params, output_dir=str(study_dir / "trials"), name=f"trial-{trial.number:04d}",
-                           resume=None)
+    logger.info(
+        "Trial %d started: %s",
+        trial.number,
+        ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()),
+    )
+    run_cfg = trial_config(
+        cfg, params, output_dir=str(study_dir / "trials"), name=f"trial-{trial.number:04d}", resume=None
+    )
     run_dir = prepare_run(run_cfg, "trial")["run_dir"]
     trial.set_user_attr("run_dir", run_dir)
 
@@ -178,8 +183,10 @@ def run_worker(cfg: Any, settings: TuneSettings, study: Any, storage: Any, lock:
             if sum(s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for s in states) >= target:
                 return ran
             if failed_in_a_row >= target:  # every point fails (diverges): something is wrong with the study
-                raise StudyFailed(f"{failed_in_a_row} trials in a row of study {settings.study_name!r} failed: "
-                                  f"see their fail_reason in {study_dir / 'summary.md'}")
+                raise StudyFailed(
+                    f"{failed_in_a_row} trials in a row of study {settings.study_name!r} failed: "
+                    f"see their fail_reason in {study_dir / 'summary.md'}"
+                )
             if settings.sampler != "grid":  # the grid's order is the seed's: one sampler for all trials
                 # seeded by the trial's number: one worker repeats its study, several draw different points
                 study.sampler = _sampler(settings, None if settings.seed is None else settings.seed + len(trials))
@@ -267,22 +274,27 @@ def _spawn_workers(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm tune") -> int:
     """Run the tune command; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog=prog, description="Hyperparameter search with Optuna over a study file's tune: section.",
+        prog=prog,
+        description="Hyperparameter search with Optuna over a study file's tune: section.",
         epilog="Example: ignite-lstm tune configs/tune-quick.yaml tune.trials=4 --workers 2",
     )
     parser.add_argument("config", help="study file: a config with a tune: section, e.g. configs/tune-quick.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. tune.trials=4")
     parser.add_argument("--workers", type=int, default=1, help="worker processes to start on this machine (1)")
-    parser.add_argument("--report", action="store_true", help="only write the study's summary, figures and best "
-                                                              "config as they stand; run no trial")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="only write the study's summary, figures and best config as they stand; run no trial",
+    )
     parser.add_argument("--no-outputs", action="store_true", help=argparse.SUPPRESS)  # --workers' children
     args = parser.parse_intermixed_args(argv)
     try:
         import optuna  # noqa: F401 (the extra is installed)
         import optuna_integration  # noqa: F401
     except ImportError as exc:
-        print(f"error: the tune command needs the [tune] extra ({exc}): pip install 'ignite_lstm[tune]'",
-              file=sys.stderr)
+        print(
+            f"error: the tune command needs the [tune] extra ({exc}): pip install 'ignite_lstm[tune]'", file=sys.stderr
+        )
         return 1
     _setup_logging()
 
@@ -293,8 +305,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm tune") -> i
         cfg, settings = load_study(args.config, args.overrides)
         study, storage, lock = open_study(cfg, settings)
         study_dir = Path(cfg.output_dir) / settings.study_name
-        logger.info("Study %r in %s: %d of %d trials finished", settings.study_name,
-                    shown_url(storage_url(settings, study_dir)), _finished(study), target_trials(settings))
+        logger.info(
+            "Study %r in %s: %d of %d trials finished",
+            settings.study_name,
+            shown_url(storage_url(settings, study_dir)),
+            _finished(study),
+            target_trials(settings),
+        )
         if args.workers > 1 and not args.report:
             code = _spawn_workers(args)
         elif not args.report:
@@ -306,8 +323,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm tune") -> i
         print(f"error: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
-        print(f"error: interrupted; the running trial is marked failed. Continue the study with the same command: "
-              f"ignite-lstm tune {shlex.join([args.config, *args.overrides])}", file=sys.stderr)
+        print(
+            f"error: interrupted; the running trial is marked failed. Continue the study with the same command: "
+            f"ignite-lstm tune {shlex.join([args.config, *args.overrides])}",
+            file=sys.stderr,
+        )
         code = 130
     if study is not None and not args.no_outputs:
         from ignite_lstm.app.tune.report import write_outputs

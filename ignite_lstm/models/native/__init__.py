@@ -61,6 +61,7 @@ def _pack(w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
 
 # ---------------------------------------------------------------- calls
 
+
 def _threads(rows: int, steps: int) -> int:
     """Threads for a call: PyTorch's intra-op count, when each gets enough rows to be worth it."""
     if steps == 1:
@@ -111,23 +112,46 @@ class _Stack:
     def valid(self, layers, head, dtype) -> bool:
         params = [t for ps in layers for t in ps]
         params += [t for t in head if t is not None]
-        return (dtype == self.dtype and len(params) == len(self.params)
-                and all(map(operator.is_, params, self.params)) and self._stamp(params) == self.stamp)
+        return (
+            dtype == self.dtype
+            and len(params) == len(self.params)
+            and all(map(operator.is_, params, self.params))
+            and self._stamp(params) == self.stamp
+        )
 
     def run(self, x: torch.Tensor, h_in, c_in, hidden: bool = False):
         """x (T, B, I) contiguous; returns (out (T, B, H) or None, y (T, B, O), h (L, B, H), c (L, B, H))."""
         T, B, _ = x.shape
         for name, t in (("h", h_in), ("c", c_in)):
             if t.dtype != self.dtype or not t.is_contiguous() or t.shape != (self.L, B, self.H):
-                raise ValueError(f"State {name} should be a contiguous {self.dtype} tensor of shape "
-                                 f"{(self.L, B, self.H)}, got {t.dtype} {tuple(t.shape)}.")
+                raise ValueError(
+                    f"State {name} should be a contiguous {self.dtype} tensor of shape "
+                    f"{(self.L, B, self.H)}, got {t.dtype} {tuple(t.shape)}."
+                )
         h, c = torch.empty_like(h_in), torch.empty_like(c_in)
         out = x.new_empty(T, B, self.H) if hidden else None
         y = x.new_empty(T, B, self.O)
         n = _threads(B, T)
         work = x.new_empty(n * self.work_size(B, self.L, self.H))
-        self.fn(n, T, B, self.L, self.I, self.H, self.O, x.data_ptr(), self.table, h_in.data_ptr(), c_in.data_ptr(),
-                h.data_ptr(), c.data_ptr(), *self.head_ptrs, _ptr(out), y.data_ptr(), work.data_ptr())
+        self.fn(
+            n,
+            T,
+            B,
+            self.L,
+            self.I,
+            self.H,
+            self.O,
+            x.data_ptr(),
+            self.table,
+            h_in.data_ptr(),
+            c_in.data_ptr(),
+            h.data_ptr(),
+            c.data_ptr(),
+            *self.head_ptrs,
+            _ptr(out),
+            y.data_ptr(),
+            work.data_ptr(),
+        )
         return out, y, h, c
 
 
@@ -239,4 +263,3 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, recurrent: bool = True):
         >>> hs, h, c = lstm_layer(x, h0, c0, *lstm.parameters(), recurrent=False)
     """
     return _Layer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, recurrent)
-

@@ -48,9 +48,14 @@ def cache_dirs() -> list[Path]:
 def _compile(cxx: str, flags: list[str], source: Path, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     # atomic: another process building the same file finds a whole one; the compiler keeps the mode
-    atomic_write(out, lambda tmp: subprocess.run([cxx, *flags, str(source), "-o", tmp], check=True,
-                                                 capture_output=True, text=True, timeout=300),
-                 by_name=True, mode=0o777)
+    atomic_write(
+        out,
+        lambda tmp: subprocess.run(
+            [cxx, *flags, str(source), "-o", tmp], check=True, capture_output=True, text=True, timeout=300
+        ),
+        by_name=True,
+        mode=0o777,
+    )
 
 
 def build_library(source: Path) -> ctypes.CDLL:

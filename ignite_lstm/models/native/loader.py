@@ -59,7 +59,9 @@ def library() -> ctypes.CDLL | None:
             return None
         try:
             _state["lib"] = lib = _build()
-            logger.debug("Native LSTM kernel loaded (SIMD %d, OpenMP %d)", lib.ignite_lstm_simd(), lib.ignite_lstm_openmp())
+            logger.debug(
+                "Native LSTM kernel loaded (SIMD %d, OpenMP %d)", lib.ignite_lstm_simd(), lib.ignite_lstm_openmp()
+            )
         except Exception as exc:  # any failure means: use the PyTorch code
             logger.warning("Native LSTM kernel unavailable, using PyTorch's LSTM: %s", exc)
         return _state["lib"]
