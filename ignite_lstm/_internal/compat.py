@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 __all__ = [
+    "metric_state_keys",
     "tensor_version",
     "metric_placement",
     "engine_logger_name",
@@ -47,6 +48,20 @@ def metric_placement(metric: Any) -> tuple[torch.device, torch.dtype]:
     on MPS, which has no float64. Ignite has no public accessor for either.
     """
     return metric._device, metric._double_dtype
+
+
+def metric_state_keys(*names: str) -> Callable[[type], type]:
+    """Class decorator: the attributes an Ignite ``Metric`` subclass saves in ``state_dict``.
+
+    Ignite reads them from the private class attribute ``_state_dict_all_req_keys`` (its own metrics set
+    it); there is no public way to declare them.
+    """
+
+    def declare(cls: type) -> type:
+        cls._state_dict_all_req_keys = tuple(names)  # type: ignore[attr-defined]
+        return cls
+
+    return declare
 
 
 def engine_logger_name() -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "EXECUTIONS",
     "AMP_MODES",
     "select_execution",
+    "execution_path",
     "resolve_execution",
     "step_fn",
     "run_steps",
@@ -136,14 +137,25 @@ def select_execution(
         'stepwise'
     """
     execution = resolve_execution(execution, engine)
-    detached_ok = (
-        tbptt_steps == 1
-        and update == "sequence"
-        and getattr(unwrap(model), "supports_detach_every_step", False) is True
-    )
+    detaches = getattr(unwrap(model), "supports_detach_every_step", False) is True
+    return execution_path(tbptt_steps, update, execution, detaches)
+
+
+def execution_path(tbptt_steps: int, update: str, execution: str, detaches: bool) -> str:
+    """The rule of ``select_execution`` on plain values (its one owner; the application's preflight reads it).
+
+    Args:
+        tbptt_steps: the window length K.
+        update: ``"sequence"`` or ``"window"``.
+        execution: ``"auto"``, ``"fused"`` or ``"stepwise"``.
+        detaches: the model advertises ``supports_detach_every_step`` (``StatefulLSTM`` does).
+
+    Returns:
+        ``"stepwise"``, ``"fused"`` or ``"fused-detached"``.
+    """
     if execution == "stepwise":
         return "stepwise"
-    if detached_ok:
+    if detaches and tbptt_steps == 1 and update == "sequence":
         return "fused-detached"
     if execution == "fused" or tbptt_steps > 1:
         return "fused"

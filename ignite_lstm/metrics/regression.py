@@ -20,7 +20,7 @@ from ignite.exceptions import NotComputableError
 from ignite.metrics import MeanAbsoluteError, MeanSquaredError, Metric, RootMeanSquaredError
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
-from ignite_lstm._internal.compat import metric_placement
+from ignite_lstm._internal.compat import metric_placement, metric_state_keys
 
 __all__ = [
     "SignalToNoiseRatio",
@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 
+@metric_state_keys("_sum_signal", "_sum_error", "_num_elements")
 class SignalToNoiseRatio(Metric):
     r"""Signal-to-noise ratio in dB over every element seen.
 
@@ -43,8 +44,6 @@ class SignalToNoiseRatio(Metric):
     Returns ``inf`` when the error sum is 0 (a perfect prediction) and ``-inf`` when the signal sum is
     0 but the error is not.
     """
-
-    _state_dict_all_req_keys = ("_sum_signal", "_sum_error", "_num_elements")
 
     @reinit__is_reduced
     def reset(self) -> None:
@@ -83,6 +82,7 @@ class SignalToNoiseRatio(Metric):
         return 10.0 * math.log10(signal / error)
 
 
+@metric_state_keys("_s_pred", "_s_y", "_s_pred2", "_s_y2", "_s_prod", "_s_err2", "_num_examples")
 class _MomentSums(Metric):
     """Running float64 sums of y, y_pred, their squares, their product and the squared error.
 
@@ -95,7 +95,6 @@ class _MomentSums(Metric):
 
     _name = "metric"
     _sums = ("_s_pred", "_s_y", "_s_pred2", "_s_y2", "_s_prod", "_s_err2")
-    _state_dict_all_req_keys = _sums + ("_num_examples",)
 
     @reinit__is_reduced
     def reset(self) -> None:

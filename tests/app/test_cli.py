@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,67 @@ def test_corrupt_data_file_exits_2_naming_it_and_leaves_it_alone(quick_config):
     assert f"error: Data file {Path('data') / name} " in proc.stderr
     assert (cwd / "data" / name).read_bytes() == garbage
     assert [p.name for p in (cwd / "data").iterdir()] == [name]  # nothing generated around it
+
+
+def test_the_reported_test_metrics_equal_an_independent_evaluation_of_model_pt(first_run):
+    """metrics.json and report/metrics.json are written from one dict, so comparing them proves nothing
+    about either: here the test split's HDF5 file is read with h5py, each (mixture, frequency) sequence fed
+    to model.pt one step at a time in float64, and the mean squared errors computed with numpy."""
+    import h5py
+    import numpy as np
+
+    _, cwd = first_run
+    run = cwd / "runs" / "first"
+    model, rest = load_model(run / "model.pt")
+    model, scale = model.double().eval(), rest["config"]["data"]["input_scale"]
+    (split,) = (cwd / "data").glob("test-*.h5")
+    with h5py.File(split, "r") as f:
+        mixture, target = f["mixture"][()].astype(np.float64), f["target"][()].astype(np.float64)
+        frequencies = list(f.attrs["frequencies"])
+    (m, steps), n_freq = mixture.shape, len(frequencies)
+    errors = np.zeros((m, n_freq, steps))
+    with torch.no_grad():
+        for i in range(m):
+            for k in range(n_freq):
+                state = None
+                for n in range(steps):
+                    x = torch.zeros(1, 1 + n_freq, dtype=torch.float64)
+                    x[0, 0], x[0, 1 + k] = scale * mixture[i, n], 1.0  # [scale * S(n), one-hot of k]
+                    y, state = model.step(x, state)
+                    errors[i, k, n] = y.item() - target[k, n]
+    reported = json.loads((run / "metrics.json").read_text())
+    assert reported["test/mse"] == pytest.approx(float(np.mean(errors**2)), rel=1e-4)
+    for k, freq in enumerate(frequencies):
+        assert reported[f"test/mse_f{freq:g}"] == pytest.approx(float(np.mean(errors[:, k] ** 2)), rel=1e-4)
+    assert json.loads((run / "report" / "metrics.json").read_text())["test/mse"] == reported["test/mse"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "extract", "export", "tune", "config"])
+def test_each_subcommand_of_the_one_command_line_answers_help(command, capsys):
+    from ignite_lstm.app.cli import dispatch
+
+    with pytest.raises(SystemExit) as info:
+        dispatch([command, "--help"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: ignite-lstm {command}")
+
+
+def test_the_command_line_lists_its_commands_and_train_is_the_default(quick_config, monkeypatch, capsys):
+    from ignite_lstm.app.cli import SUBCOMMANDS, dispatch
+
+    assert dispatch(["--help"]) == 0
+    usage = capsys.readouterr().out
+    for command in ["train", *SUBCOMMANDS]:
+        assert f"\n  {command} " in usage, command
+    assert dispatch([]) == 2
+    monkeypatch.chdir(quick_config.parent)
+    # ignite-lstm train CONFIG and ignite-lstm CONFIG are one command: both refuse a bad key the same way
+    assert dispatch(["train", str(quick_config), "train.lrr=1"]) == dispatch([str(quick_config), "train.lrr=1"]) == 2
+    assert capsys.readouterr().err.count("train.lrr") == 2
+
+
+def test_python_m_ignite_lstm_app_is_the_command_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "ignite_lstm.app", "config", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and result.stdout.startswith("usage: ignite-lstm config")

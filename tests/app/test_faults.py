@@ -241,7 +241,6 @@ def test_sigterm_to_the_launcher_of_two_processes_stops_both_and_resume_continue
     assert [e["epoch"] for e in history(run.run_dir)] == [1, 2]
 
 
-@pytest.mark.slow
 def test_a_second_sigterm_to_the_launcher_of_two_processes_aborts_at_once(tmp_path):
     """The launcher ends the ranks itself (they count no signal twice); no new checkpoint, no traceback."""
     marker, log = tmp_path / "paused", tmp_path / "run.log"

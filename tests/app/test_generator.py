@@ -181,3 +181,35 @@ def test_canonical_params_refuses_unknown_and_missing_keys():
     params["sigma"] = 0.1
     with pytest.raises(ValueError, match=r"got unknown \['sigma'\] and missing \['seed'\]\."):
         canonical_params(params)
+
+
+def test_amplitude_and_phase_are_drawn_per_sample_as_pinned():
+    """The literal specification's argument rests on A_k(n) and u_k(n) being new at every sample, (F, T)
+    draws in a fixed order. Pinned twice: against the documented draw order replayed here by hand, and
+    against literal values (numpy's PCG64 stream is stable across releases), so that a generator and a
+    reading of it that changed together would still fail. A draw per component, (F, 1), gives other values."""
+    data = generate_split(
+        frequencies=[1.0, 2.0],
+        fs=10.0,
+        duration=0.4,
+        amplitude_range=(0.8, 1.2),
+        phase_scale=1.0,
+        noise_sigma=0.1,
+        n_mixtures=2,
+        seed=7,
+    )
+    rng = np.random.default_rng(7)
+    t = np.arange(4) / 10.0
+    by_hand = []
+    for _ in range(2):
+        amplitude = rng.uniform(0.8, 1.2, size=(2, 4))  # (F, T): a new amplitude at every sample
+        phase = rng.uniform(0.0, 2.0 * np.pi, size=(2, 4))
+        noise = rng.standard_normal(4)
+        components = amplitude * np.sin(2.0 * np.pi * np.array([[1.0], [2.0]]) * t + 1.0 * phase)
+        by_hand.append(components.mean(axis=0) + 0.1 * noise)
+    np.testing.assert_array_equal(data.mixture, np.asarray(by_hand, dtype=np.float32))
+    pinned = [
+        [-0.17682890594005585, -0.7399322986602783, -0.4270646870136261, 0.12417569756507874],
+        [-0.37211042642593384, 0.02755858190357685, -0.13564039766788483, -0.7327839136123657],
+    ]
+    np.testing.assert_allclose(data.mixture, np.asarray(pinned, dtype=np.float32), rtol=0, atol=1e-7)

@@ -200,8 +200,8 @@ class _InStreamOrder:
 
 
 def test_stream_training_equals_whole_sequences_in_the_lanes_order(tmp_path):
-    """Chunks of tbptt_steps steps with the state carried, update=window, train to the parameters (bit for bit)
-    of the same sequences in whole-sequence batches with the same windows: the lanes of chunks 4j..4j+3 hold
+    """Chunks of tbptt_steps steps with the state carried, update=window, train to the parameters (to float32
+    rounding) of the same sequences in whole-sequence batches with the same windows: the lanes of chunks 4j..4j+3 hold
     batch j (the last chunk of each sequence 20 counted steps and 40 masked, the last window of the whole
     sequences 20 steps), and the learning-rate schedule counts the same optimizer steps.
 
@@ -228,8 +228,11 @@ def test_stream_training_equals_whole_sequences_in_the_lanes_order(tmp_path):
         runs[name] = s
     streams, sequences = runs["streams"], runs["sequences"]
     assert streams.trainer.state.iteration == 2 * EPOCH and sequences.trainer.state.iteration == 2 * 2
-    for key, value in sequences.net.state_dict().items():  # bit for bit, in float32
-        assert torch.equal(streams.net.state_dict()[key], value), key
+    # The same arithmetic in other matrix shapes (chunks of 4 lanes against whole batches): no BLAS promises
+    # the same last bits for both, so float32 within a few units of rounding over the run's 16 Adam steps.
+    # A state reset at every chunk instead of carried moves them by 1e-4 to 3e-3 (measured once by breaking it).
+    for key, value in sequences.net.state_dict().items():
+        torch.testing.assert_close(streams.net.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
     got, want = streams.handlers.history.state_dict()["epochs"], sequences.handlers.history.state_dict()["epochs"]
     # train/loss is the mean of the iterations' losses, each the mean over its counted steps: here of 8 chunks
     # (60, 60, 60 and 20 counted steps per sequence), there of 2 batches of whole sequences; the rest is equal

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ignite_lstm.app.task.generator import sample_count
 from ignite_lstm.app.task.metrics import METRIC_NAMES
 from ignite_lstm.handlers.curriculum import stage_lengths
 
@@ -67,12 +68,11 @@ def check_cross(cfg: dict, problems: list[str], *, backends: Sequence[str]) -> N
         problems.append(f"data.amplitude: {amp!r} must be [low, high] with low <= high")
     fs, duration = data.get("fs"), data.get("duration")
     if valid("data.fs", "data.duration") and _is_number(fs) and _is_number(duration):
-        steps = fs * duration
-        if not math.isfinite(steps):
+        if not math.isfinite(fs * duration):
             problems.append(f"data.duration: {duration!r} at data.fs={fs!r} gives no finite number of samples")
-        elif round(steps) < MIN_STEPS:
+        elif sample_count(fs, duration) < MIN_STEPS:
             problems.append(
-                f"data.duration: {duration!r} at data.fs={fs!r} gives {round(steps)} sample(s) per sequence "
+                f"data.duration: {duration!r} at data.fs={fs!r} gives {sample_count(fs, duration)} sample(s) per sequence "
                 f"(round(fs * duration)); at least {MIN_STEPS} are needed (every target starts at sin(0) = 0 and "
                 f"the metrics need one that varies): use data.duration >= {MIN_STEPS / fs:g}"
             )
@@ -186,7 +186,7 @@ def _check_curriculum(cfg: dict, problems: list[str], valid: Callable[..., bool]
         problems.append(f"{key}.start: {start!r} and lengths {lengths!r}: give one of them")
     fs, duration = data.get("fs"), data.get("duration")
     if valid("data.fs", "data.duration") and _is_number(fs) and _is_number(duration) and math.isfinite(fs * duration):
-        steps = round(fs * duration)
+        steps = sample_count(fs, duration)
         if lengths and (any(b <= a for a, b in zip(lengths, lengths[1:])) or lengths[-1] > steps):
             problems.append(
                 f"{key}.lengths: {lengths!r} must increase, each <= the sequence length T = {steps} "

@@ -24,7 +24,9 @@ import torch
 
 from ignite_lstm.app.config.schema import ConfigError
 from ignite_lstm.app.task.dataset import SPLITS, split_params
+from ignite_lstm.app.task.generator import sample_count
 from ignite_lstm.app.task.h5io import split_filename
+from ignite_lstm.engine.execution import execution_path
 from ignite_lstm.handlers.curriculum import final_tbptt_steps
 
 __all__ = ["preflight", "device_problem", "resolve_device", "usable_devices", "estimate_memory", "available_memory"]
@@ -134,7 +136,7 @@ def estimate_memory(cfg: Any, processes: int = 1, native: bool = False) -> dict[
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     n_freq, hidden, layers = len(d.frequencies), m.hidden_size, m.num_layers
     n_in, n_out = 1 + n_freq, 1
-    steps = round(d.fs * d.duration)  # T
+    steps = sample_count(d.fs, d.duration)  # T
     params = sum(4 * hidden * (size + hidden + 2) for size in [n_in] + [hidden] * (layers - 1)) + hidden * n_out + n_out
     copies = 3 + _OPTIMIZER_STATE[t.optimizer](t.momentum)  # weights, gradients, packed weights, optimizer state
     model = _FLOAT * params * copies
@@ -146,7 +148,7 @@ def estimate_memory(cfg: Any, processes: int = 1, native: bool = False) -> dict[
 
     batch = min(max(1, t.batch_size // processes), math.ceil(sequences["train"] / processes))
     tbptt = final_tbptt_steps(cfg, steps)  # a curriculum's last stage, when its window follows L
-    detached = tbptt == 1 and t["update"] == "sequence" and t.engine != "stepwise"
+    detached = execution_path(tbptt, t.update, t.engine, detaches=True) == "fused-detached"  # a StatefulLSTM
     window_key = (
         "train.chunk_steps" if detached else "train.tbptt_steps" if tbptt == t.tbptt_steps else "train.curriculum.tbptt"
     )

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PARAM_NAMES", "SplitData", "canonical_params", "generate_split", "noisy_components"]
+__all__ = ["PARAM_NAMES", "SplitData", "canonical_params", "generate_split", "noisy_components", "sample_count"]
 
 #: Names of the generation parameters, i.e. the keyword arguments of `generate_split`.
 PARAM_NAMES = (
@@ -64,6 +64,16 @@ class SplitData:
     mixture: np.ndarray
     target: np.ndarray
     params: dict
+
+
+def sample_count(fs: float, duration: float) -> int:
+    """The number of samples of a sequence, ``T = round(fs * duration)`` (the one place it is computed).
+
+    Example:
+        >>> sample_count(1000.0, 10.0)
+        10000
+    """
+    return round(fs * duration)
 
 
 def _is_real(value: Any) -> bool:
@@ -117,7 +127,7 @@ def _check_params(params: Mapping[str, Any]) -> dict:
         raise ValueError(f"Argument frequencies should hold positive finite numbers, got {freqs}.")
     fs = _positive("fs", params["fs"])
     duration = _positive("duration", params["duration"])
-    if round(fs * duration) < 1:
+    if sample_count(fs, duration) < 1:
         raise ValueError(
             f"Arguments fs and duration should give at least one sample, got round({fs} * {duration}) = 0."
         )
@@ -252,7 +262,7 @@ def generate_split(
             seed=seed,
         )
     )
-    n_steps = round(params["fs"] * params["duration"])
+    n_steps = sample_count(params["fs"], params["duration"])
     t = np.arange(n_steps, dtype=np.float64) / params["fs"]  # (T,)
     freqs = np.asarray(params["frequencies"], dtype=np.float64)
     target = np.sin(_clean_argument(freqs, t))  # (F, T)

@@ -40,7 +40,7 @@ import h5py
 import numpy as np
 
 from ignite_lstm._internal.atomic import atomic_write
-from ignite_lstm.app.task.generator import SplitData, canonical_params
+from ignite_lstm.app.task.generator import SplitData, canonical_params, sample_count
 from ignite_lstm.data.errors import DataFileError
 
 __all__ = ["FORMAT_VERSION", "DataFileError", "read_split", "split_filename", "write_split"]
@@ -81,7 +81,7 @@ def split_filename(split: str, params: Mapping[str, Any]) -> str:
 
 
 def _shape_problems(arrays: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
-    n_steps = round(params["fs"] * params["duration"])
+    n_steps = sample_count(params["fs"], params["duration"])
     expected = {
         "mixture": (params["n_mixtures"], n_steps),
         "target": (len(params["frequencies"]), n_steps),
