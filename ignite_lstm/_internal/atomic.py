@@ -32,10 +32,10 @@ def _temp_beside(path: Path, mode: int) -> tuple[int, Path]:
     raise FileExistsError(f"No free temporary file name beside {path}.")
 
 
-def _os_error(exc: BaseException) -> OSError | None:
+def _os_error(exc: BaseException | None) -> OSError | None:
     """The ``OSError`` behind ``exc``: torch.save reports a failed write as a RuntimeError raised while
     handling it."""
-    seen = set()
+    seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, OSError) and exc.errno is not None:
             return exc

@@ -103,7 +103,8 @@ def wrap_event_file(writer: Any, wrap: Callable[[Any, str], _Wrapper]) -> _Wrapp
     Returns:
         The wrapper, or None when ``writer`` is not tensorboardX's (nothing changed).
     """
-    event_writer = getattr(getattr(writer, "file_writer", None), "event_writer", None)  # EventFileWriter
+    event_writer: Any = getattr(getattr(writer, "file_writer", None), "event_writer", None)  # EventFileWriter
+    worker: Any  # tensorboardX private objects, checked below by their attributes
     events, worker = getattr(event_writer, "_ev_writer", None), getattr(event_writer, "_worker", None)
     if events is None or not hasattr(worker, "_record_writer"):
         return None

@@ -472,6 +472,8 @@ def moved_name(package: str, name: str) -> Any:
 class _Alias(types.ModuleType):
     """An old module whose names went to several new ones: each looked up where it went."""
 
+    __all__: list[str]
+
     def __getattr__(self, name: str) -> Any:
         old = self.__name__.rsplit(".", 1)[1]
         home = _home(old, name)

@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -47,7 +47,8 @@ class RNGState:
     """The torch (CPU and CUDA), numpy and Python random generators as a checkpointable object."""
 
     def state_dict(self) -> dict[str, Any]:
-        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        # the global generator is the legacy MT19937: get_state() gives the 5-tuple, never the dict
+        name, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
         version, internal, gauss_next = random.getstate()
         state = {
             "torch": torch.get_rng_state(),
@@ -253,6 +254,7 @@ def resume_from_checkpoint(
             _load(name, to_load[name], checkpoint[name])
 
     state = trainer.state
+    assert state.epoch_length is not None  # a loaded trainer state always has one
     done_in_epoch = state.iteration % state.epoch_length
     deferred = {k: to_load[k] for k in rest if k in DEFERRED_KEYS}
     if done_in_epoch == 0:

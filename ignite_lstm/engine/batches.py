@@ -18,7 +18,7 @@ chunks), how many positions count in each, on this process and on all of them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import ignite.distributed as idist
 import torch
@@ -169,7 +169,7 @@ def prepare_batch(
         >>> x, y, mask, reset = prepare_batch(batch, "cpu")
     """
     x, y, mask, reset = parse_batch(batch)
-    x, y = convert_tensor(x, device, non_blocking), convert_tensor(y, device, non_blocking)
+    x, y = (cast(torch.Tensor, convert_tensor(v, device, non_blocking)) for v in (x, y))  # the batch's tensors
     mask, reset = (convert_tensor(v, device, non_blocking) if v is not None else None for v in (mask, reset))
     return x, y, check_mask(mask, x), check_reset(reset, x)
 
@@ -185,7 +185,8 @@ def check_prepared(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
     """
     if not isinstance(out, (tuple, list)) or len(out) not in (2, 3, 4):
         raise TypeError("Argument prepare_batch should return (x, y), (x, y, mask) or (x, y, mask, reset).")
-    x, y, mask, reset = (*out, *(None,) * (4 - len(out)))
+    parts: tuple[Any, ...] = (*out, *(None,) * (4 - len(out)))
+    x, y, mask, reset = parts
     return x, y, check_mask(mask, x), check_reset(reset, x)
 
 
@@ -276,7 +277,10 @@ def segment_counts(mask: torch.Tensor | None, batch_size: int, bounds: list[tupl
     total = local
     if idist.get_world_size() > 1:
         total = [
-            int(n) for n in idist.all_reduce(torch.tensor(local, dtype=torch.float64, device=idist.device())).tolist()
+            int(n)
+            for n in cast(
+                torch.Tensor, idist.all_reduce(torch.tensor(local, dtype=torch.float64, device=idist.device()))
+            ).tolist()
         ]
     return SegmentCounts(bounds, local, total)
 
@@ -290,4 +294,4 @@ def global_steps(steps: int) -> int:
     """The longest batch length over all processes (this one's without several processes)."""
     if idist.get_world_size() == 1:
         return steps
-    return int(idist.all_reduce(torch.tensor(float(steps), device=idist.device()), op="MAX").item())
+    return int(cast(torch.Tensor, idist.all_reduce(torch.tensor(float(steps), device=idist.device()), op="MAX")).item())

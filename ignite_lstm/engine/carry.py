@@ -36,13 +36,14 @@ the next batch must reset all of them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import ignite.distributed as idist
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
+from ignite_lstm.engine.attributes import run_state
 from ignite_lstm.engine.execution import unwrap
 from ignite_lstm.engine.state import detach_state, map_state, state_tensors
 
@@ -78,7 +79,7 @@ class _Carry:
         self.engine, self.dim, self.model_name = engine, batch_dim, model_name
         self.pinned = False  # set_state: the next batch starts from the given state, even at an epoch start
         self.stale = False  # the lanes were stepped through padding up to another process's batch length
-        engine.state.carried_state = None
+        run_state(engine).carried_state = None
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
 
     def _epoch_started(self, engine: Engine) -> None:
@@ -90,12 +91,12 @@ class _Carry:
     def reset(self, lanes: torch.Tensor | None = None) -> None:
         """Every lane (None) or those where ``lanes`` (B,) bool is True start fresh."""
         if lanes is None:
-            self.engine.state.carried_state, self.stale = None, False
-        elif self.engine.state.carried_state is not None:
-            self.engine.state.carried_state = _zero_lanes(self.engine.state.carried_state, ~lanes, self.dim)
+            run_state(self.engine).carried_state, self.stale = None, False
+        elif run_state(self.engine).carried_state is not None:
+            run_state(self.engine).carried_state = _zero_lanes(run_state(self.engine).carried_state, ~lanes, self.dim)
 
     def lanes(self, state: Any) -> int:
-        sizes = set()
+        sizes: set[int | None] = set()
         for t in state_tensors(state):
             if not -t.dim() <= self.dim < t.dim():
                 sizes.add(None)
@@ -107,14 +108,14 @@ class _Carry:
                 f"The state of {self.model_name} should hold the lanes (the batch) in dimension "
                 f"{self.dim} (its state_batch_dim) of every tensor, with one size; got shapes {shapes}."
             )
-        return sizes.pop() if sizes else 0
+        return cast(int, sizes.pop()) if sizes else 0  # None was refused above
 
     def begin(self, x: torch.Tensor, reset: torch.Tensor | None) -> Any:
         """The state a batch x (B, T, F) with these reset flags starts from (None: every lane fresh)."""
         self.pinned = False
         if reset is not None and bool(reset.all()):  # every lane starts fresh: the model's own start
             self.reset()
-        state = self.engine.state.carried_state
+        state = run_state(self.engine).carried_state
         if state is None:
             return None
         lanes, batch = self.lanes(state), x.shape[0]
@@ -138,19 +139,19 @@ class _Carry:
         return state
 
     def end(self, state: Any, padded: bool = False) -> None:
-        self.engine.state.carried_state = detach_state(state)
+        run_state(self.engine).carried_state = detach_state(state)
         self.stale = padded
 
     # ------------------------------------------------------------ checkpoints
 
     def saved(self) -> dict[str, Any]:
         """The carried state of every process's lanes, concatenated in rank order (collective)."""
-        state = self.engine.state.carried_state
+        state = run_state(self.engine).carried_state
         lanes = 0 if state is None else self.lanes(state)
         if idist.get_world_size() == 1:
             return {"state": state, "lanes": torch.tensor([lanes]), "stale": torch.tensor([self.stale])}
         mine = {"state": map_state(torch.Tensor.cpu, state), "lanes": lanes, "stale": self.stale}
-        every = idist.all_gather(mine)  # a list in rank order, the same on every rank
+        every = cast(list[dict[str, Any]], idist.all_gather(mine))  # a list in rank order, the same on every rank
         states = [r["state"] for r in every]
         if any(s is None for s in states) and not all(s is None for s in states):
             fresh = [r for r, s in enumerate(states) if s is None]
@@ -184,7 +185,7 @@ class _Carry:
                 f"{len(lanes)} processes, or from a checkpoint taken at the end of an epoch."
             )
         start = sum(lanes[:rank])
-        self.engine.state.carried_state = map_state(
+        run_state(self.engine).carried_state = map_state(
             lambda t: t.narrow(self.dim, start, lanes[rank]).clone(), saved["state"]
         )
         self.stale = bool(stale[rank])
@@ -268,7 +269,7 @@ def reset_state(engine: Engine, lanes: torch.Tensor | Sequence[int] | None = Non
         ...     reset_state(engine, [0, 3])  # lanes 0 and 3 start a new series at the next batch
     """
     carry = _carry_of(engine)
-    state = engine.state.carried_state
+    state = run_state(engine).carried_state
     if lanes is None:
         carry.reset()
         return
@@ -313,5 +314,5 @@ def set_state(engine: Engine, state: Any) -> None:
     carry = _carry_of(engine)
     if state is not None:
         carry.lanes(state)  # one number of lanes, in the declared dimension
-    engine.state.carried_state = detach_state(state)
+    run_state(engine).carried_state = detach_state(state)
     carry.pinned, carry.stale = True, False

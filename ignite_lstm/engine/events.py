@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from ignite.engine import Engine, EventEnum, Events
 
+from ignite_lstm.engine.attributes import run_state
+
 __all__ = ["TimeEvents", "count_windows"]
 
 
@@ -42,10 +44,10 @@ class TimeEvents(EventEnum):
 def count_windows(trainer: Engine) -> None:
     """``state.window``: a running count of the windows, in the trainer's ``state_dict`` (exact resume)."""
     trainer.register_events(*TimeEvents, event_to_attr={e: "window" for e in TimeEvents})
-    trainer.state.window = 0
+    run_state(trainer).window = 0
     trainer.state_dict_user_keys.append("window")
 
     @trainer.on(Events.STARTED)
     def _restart(engine: Engine) -> None:
         if engine.state.iteration == 0:  # a fresh run, not a resumed or continued one
-            engine.state.window = 0
+            run_state(engine).window = 0

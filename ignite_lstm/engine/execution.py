@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -83,7 +83,7 @@ def step_fn(model: nn.Module) -> Callable:
     its gradient hooks see the call.
     """
     if model is unwrap(model) and callable(getattr(model, "step", None)):
-        return model.step
+        return cast(Callable, model.step)
 
     def step(x_t, state):
         y, state = model(x_t.unsqueeze(1), state)

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import ignite.distributed as idist
 import torch
@@ -55,6 +55,7 @@ import torch.nn as nn
 from ignite.engine import Engine
 from ignite.metrics import Average
 
+from ignite_lstm.engine.attributes import run_state
 from ignite_lstm.engine.batches import check_prepared, prepare_batch
 from ignite_lstm.engine.carry import CarryingEngine, check_carry_state, reset_state, set_state
 from ignite_lstm.engine.events import TimeEvents, count_windows
@@ -204,27 +205,29 @@ def create_trainer(
         x, y, mask, reset = check_prepared(prepare_batch(batch, device, non_blocking))
         refuse_outer_autocast(x)
         model.train()
-        out = body(engine, x, y, mask, engine.begin_batch(x, reset) if carry_state else None)
+        out = body(engine, x, y, mask, cast(CarryingEngine, engine).begin_batch(x, reset) if carry_state else None)
         if carry_state:
-            engine.end_batch(out.state, out.padded)
+            cast(CarryingEngine, engine).end_batch(out.state, out.padded)
         total = out.total
         if idist.get_world_size() > 1:
             # Every rank reports (and TerminateOnNan stops on) the same loss; the gradient
             # norm already is the same after DDP's averaging.
-            total = idist.all_reduce(total)
-        return {"loss": (total / out.count).item(), "grad_norm": float(out.norm)}
+            total = cast(torch.Tensor, idist.all_reduce(total))
+        # a trainer's batch always reports a norm (its last counted window or its optimizer step)
+        return {"loss": (total / out.count).item(), "grad_norm": float(cast(torch.Tensor, out.norm))}
 
     trainer = CarryingEngine(_update, model, checkpointed=True) if carry_state else Engine(_update)
     count_windows(trainer)
-    trainer.state.window_loss = None
-    trainer.state.window_losses = None
-    trainer.state.execution = path
-    trainer.state.tbptt_steps = tbptt_steps
-    trainer.state.scaler = scaler
-    trainer.execution = path  # deprecated alias of state.execution
+    run_state(trainer).window_loss = None
+    run_state(trainer).window_losses = None
+    run_state(trainer).execution = path
+    run_state(trainer).tbptt_steps = tbptt_steps
+    run_state(trainer).scaler = scaler
+    extra: Any = trainer  # attributes Engine does not declare; set_tbptt_steps and epoch_loss_metric getattr them
+    extra.execution = path  # deprecated alias of state.execution
     # kept on the trainer itself (no registry beside it): what set_tbptt_steps and epoch_loss_metric read
-    trainer._window_control = (body, lambda k: select_execution(model, loss_fn, k, update, execution))
-    trainer._epoch_loss = epoch_loss = Average(output_transform=lambda o: o["loss"])
+    extra._window_control = (body, lambda k: select_execution(model, loss_fn, k, update, execution))
+    extra._epoch_loss = epoch_loss = Average(output_transform=lambda o: o["loss"])
     epoch_loss.attach(trainer, "epoch_loss")
     logger.debug("Trainer execution path: %s", path)
     return trainer
@@ -255,7 +258,8 @@ def set_tbptt_steps(trainer: Engine, tbptt_steps: int) -> str:
     body, select = control
     path = select(tbptt_steps)
     body.set_window(path, tbptt_steps)
-    trainer.state.tbptt_steps, trainer.state.execution, trainer.execution = tbptt_steps, path, path
+    extra: Any = trainer  # Engine does not declare execution (create_trainer's deprecated alias)
+    run_state(trainer).tbptt_steps, run_state(trainer).execution, extra.execution = tbptt_steps, path, path
     return path
 
 
@@ -345,11 +349,11 @@ def create_evaluator(
         x, y, mask, reset = check_prepared(prepare_batch(batch, device, non_blocking))
         refuse_outer_autocast(x)
         net.eval()
-        state = engine.begin_batch(x, reset) if carry_state else None
+        state = cast(CarryingEngine, engine).begin_batch(x, reset) if carry_state else None
         with amp_context(x, amp_dtype):
             y_pred, state = run_steps(step, x, state) if execution == "stepwise" else net(x, state)
         if carry_state:
-            engine.end_batch(state)
+            cast(CarryingEngine, engine).end_batch(state)
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         return {

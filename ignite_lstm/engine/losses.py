@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -53,7 +54,10 @@ def elementwise_loss(loss_fn: Callable) -> Callable[[torch.Tensor, torch.Tensor]
     """
     for cls, fn in _ELEMENTWISE.items():
         if type(loss_fn) is cls and getattr(loss_fn, "reduction", None) == "mean":
-            return lambda a, b, _m=loss_fn, _fn=fn: _fn(_m, a, b)
+            # a lambda with default arguments: cast, as mypy cannot infer its type
+            return cast(
+                Callable[[torch.Tensor, torch.Tensor], torch.Tensor], lambda a, b, _m=loss_fn, _fn=fn: _fn(_m, a, b)
+            )
     return None
 
 

@@ -10,7 +10,7 @@ import torch
 __all__ = ["map_state", "detach_state", "state_tensors"]
 
 
-def map_state(fn: Callable[..., torch.Tensor], state: Any, *others: Any) -> Any:
+def map_state(fn: Callable[..., Any], state: Any, *others: Any) -> Any:
     """Apply ``fn`` to every tensor in a nested state, keeping its structure.
 
     Tuples (named tuples included), lists and dicts are rebuilt; ``None`` and

@@ -23,8 +23,9 @@ from typing import Any, NamedTuple
 import ignite.distributed as idist
 import torch
 import torch.nn as nn
-from ignite.engine import Engine, EventEnum
+from ignite.engine import Engine
 
+from ignite_lstm.engine.attributes import run_state
 from ignite_lstm.engine.batches import (
     SegmentCounts,
     global_steps,
@@ -32,6 +33,7 @@ from ignite_lstm.engine.batches import (
     segment_counts,
     window_bounds,
 )
+from ignite_lstm.engine.events import TimeEvents
 from ignite_lstm.engine.execution import amp_context, run_steps, step_fn, without_grad_sync
 from ignite_lstm.engine.losses import StepLosses, masked_loss
 from ignite_lstm.engine.state import detach_state
@@ -43,7 +45,7 @@ class BatchResult(NamedTuple):
     """What ``BatchUpdate`` returns for one batch."""
 
     total: torch.Tensor  # the loss summed over this process's counted positions (no graph)
-    count: int  # counted positions on all processes
+    count: int  # type: ignore[assignment]  # counted positions on all processes (shadows tuple.count, by design)
     norm: torch.Tensor | None  # the gradient norm (None: no optimizer step reported one)
     state: Any  # the state after the batch's last step, detached
     padded: bool  # the batch was padded to another process's length (the state stepped through it)
@@ -65,7 +67,7 @@ class BatchUpdate:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         loss_fn: Any,
-        events: type[EventEnum],
+        events: type[TimeEvents],
         *,
         path: str,
         tbptt_steps: int,
@@ -141,7 +143,7 @@ class BatchUpdate:
         sequence = self.update == "sequence"
         total, norm = y.new_zeros(()), None
         for w, (start, stop) in enumerate(counts.bounds):
-            engine.state.window += 1
+            run_state(engine).window += 1
             engine.fire_event(self.events.WINDOW_STARTED)
             if not sequence:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -156,9 +158,9 @@ class BatchUpdate:
                 loss = y.new_full((), float("nan"))  # no counted step in this window (here)
             else:
                 total += loss * counts.local[w]
-            engine.state.window_loss = loss
+            run_state(engine).window_loss = loss
             engine.fire_event(self.events.WINDOW_COMPLETED)
-            engine.state.window_losses = loss.reshape(1)
+            run_state(engine).window_losses = loss.reshape(1)
             engine.fire_event(self.events.CHUNK_COMPLETED)
         return total, norm, state
 
@@ -189,8 +191,8 @@ class BatchUpdate:
             )
             if loss is not None:
                 total += loss * counts.local[c]
-            engine.state.window_losses = self.step_losses(y_pred.detach(), y[:, start:stop], m)  # (C,)
-            engine.state.window += stop - start
+            run_state(engine).window_losses = self.step_losses(y_pred.detach(), y[:, start:stop], m)  # (C,)
+            run_state(engine).window += stop - start
             engine.fire_event(self.events.CHUNK_COMPLETED)
         return total, None, state
 

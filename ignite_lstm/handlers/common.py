@@ -13,7 +13,7 @@ import importlib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping, ProgressBar, TerminateOnNan
@@ -127,7 +127,7 @@ def attach_early_stopping(
         trainer=trainer,
         threshold=min_delta,
         cumulative=True,
-        mode=mode,
+        mode=cast(Literal["min", "max"], mode),  # monitor_mode returns one of the two
     )
     val_evaluator.add_event_handler(
         Events.COMPLETED(event_filter=event_filter) if event_filter else Events.COMPLETED, stopper
@@ -163,7 +163,7 @@ def attach_progress(trainer: Engine, **tqdm_kwargs: Any) -> ProgressBar:
         isatty = getattr(stream, "isatty", None)
         tqdm_kwargs["disable"] = not (callable(isatty) and isatty())
     bar = ProgressBar(persist=persist, **tqdm_kwargs)
-    attached = []
+    attached: list[bool] = []
 
     def attach_at_start(engine: Engine) -> None:
         if attached:  # a second run() call on the same trainer

@@ -41,6 +41,7 @@ from typing import Any
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
+from ignite_lstm.engine.attributes import run_state
 from ignite_lstm.engine.batches import parse_batch
 from ignite_lstm.engine.factories import set_tbptt_steps
 from ignite_lstm.handlers.common import monitor_mode
@@ -150,6 +151,9 @@ class Curriculum:
         >>> to_save["curriculum"] = curriculum
     """
 
+    optimizer: Any  # attach's optimizer (None before attach, or when none was given)
+    score: float | None  # the metric of the stage's last validation (None: none yet)
+
     def __init__(
         self,
         lengths: Sequence[int],
@@ -210,7 +214,7 @@ class Curriculum:
                 f"every stage change."
             )
         self.optimizer = optimizer
-        trainer.state.curriculum_length = self.length
+        run_state(trainer).curriculum_length = self.length
         trainer.add_event_handler(Events.STARTED, self._apply, True)  # after a resume loaded the state
         trainer.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         trainer.add_event_handler(Events.GET_BATCH_COMPLETED, self._cut)
@@ -227,6 +231,7 @@ class Curriculum:
         engine.state.batch = cut_batch(engine.state.batch, self.length)
 
     def _record(self, evaluator: Engine) -> None:
+        assert self.metric is not None  # attach adds this handler only with a metric
         self.score = float(evaluator.state.metrics[self.metric])
 
     def _epoch_completed(self, _: Engine) -> None:
@@ -253,6 +258,7 @@ class Curriculum:
         if self.max_epochs is not None and k >= self.max_epochs:
             return True
         score = self.score
+        assert self.threshold is not None  # the metric rule: __init__ takes metric and threshold together
         passed = (
             score is not None
             and math.isfinite(score)
@@ -261,7 +267,7 @@ class Curriculum:
         return k >= self.min_epochs and passed
 
     def _apply(self, trainer: Engine, log: bool) -> None:
-        trainer.state.curriculum_length = self.length
+        run_state(trainer).curriculum_length = self.length
         if self.follow_tbptt and getattr(trainer.state, "tbptt_steps", None) != self.length:
             set_tbptt_steps(trainer, self.length)
         if log:

@@ -14,6 +14,8 @@ from typing import Any
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
+from ignite_lstm.engine.attributes import run_state
+
 __all__ = ["StopOnInterrupt", "Aborted", "signal_label"]
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class StopOnInterrupt:
         self.abort = abort
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
-        trainer.state.interrupt_requested = False
+        run_state(trainer).interrupt_requested = False
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
         trainer.add_event_handler(Events.ITERATION_COMPLETED, self._at_iteration)
@@ -84,7 +86,7 @@ class StopOnInterrupt:
 
     @property
     def requested(self) -> bool:
-        return bool(self.trainer.state.interrupt_requested)
+        return bool(run_state(self.trainer).interrupt_requested)
 
     @property
     def label(self) -> str:
@@ -97,7 +99,7 @@ class StopOnInterrupt:
                 raise Aborted(signum)
             return
         self.signum = signum
-        self.trainer.state.interrupt_requested = True
+        run_state(self.trainer).interrupt_requested = True
         again = "press again" if signum == signal.SIGINT else "send it again"
         logger.warning(
             "%s: stopping after this iteration and saving a checkpoint (%s to abort).", signal_label(signum), again
@@ -111,10 +113,11 @@ class StopOnInterrupt:
         shared = int(idist.all_reduce(self.signum or 0, op="MAX"))
         if shared and not self.requested:
             self.signum = shared
-            self.trainer.state.interrupt_requested = True
+            run_state(self.trainer).interrupt_requested = True
         return bool(shared)
 
     def _at_iteration(self, engine: Engine) -> None:
+        assert engine.state.epoch_length is not None  # Engine.run sets it before the first iteration
         if engine.state.iteration % engine.state.epoch_length and self._shared():
             engine.terminate()
 

@@ -31,9 +31,11 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.engine.events import CallableEventWithFilter
 from ignite.handlers import (
     CosineAnnealingScheduler,
     LRScheduler,
+    ParamScheduler,
     PiecewiseLinear,
     ReduceLROnPlateauScheduler,
     create_lr_scheduler_with_warmup,
@@ -115,7 +117,7 @@ def setup_lr_scheduler(
         raise ValueError(f"Argument name should be one of {SCHEDULES}, got {name!r}.")
     if name == "none":
         return None
-    event = TimeEvents.WINDOW_STARTED if update == "window" else Events.ITERATION_STARTED
+    event: CallableEventWithFilter = TimeEvents.WINDOW_STARTED if update == "window" else Events.ITERATION_STARTED
     total = epochs * steps_per_epoch
     warmup = warmup_steps(warmup_epochs, steps_per_epoch)
     if warmup >= total:
@@ -150,7 +152,7 @@ def setup_lr_scheduler(
         return _Pair(plateau, ramp)
     if name == "onecycle":
         pct_start = warmup / total if warmup else 0.3
-        scheduler = LRScheduler(
+        scheduler: ParamScheduler = LRScheduler(
             torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=pct_start)
         )
         trainer.add_event_handler(event, scheduler)
@@ -172,7 +174,7 @@ def setup_lr_scheduler(
 
 def _planned_steps(total: int, epochs: int, steps_per_epoch: int) -> Callable[[Engine, int], bool]:
     """Event filter: True for optimizer steps 1 .. total; past them False, with one warning."""
-    warned = []
+    warned: list[int] = []
 
     def planned(_: Engine, step: int) -> bool:
         if step <= total:

@@ -19,6 +19,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import global_step_from_engine
 
 from ignite_lstm._internal.compat import close_event_file, wrap_event_file
+from ignite_lstm.engine.attributes import run_state
 from ignite_lstm.engine.factories import TimeEvents
 
 __all__ = ["attach_tensorboard"]
@@ -143,11 +144,12 @@ def attach_tensorboard(
         Events.COMPLETED,
     )
     if window_every:
-        group = {"sum": 0.0, "n": 0}
+        group: dict[str, Any] = {"sum": 0.0, "n": 0}
 
         def window_group(engine: Engine) -> None:
             # CHUNK_COMPLETED: the losses of windows (last - n, last], on every execution path.
-            losses, last = engine.state.window_losses, engine.state.window
+            losses, last = run_state(engine).window_losses, run_state(engine).window
+            assert losses is not None  # the update sets it before it fires CHUNK_COMPLETED
             first, i = last - losses.numel() + 1, 0
             while i < losses.numel():
                 end = min(losses.numel(), i + window_every - (first + i - 1) % window_every)  # next group boundary

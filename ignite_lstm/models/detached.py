@@ -89,7 +89,7 @@ class _DetachedCells(torch.autograd.Function):
 
 
 def detached_steps_forward(
-    layers: Sequence[nn.LSTM],
+    layers: Sequence[nn.LSTM] | nn.ModuleList,
     head: nn.Module,
     x: torch.Tensor,
     h0: torch.Tensor,
@@ -117,8 +117,8 @@ def detached_steps_forward(
     with torch.no_grad():
         inp = x
         for i, lstm in enumerate(layers):
-            if masks[i] is not None:
-                inp = inp * masks[i].transpose(0, 1)
+            if (mask := masks[i]) is not None:
+                inp = inp * mask.transpose(0, 1)
             inp, _ = lstm(inp, (h0[i : i + 1], c0[i : i + 1]))  # (B, C, H)
             prev = torch.empty(C, B, H, dtype=x.dtype, device=x.device)
             prev[0] = h0[i]
@@ -129,8 +129,8 @@ def detached_steps_forward(
     h_last, c_last = [], []
     inp = x.transpose(0, 1).reshape(C * B, -1)
     for i, lstm in enumerate(layers):
-        if masks[i] is not None:
-            inp = inp * masks[i].view(C * B, H)
+        if (mask := masks[i]) is not None:
+            inp = inp * mask.view(C * B, H)
         inp, c_end = _DetachedCells.apply(
             inp, h_prev[i][0], c0[i], lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0
         )

@@ -32,8 +32,9 @@ of the user's, follow autocast.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn as nn
@@ -46,6 +47,15 @@ from ignite_lstm.models.detached import detached_steps_forward
 __all__ = ["StatefulLSTM", "LSTMState", "load_model"]
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, H)
+
+
+class _LSTMLayer(Protocol):
+    """A one-layer ``nn.LSTM``'s parameters, which it registers by name at run time (untyped in torch)."""
+
+    weight_ih_l0: torch.Tensor
+    weight_hh_l0: torch.Tensor
+    bias_ih_l0: torch.Tensor
+    bias_hh_l0: torch.Tensor
 
 
 class StatefulLSTM(nn.Module):
@@ -175,7 +185,7 @@ class StatefulLSTM(nn.Module):
         h0, c0 = state
         hs, cs = [], []
         out = x_t
-        for i, lstm in enumerate(self.layers):
+        for i, lstm in enumerate(cast("Iterable[_LSTMLayer]", self.layers)):
             if i > 0 and self.dropout > 0.0:
                 out = F.dropout(out, self.dropout, self.training)
             # One fused kernel per layer: far cheaper per call than nn.LSTM on a length-1 sequence.
@@ -203,9 +213,9 @@ class StatefulLSTM(nn.Module):
                 masks[i] = torch.bernoulli(torch.full(shape, keep, device=like.device, dtype=like.dtype)) / keep
         return masks
 
-    def _weights(self) -> list[list[torch.Tensor]]:
+    def _weights(self) -> list[list[nn.Parameter]]:
         """``[w_ih, w_hh, b_ih, b_hh]`` per layer (``nn.LSTM.all_weights``, current after ``.to()``)."""
-        return [lstm.all_weights[0] for lstm in self.layers]
+        return [cast(nn.LSTM, lstm).all_weights[0] for lstm in self.layers]
 
     def _native_forward(
         self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, detach_every_step: bool
@@ -216,10 +226,12 @@ class StatefulLSTM(nn.Module):
         masks = self._dropout_masks(x.shape[1], x.shape[0], x)
         inp = x.transpose(0, 1)  # (T, B, F): the kernel walks time-major rows
         hs, cs = [], []
-        for i, params in enumerate(self._weights()):
-            if masks[i] is not None:
-                inp = inp * masks[i]
-            inp, h, c = native.lstm_layer(inp.contiguous(), h0[i], c0[i], *params, recurrent=not detach_every_step)
+        for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._weights()):
+            if (mask := masks[i]) is not None:
+                inp = inp * mask
+            inp, h, c = native.lstm_layer(
+                inp.contiguous(), h0[i], c0[i], w_ih, w_hh, b_ih, b_hh, recurrent=not detach_every_step
+            )
             hs.append(h)
             cs.append(c)
         state = (torch.stack(hs), torch.stack(cs))
@@ -245,8 +257,8 @@ class StatefulLSTM(nn.Module):
             masks = self._dropout_masks(stop - start, B, x)  # layer by layer, to put the masks between them
             h, c = h.clone(), c.clone()
             for i, params in enumerate(self._weights()):
-                if masks[i] is not None:
-                    inp = inp * masks[i]
+                if (mask := masks[i]) is not None:
+                    inp = inp * mask
                 inp, h[i], c[i] = native.lstm_layer_inference(inp, h[i], c[i], *params)
             torch.addmm(
                 self.head.bias,

@@ -32,6 +32,13 @@ __all__ = ["available", "describe", "disabled", "lstm_layer", "lstm_layer_infere
 _MIN_ROWS_PER_THREAD = 4  # below this, a thread's share of a step costs less than handing it over
 
 
+def _loaded() -> ctypes.CDLL:
+    """The library, where the callers run only after ``available()`` found it built."""
+    lib = library()
+    assert lib is not None
+    return lib
+
+
 # ---------------------------------------------------------------- packed weights
 
 _packed: dict[tuple, tuple] = {}
@@ -50,7 +57,7 @@ def _pack(w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
         return hit[2]
     H = w_hh.shape[1]
     I = w_ih.shape[1]
-    out = torch.empty(library().lstm_packed_size(I, H), dtype=w_ih.dtype)
+    out = torch.empty(_loaded().lstm_packed_size(I, H), dtype=w_ih.dtype)
     src = [_checked(t.detach(), w_ih.dtype) for t in tensors]
     function("lstm_pack", w_ih.dtype)(I, H, *(t.data_ptr() for t in src), out.data_ptr())
     if hit is None:
@@ -76,7 +83,7 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 def _forward(x, packed, H, h0, c0, hs, cs=None, gates=None, xh=None, h_n=None, c_n=None) -> None:
     T, B, I = x.shape
     n = _threads(B, T)
-    work = x.new_empty(n * library().lstm_forward_work(B, H))
+    work = x.new_empty(n * _loaded().lstm_forward_work(B, H))
     ptrs = [_ptr(t) for t in (x, packed, h0, c0, hs, cs, gates, xh, h_n, c_n, work)]
     function("lstm_forward", x.dtype)(n, T, B, I, H, *ptrs)
 
@@ -84,7 +91,7 @@ def _forward(x, packed, H, h0, c0, hs, cs=None, gates=None, xh=None, h_n=None, c
 def _backward(recurrent, gates, cs, c0, dhs, w_hh, dc_n, dz, dh0, dc0) -> None:
     T, B, H = cs.shape
     n = _threads(B, T)
-    work = cs.new_empty(n * library().lstm_backward_work(B, H))
+    work = cs.new_empty(n * _loaded().lstm_backward_work(B, H))
     ptrs = [_ptr(t) for t in (gates, cs, c0, dhs, w_hh, dc_n, dz, dh0, dc0, work)]
     function("lstm_backward", cs.dtype)(n, T, B, H, int(recurrent), *ptrs)
 
@@ -100,10 +107,11 @@ class _Stack:
         self.packed = [_pack(*params) for params in layers]
         self.table = (ctypes.c_void_p * self.L)(*(p.data_ptr() for p in self.packed))
         self.head_w, self.head_b = (None if t is None else _checked(t.detach(), dtype).clone() for t in head)
+        assert self.head_w is not None  # the read-out always has a weight; only its bias may be None
         self.O = self.head_w.shape[0]
         self.head_ptrs = (self.head_w.data_ptr(), _ptr(self.head_b))
         self.fn = function("lstm_stack_forward", dtype)
-        self.work_size = library().lstm_stack_work
+        self.work_size = _loaded().lstm_stack_work
 
     @staticmethod
     def _stamp(params) -> tuple:

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
@@ -28,7 +29,15 @@ _ABI = 5
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 _lock = threading.Lock()
-_state = {"lib": None, "tried": False, "off": 0}
+
+
+class _LoaderState(TypedDict):
+    lib: ctypes.CDLL | None  # the loaded library (None: not built, or failed)
+    tried: bool  # library() ran once (the build is not retried)
+    off: int  # depth of nested disabled() blocks
+
+
+_state: _LoaderState = {"lib": None, "tried": False, "off": 0}
 
 
 def _build() -> ctypes.CDLL:
