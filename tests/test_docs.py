@@ -1,7 +1,7 @@
 """Every ```python block of README.md and of every page under docs/ runs, and what it promises to print it prints.
 
 **Blocks.** A block is a test case named after its file, the heading above it and its index there
-(``test_doc_block[howto/engines:engines-by-hand-2]``, ``test_doc_block[README:quick-start-1]``). It
+(``test_doc_block[howto/engines:metrics-1]``, ``test_doc_block[README:the-library-in-one-block-1]``). It
 runs in this process, in a fresh empty working folder that holds the repository's ``configs/``; a
 block that names ``runs/example`` finds there a finished tiny run (``model.pt``, ``config.yaml``,
 ``checkpoints/``, its data files named in the config), trained once per session by the command line's
@@ -207,6 +207,22 @@ def test_doc_block(block, tmp_path, monkeypatch, request):
         why = output_mismatch(block.output, printed.getvalue())
         assert why is None, (f"{page}.md line {block.line}: {why}\n--- the output block:\n{block.output}\n"
                              f"--- printed:\n{printed.getvalue()}")
+
+
+def test_the_readme_is_a_front_page_whose_links_lead_somewhere():
+    """At most 300 lines, and every relative link or image of it names a file of the repository (with its anchor)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 300
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [link for link in links if not re.match(r"[a-z]+://", link)]
+    assert len(local) >= 20, local
+    for link in local:
+        path, _, anchor = link.partition("#")
+        target = REPO / path
+        assert target.is_file(), f"README.md links to {link}, which is not a file"
+        if anchor:
+            headings = {_slug(h) for h in re.findall(r"^#{1,6}\s+(.+?)\s*$", target.read_text(), flags=re.MULTILINE)}
+            assert anchor in headings, f"README.md links to {link}: no such heading in {path}"
 
 
 def test_the_site_builds_with_warnings_as_errors(tmp_path):
