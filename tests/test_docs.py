@@ -12,7 +12,8 @@ from elsewhere fails here. Shell, YAML and output blocks are not run.
 blank lines between them, is that block's output: the test captures what the block writes to
 ``sys.stdout`` and compares it with the text block. And a block that prints must show what it
 prints: a ```python block that writes to stdout without an output block after it fails (so no
-output is promised in a comment and left unchecked). The comparison:
+output is promised in a comment and left unchecked). A block that triggers a deprecation warning
+of the package (an old module path, an old argument name) fails too. The comparison:
 
 - whitespace runs are equal to any whitespace run; leading and trailing whitespace is ignored;
 - ``...`` in the output block stands for any text (as doctest's ELLIPSIS), for what is not the
@@ -38,6 +39,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,12 +196,17 @@ def test_doc_block(block, tmp_path, monkeypatch, request):
     modules, printed = set(sys.modules), io.StringIO()
     page = block.id.partition(":")[0]
     try:  # the file name makes a traceback point at the page's line
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             exec(compile(block.code, f"{page}.md (block at line {block.line})", "exec"), {"__name__": "__docs__"})
     finally:  # and forget the modules it wrote there
         for name in set(sys.modules) - modules:
             if str(tmp_path) in str(getattr(sys.modules[name], "__file__", None) or ""):
                 del sys.modules[name]
+    deprecated = [str(w.message) for w in caught
+                  if issubclass(w.category, (DeprecationWarning, FutureWarning))
+                  and ("ignite_lstm" in str(w.message) or str(w.filename).startswith(f"{page}.md"))]
+    assert not deprecated, f"{page}.md line {block.line}: the block uses what the package deprecates: {deprecated}"
     if block.output is None:
         assert not printed.getvalue(), (f"{page}.md line {block.line}: the block prints; show its output in a "
                                         f"```text block after it:\n{printed.getvalue()}")
