@@ -2,7 +2,7 @@
 
 import sys
 
-from ignite_lstm.cli import main
+from ignite_lstm.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,9 +33,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(folder: Path, processes: int, threads: int, overrides: list[str]) -> dict:
-    args = [sys.executable, str(REPO / "run.py"), str(REPO / "configs" / "quick.yaml"), f"name=p{processes}",
-            f"threads={threads}", f"output_dir={folder / 'runs'}", f"data.dir={folder / 'data'}",
-            "eval.report=false", "handlers.progress_bar=false", *overrides]
+    args = [
+        sys.executable,
+        str(REPO / "run.py"),
+        str(REPO / "configs" / "quick.yaml"),
+        f"name=p{processes}",
+        f"threads={threads}",
+        f"output_dir={folder / 'runs'}",
+        f"data.dir={folder / 'data'}",
+        "eval.report=false",
+        "handlers.progress_bar=false",
+        *overrides,
+    ]
     if processes > 1:
         args += ["distributed.backend=gloo", f"distributed.nproc_per_node={processes}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -49,17 +58,32 @@ def _run(folder: Path, processes: int, threads: int, overrides: list[str]) -> di
     seconds = [e["time/epoch_seconds"] for e in epochs]
     timed = sorted(seconds[1:] or seconds)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"median": statistics.median(timed), "min": timed[0], "wall": wall, "epochs": len(seconds),
-            "train_loss": epochs[-1]["train/loss"], "val_mse": metrics["val/mse"]}
+    return {
+        "median": statistics.median(timed),
+        "min": timed[0],
+        "wall": wall,
+        "epochs": len(seconds),
+        "train_loss": epochs[-1]["train/loss"],
+        "val_mse": metrics["val/mse"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6, help="epochs per run (default 6; the first is not timed)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                        help="CPU threads in all, split between the processes (default: all CPUs)")
-    parser.add_argument("--threads-per-process", type=int, default=None, metavar="N",
-                        help="give every process N threads instead (e.g. 1: one core per process)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="CPU threads in all, split between the processes (default: all CPUs)",
+    )
+    parser.add_argument(
+        "--threads-per-process",
+        type=int,
+        default=None,
+        metavar="N",
+        help="give every process N threads instead (e.g. 1: one core per process)",
+    )
     parser.add_argument("--duration", type=float, default=None, help="data.duration override (seconds per sequence)")
     parser.add_argument("--hidden", type=int, default=None, help="model.hidden_size override")
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="further run.py overrides")
@@ -74,8 +98,10 @@ def main() -> None:
 
     import torch
 
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"load average {os.getloadavg()[0]:.2f} at the start (other work on the machine skews the figures)")
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"load average {os.getloadavg()[0]:.2f} at the start (other work on the machine skews the figures)"
+    )
     print(f"Workload: configs/quick.yaml {' '.join(overrides)} (global batch unchanged)")
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as scratch:
         folder = Path(scratch)
@@ -83,12 +109,14 @@ def main() -> None:
         for processes in (1, 2):
             threads = args.threads_per_process or args.threads // processes
             rows[processes] = r = _run(folder, processes, threads, overrides)
-            print(f"  {processes} process{'es' if processes > 1 else '  '} x {threads:>2} threads: "
-                  f"{r['median']:7.3f} s/epoch (median of epochs 2-{r['epochs']}, min {r['min']:.3f}), "
-                  f"whole command {r['wall']:6.1f} s, final train loss {r['train_loss']:.5f}, "
-                  f"val mse {r['val_mse']:.5f}", flush=True)
-    print(f"  epoch time, 2 processes against 1: {rows[2]['median'] / rows[1]['median']:.2f}x "
-          f"(below 1 is faster)")
+            print(
+                f"  {processes} process{'es' if processes > 1 else '  '} x {threads:>2} threads: "
+                f"{r['median']:7.3f} s/epoch (median of epochs 2-{r['epochs']}, min {r['min']:.3f}), "
+                f"whole command {r['wall']:6.1f} s, final train loss {r['train_loss']:.5f}, "
+                f"val mse {r['val_mse']:.5f}",
+                flush=True,
+            )
+    print(f"  epoch time, 2 processes against 1: {rows[2]['median'] / rows[1]['median']:.2f}x (below 1 is faster)")
 
 
 if __name__ == "__main__":

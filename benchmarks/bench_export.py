@@ -3,7 +3,7 @@
 Model: StatefulLSTM(5 -> 64 x 2 layers -> 1) (bench_training.py's), batch 1, one thread,
 the state fed back after every sample. Rows, all in this one process:
 
-- ``model.step``, native kernel: what ``python -m ignite_lstm.extract`` runs;
+- ``model.step``, native kernel: what ``ignite-lstm extract`` runs;
 - ``model.step``, PyTorch code (``native.disabled()``: ``torch.lstm_cell`` per layer);
 - a plain ``nn.LSTM`` call on a length-1 sequence per step, plus the read-out;
 - onnxruntime, CPU provider, ``OnnxStep.run`` on numpy arrays (the exported step);
@@ -62,10 +62,10 @@ def main() -> None:
 
     import onnxruntime
 
-    from ignite_lstm import native
-    from ignite_lstm.export import export_onnx
-    from ignite_lstm.models import StatefulLSTM
-    from ignite_lstm.onnx_step import OnnxStep
+    from ignite_lstm.app.export import export_onnx
+    from ignite_lstm.deploy.onnx_step import OnnxStep
+    from ignite_lstm.models import native
+    from ignite_lstm.models.lstm import StatefulLSTM
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -78,12 +78,18 @@ def main() -> None:
         onnx_step = OnnxStep(Path(tmp) / "step.onnx", threads=1)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
-    print(f"Machine: {_machine()}, load average {os.getloadavg()[0]:.2f} at the start "
-          f"(other work on the machine skews the figures)")
-    print(f"torch {torch.__version__} (1 thread), onnxruntime {onnxruntime.__version__} (CPU provider, 1 thread); "
-          f"LSTM kernel: {native.describe()}")
-    print(f"Model: StatefulLSTM({FEATURES} -> {HIDDEN} x {LAYERS} -> 1), batch 1; export {export_seconds:.1f} s "
-          f"(torch.onnx.export dynamo=True, opset {opset}); median of {args.rounds} rounds x {args.samples} samples")
+    print(
+        f"Machine: {_machine()}, load average {os.getloadavg()[0]:.2f} at the start "
+        f"(other work on the machine skews the figures)"
+    )
+    print(
+        f"torch {torch.__version__} (1 thread), onnxruntime {onnxruntime.__version__} (CPU provider, 1 thread); "
+        f"LSTM kernel: {native.describe()}"
+    )
+    print(
+        f"Model: StatefulLSTM({FEATURES} -> {HIDDEN} x {LAYERS} -> 1), batch 1; export {export_seconds:.1f} s "
+        f"(torch.onnx.export dynamo=True, opset {opset}); median of {args.rounds} rounds x {args.samples} samples"
+    )
 
     x = torch.randn(args.samples, 1, FEATURES, generator=torch.Generator().manual_seed(1))
     x_np = [np.ascontiguousarray(x_t.numpy()) for x_t in x]
@@ -123,8 +129,10 @@ def main() -> None:
     base = statistics.median(times["model.step, native kernel"])
     for name, values in times.items():
         us = statistics.median(values)
-        print(f"  {name:<44} {us:7.1f} us/sample  ({us / base:4.2f}x the native step; "
-              f"rounds {min(values):.1f}-{max(values):.1f})")
+        print(
+            f"  {name:<44} {us:7.1f} us/sample  ({us / base:4.2f}x the native step; "
+            f"rounds {min(values):.1f}-{max(values):.1f})"
+        )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Workload (issue 4): 40 sequences x 10,000 steps, StatefulLSTM(5 -> 64 x 2 layers -> 1),
 tbptt_steps = 1 (state detached after every step), one optimizer step per batch.
 Each configuration runs in its own subprocess so that its peak memory (max RSS) is
-its own. "native" rows use the compiled kernel of ``ignite_lstm.native``; "pytorch"
+its own. "native" rows use the compiled kernel of ``ignite_lstm.models.native``; "pytorch"
 rows the same paths on PyTorch's own LSTM code (``IGNITE_LSTM_NATIVE=0``).
 The side-by-side rows train, in one process and in turn (best of 3 epochs each, so
 that a busy machine slows them alike), the same batches unmasked, with a mask that
@@ -72,24 +72,28 @@ def _stream(batches: list, steps: int) -> list:
     for x, y in batches:
         for start in range(0, steps, STREAM_CHUNK):
             reset = torch.full((x.shape[0],), start == 0)
-            chunks.append({"x": x[:, start : start + STREAM_CHUNK], "y": y[:, start : start + STREAM_CHUNK],
-                           "reset": reset})
+            chunks.append(
+                {"x": x[:, start : start + STREAM_CHUNK], "y": y[:, start : start + STREAM_CHUNK], "reset": reset}
+            )
     return chunks
 
 
-def _trainer_and_batches(engine: str, batch: int, steps: int, variant: str, tbptt_steps: int = 1,
-                         update: str = "sequence"):
+def _trainer_and_batches(
+    engine: str, batch: int, steps: int, variant: str, tbptt_steps: int = 1, update: str = "sequence"
+):
     import torch
     import torch.nn as nn
 
-    from ignite_lstm.engines import create_trainer
-    from ignite_lstm.models import StatefulLSTM
+    from ignite_lstm.engine.factories import create_trainer
+    from ignite_lstm.models.lstm import StatefulLSTM
 
     torch.manual_seed(0)
     x, y = _data(steps)
     mask = _mask(steps)
-    batches = [(x[i : i + batch], y[i : i + batch]) + ((mask[i : i + batch],) if variant == "masked" else ())
-               for i in range(0, SEQUENCES, batch)]
+    batches = [
+        (x[i : i + batch], y[i : i + batch]) + ((mask[i : i + batch],) if variant == "masked" else ())
+        for i in range(0, SEQUENCES, batch)
+    ]
     stream = variant.startswith("stream")
     extra = {"carry_state": True} if stream else {}
     if variant == "stream" and update == "sequence":  # the chunks' gradients in the batch's one step
@@ -99,8 +103,9 @@ def _trainer_and_batches(engine: str, batch: int, steps: int, variant: str, tbpt
     model = StatefulLSTM(FEATURES, HIDDEN, LAYERS)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     loss_fn = _user_mse if variant == "custom-loss" else nn.MSELoss()
-    trainer = create_trainer(model, optimizer, loss_fn, tbptt_steps=tbptt_steps, update=update, execution=engine,
-                             **extra)
+    trainer = create_trainer(
+        model, optimizer, loss_fn, tbptt_steps=tbptt_steps, update=update, execution=engine, **extra
+    )
     trainer.run(batches[:1], max_epochs=1)  # warm-up: allocator, oneDNN primitives
     return trainer, batches
 
@@ -121,8 +126,16 @@ def worker_train(engine: str, batch: int, steps: int, threads: int | None) -> di
     return {"seconds": seconds, "peak_mib": _peak_mib(), "execution": trainer.execution}
 
 
-def worker_compare(engine: str, batch: int, steps: int, threads: int | None, variants: str, tbptt_steps: int = 1,
-                   update: str = "sequence", rounds: int = 3) -> dict:
+def worker_compare(
+    engine: str,
+    batch: int,
+    steps: int,
+    threads: int | None,
+    variants: str,
+    tbptt_steps: int = 1,
+    update: str = "sequence",
+    rounds: int = 3,
+) -> dict:
     """Epochs of several variants in turn in one process, best of ``rounds`` each: noise on a shared machine hits
     all alike."""
     import torch
@@ -140,8 +153,8 @@ def worker_compare(engine: str, batch: int, steps: int, threads: int | None, var
 def worker_eval(steps: int, threads: int | None) -> dict:
     import torch
 
-    from ignite_lstm.engines import create_evaluator
-    from ignite_lstm.models import StatefulLSTM
+    from ignite_lstm.engine.factories import create_evaluator
+    from ignite_lstm.models.lstm import StatefulLSTM
 
     if threads:
         torch.set_num_threads(threads)
@@ -158,7 +171,7 @@ def worker_eval(steps: int, threads: int | None) -> dict:
 def worker_stream(samples: int) -> dict:
     import torch
 
-    from ignite_lstm.models import StatefulLSTM
+    from ignite_lstm.models.lstm import StatefulLSTM
 
     torch.set_num_threads(1)
     model = StatefulLSTM(FEATURES, HIDDEN, LAYERS).eval()
@@ -190,17 +203,24 @@ def _window(args: list[str]) -> tuple:
 
 def _stream_rows(steps: int, th: str) -> None:
     """Stream mode (chunks with carry_state) against whole-sequence batches, per step, batch 40."""
-    print(f"  stream mode: the batches cut into chunks of {STREAM_CHUNK} steps with carry_state=True, against the "
-          f"whole sequences (best of {STREAM_ROUNDS} epochs each, in one process), batch 40")
-    cases = [("fused", "1", "sequence", "native"), ("fused", "1", "sequence", "pytorch"),
-             ("fused", "50", "window", "native")]
+    print(
+        f"  stream mode: the batches cut into chunks of {STREAM_CHUNK} steps with carry_state=True, against the "
+        f"whole sequences (best of {STREAM_ROUNDS} epochs each, in one process), batch 40"
+    )
+    cases = [
+        ("fused", "1", "sequence", "native"),
+        ("fused", "1", "sequence", "pytorch"),
+        ("fused", "50", "window", "native"),
+    ]
     for engine, tbptt, update, kernel in cases:
         variants = "plain,stream,stream-step" if update == "sequence" else "plain,stream"
         r = _run(["compare", engine, "40", str(steps), variants, tbptt, update, str(STREAM_ROUNDS), th], kernel)
         sec, path = r["seconds"], r["execution"]["stream"]
         per_step = {v: s / (SEQUENCES * steps) * 1e6 for v, s in sec.items()}  # us per sequence-step
-        line = (f"    tbptt_steps={tbptt:<2} {update:<8} {kernel:<7} ({path:<14}): whole {per_step['plain']:5.2f}, "
-                f"stream {per_step['stream']:5.2f} ({sec['stream'] / sec['plain']:.2f}x)")
+        line = (
+            f"    tbptt_steps={tbptt:<2} {update:<8} {kernel:<7} ({path:<14}): whole {per_step['plain']:5.2f}, "
+            f"stream {per_step['stream']:5.2f} ({sec['stream'] / sec['plain']:.2f}x)"
+        )
         if "stream-step" in sec:
             ratio = sec["stream-step"] / sec["plain"]
             line += f", stream a step per chunk {per_step['stream-step']:5.2f} ({ratio:.2f}x)"
@@ -242,43 +262,63 @@ def main() -> None:
     th = str(args.threads)
     import torch
 
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads by default")
-    print(f"Workload: {SEQUENCES} sequences x {steps} steps, LSTM {FEATURES}->{HIDDEN}x{LAYERS}, "
-          f"tbptt_steps=1, update=sequence")
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads by default"
+    )
+    print(
+        f"Workload: {SEQUENCES} sequences x {steps} steps, LSTM {FEATURES}->{HIDDEN}x{LAYERS}, "
+        f"tbptt_steps=1, update=sequence"
+    )
     rows = {}
     for batch in (8, 40):
         for engine, kernel in (("stepwise", "pytorch"), ("fused", "native"), ("fused", "pytorch")):
             if engine == "stepwise" and batch == 40 and args.skip_stepwise_40:
                 continue
             r = rows[(engine, kernel, batch)] = _run(["train", engine, str(batch), str(steps), th], kernel)
-            print(f"  train {engine:<8} {kernel:<7} ({r['execution']:<14}) batch {batch:>2}: {r['seconds']:8.2f} s/epoch, "
-                  f"peak {r['peak_mib']:7.0f} MiB", flush=True)
+            print(
+                f"  train {engine:<8} {kernel:<7} ({r['execution']:<14}) batch {batch:>2}: {r['seconds']:8.2f} s/epoch, "
+                f"peak {r['peak_mib']:7.0f} MiB",
+                flush=True,
+            )
     for batch in (8, 40):
         if ("stepwise", "pytorch", batch) in rows:
             base = rows[("stepwise", "pytorch", batch)]["seconds"]
-            print(f"  speed-up over stepwise at batch {batch}: fused native "
-                  f"{base / rows[('fused', 'native', batch)]['seconds']:.1f}x, fused pytorch "
-                  f"{base / rows[('fused', 'pytorch', batch)]['seconds']:.1f}x")
+            print(
+                f"  speed-up over stepwise at batch {batch}: fused native "
+                f"{base / rows[('fused', 'native', batch)]['seconds']:.1f}x, fused pytorch "
+                f"{base / rows[('fused', 'pytorch', batch)]['seconds']:.1f}x"
+            )
     ratio8 = rows[("stepwise", "pytorch", 8)]["seconds"] / rows[("fused", "native", 40)]["seconds"]
     print(f"  fused native batch 40 vs stepwise batch 8: {ratio8:.1f}x")
-    print("  side by side in one process (best of 3 epochs each), batch 40: unmasked, masked (the last 0-50% of "
-          "each sequence uncounted), a loss function of the user's")
+    print(
+        "  side by side in one process (best of 3 epochs each), batch 40: unmasked, masked (the last 0-50% of "
+        "each sequence uncounted), a loss function of the user's"
+    )
     for kernel in ("native", "pytorch"):
         r = _run(["compare", "fused", "40", str(steps), "plain,masked,custom-loss", th], kernel)
         sec, path = r["seconds"], r["execution"]["custom-loss"]
-        print(f"    train fused    {kernel:<7} ({path:<14}): unmasked {sec['plain']:7.2f} s/epoch, masked "
-              f"{sec['masked']:7.2f} s/epoch ({sec['masked'] / sec['plain']:.2f}x), custom loss "
-              f"{sec['custom-loss']:7.2f} s/epoch ({sec['custom-loss'] / sec['plain']:.2f}x)", flush=True)
+        print(
+            f"    train fused    {kernel:<7} ({path:<14}): unmasked {sec['plain']:7.2f} s/epoch, masked "
+            f"{sec['masked']:7.2f} s/epoch ({sec['masked'] / sec['plain']:.2f}x), custom loss "
+            f"{sec['custom-loss']:7.2f} s/epoch ({sec['custom-loss'] / sec['plain']:.2f}x)",
+            flush=True,
+        )
     _stream_rows(steps, th)
     for kernel in ("native", "pytorch"):
         ev = _run(["eval", str(steps), th], kernel)
-        print(f"  evaluation {kernel:<7} (batch 40): {ev['steps_per_s']:11,.0f} sequence-steps/s, "
-              f"peak {ev['peak_mib']:.0f} MiB", flush=True)
+        print(
+            f"  evaluation {kernel:<7} (batch 40): {ev['steps_per_s']:11,.0f} sequence-steps/s, "
+            f"peak {ev['peak_mib']:.0f} MiB",
+            flush=True,
+        )
     for kernel in ("native", "pytorch"):
         st = _run(["stream", "20000"], kernel)
-        print(f"  streaming model.step {kernel:<7} batch 1, 1 thread: {st['us_per_sample']:6.1f} us/sample "
-              f"(a plain nn.LSTM call per step: {st['nn_lstm_us_per_sample']:.1f} us/sample)", flush=True)
+        print(
+            f"  streaming model.step {kernel:<7} batch 1, 1 thread: {st['us_per_sample']:6.1f} us/sample "
+            f"(a plain nn.LSTM call per step: {st['nn_lstm_us_per_sample']:.1f} us/sample)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

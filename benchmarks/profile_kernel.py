@@ -5,7 +5,7 @@ float32 accuracy of its gate activations against float64 (next to PyTorch's own 
 LSTM on the same gates); then, with one torch thread:
 
 1. the cost per step of one LSTM layer (batch 40, 64 inputs, H = 64) without
-   gradients: PyTorch's ``nn.LSTM`` against the native kernel of ``ignite_lstm.native``,
+   gradients: PyTorch's ``nn.LSTM`` against the native kernel of ``ignite_lstm.models.native``,
    and the kernel's arithmetic rate;
 2. the cost of one streaming ``model.step`` at batch 1 (``StatefulLSTM(5 -> 64 x 2)``)
    against the kernel call inside it;
@@ -26,8 +26,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ignite_lstm import _kernel_build, _native_lib, native
-from ignite_lstm.models import StatefulLSTM
+from ignite_lstm.models import native
+from ignite_lstm.models.lstm import StatefulLSTM
+from ignite_lstm.models.native import build as _kernel_build
+from ignite_lstm.models.native import library as _native_lib
 
 B, C, H, IN = 40, 250, 64, 64
 
@@ -118,8 +120,10 @@ def main() -> None:
     with torch.inference_mode():
         t_step = _seconds(lambda: model.step(x1[0], state), 20000)
         t_call = _seconds(lambda: stack.run(x1, *state), 20000)
-    print(f"Streaming, batch 1, 1 thread: model.step {t_step * 1e6:.1f} us, of which the kernel call "
-          f"(with its output tensors) {t_call * 1e6:.1f} us")
+    print(
+        f"Streaming, batch 1, 1 thread: model.step {t_step * 1e6:.1f} us, of which the kernel call "
+        f"(with its output tensors) {t_call * 1e6:.1f} us"
+    )
 
     model.train()
     xs = torch.randn(B, C, 5, generator=g)
@@ -128,6 +132,7 @@ def main() -> None:
     real = native._forward, native._backward
     native._forward, native._backward = _timed("_forward", totals), _timed("_backward", totals)
     try:
+
         def chunk():
             y, _ = model(xs, None, detach_every_step=True)
             F.mse_loss(y, ys).backward()
@@ -140,8 +145,11 @@ def main() -> None:
         native._forward, native._backward = real
     fwd, bwd = (totals.get(k, 0.0) / (repeats + 1) for k in ("_forward", "_backward"))
     print(f"One fused-detached chunk ({C} steps x {B} sequences, 2 layers, 1 thread): {total * 1e3:.1f} ms")
-    for name, t in (("kernel forward", fwd), ("kernel backward", bwd), ("PyTorch (products, read-out, loss)",
-                                                                        total - fwd - bwd)):
+    for name, t in (
+        ("kernel forward", fwd),
+        ("kernel backward", bwd),
+        ("PyTorch (products, read-out, loss)", total - fwd - bwd),
+    ):
         print(f"  {name:<36} {t * 1e3:6.1f} ms  {t / total:5.1%}")
 
 

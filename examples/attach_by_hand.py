@@ -23,11 +23,15 @@ from ignite.engine import Events
 from ignite.handlers import Checkpoint, DiskSaver, EarlyStopping, global_step_from_engine
 from torch.utils.data import DataLoader
 
-from ignite_lstm import SignalDataset, StatefulLSTM, build_metrics, create_evaluator, create_trainer, generate_split
+from ignite_lstm import StatefulLSTM, create_evaluator, create_trainer
+from ignite_lstm.app.task.dataset import SignalDataset
+from ignite_lstm.app.task.generator import generate_split
+from ignite_lstm.app.task.metrics import build_metrics
 
 FREQUENCIES = [1.0, 3.0]
-COMMON = dict(frequencies=FREQUENCIES, fs=1000.0, duration=0.2, amplitude_range=(0.8, 1.2),
-              phase_scale=0.01, noise_sigma=0.0)
+COMMON = dict(
+    frequencies=FREQUENCIES, fs=1000.0, duration=0.2, amplitude_range=(0.8, 1.2), phase_scale=0.01, noise_sigma=0.0
+)
 
 
 def _loader(n_mixtures: int, seed: int, shuffle: bool = False) -> DataLoader:

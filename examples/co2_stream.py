@@ -53,7 +53,7 @@ def load_co2() -> np.ndarray:
 def make_streams(ppm: np.ndarray):
     """Inputs, targets and scales: step t reads the change of week t, targets the change over the next HORIZON."""
     change = np.diff(ppm)  # week t's change: ppm[t + 1] - ppm[t], for t = 0 .. N - 2
-    ahead = ppm[1 + HORIZON:] - ppm[1:-HORIZON]  # step t: ppm[t + 1 + HORIZON] - ppm[t + 1]
+    ahead = ppm[1 + HORIZON :] - ppm[1:-HORIZON]  # step t: ppm[t + 1 + HORIZON] - ppm[t + 1]
     change = change[: len(ahead)]
     n_train = LANES * YEARS_PER_LANE * CHUNK
     x_scale, y_scale = change[:n_train].std(), ahead[:n_train].std()
@@ -67,9 +67,9 @@ def main(out_dir: Path) -> None:
     ppm = load_co2()
     x, y, n_train, y_scale = make_streams(ppm)
     per_lane = n_train // LANES
-    segments = [(x[i * per_lane:(i + 1) * per_lane], y[i * per_lane:(i + 1) * per_lane]) for i in range(LANES)]
+    segments = [(x[i * per_lane : (i + 1) * per_lane], y[i * per_lane : (i + 1) * per_lane]) for i in range(LANES)]
     train_stream = StreamLoader(segments, lanes=LANES, chunk_steps=CHUNK)  # segment i in lane i, 9 chunks each
-    test_stream = StreamLoader([(x[n_train:], y[n_train:])], lanes=1, chunk_steps=CHUNK)
+    test_stream = StreamLoader([(x[n_train:], y[n_train:])], lanes=1, chunk_steps=CHUNK)  # noqa: F841 (unused: issue 26)
 
     model = StatefulLSTM(input_size=1, hidden_size=32)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
@@ -83,12 +83,14 @@ def main(out_dir: Path) -> None:
     end_of_training = (h[:, -1:], c[:, -1:])  # the last lane ends where the test years begin
 
     def forecast(chunk_steps: int) -> tuple[torch.Tensor, float]:
-        evaluator = create_evaluator(model, {"mse": MeanSquaredError(lambda o: (o["y_pred"], o["y"]))},
-                                     carry_state=True)
+        evaluator = create_evaluator(
+            model, {"mse": MeanSquaredError(lambda o: (o["y_pred"], o["y"]))}, carry_state=True
+        )
         set_state(evaluator, end_of_training)
         predictions = []
-        evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: predictions.append(
-            e.state.output["y_pred"][e.state.output["mask"]]))
+        evaluator.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda e: predictions.append(e.state.output["y_pred"][e.state.output["mask"]])
+        )
         evaluator.run(StreamLoader([(x[n_train:], y[n_train:])], lanes=1, chunk_steps=chunk_steps))
         return torch.cat(predictions)[:, 0], evaluator.state.metrics["mse"]
 
@@ -98,17 +100,27 @@ def main(out_dir: Path) -> None:
     now, truth = ppm[steps + 1], ppm[steps + 1 + HORIZON]
     lstm = now + predicted.double().numpy() * y_scale
     seasonal = now + (ppm[steps + 1 + HORIZON - 52] - ppm[steps + 1 - 52])
-    mse = {name: float(np.mean((guess - truth) ** 2)) for name, guess in
-           (("lstm", lstm), ("persistence", now), ("seasonal naive", seasonal))}
+    mse = {
+        name: float(np.mean((guess - truth) ** 2))
+        for name, guess in (("lstm", lstm), ("persistence", now), ("seasonal naive", seasonal))
+    }
 
-    print(f"trained {EPOCHS} epochs of {len(train_stream)} chunks ({LANES} lanes x {CHUNK} weeks), "
-          f"carry_state: {trainer.state.carried_state is not None}")
-    print(f"test years: {len(steps)} weeks; chunk by chunk == in one piece: "
-          f"{torch.allclose(predicted, whole, rtol=1e-5, atol=1e-6)}; scaled MSE {scaled_mse:.4f}")
-    print("test MSE of the %d-week forecast (ppm^2): " % HORIZON
-          + ", ".join(f"{name} {value:.3f}" for name, value in mse.items()))
-    print(f"lstm beats persistence: {mse['lstm'] < mse['persistence']}; "
-          f"lstm beats seasonal naive: {mse['lstm'] < mse['seasonal naive']}")
+    print(
+        f"trained {EPOCHS} epochs of {len(train_stream)} chunks ({LANES} lanes x {CHUNK} weeks), "
+        f"carry_state: {trainer.state.carried_state is not None}"
+    )
+    print(
+        f"test years: {len(steps)} weeks; chunk by chunk == in one piece: "
+        f"{torch.allclose(predicted, whole, rtol=1e-5, atol=1e-6)}; scaled MSE {scaled_mse:.4f}"
+    )
+    print(
+        f"test MSE of the {HORIZON}-week forecast (ppm^2): "
+        + ", ".join(f"{name} {value:.3f}" for name, value in mse.items())
+    )
+    print(
+        f"lstm beats persistence: {mse['lstm'] < mse['persistence']}; "
+        f"lstm beats seasonal naive: {mse['lstm'] < mse['seasonal naive']}"
+    )
     _figure(out_dir / "co2_forecast.png", steps, truth, lstm, seasonal, mse)
     print(f"figure: {out_dir / 'co2_forecast.png'}")
 
@@ -123,8 +135,14 @@ def _figure(path: Path, steps, truth, lstm, seasonal, mse) -> None:
     fig, ax = plt.subplots(figsize=(9, 3.6))
     ax.plot(start, truth, color="black", lw=1.2, label="measured")
     ax.plot(start, lstm, color="tab:red", lw=1.0, label=f"stateful LSTM, {HORIZON} weeks ahead (MSE {mse['lstm']:.2f})")
-    ax.plot(start, seasonal, color="tab:blue", lw=0.8, alpha=0.6,
-            label=f"same change as a year earlier (MSE {mse['seasonal naive']:.2f})")
+    ax.plot(
+        start,
+        seasonal,
+        color="tab:blue",
+        lw=0.8,
+        alpha=0.6,
+        label=f"same change as a year earlier (MSE {mse['seasonal naive']:.2f})",
+    )
     ax.set_ylabel("CO2 at Mauna Loa, ppm")
     ax.set_title(f"Test years: forecasts {HORIZON} weeks ahead, made from the state carried through the stream")
     ax.legend(loc="upper left", fontsize=8)

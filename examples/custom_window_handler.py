@@ -33,7 +33,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from ignite_lstm import TimeEvents
-from ignite_lstm.cli import main as run_cli  # what run.py and the ignite-lstm command call
+from ignite_lstm.app.cli import main as run_cli  # what run.py and the ignite-lstm command call
 
 logger = logging.getLogger("custom_window_handler")
 
@@ -73,16 +73,25 @@ def attach(trainer: Engine, evaluator: Engine, config: Any) -> WindowRecorder:
 
     @evaluator.on(Events.COMPLETED)
     def log_validation(engine: Engine) -> None:
-        recent = [loss for _, loss in recorder.records[seen["n"]:]]
+        recent = [loss for _, loss in recorder.records[seen["n"] :]]
         seen["n"] = len(recorder.records)
         mean = sum(recent) / len(recent) if recent else float("nan")
-        logger.info("epoch %d: recorded window loss %.4f (mean of %d), val mse %.4f",
-                    trainer.state.epoch, mean, len(recent), engine.state.metrics["mse"])
+        logger.info(
+            "epoch %d: recorded window loss %.4f (mean of %d), val mse %.4f",
+            trainer.state.epoch,
+            mean,
+            len(recent),
+            engine.state.metrics["mse"],
+        )
 
     @trainer.on(Events.COMPLETED)
     def log_summary(engine: Engine) -> None:
-        logger.info("WindowRecorder: every %d windows (window length %d): windows %s",
-                    EVERY, config.train.tbptt_steps, [w for w, _ in recorder.records])
+        logger.info(
+            "WindowRecorder: every %d windows (window length %d): windows %s",
+            EVERY,
+            config.train.tbptt_steps,
+            [w for w, _ in recorder.records],
+        )
 
     return recorder
 

@@ -22,7 +22,8 @@ import torch.nn as nn
 from ignite.engine import Events
 from torch.utils.data import DataLoader, TensorDataset
 
-from ignite_lstm import TimeEvents, build_metrics, create_evaluator, create_trainer
+from ignite_lstm import TimeEvents, create_evaluator, create_trainer
+from ignite_lstm.app.task.metrics import build_metrics
 
 N_IN, N_OUT, DELAY, LEAK = 3, 2, 2, 0.8
 

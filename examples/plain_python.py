@@ -21,20 +21,16 @@ import torch.nn as nn
 from ignite.engine import Events
 from torch.utils.data import DataLoader
 
-from ignite_lstm import (
-    SignalDataset,
-    StatefulLSTM,
-    build_metrics,
-    create_evaluator,
-    create_trainer,
-    generate_split,
-    read_split,
-    write_split,
-)
+from ignite_lstm import StatefulLSTM, create_evaluator, create_trainer
+from ignite_lstm.app.task.dataset import SignalDataset
+from ignite_lstm.app.task.generator import generate_split
+from ignite_lstm.app.task.h5io import read_split, write_split
+from ignite_lstm.app.task.metrics import build_metrics
 
 FREQUENCIES = [1.0, 3.0, 5.0, 7.0]
-COMMON = dict(frequencies=FREQUENCIES, fs=1000.0, duration=0.3, amplitude_range=(0.8, 1.2),
-              phase_scale=0.01, noise_sigma=0.0)
+COMMON = dict(
+    frequencies=FREQUENCIES, fs=1000.0, duration=0.3, amplitude_range=(0.8, 1.2), phase_scale=0.01, noise_sigma=0.0
+)
 
 
 def main() -> None:
@@ -57,8 +53,10 @@ def main() -> None:
     def validate(engine):
         metrics = evaluator.run(DataLoader(val_set, batch_size=4)).metrics
         per_freq = " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith("mse_f"))
-        print(f"epoch {engine.state.epoch:2d} loss {engine.state.output['loss']:.4f} "
-              f"val mse {metrics['mse']:.4f} snr {metrics['snr']:.2f} dB  {per_freq}")
+        print(
+            f"epoch {engine.state.epoch:2d} loss {engine.state.output['loss']:.4f} "
+            f"val mse {metrics['mse']:.4f} snr {metrics['snr']:.2f} dB  {per_freq}"
+        )
 
     print(f"execution path: {trainer.execution}")
     trainer.run(DataLoader(train_set, batch_size=8, shuffle=True), max_epochs=30)

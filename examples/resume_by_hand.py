@@ -32,18 +32,14 @@ import torch.nn as nn
 from ignite.engine import Events
 from torch.utils.data import DataLoader
 
-from ignite_lstm import (
-    SignalDataset,
-    StatefulLSTM,
-    attach_checkpoints,
-    build_metrics,
-    create_evaluator,
-    create_trainer,
-    generate_split,
-)
+from ignite_lstm import StatefulLSTM, attach_checkpoints, create_evaluator, create_trainer
+from ignite_lstm.app.task.dataset import SignalDataset
+from ignite_lstm.app.task.generator import generate_split
+from ignite_lstm.app.task.metrics import build_metrics
 
-TASK = dict(frequencies=[1.0, 3.0], fs=1000.0, duration=0.2, amplitude_range=(0.8, 1.2), phase_scale=0.01,
-            noise_sigma=0.1)
+TASK = dict(
+    frequencies=[1.0, 3.0], fs=1000.0, duration=0.2, amplitude_range=(0.8, 1.2), phase_scale=0.01, noise_sigma=0.1
+)
 EPOCHS = 5
 
 
@@ -60,10 +56,18 @@ def train(run_dir: Path, seed: int, stop_at: int = 0) -> tuple[list[float], Path
     evaluator = create_evaluator(model, build_metrics(names=("mse",)))
     history: list[float] = []
     # validation first: the checkpoints of an epoch then hold its score
-    trainer.add_event_handler(Events.EPOCH_COMPLETED,
-                              lambda _: history.append(evaluator.run(val_loader).metrics["mse"]))
-    checkpoints = attach_checkpoints(trainer, evaluator, {"model": model, "optimizer": optimizer, "trainer": trainer},
-                                     {"model": model}, run_dir, n_saved=1, every=2)
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda _: history.append(evaluator.run(val_loader).metrics["mse"])
+    )
+    checkpoints = attach_checkpoints(
+        trainer,
+        evaluator,
+        {"model": model, "optimizer": optimizer, "trainer": trainer},
+        {"model": model},
+        run_dir,
+        n_saved=1,
+        every=2,
+    )
     if stop_at:
         trainer.add_event_handler(Events.ITERATION_COMPLETED(once=stop_at), lambda engine: engine.terminate())
 
@@ -71,8 +75,10 @@ def train(run_dir: Path, seed: int, stop_at: int = 0) -> tuple[list[float], Path
     data = checkpoints.resume(latest, loader) if latest else loader
     if latest:
         s = trainer.state
-        print(f"resumed from {latest.name}: epoch {s.epoch}, iteration {s.iteration} "
-              f"({s.iteration % s.epoch_length} of {s.epoch_length} batches of epoch {s.epoch + 1} done)")
+        print(
+            f"resumed from {latest.name}: epoch {s.epoch}, iteration {s.iteration} "
+            f"({s.iteration % s.epoch_length} of {s.epoch_length} batches of epoch {s.epoch + 1} done)"
+        )
     trainer.run(data, max_epochs=EPOCHS)
     if trainer.state.epoch < EPOCHS or trainer.state.iteration % trainer.state.epoch_length:
         checkpoints["interrupted"](trainer)

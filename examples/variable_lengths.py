@@ -96,15 +96,24 @@ def run(output_dir: Path) -> None:
         value = evaluator.run(val).metrics["max_abs_error"]
         history.append(value)
         if engine.state.epoch % 5 == 0:
-            print(f"epoch {engine.state.epoch:2d} loss {engine.state.metrics['epoch_loss']:.4f} "
-                  f"val max_abs_error {value:.4f}")
+            print(
+                f"epoch {engine.state.epoch:2d} loss {engine.state.metrics['epoch_loss']:.4f} "
+                f"val max_abs_error {value:.4f}"
+            )
 
     # Both listen to the evaluator: they run after each validation.
-    evaluator.add_event_handler(Events.COMPLETED, EarlyStopping(patience=5, score_function=neg_max_abs_error,
-                                                                trainer=trainer))
-    best = Checkpoint({"model": model}, DiskSaver(str(output_dir), require_empty=False), filename_prefix="best",
-                      score_function=neg_max_abs_error, score_name="neg_max_abs_error",
-                      global_step_transform=global_step_from_engine(trainer), n_saved=1)
+    evaluator.add_event_handler(
+        Events.COMPLETED, EarlyStopping(patience=5, score_function=neg_max_abs_error, trainer=trainer)
+    )
+    best = Checkpoint(
+        {"model": model},
+        DiskSaver(str(output_dir), require_empty=False),
+        filename_prefix="best",
+        score_function=neg_max_abs_error,
+        score_name="neg_max_abs_error",
+        global_step_transform=global_step_from_engine(trainer),
+        n_saved=1,
+    )
     evaluator.add_event_handler(Events.COMPLETED, best)
 
     max_epochs = 40
@@ -116,8 +125,10 @@ def run(output_dir: Path) -> None:
     fresh = StatefulLSTM(input_size=1, hidden_size=16)
     Checkpoint.load_objects({"model": fresh}, torch.load(output_dir / path.name, weights_only=True))
     reloaded = create_evaluator(fresh, {"max_abs_error": MaxAbsError()}).run(val).metrics["max_abs_error"]
-    print(f"best checkpoint: {path.name}; best val max_abs_error {min(history):.4f}, "
-          f"reloaded from the file {reloaded:.4f} (first epoch {history[0]:.4f})")
+    print(
+        f"best checkpoint: {path.name}; best val max_abs_error {min(history):.4f}, "
+        f"reloaded from the file {reloaded:.4f} (first epoch {history[0]:.4f})"
+    )
 
 
 if __name__ == "__main__":

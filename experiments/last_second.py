@@ -12,9 +12,9 @@ import argparse
 
 import numpy as np
 
-from ignite_lstm.data import SignalDataset, ensure_split, split_params
-from ignite_lstm.evaluate import figure_predictions, load_run
-from ignite_lstm.figures import plot_extraction_grid
+from ignite_lstm.app.run.evaluate import figure_predictions, load_run
+from ignite_lstm.app.task.dataset import SignalDataset, ensure_split, split_params
+from ignite_lstm.app.task.figures import plot_extraction_grid
 
 
 def main() -> None:
@@ -31,9 +31,16 @@ def main() -> None:
     dataset = SignalDataset(split.mixture, split.target, input_scale=cfg.data.input_scale)
     predictions = figure_predictions(run.model, dataset)  # (F, T), mixture 0
     rows = [list(cfg.data.frequencies).index(f) for f in args.freqs]
-    path = plot_extraction_grid(args.out, mixture=split.mixture[0], targets=split.target[rows],
-                                predictions=np.asarray(predictions)[rows], frequencies=args.freqs, fs=cfg.data.fs,
-                                span_s=args.span, start_s=args.start)
+    path = plot_extraction_grid(
+        args.out,
+        mixture=split.mixture[0],
+        targets=split.target[rows],
+        predictions=np.asarray(predictions)[rows],
+        frequencies=args.freqs,
+        fs=cfg.data.fs,
+        span_s=args.span,
+        start_s=args.start,
+    )
     print(path)
 
 

@@ -1,47 +1,92 @@
 """ignite_lstm: an event-driven PyTorch-Ignite training engine for stateful L = 1 recurrent models.
 
-The public API, re-exported here, is what a user needs to train any model that
-follows the contract ``forward(x, state=None) -> (y, state)`` (x (B, T, F),
-y (B, T, O), any nesting of tensors as state) with Ignite engines:
+The library, re-exported here, is what a user needs to train any model that follows the contract
+``forward(x, state=None) -> (y, state)`` (x (B, T, F), y (B, T, O), any nesting of tensors as state)
+with Ignite engines. Importing it loads torch, ignite and numpy, nothing heavier:
 
-- engines: `create_trainer`, `create_evaluator`, `select_execution`, `TimeEvents`, `collate_sequences`,
-  `reset_state`, `set_state` (state carried across batches);
-- the package's model: `StatefulLSTM`, `load_model`;
-- metrics: `build_metrics`, `SignalToNoiseRatio`, `metric_direction`;
-- handlers: `attach_checkpoints`, `attach_early_stopping`, `attach_tensorboard`,
-  `attach_progress`, `attach_terminate_on_nan`, `load_extra_handlers`, `setup_lr_scheduler`;
-- configuration: `load_config`, `validate_config`, `ConfigError`;
-- data: `generate_split`, `SplitData`, `read_split`, `write_split`, `DataFileError`,
-  `SignalDataset`, `ensure_split`;
-- streams (series laid out in lanes, cut into chunks): `StreamLoader`, `h5_series`, `forecast_pair`.
+- engines (``ignite_lstm.engine``): `create_trainer`, `create_evaluator`, `select_execution`,
+  `TimeEvents`, `collate_sequences`, `reset_state`, `set_state`;
+- models (``ignite_lstm.models``): `StatefulLSTM`, `load_model`;
+- data (``ignite_lstm.data``): `StreamLoader`, `h5_series`, `forecast_pair`, `DataFileError`;
+- metrics (``ignite_lstm.metrics``): `SignalToNoiseRatio`, `metric_direction`;
+- handlers (``ignite_lstm.handlers``, ``ignite_lstm.checkpoint``): `attach_checkpoints`,
+  `attach_early_stopping`, `attach_tensorboard`, `attach_progress`, `attach_terminate_on_nan`,
+  `load_extra_handlers`, `setup_lr_scheduler`.
 
-See ``docs/api.md`` and the scripts in ``examples/``.
+The signal-extraction application (config, data generator, runs, search, export, serving) lives in
+``ignite_lstm.app``. The documentation site (``docs/``) has the guides and the API reference.
 """
 
-__version__ = "0.1.0"
+from typing import Any as _Any
 
-from ignite_lstm.batches import collate_sequences
-from ignite_lstm.checkpointing import attach_checkpoints
-from ignite_lstm.config import ConfigError, load_config, validate_config
-from ignite_lstm.data import SignalDataset, ensure_split
-from ignite_lstm.engines import TimeEvents, create_evaluator, create_trainer, reset_state, select_execution, set_state
-from ignite_lstm.h5io import DataFileError, read_split, write_split
-from ignite_lstm.handlers import (
-    attach_early_stopping,
-    attach_progress,
-    attach_tensorboard,
-    attach_terminate_on_nan,
-    load_extra_handlers,
+from ignite_lstm._internal import deprecated as _deprecated
+
+__version__ = "0.2.0"
+
+_deprecated.install()
+
+from ignite_lstm.engine import (  # noqa: E402
+    TimeEvents,
+    collate_sequences,
+    create_evaluator,
+    create_trainer,
+    reset_state,
+    select_execution,
+    set_state,
 )
-from ignite_lstm.metrics import SignalToNoiseRatio, build_metrics, metric_direction
-from ignite_lstm.models import StatefulLSTM, load_model
-from ignite_lstm.schedules import setup_lr_scheduler
-from ignite_lstm.signal import SplitData, generate_split
-from ignite_lstm.stream_sources import forecast_pair, h5_series
-from ignite_lstm.streams import StreamLoader
+from ignite_lstm.models import StatefulLSTM, load_model  # noqa: E402
+
+# Heavier parts of the library (tqdm, h5py, tensorboardX through Ignite's logger) load on first use.
+_LAZY = {
+    "StreamLoader": "ignite_lstm.data.streams",
+    "h5_series": "ignite_lstm.data.sources",
+    "forecast_pair": "ignite_lstm.data.sources",
+    "DataFileError": "ignite_lstm.data.errors",
+    "SignalToNoiseRatio": "ignite_lstm.metrics.regression",
+    "metric_direction": "ignite_lstm.metrics.directions",
+    "attach_checkpoints": "ignite_lstm.checkpoint.savers",
+    "attach_early_stopping": "ignite_lstm.handlers.common",
+    "attach_progress": "ignite_lstm.handlers.common",
+    "attach_terminate_on_nan": "ignite_lstm.handlers.common",
+    "load_extra_handlers": "ignite_lstm.handlers.common",
+    "attach_tensorboard": "ignite_lstm.handlers.tensorboard",
+    "setup_lr_scheduler": "ignite_lstm.handlers.schedules",
+}
+# The application's names, at the top level before 0.2 (deprecated here).
+_MOVED = {
+    "load_config": "ignite_lstm.app.config",
+    "validate_config": "ignite_lstm.app.config",
+    "ConfigError": "ignite_lstm.app.config",
+    "generate_split": "ignite_lstm.app.task.generator",
+    "SplitData": "ignite_lstm.app.task.generator",
+    "read_split": "ignite_lstm.app.task.h5io",
+    "write_split": "ignite_lstm.app.task.h5io",
+    "SignalDataset": "ignite_lstm.app.task.dataset",
+    "ensure_split": "ignite_lstm.app.task.dataset",
+    "build_metrics": "ignite_lstm.app.task.metrics",
+}
+
+
+def __getattr__(name: str) -> _Any:
+    import importlib
+    import warnings
+
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _MOVED:
+        warnings.warn(
+            f"ignite_lstm.{name} is deprecated and will be removed in ignite_lstm "
+            f"{_deprecated.REMOVED_IN}; use {_MOVED[name]}.{name} instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'ignite_lstm' has no attribute {name!r}")
+
 
 __all__ = [
-    # engines
     "create_trainer",
     "create_evaluator",
     "select_execution",
@@ -49,35 +94,7 @@ __all__ = [
     "collate_sequences",
     "reset_state",
     "set_state",
-    # model
     "StatefulLSTM",
     "load_model",
-    # metrics
-    "build_metrics",
-    "SignalToNoiseRatio",
-    "metric_direction",
-    # handlers
-    "attach_checkpoints",
-    "attach_early_stopping",
-    "attach_tensorboard",
-    "attach_progress",
-    "attach_terminate_on_nan",
-    "load_extra_handlers",
-    "setup_lr_scheduler",
-    # configuration
-    "load_config",
-    "validate_config",
-    "ConfigError",
-    # data
-    "generate_split",
-    "SplitData",
-    "read_split",
-    "write_split",
-    "DataFileError",
-    "SignalDataset",
-    "ensure_split",
-    # streams
-    "StreamLoader",
-    "h5_series",
-    "forecast_pair",
+    *_LAZY,
 ]

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ignite_lstm import native
-from ignite_lstm.batches import collate_sequences
-from ignite_lstm.engines import TimeEvents, create_trainer
-from ignite_lstm.models import StatefulLSTM
-from ignite_lstm.state import state_tensors
+from ignite_lstm.engine.batches import collate_sequences
+from ignite_lstm.engine.factories import TimeEvents, create_trainer
+from ignite_lstm.engine.state import state_tensors
+from ignite_lstm.models import native
+from ignite_lstm.models.lstm import StatefulLSTM
 
 DTYPE = torch.float64
 B, T, C, F_IN = 3, 24, 8, 3  # lanes, steps of the whole series, steps per chunk, inputs (1 + 2 frequencies)
@@ -28,8 +28,10 @@ def make_model(seed: int = 0, dtype: torch.dtype = DTYPE) -> StatefulLSTM:
 
 def stream(lanes: int = B, steps: int = T, seed: int = 1, dtype: torch.dtype = DTYPE) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"x": torch.randn(lanes, steps, F_IN, generator=g, dtype=dtype),
-            "y": torch.randn(lanes, steps, 1, generator=g, dtype=dtype)}
+    return {
+        "x": torch.randn(lanes, steps, F_IN, generator=g, dtype=dtype),
+        "y": torch.randn(lanes, steps, 1, generator=g, dtype=dtype),
+    }
 
 
 def chunked(batch: dict, resets: dict | None = None) -> list[dict]:
@@ -53,8 +55,13 @@ def backend(kernel: bool):
 
 def train(batches, path: str, kernel: bool, max_epochs: int = 2, model=None, **kwargs):
     model = model if model is not None else make_model()
-    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(),
-                             execution="stepwise" if path == "stepwise" else "auto", **kwargs)
+    trainer = create_trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.MSELoss(),
+        execution="stepwise" if path == "stepwise" else "auto",
+        **kwargs,
+    )
     assert trainer.state.execution == path
     windows = trainer.state.recorded_windows = []  # every window's loss, from CHUNK_COMPLETED (every path)
     trainer.add_event_handler(TimeEvents.CHUNK_COMPLETED, lambda e: windows.extend(e.state.window_losses.tolist()))

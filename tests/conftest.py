@@ -6,12 +6,16 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests mirror the package (tests/engine, tests/app, ...); the shared helpers (handler_helpers,
+# lstm_reference, ...) stay here, importable from every folder.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Tiny tensors gain nothing from a second thread, and on a busy 2-core machine OpenMP
 # threads that wait for each other slow torch down by orders of magnitude. Subprocesses
@@ -55,7 +59,10 @@ def _run_cli(args: Sequence[str | Path], cwd: str | Path, timeout: float = 300) 
     """Run ``python run.py ARGS`` in ``cwd`` with this interpreter; output is captured as text."""
     return subprocess.run(
         [sys.executable, str(REPO / "run.py"), *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -67,7 +74,7 @@ def quick_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> tuple[P
 
 def load_quick(folder: tuple[Path, Path], *overrides: str):
     """The tiny config of ``quick_folder`` with 2 training mixtures (2 iterations per epoch) and ``overrides``."""
-    from ignite_lstm.config import load_config
+    from ignite_lstm.app.config.schema import load_config
 
     config, data = folder
     return load_config(config, ["data.train.mixtures=2", f"data.dir={data}", *overrides])
@@ -94,7 +101,7 @@ def run_cli() -> Callable[..., subprocess.CompletedProcess]:
 @pytest.fixture(autouse=True)
 def _restore_root_logging():
     """Each test leaves the root logger as it found it: a handler that a command added in-process
-    (``logging.basicConfig`` of ``python -m ignite_lstm.export``, say) writes to that test's captured
+    (``logging.basicConfig`` of ``ignite-lstm export``, say) writes to that test's captured
     stderr, which is closed once the test ends."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
@@ -104,4 +111,3 @@ def _restore_root_logging():
             root.removeHandler(handler)
             handler.close()
     root.setLevel(level)
-

@@ -18,9 +18,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -34,10 +35,21 @@ CONFIG = str(REPO / "configs" / "base.yaml")
 # (update=window: 8 optimizer steps per epoch). Two layers with dropout, so that an exact resume
 # needs the random generators restored.
 TINY = [
-    "data.duration=0.2", "data.train.mixtures=2", "model.hidden_size=8", "model.num_layers=2",
-    "model.dropout=0.3", "train.epochs=4", "train.batch_size=4", "train.tbptt_steps=50", "eval.batch_size=8",
-    "threads=1", "handlers.progress_bar=false", "handlers.lr_scheduler.name=cosine", "handlers.lr_scheduler.warmup_epochs=1",
-    "handlers.early_stopping.enabled=true", "handlers.early_stopping.patience=10",
+    "data.duration=0.2",
+    "data.train.mixtures=2",
+    "model.hidden_size=8",
+    "model.num_layers=2",
+    "model.dropout=0.3",
+    "train.epochs=4",
+    "train.batch_size=4",
+    "train.tbptt_steps=50",
+    "eval.batch_size=8",
+    "threads=1",
+    "handlers.progress_bar=false",
+    "handlers.lr_scheduler.name=cosine",
+    "handlers.lr_scheduler.warmup_epochs=1",
+    "handlers.early_stopping.enabled=true",
+    "handlers.early_stopping.patience=10",
 ]
 ITERATIONS_PER_EPOCH = 2
 
@@ -62,8 +74,8 @@ def run_in_process(main: Any, args: Sequence[str]) -> int:
 
 
 def run_cli(args: Sequence[str]) -> int:
-    """``ignite_lstm.cli.main`` in this process (``run_in_process``)."""
-    from ignite_lstm.cli import main
+    """``ignite_lstm.app.cli.main`` in this process (``run_in_process``)."""
+    from ignite_lstm.app.cli import main
 
     return run_in_process(main, args)
 
@@ -106,8 +118,14 @@ def spawn_cli(args: Sequence[str], env: dict[str, str], log: Path) -> subprocess
     for ``handlers.extra``."""
     full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=REPO, env=full_env,
-                                stdout=out, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "run.py"), *args],
+            cwd=REPO,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
 
 def wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 300.0) -> None:
@@ -240,8 +258,9 @@ def scripted_evaluator(trainer: Engine, name: str, values: Sequence[float]) -> E
     """A validation evaluator whose metric ``name`` is ``values[epoch - 1]``, run after every epoch (in-process
     handler tests)."""
     evaluator = Engine(lambda e, b: None)
-    evaluator.add_event_handler(Events.EPOCH_COMPLETED,
-                                lambda e: e.state.metrics.__setitem__(name, values[trainer.state.epoch - 1]))
+    evaluator.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: e.state.metrics.__setitem__(name, values[trainer.state.epoch - 1])
+    )
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run([0]))
     return evaluator
 
@@ -371,8 +390,15 @@ def spawn_session(args: Sequence[str], env: dict[str, str], log: Path) -> subpro
     full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     full_env.pop("MASTER_PORT", None)
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=REPO, env=full_env,
-                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "run.py"), *args],
+            cwd=REPO,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
     if not _SESSIONS:
         atexit.register(_stop_sessions)
     _SESSIONS.append(proc)
@@ -394,14 +420,19 @@ def signal_runs(tmp_path_factory) -> dict[str, Background]:
     """
     if not _SIGNAL_RUNS:
         root = tmp_path_factory.mktemp("signals")
-        for name, helpers, extra in (("sigterm", "pause", []), ("sigterm_twice", "hold", []),
-                                     ("two_sigterm", "pause,handler_helpers:record_stop", TWO_PROCESSES)):
+        for name, helpers, extra in (
+            ("sigterm", "pause", []),
+            ("sigterm_twice", "hold", []),
+            ("two_sigterm", "pause,handler_helpers:record_stop", TWO_PROCESSES),
+        ):
             marker, log = root / f"{name}.paused", root / f"{name}.log"
-            args = tiny_args(root / f"data-{name}", root / "runs", name, f"handlers.extra=[handler_helpers:{helpers}]",
-                             *extra)
+            args = tiny_args(
+                root / f"data-{name}", root / "runs", name, f"handlers.extra=[handler_helpers:{helpers}]", *extra
+            )
             env = {"PAUSE_AT": str(INTERRUPT_AT), "PAUSE_MARKER": str(marker), "STOP_RECORD": f"{log}.stopped"}
-            _SIGNAL_RUNS[name] = Background(spawn_session(args, env, log), root / f"data-{name}", root / "runs", name,
-                                            marker, log)
+            _SIGNAL_RUNS[name] = Background(
+                spawn_session(args, env, log), root / f"data-{name}", root / "runs", name, marker, log
+            )
     return _SIGNAL_RUNS
 
 

@@ -1,4 +1,4 @@
-"""What ignite_lstm._compat relies on still holds in the installed torch and Ignite."""
+"""What ignite_lstm._internal.compat relies on still holds in the installed torch and Ignite."""
 
 import logging
 import re
@@ -8,13 +8,13 @@ import pytest
 import torch
 from ignite.engine import Engine
 from ignite.handlers import TerminateOnNan
-from ignite.metrics import Metric
 from ignite.handlers.tensorboard_logger import TensorboardLogger
+from ignite.metrics import Metric
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto import event_pb2
 
 import ignite_lstm
-from ignite_lstm._compat import (
+from ignite_lstm._internal.compat import (
     ONNX_REGISTRATION_LOGGER,
     close_event_file,
     engine_logger_name,
@@ -23,7 +23,7 @@ from ignite_lstm._compat import (
     tensor_version,
     wrap_event_file,
 )
-from ignite_lstm.tensorboard_logging import _KeepWriterError, attach_tensorboard
+from ignite_lstm.handlers.tensorboard import _KeepWriterError, attach_tensorboard
 
 
 def test_in_place_ops_and_optimizer_steps_bump_the_version_counter():
@@ -125,7 +125,8 @@ def test_every_engine_logs_through_the_logger_of_that_name(caplog):
         engine.run([0])
     # what the launcher's filter leaves out when a signal ends the run
     assert [r.name for r in caplog.records if "Engine run is terminating due to exception" in r.getMessage()] == [
-        engine_logger_name()]
+        engine_logger_name()
+    ]
 
 
 def test_the_onnx_exporter_module_that_warns_about_optional_libraries_logs_under_its_module_name():
@@ -135,15 +136,31 @@ def test_the_onnx_exporter_module_that_warns_about_optional_libraries_logs_under
     assert "torchvision is not installed" in source
 
 
-PRIVATE = ("_event_handlers", "_flat_weights", "_version", "_ev_writer", "_worker", "_record_writer", "_file_name",
-           "_py_recordio_writer", "_double_dtype", "_device", "logger")
+PRIVATE = (
+    "_event_handlers",
+    "_flat_weights",
+    "_version",
+    "_ev_writer",
+    "_worker",
+    "_record_writer",
+    "_file_name",
+    "_py_recordio_writer",
+    "_double_dtype",
+    "_device",
+    "logger",
+)
 
 
 def test_no_module_but_compat_touches_these_private_attributes():
     """Each name is an attribute torch, Ignite or tensorboardX keep for themselves (or, ``logger``, a
     handler's): only ``_compat`` reads it, so an upgrade that moves it breaks there, under these tests."""
-    pattern = re.compile(r"\.(%s)\b" % "|".join(PRIVATE))
+    pattern = re.compile(r"\.(" + "|".join(PRIVATE) + r")\b")
     package = Path(ignite_lstm.__file__).parent
-    found = [f"{p.name}:{n}: {line.strip()}" for p in sorted(package.glob("*.py")) if p.name != "_compat.py"
-             for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    found = [
+        f"{p.name}:{n}: {line.strip()}"
+        for p in sorted(package.glob("*.py"))
+        if p.name != "_compat.py"
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert found == []

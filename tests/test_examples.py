@@ -18,8 +18,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 TIMEOUT_S = 240  # generous: the suite shares two cores; each script alone takes a few seconds
-NAMES = ["custom_window_handler", "gru_other_task", "plain_python", "attach_by_hand", "variable_lengths",
-         "resume_by_hand", "co2_stream"]
+NAMES = [
+    "custom_window_handler",
+    "gru_other_task",
+    "plain_python",
+    "attach_by_hand",
+    "variable_lengths",
+    "resume_by_hand",
+    "co2_stream",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +41,11 @@ def runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]
             args.append(str(scratch / "checkpoints"))
         elif name == "co2_stream":
             args.append(str(scratch))
-        started[name] = (subprocess.Popen(args, cwd=scratch, env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True), args, scratch)
+        started[name] = (
+            subprocess.Popen(args, cwd=scratch, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            args,
+            scratch,
+        )
     finished = {}
     try:
         for name, (proc, args, scratch) in started.items():
@@ -59,7 +69,9 @@ def test_every_example_is_tested_and_has_a_docstring():
     assert sorted(p.stem for p in EXAMPLES.glob("*.py")) == sorted(NAMES)
     for name in NAMES:
         doc = ast.get_docstring(ast.parse((EXAMPLES / f"{name}.py").read_text()))
-        assert doc and f"python examples/{name}.py" in doc, f"{name}: the docstring says what it shows and how to run it"
+        assert doc and f"python examples/{name}.py" in doc, (
+            f"{name}: the docstring says what it shows and how to run it"
+        )
 
 
 def test_custom_window_handler_is_loaded_from_the_config_and_fires_every_3_windows(runs):
@@ -111,8 +123,11 @@ def test_variable_lengths_trains_masked_batches_with_a_custom_loss_and_metric(ru
     assert "execution path: fused-detached (loss LogCosh)" in result.stdout  # the user's loss on the fast path
     files = sorted((scratch / "checkpoints").glob("best_model_*_neg_max_abs_error=*.pt"))
     assert len(files) == 1
-    m = re.search(r"best checkpoint: (\S+); best val max_abs_error ([\d.]+), reloaded from the file ([\d.]+) "
-                  r"\(first epoch ([\d.]+)\)", result.stdout)
+    m = re.search(
+        r"best checkpoint: (\S+); best val max_abs_error ([\d.]+), reloaded from the file ([\d.]+) "
+        r"\(first epoch ([\d.]+)\)",
+        result.stdout,
+    )
     assert m, result.stdout
     assert m.group(1) == files[0].name and m.group(2) == m.group(3)
     assert float(m.group(2)) < float(m.group(4))  # it learned
@@ -132,8 +147,9 @@ def test_resume_by_hand_continues_a_stopped_run_to_the_run_left_alone(runs):
     assert m and m.group(1) == m.group(2)
     assert "the resumed run equals the run left alone: True" in out
     stopped = sorted(p.name for p in (scratch / "checkpoints" / "stopped").iterdir())
-    assert stopped == sorted([m.group(1), "epoch_checkpoint_12.pt", "last_checkpoint_15.pt",
-                              "interrupted_checkpoint_8.pt"])  # no stale file of the first start
+    assert stopped == sorted(
+        [m.group(1), "epoch_checkpoint_12.pt", "last_checkpoint_15.pt", "interrupted_checkpoint_8.pt"]
+    )  # no stale file of the first start
 
 
 def test_co2_stream_forecasts_a_real_series_in_stream_mode(runs):

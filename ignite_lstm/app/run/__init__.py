@@ -1,0 +1,1 @@
+"""Runs of the application: command line, run folders, processes, preflight, training, evaluate, extract."""

@@ -1,0 +1,1 @@
+"""Hyperparameter search with Optuna over the application's config (``ignite-lstm tune``)."""

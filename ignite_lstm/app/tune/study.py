@@ -1,0 +1,347 @@
+"""Hyperparameter search with Optuna: ``ignite-lstm tune STUDY.yaml [key=value ...]``.
+
+Also ``ignite-lstm tune ...``. The study file is a config with a ``tune:`` section
+(``ignite_lstm.app.tune.settings``). Each trial is a real run of ``training.run`` in its own run
+folder, ``<output_dir>/<study>/trials/trial-NNNN``, pruned by Optuna's Ignite pruning handler
+on the validation evaluator's metric; its value is the final ``val/<metric>``. Workers share the study
+through its storage (an SQLite file in the study folder by default): start the command
+several times, or once with ``--workers N``; together they stop at ``tune.trials`` finished
+(complete or pruned) trials. A trial whose worker died is marked failed by the next worker
+that looks (same machine: at once; other machines: after the heartbeat's grace period).
+
+Exit status: 0 done, 1 ``tune.trials`` trials in a row failed, 2 bad input (study
+file, storage, data file), 130 Ctrl-C (the running trial is marked failed; run the same
+command again to continue the study).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ignite_lstm.app.config.schema import ConfigError
+from ignite_lstm.app.run.rundir import RunDirError, prepare_run
+from ignite_lstm.app.task.h5io import DataFileError
+from ignite_lstm.app.tune.settings import TuneSettings, load_study, target_trials, trial_config
+from ignite_lstm.app.tune.storage import (
+    StudyError,
+    fail_dead_trials,
+    heartbeat,
+    locked,
+    open_study,
+    shown_url,
+    storage_url,
+    tell,
+    worker_id,
+)
+from ignite_lstm.checkpoint.files import CheckpointMismatch
+
+__all__ = ["main", "run_worker", "StudyFailed"]
+
+logger = logging.getLogger("ignite_lstm.app.tune.study")
+
+
+class StudyFailed(RuntimeError):
+    """As many trials failed as the study wants to finish: something is wrong with every trial."""
+
+
+def _sampler(settings: TuneSettings, seed: int | None) -> Any:
+    import optuna
+
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if settings.sampler == "grid":
+        return optuna.samplers.GridSampler({d.key: d.grid() for d in settings.space}, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _pruner(settings: TuneSettings) -> Any:
+    import optuna
+
+    first = settings.pruner_warmup_epochs + 1  # the first epoch at which a trial can be pruned
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials, n_warmup_steps=first)
+    if settings.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first)
+    return optuna.pruners.NopPruner()
+
+
+def _suggest(trial: Any, d: Any) -> Any:
+    if d.type == "float":
+        return trial.suggest_float(d.key, d.low, d.high, log=d.log, step=d.step)
+    if d.type == "int":
+        return trial.suggest_int(d.key, int(d.low), int(d.high), step=int(d.step or 1), log=d.log)
+    return trial.suggest_categorical(d.key, list(d.choices))
+
+
+@contextlib.contextmanager
+def _trial_log(run_dir: str) -> Iterator[None]:
+    """The trial's ``train.log`` in its run folder, as ``run.py`` writes one."""
+    handler = logging.FileHandler(Path(run_dir) / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _train(trial: Any, cfg: Any, settings: TuneSettings, study_dir: Path) -> float:
+    """One trial: a run of ``training.run`` in ``trials/trial-NNNN``, pruned on the validation metric."""
+    import optuna
+    from ignite.engine import Events
+    from optuna_integration import PyTorchIgnitePruningHandler
+
+    from ignite_lstm.app.run.training import run
+
+    params = {d.key: _suggest(trial, d) for d in settings.space}
+    logger.info(
+        "Trial %d started: %s",
+        trial.number,
+        ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()),
+    )
+    run_cfg = trial_config(
+        cfg, params, output_dir=str(study_dir / "trials"), name=f"trial-{trial.number:04d}", resume=None
+    )
+    run_dir = prepare_run(run_cfg, "trial")["run_dir"]
+    trial.set_user_attr("run_dir", run_dir)
+
+    def prune(trainer: Any, evaluator: Any, _: Any) -> None:
+        # Optuna's handler reads the validation evaluator's metrics. It is called at the end of a validated
+        # epoch, after the epoch's history and checkpoints are written; a pruned trial ends the trainer's run
+        # (terminate: its COMPLETED handlers close TensorBoard's files) and TrialPruned leaves training.run
+        # from the trainer's last COMPLETED handler, before any final evaluation.
+        handler, validated, pruned = PyTorchIgnitePruningHandler(trial, settings.metric, trainer), [], []
+        evaluator.add_event_handler(Events.COMPLETED, lambda _: validated.append(True))
+
+        @trainer.on(Events.EPOCH_COMPLETED)
+        def _report(engine: Any) -> None:
+            if validated:
+                validated.clear()
+                try:
+                    handler(evaluator)
+                except optuna.TrialPruned as exc:
+                    pruned.append(exc)
+                    trial.set_user_attr("epochs", engine.state.epoch)
+                    engine.terminate()
+
+        @trainer.on(Events.COMPLETED)
+        def _raise(_: Any) -> None:
+            if pruned:
+                raise pruned[0]
+
+    with _trial_log(run_dir):
+        outcome = run(0, run_cfg, run_dir, None, attach=[prune])
+    if outcome.status == "interrupted":
+        raise _Interrupted(outcome.message)
+    if outcome.status != "done":  # diverged: a bad point of the space
+        raise TrialDiverged(outcome.message)
+    trial.set_user_attr("epochs", outcome.epochs)
+    return outcome.metrics[f"val/{settings.metric}"]
+
+
+class TrialDiverged(RuntimeError):
+    """The trial's loss became NaN or infinite."""
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the trial's training (its checkpoint is in the trial's folder)."""
+
+
+def run_worker(cfg: Any, settings: TuneSettings, study: Any, storage: Any, lock: Path | None) -> int:
+    """Run trials until the study has ``tune.trials`` finished (complete or pruned) ones.
+
+    Returns:
+        The number of trials this worker ran.
+
+    Raises:
+        StudyFailed: ``tune.trials`` trials of this worker failed in a row.
+        KeyboardInterrupt: Ctrl-C (the trial is marked failed).
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    study_dir, target, me = Path(cfg.output_dir) / settings.study_name, target_trials(settings), worker_id()
+    ran = failed_in_a_row = 0
+    study.pruner, study.sampler = _pruner(settings), _sampler(settings, settings.seed)
+    while True:
+        with locked(lock):
+            fail_dead_trials(study, storage)
+            trials = study.get_trials(deepcopy=False)
+            states = [t.state for t in trials]
+            if sum(s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for s in states) >= target:
+                return ran
+            if failed_in_a_row >= target:  # every point fails (diverges): something is wrong with the study
+                raise StudyFailed(
+                    f"{failed_in_a_row} trials in a row of study {settings.study_name!r} failed: "
+                    f"see their fail_reason in {study_dir / 'summary.md'}"
+                )
+            if settings.sampler != "grid":  # the grid's order is the seed's: one sampler for all trials
+                # seeded by the trial's number: one worker repeats its study, several draw different points
+                study.sampler = _sampler(settings, None if settings.seed is None else settings.seed + len(trials))
+            trial = study.ask()
+            trial.set_user_attr("worker", me)
+        ran += 1
+        started = time.monotonic()
+        try:
+            with heartbeat(storage, study, trial.number):
+                value = _train(trial, cfg, settings, study_dir)
+        except optuna.TrialPruned:
+            tell(study, trial, state=TrialState.PRUNED)
+            outcome, failed_in_a_row = f"pruned at epoch {trial.user_attrs.get('epochs')}", 0
+        except (TrialDiverged, ConfigError) as exc:  # a bad point of the space: the study goes on
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            tell(study, trial, state=TrialState.FAIL)
+            outcome, failed_in_a_row = f"failed: {exc}", failed_in_a_row + 1
+        except BaseException as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            tell(study, trial, state=TrialState.FAIL)
+            raise
+        else:
+            if math.isfinite(value):
+                tell(study, trial, value)
+                outcome, failed_in_a_row = f"complete, val/{settings.metric}={value:.6g}", 0
+            else:  # Optuna fails such a trial anyway
+                trial.set_user_attr("fail_reason", f"val/{settings.metric} is {value}")
+                tell(study, trial, state=TrialState.FAIL)
+                outcome, failed_in_a_row = f"failed: val/{settings.metric} is {value}", failed_in_a_row + 1
+        _progress(study, settings, trial.number, outcome, time.monotonic() - started, target)
+
+
+def _progress(study: Any, settings: TuneSettings, number: int, outcome: str, seconds: float, target: int) -> None:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = ""
+    if complete:
+        pick = min if settings.direction == "minimize" else max
+        b = pick(complete, key=lambda t: t.value)
+        best = f"; best so far: trial {b.number}, val/{settings.metric}={b.value:.6g}"
+    logger.info("Trial %d %s (%.1f s) | %d of %d finished%s", number, outcome, seconds, done, target, best)
+
+
+class _ConsoleFilter(logging.Filter):
+    """The console shows the study's progress and warnings; each trial's full log is in its train.log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("ignite.engine") and "terminating due to exception" in record.getMessage():
+            return False  # a pruned trial ends by an exception; the progress line reports it
+        return record.name.startswith("ignite_lstm.app.tune.study") or record.levelno >= logging.WARNING
+
+
+def _setup_logging() -> None:
+    import optuna
+
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    logging.getLogger("ignite").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    if not any(getattr(h, "_ignite_lstm_tune", False) for h in root.handlers):
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        stream.addFilter(_ConsoleFilter())
+        stream._ignite_lstm_tune = True  # type: ignore[attr-defined]
+        root.addHandler(stream)
+
+
+def _spawn_workers(args: argparse.Namespace) -> int:
+    """``--workers N``: N worker processes of this command; the exit status of the first that failed."""
+    command = [sys.executable, "-m", "ignite_lstm.app.tune.study", args.config, *args.overrides, "--no-outputs"]
+    procs = [subprocess.Popen(command) for _ in range(args.workers)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reached the workers too: each marks its trial failed
+        codes = [p.wait() for p in procs]
+        return 130
+    return next((c for c in codes if c), 0)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm tune") -> int:
+    """Run the tune command; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Hyperparameter search with Optuna over a study file's tune: section.",
+        epilog="Example: ignite-lstm tune configs/tune-quick.yaml tune.trials=4 --workers 2",
+    )
+    parser.add_argument("config", help="study file: a config with a tune: section, e.g. configs/tune-quick.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. tune.trials=4")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes to start on this machine (1)")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="only write the study's summary, figures and best config as they stand; run no trial",
+    )
+    parser.add_argument("--no-outputs", action="store_true", help=argparse.SUPPRESS)  # --workers' children
+    args = parser.parse_intermixed_args(argv)
+    try:
+        import optuna  # noqa: F401 (the extra is installed)
+        import optuna_integration  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"error: the tune command needs the [tune] extra ({exc}): pip install 'ignite_lstm[tune]'", file=sys.stderr
+        )
+        return 1
+    _setup_logging()
+
+    code, study = 0, None
+    try:
+        if args.workers < 1:
+            raise ConfigError([f"--workers: {args.workers} is out of range: must be >= 1"])
+        cfg, settings = load_study(args.config, args.overrides)
+        study, storage, lock = open_study(cfg, settings)
+        study_dir = Path(cfg.output_dir) / settings.study_name
+        logger.info(
+            "Study %r in %s: %d of %d trials finished",
+            settings.study_name,
+            shown_url(storage_url(settings, study_dir)),
+            _finished(study),
+            target_trials(settings),
+        )
+        if args.workers > 1 and not args.report:
+            code = _spawn_workers(args)
+        elif not args.report:
+            run_worker(cfg, settings, study, storage, lock)
+    except (ConfigError, StudyError, RunDirError, DataFileError, CheckpointMismatch) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StudyFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print(
+            f"error: interrupted; the running trial is marked failed. Continue the study with the same command: "
+            f"ignite-lstm tune {shlex.join([args.config, *args.overrides])}",
+            file=sys.stderr,
+        )
+        code = 130
+    if study is not None and not args.no_outputs:
+        from ignite_lstm.app.tune.report import write_outputs
+
+        files = write_outputs(study, settings, study_dir, cfg.output_dir, shown_url(storage_url(settings, study_dir)))
+        print("\n".join(f"{what}: {path}" for what, path in files.items()))
+    return code
+
+
+def _finished(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

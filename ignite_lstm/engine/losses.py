@@ -1,0 +1,144 @@
+"""The training losses a config can name, their unreduced forms, and the loss contract of the engines.
+
+The contract (``create_trainer``): ``loss_fn(y_pred, y)`` on (B, K, O) tensors returns
+the mean over the B x K (sequence, step) positions of a per-position value
+``l(y_pred[b, k], y[b, k])``. Every built-in loss and every mean-reduced elementwise
+loss follow it. It is what makes the batch loss a step-weighted mean of window
+losses, and a masked loss the same function on the counted positions only
+(``masked_loss``). The per-step losses of the ``fused-detached`` path need the
+per-position values: ``StepLosses`` computes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["LOSSES", "setup_loss", "elementwise_loss", "check_loss", "masked_loss", "StepLosses"]
+
+logger = logging.getLogger(__name__)
+
+LOSSES: dict[str, type[nn.Module]] = {
+    "mse": nn.MSELoss,
+    "l1": nn.L1Loss,
+    "huber": nn.HuberLoss,
+    "smooth_l1": nn.SmoothL1Loss,
+}
+"""Config name (``train.loss``) -> loss class; all mean-reduced and elementwise."""
+
+_ELEMENTWISE: dict[type, Callable] = {
+    nn.MSELoss: lambda m, a, b: F.mse_loss(a, b, reduction="none"),
+    nn.L1Loss: lambda m, a, b: F.l1_loss(a, b, reduction="none"),
+    nn.SmoothL1Loss: lambda m, a, b: F.smooth_l1_loss(a, b, reduction="none", beta=m.beta),
+    nn.HuberLoss: lambda m, a, b: F.huber_loss(a, b, reduction="none", delta=m.delta),
+}
+
+
+def setup_loss(name: str) -> nn.Module:
+    """One of mse, l1, huber, smooth_l1 (all mean-reduced and elementwise)."""
+    if name not in LOSSES:
+        raise ValueError(f"Argument name should be one of {tuple(LOSSES)}, got {name!r}.")
+    return LOSSES[name]()
+
+
+def elementwise_loss(loss_fn: Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The unreduced form of a mean-reduced elementwise loss module, or None.
+
+    For these losses the mean over a chunk of C steps equals the mean of the
+    per-step losses, which is what makes chunked evaluation exact.
+    """
+    for cls, fn in _ELEMENTWISE.items():
+        if type(loss_fn) is cls and getattr(loss_fn, "reduction", None) == "mean":
+            return lambda a, b, _m=loss_fn, _fn=fn: _fn(_m, a, b)
+    return None
+
+
+def check_loss(loss_fn: Callable) -> None:
+    """Refuse what cannot follow the loss contract: a non-callable, a loss not mean-reduced."""
+    if not callable(loss_fn):
+        raise TypeError(f"Argument loss_fn should be callable, got {type(loss_fn).__name__}.")
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if isinstance(reduction, str) and reduction != "mean":
+        raise ValueError(
+            f"Argument loss_fn should be mean-reduced (the mean over (sequence, step) positions), got "
+            f"reduction={reduction!r}."
+        )
+
+
+def masked_loss(
+    loss_fn: Callable, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, count: int
+) -> torch.Tensor | None:
+    """The loss over the counted positions of a (B, K, O) segment, ``count`` of them; None if there are none.
+
+    Under the loss contract, ``loss_fn`` on the counted positions alone, gathered into
+    a (1, count, O) tensor, is their mean; a segment where every position counts is
+    passed as it is.
+    """
+    if count == 0:
+        return None
+    if mask is None or count == mask.numel():
+        return loss_fn(y_pred, y)
+    return loss_fn(y_pred[mask].unsqueeze(0), y[mask].unsqueeze(0))
+
+
+class StepLosses:
+    """Per-step losses of a chunk: the loss of each one-step window, over its counted sequences.
+
+    For a built-in loss, its unreduced form; for any other, ``loss_fn`` vectorised over
+    the positions by ``torch.func.vmap`` (one call per position, batched); where vmap
+    cannot take the loss, one ``loss_fn`` call per step (said once in the log). A step
+    without a counted position has the loss NaN.
+    """
+
+    def __init__(self, loss_fn: Callable) -> None:
+        self.loss_fn = loss_fn
+        self.elementwise = elementwise_loss(loss_fn)
+        self.vectorised = True
+
+    def __call__(self, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """y_pred, y (B, C, O) without graph, mask (B, C) or None -> (C,) losses."""
+        with torch.no_grad():
+            values = self._positions(y_pred, y) if self.elementwise or self.vectorised else None
+            if values is None:
+                return self._step_by_step(y_pred, y, mask)
+            if mask is None:
+                return values.mean(0)
+            counted = mask.sum(0)  # (C,)
+            return torch.where(mask, values, values.new_zeros(())).sum(0) / counted  # 0 / 0: NaN
+
+    def _positions(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        B, C = y_pred.shape[:2]
+        if self.elementwise is not None:
+            return self.elementwise(y_pred, y).reshape(B, C, -1).mean(-1)
+        try:
+            values = torch.func.vmap(self.loss_fn)(y_pred.reshape(B * C, 1, 1, -1), y.reshape(B * C, 1, 1, -1))
+            if values.shape != (B * C,):
+                raise ValueError(f"one position's loss has the shape {tuple(values.shape[1:])}, not ()")
+        except Exception as exc:  # vmap refuses some operations (data-dependent control flow, .item(), ...)
+            self.vectorised = False
+            logger.warning(
+                "The per-step window losses of the fused-detached path take one loss_fn call per step: "
+                "torch.func.vmap could not vectorise %s (%s: %s). Expected cost: %d extra loss calls per "
+                "chunk of %d steps, without gradients; the training itself is unchanged.",
+                type(self.loss_fn).__name__,
+                type(exc).__name__,
+                exc,
+                C,
+                C,
+            )
+            return None
+        return values.reshape(B, C)
+
+    def _step_by_step(self, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        losses = y_pred.new_full((y_pred.shape[1],), float("nan"), dtype=torch.promote_types(y_pred.dtype, y.dtype))
+        for t in range(y_pred.shape[1]):
+            m = None if mask is None else mask[:, t : t + 1]
+            count = y_pred.shape[0] if m is None else int(m.sum())
+            loss = masked_loss(self.loss_fn, y_pred[:, t : t + 1], y[:, t : t + 1], m, count)
+            if loss is not None:
+                losses[t] = loss
+        return losses

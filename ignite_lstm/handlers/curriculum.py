@@ -1,0 +1,348 @@
+"""A sequence-length curriculum: train on the first L steps of each sequence, L growing by stages up to T.
+
+Long-horizon recurrent training often learns nothing from whole sequences at first
+(the gradient through thousands of steps is noise) but learns short horizons quickly
+and then extends them. ``Curriculum`` is a stateful Ignite handler that cuts every
+training batch (and every batch of the validation evaluator that decides the advance)
+to its first L steps, L being the current stage's length; the last stage is the
+whole sequence, T. Cutting, not masking: a stage of L steps costs L steps of work.
+
+A stage ends by one of two rules:
+
+- the epoch rule: after ``epochs_per_stage`` epochs;
+- the metric rule: at the first validation, once the stage has lasted ``min_epochs``
+  epochs, whose ``metric`` (computed on the first L steps) beats ``threshold``, or
+  after ``max_epochs`` epochs at the latest.
+
+The decision for epoch E is taken when epoch E + 1 starts, from what the end of
+epoch E recorded (the stage, its epochs, that epoch's validation score). Every
+checkpoint written at the end of epoch E holds exactly that, so a resumed run takes
+the same decision; a mid-epoch checkpoint holds the stage already decided, and
+deciding again when the resumed epoch restarts changes nothing. On several processes
+the decision is rank 0's, broadcast to all, so that every rank cuts the same L.
+
+With ``follow_tbptt`` the truncated-BPTT window follows L (full-window BPTT in every
+stage: ``engines.set_tbptt_steps``); otherwise the trainer keeps its window (a window
+longer than L is just L).
+
+What compares validation scores over epochs (the best checkpoint, early stopping,
+the plateau schedule) must not compare a short stage's scores with full-length
+ones: give them ``curriculum.final_stage_only`` as their event filter, and they count
+the last stage's validations only (``trainers.attach_handlers`` does).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ignite.distributed as idist
+from ignite.engine import Engine, Events
+
+from ignite_lstm.engine.batches import parse_batch
+from ignite_lstm.engine.factories import set_tbptt_steps
+from ignite_lstm.handlers.common import monitor_mode
+
+__all__ = ["Curriculum", "stage_lengths", "cut_batch", "setup_curriculum", "final_tbptt_steps"]
+
+logger = logging.getLogger("ignite_lstm")
+
+
+def stage_lengths(
+    n_steps: int, lengths: Sequence[int] = (), start: int | None = None, factor: float = 2.0
+) -> list[int]:
+    """The stages' lengths in steps: ``lengths``, or ``start, start * factor, ...`` below ``n_steps``; then ``n_steps``.
+
+    Args:
+        n_steps: the full length T of the sequences.
+        lengths: increasing lengths, each in [1, T]; T is added as the last stage unless it is already last.
+        start: with no ``lengths``: the first stage's length, each next one ``factor`` times longer (rounded).
+        factor: the growth per stage (> 1).
+
+    Returns:
+        The increasing stage lengths, ending with ``n_steps``.
+
+    Raises:
+        ValueError: lengths not increasing or outside [1, T], neither or both of lengths and start.
+
+    Example:
+        >>> stage_lengths(10000, start=250)
+        [250, 500, 1000, 2000, 4000, 8000, 10000]
+        >>> stage_lengths(1000, lengths=[100, 300])
+        [100, 300, 1000]
+    """
+    if bool(lengths) == (start is not None):
+        raise ValueError("Arguments lengths and start: give exactly one of them.")
+    if start is not None:
+        if not factor > 1:
+            raise ValueError(f"Argument factor should be greater than 1, got {factor}.")
+        lengths, k = [], 0
+        while round(start * factor**k) < n_steps:
+            if not lengths or round(start * factor**k) > lengths[-1]:
+                lengths.append(round(start * factor**k))
+            k += 1
+    stages = [int(v) for v in lengths]
+    if any(b <= a for a, b in zip(stages, stages[1:])) or not all(1 <= v <= n_steps for v in stages):
+        raise ValueError(
+            f"Argument lengths should increase, each between 1 and the sequence length {n_steps}, got {list(lengths)}."
+        )
+    return stages if stages and stages[-1] == n_steps else [*stages, n_steps]
+
+
+def cut_batch(batch: Any, steps: int) -> Any:
+    """The first ``steps`` steps of a batch ``(x, y)``, ``(x, y, mask)``, ``(x, y, mask, reset)`` or mapping (views).
+
+    Args:
+        batch: x (B, T, F), y (B, T, O) and optionally a mask (B, T) and a reset (B,), as
+            ``batches.parse_batch`` reads them.
+        steps: how many steps to keep.
+
+    Returns:
+        The batch itself when it has at most ``steps`` steps, else a list (or, for a mapping, a dict)
+        of x (B, steps, F), y (B, steps, O), the mask (B, steps) and the reset (B,) as given.
+
+    Example:
+        >>> x, y = cut_batch((torch.zeros(2, 100, 5), torch.zeros(2, 100, 1)), 30)
+        >>> x.shape
+        torch.Size([2, 30, 5])
+    """
+    x, y, mask, reset = parse_batch(batch)
+    if x.shape[1] <= steps:
+        return batch
+    parts = {"x": x[:, :steps], "y": y[:, :steps], "mask": None if mask is None else mask[:, :steps], "reset": reset}
+    if isinstance(batch, Mapping):
+        return {k: v for k, v in parts.items() if v is not None}
+    values = list(parts.values())
+    while values[-1] is None:  # (x, y) and (x, y, mask) keep their form
+        values.pop()
+    return values
+
+
+class Curriculum:
+    """Train on the first ``length`` steps of each sequence, stage by stage up to the full length.
+
+    A stateful handler (``state_dict``/``load_state_dict``: put it in the checkpoint's
+    ``to_save``); ``attach`` puts it on the engines. ``trainer.state.curriculum_length``
+    is the length the trainer trains at (a TensorBoard scalar, see ``attach_tensorboard``).
+
+    Args:
+        lengths: the stages' lengths, increasing, the last one the full length (``stage_lengths``).
+        epochs_per_stage: the epoch rule: every stage but the last lasts this many epochs.
+        metric: the metric rule: the validation metric (on the first L steps) that decides.
+        threshold: the value ``metric`` must beat: lower for a metric where lower is better.
+        mode: ``"min"`` or ``"max"``, the metric's direction (None: ``metric_direction(metric)``).
+        min_epochs: metric rule: epochs a stage lasts at least.
+        max_epochs: metric rule: epochs after which a stage ends anyway (None: no limit).
+        follow_tbptt: the trainer's window length follows L (``set_tbptt_steps``).
+        lr_factor: at every stage change the learning rate of each of the optimizer's
+            parameter groups is multiplied by this (1: unchanged; ``attach`` needs the
+            optimizer otherwise). A longer stage has larger gradients and a new loss
+            surface; a smaller step keeps what the shorter stages learned. It lives in
+            the optimizer's ``param_groups``, so an optimizer checkpoint resumes it; a
+            schedule that sets the rate every step (cosine, onecycle, ...) would undo it.
+
+    Example:
+        >>> curriculum = Curriculum(stage_lengths(1000, start=100), metric="mse", threshold=0.01, max_epochs=50,
+        ...                         follow_tbptt=True)
+        >>> curriculum.attach(trainer, val_evaluator)
+        >>> to_save["curriculum"] = curriculum
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        *,
+        epochs_per_stage: int | None = None,
+        metric: str | None = None,
+        threshold: float | None = None,
+        mode: str | None = None,
+        min_epochs: int = 1,
+        max_epochs: int | None = None,
+        follow_tbptt: bool = False,
+        lr_factor: float = 1.0,
+    ) -> None:
+        self.lengths = [int(v) for v in lengths]
+        if not self.lengths or any(b <= a for a, b in zip(self.lengths, self.lengths[1:])) or self.lengths[0] < 1:
+            raise ValueError(f"Argument lengths should be positive and increasing, got {list(lengths)}.")
+        if (epochs_per_stage is None) == (metric is None):
+            raise ValueError("Arguments epochs_per_stage and metric: give exactly one (the epoch or the metric rule).")
+        if (metric is None) != (threshold is None):
+            raise ValueError("Arguments metric and threshold go together.")
+        for name, value in (
+            ("epochs_per_stage", epochs_per_stage),
+            ("min_epochs", min_epochs),
+            ("max_epochs", max_epochs),
+        ):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"Argument {name} should be a positive integer or None, got {value!r}.")
+        self.epochs_per_stage, self.metric, self.threshold = epochs_per_stage, metric, threshold
+        self.mode = monitor_mode(metric, mode) if metric is not None else None
+        if not (isinstance(lr_factor, (int, float)) and 0 < lr_factor <= 1):
+            raise ValueError(f"Argument lr_factor should be in (0, 1], got {lr_factor!r}.")
+        self.min_epochs, self.max_epochs, self.follow_tbptt = min_epochs, max_epochs, follow_tbptt
+        self.lr_factor, self.optimizer = float(lr_factor), None
+        self.stage, self.epochs_in_stage, self.score = 0, 0, None
+
+    @property
+    def length(self) -> int:
+        """The current stage's length L in steps."""
+        return self.lengths[self.stage]
+
+    @property
+    def final(self) -> bool:
+        """Whether the current stage is the last one (the full length)."""
+        return self.stage == len(self.lengths) - 1
+
+    def final_stage_only(self, engine: Engine, event: int) -> bool:
+        """Ignite event filter: True in the last stage only (for ``Events.COMPLETED(event_filter=...)``)."""
+        return self.final
+
+    def attach(self, trainer: Engine, val_evaluator: Engine | None = None, optimizer: Any = None) -> None:
+        """Cut the batches of ``trainer`` (and of ``val_evaluator``, whose metric decides) to the current L.
+
+        ``optimizer``: the one whose learning rate ``lr_factor`` scales at each stage change.
+        """
+        if self.lr_factor != 1.0 and optimizer is None:
+            raise ValueError(
+                f"Argument optimizer is needed: lr_factor={self.lr_factor} scales its learning rate at "
+                f"every stage change."
+            )
+        self.optimizer = optimizer
+        trainer.state.curriculum_length = self.length
+        trainer.add_event_handler(Events.STARTED, self._apply, True)  # after a resume loaded the state
+        trainer.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        trainer.add_event_handler(Events.GET_BATCH_COMPLETED, self._cut)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        trainer.add_event_handler(Events.COMPLETED, self._completed)
+        if val_evaluator is not None:
+            val_evaluator.add_event_handler(Events.GET_BATCH_COMPLETED, self._cut)
+            if self.metric is not None:
+                val_evaluator.add_event_handler(Events.COMPLETED, self._record)
+
+    # ------------------------------------------------------------ handlers
+
+    def _cut(self, engine: Engine) -> None:
+        engine.state.batch = cut_batch(engine.state.batch, self.length)
+
+    def _record(self, evaluator: Engine) -> None:
+        self.score = float(evaluator.state.metrics[self.metric])
+
+    def _epoch_completed(self, _: Engine) -> None:
+        self.epochs_in_stage += 1
+
+    def _epoch_started(self, trainer: Engine) -> None:
+        advance = self._due()
+        if idist.get_world_size() > 1 and not self.final:  # rank 0's decision, on every rank
+            advance = bool(idist.broadcast(float(advance), src=0))
+        self.score = None
+        if advance:
+            self.stage, self.epochs_in_stage = self.stage + 1, 0
+            if self.lr_factor != 1.0:
+                for group in self.optimizer.param_groups:
+                    group["lr"] *= self.lr_factor
+        self._apply(trainer, advance)
+
+    def _due(self) -> bool:
+        k = self.epochs_in_stage
+        if self.final or k == 0:
+            return False
+        if self.epochs_per_stage is not None:
+            return k >= self.epochs_per_stage
+        if self.max_epochs is not None and k >= self.max_epochs:
+            return True
+        score = self.score
+        passed = (
+            score is not None
+            and math.isfinite(score)
+            and (score < self.threshold if self.mode == "min" else score > self.threshold)
+        )
+        return k >= self.min_epochs and passed
+
+    def _apply(self, trainer: Engine, log: bool) -> None:
+        trainer.state.curriculum_length = self.length
+        if self.follow_tbptt and getattr(trainer.state, "tbptt_steps", None) != self.length:
+            set_tbptt_steps(trainer, self.length)
+        if log:
+            window = min(self.length, getattr(trainer.state, "tbptt_steps", self.length))
+            rate = f", lr {self.optimizer.param_groups[0]['lr']:.3g}" if self.lr_factor != 1.0 else ""
+            logger.info(
+                "Curriculum: stage %d of %d, %d steps, tbptt %d%s",
+                self.stage + 1,
+                len(self.lengths),
+                self.length,
+                window,
+                rate,
+            )
+
+    def _completed(self, trainer: Engine) -> None:
+        if not self.final:
+            logger.warning(
+                "Curriculum: the run ended in stage %d of %d (%d of %d steps): the full length was never "
+                "trained, and the best checkpoint and early stopping, which count full-length validations "
+                "only, never started.",
+                self.stage + 1,
+                len(self.lengths),
+                self.length,
+                self.lengths[-1],
+            )
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "lengths": list(self.lengths),
+            "stage": self.stage,
+            "epochs_in_stage": self.epochs_in_stage,
+            "score": self.score,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if list(state["lengths"]) != self.lengths:
+            raise ValueError(
+                f"The checkpoint's curriculum has the stages {list(state['lengths'])}, this run's "
+                f"{self.lengths}: resume with the same train.curriculum lengths."
+            )
+        self.stage, self.epochs_in_stage = int(state["stage"]), int(state["epochs_in_stage"])
+        self.score = state["score"]
+
+
+def setup_curriculum(cfg: Any, n_steps: int) -> Curriculum | None:
+    """The ``train.curriculum`` section as a ``Curriculum``.
+
+    Args:
+        cfg: the validated config.
+        n_steps: the training sequences' length T.
+
+    Returns:
+        The ``Curriculum`` (not attached), or None when ``train.curriculum.enabled`` is false.
+    """
+    c = cfg.train.curriculum
+    if not c.enabled:
+        return None
+    lengths = stage_lengths(n_steps, list(c.lengths), c.start, c.factor)
+    return Curriculum(
+        lengths,
+        epochs_per_stage=c.epochs_per_stage,
+        metric=c.metric,
+        threshold=c.threshold,
+        min_epochs=c.min_epochs,
+        max_epochs=c.max_epochs,
+        follow_tbptt=c.tbptt == "follow",
+        lr_factor=c.lr_factor,
+    )
+
+
+def final_tbptt_steps(cfg: Any, n_steps: int) -> int:
+    """The window length of the run's longest epochs (a curriculum's last stage).
+
+    Args:
+        cfg: the validated config.
+        n_steps: the training sequences' length T.
+
+    Returns:
+        ``n_steps`` when a curriculum's window follows L, else ``train.tbptt_steps``.
+    """
+    c = cfg.train.curriculum
+    return n_steps if c.enabled and c.tbptt == "follow" else cfg.train.tbptt_steps

@@ -1,0 +1,265 @@
+"""The LSTM recurrence as a native CPU kernel: the same numbers as ``nn.LSTM``, with less overhead per step.
+
+A one-layer LSTM over T steps is a chain of T small matrix products: at batch 40 and
+H = 64 each is 1.3 MFLOP, so ``nn.LSTM`` spends more time dispatching its ~10 ops per
+step than computing. ``lstm_cpu.cpp`` runs the whole chain in one call (register-
+blocked products, fused gate activations), and its backward: one pass from the last
+step to the first, either through time (``recurrent=True``, truncated BPTT inside a
+window) or with the previous state of every step a constant (the literal L = 1
+setting). The large, parallel products (weight gradients, the input gradient) stay
+with PyTorch. Threads (PyTorch's own OpenMP threads) split the batch: sequences are independent.
+
+The library is compiled on first use with the system C++ compiler (a few seconds)
+into a cache folder (``$IGNITE_LSTM_CACHE``, else ``~/.cache/ignite_lstm``) and reused
+(``_native_lib``: building, loading, switching off). Without a compiler, on a GPU, or with
+``IGNITE_LSTM_NATIVE=0``, the models fall back to their PyTorch code; ``available()`` tells
+which. Here: the weights packed for the kernel, the calls, and the autograd function.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import operator
+import weakref
+
+import torch
+
+from ignite_lstm._internal.compat import tensor_version
+from ignite_lstm.models.native.loader import available, describe, disabled, function, library
+
+__all__ = ["available", "describe", "disabled", "lstm_layer", "lstm_layer_inference", "stack_runner"]
+
+_MIN_ROWS_PER_THREAD = 4  # below this, a thread's share of a step costs less than handing it over
+
+
+# ---------------------------------------------------------------- packed weights
+
+_packed: dict[tuple, tuple] = {}
+
+
+def _pack(w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+    """The layer's parameters in the kernel's layout, rebuilt only when one of them changed.
+
+    A change is a new version counter (an optimizer step, ``load_state_dict``) or new storage.
+    """
+    tensors = (w_ih, w_hh, b_ih, b_hh)
+    key = tuple(id(t) for t in tensors)
+    stamp = tuple((tensor_version(t), t.data_ptr()) for t in tensors)
+    hit = _packed.get(key)
+    if hit is not None and hit[0] == stamp and all(r() is t for r, t in zip(hit[1], tensors)):
+        return hit[2]
+    H = w_hh.shape[1]
+    I = w_ih.shape[1]
+    out = torch.empty(library().lstm_packed_size(I, H), dtype=w_ih.dtype)
+    src = [_checked(t.detach(), w_ih.dtype) for t in tensors]
+    function("lstm_pack", w_ih.dtype)(I, H, *(t.data_ptr() for t in src), out.data_ptr())
+    if hit is None:
+        weakref.finalize(w_ih, _packed.pop, key, None)  # the entry goes with its layer
+    _packed[key] = (stamp, [weakref.ref(t) for t in tensors], out)
+    return out
+
+
+# ---------------------------------------------------------------- calls
+
+
+def _threads(rows: int, steps: int) -> int:
+    """Threads for a call: PyTorch's intra-op count, when each gets enough rows to be worth it."""
+    if steps == 1:
+        return 1
+    return max(1, min(torch.get_num_threads(), rows // _MIN_ROWS_PER_THREAD))
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _forward(x, packed, H, h0, c0, hs, cs=None, gates=None, xh=None, h_n=None, c_n=None) -> None:
+    T, B, I = x.shape
+    n = _threads(B, T)
+    work = x.new_empty(n * library().lstm_forward_work(B, H))
+    ptrs = [_ptr(t) for t in (x, packed, h0, c0, hs, cs, gates, xh, h_n, c_n, work)]
+    function("lstm_forward", x.dtype)(n, T, B, I, H, *ptrs)
+
+
+def _backward(recurrent, gates, cs, c0, dhs, w_hh, dc_n, dz, dh0, dc0) -> None:
+    T, B, H = cs.shape
+    n = _threads(B, T)
+    work = cs.new_empty(n * library().lstm_backward_work(B, H))
+    ptrs = [_ptr(t) for t in (gates, cs, c0, dhs, w_hh, dc_n, dz, dh0, dc0, work)]
+    function("lstm_backward", cs.dtype)(n, T, B, H, int(recurrent), *ptrs)
+
+
+class _Stack:
+    """A model's layers and read-out packed for the stack kernel, valid while no parameter changes."""
+
+    def __init__(self, layers, head, dtype: torch.dtype) -> None:
+        self.params = [t for params in layers for t in params] + [t for t in head if t is not None]
+        self.stamp = self._stamp(self.params)
+        self.L, self.H, self.I = len(layers), layers[0][1].shape[1], layers[0][0].shape[1]
+        self.dtype = dtype
+        self.packed = [_pack(*params) for params in layers]
+        self.table = (ctypes.c_void_p * self.L)(*(p.data_ptr() for p in self.packed))
+        self.head_w, self.head_b = (None if t is None else _checked(t.detach(), dtype).clone() for t in head)
+        self.O = self.head_w.shape[0]
+        self.head_ptrs = (self.head_w.data_ptr(), _ptr(self.head_b))
+        self.fn = function("lstm_stack_forward", dtype)
+        self.work_size = library().lstm_stack_work
+
+    @staticmethod
+    def _stamp(params) -> tuple:
+        return tuple((tensor_version(t), t.data_ptr()) for t in params)
+
+    def valid(self, layers, head, dtype) -> bool:
+        params = [t for ps in layers for t in ps]
+        params += [t for t in head if t is not None]
+        return (
+            dtype == self.dtype
+            and len(params) == len(self.params)
+            and all(map(operator.is_, params, self.params))
+            and self._stamp(params) == self.stamp
+        )
+
+    def run(self, x: torch.Tensor, h_in, c_in, hidden: bool = False):
+        """x (T, B, I) contiguous; returns (out (T, B, H) or None, y (T, B, O), h (L, B, H), c (L, B, H))."""
+        T, B, _ = x.shape
+        for name, t in (("h", h_in), ("c", c_in)):
+            if t.dtype != self.dtype or not t.is_contiguous() or t.shape != (self.L, B, self.H):
+                raise ValueError(
+                    f"State {name} should be a contiguous {self.dtype} tensor of shape "
+                    f"{(self.L, B, self.H)}, got {t.dtype} {tuple(t.shape)}."
+                )
+        h, c = torch.empty_like(h_in), torch.empty_like(c_in)
+        out = x.new_empty(T, B, self.H) if hidden else None
+        y = x.new_empty(T, B, self.O)
+        n = _threads(B, T)
+        work = x.new_empty(n * self.work_size(B, self.L, self.H))
+        self.fn(
+            n,
+            T,
+            B,
+            self.L,
+            self.I,
+            self.H,
+            self.O,
+            x.data_ptr(),
+            self.table,
+            h_in.data_ptr(),
+            c_in.data_ptr(),
+            h.data_ptr(),
+            c.data_ptr(),
+            *self.head_ptrs,
+            _ptr(out),
+            y.data_ptr(),
+            work.data_ptr(),
+        )
+        return out, y, h, c
+
+
+_stacks: dict[int, _Stack] = {}
+
+
+def stack_runner(owner, layers, head, dtype: torch.dtype) -> _Stack:
+    """The packed stack for ``owner`` (a module), rebuilt when one of its parameters changed.
+
+    Args:
+        owner: the object the cache entry belongs to (it is dropped with it).
+        layers: ``(w_ih, w_hh, b_ih, b_hh)`` per layer, as in ``nn.LSTM``.
+        head: ``(weight (O, H), bias (O) or None)`` of the linear read-out.
+        dtype: the input's dtype (every parameter must have it).
+
+    Returns:
+        An object whose ``run(x (T, B, I), h, c, hidden)`` returns ``(out, y, h, c)``.
+
+    Example:
+        >>> runner = stack_runner(model, layers, (model.head.weight, model.head.bias), x.dtype)
+    """
+    key = id(owner)
+    hit = _stacks.get(key)
+    if hit is not None and hit.valid(layers, head, dtype):
+        return hit
+    if hit is None:
+        weakref.finalize(owner, _stacks.pop, key, None)
+    _stacks[key] = runner = _Stack(layers, head, dtype)
+    return runner
+
+
+def _checked(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if t.dtype != dtype or t.device.type != "cpu":
+        raise ValueError(f"Parameters should be {dtype} on the CPU like the input, got {t.dtype} on {t.device}.")
+    return t.contiguous()
+
+
+def lstm_layer_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """One LSTM layer over T steps without a graph; time-major.
+
+    Args:
+        x: (T, B, I) inputs. h0, c0: (B, H) initial state.
+        w_ih, w_hh, b_ih, b_hh: the layer's ``nn.LSTM`` parameters (gate order i, f, g, o).
+
+    Returns:
+        (hs (T, B, H), h_n (B, H), c_n (B, H)).
+
+    Example:
+        >>> hs, h, c = lstm_layer_inference(x, h0, c0, *lstm.parameters())
+    """
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    hs, h_n, c_n = x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H)
+    _forward(x.contiguous(), _pack(w_ih, w_hh, b_ih, b_hh), H, h0.contiguous(), c0.contiguous(), hs, h_n=h_n, c_n=c_n)
+    return hs, h_n, c_n
+
+
+class _Layer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, recurrent):
+        T, B, I = x.shape
+        H = w_hh.shape[1]
+        x, h0, c0 = x.contiguous(), h0.contiguous(), c0.contiguous()
+        hs, cs, gates = x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, 4 * H)
+        xh = x.new_empty(T, B, I + H + 1)  # rows [x_t, h_{t-1}, 1]: one product gives all weight gradients
+        h_n, c_n = x.new_empty(B, H), x.new_empty(B, H)
+        _forward(x, _pack(w_ih, w_hh, b_ih, b_hh), H, h0, c0, hs, cs, gates, xh, h_n, c_n)
+        ctx.save_for_backward(c0, w_ih, w_hh, cs, gates, xh)
+        ctx.recurrent = recurrent
+        ctx.set_materialize_grads(False)  # unused outputs (often the final state) get None, not zeros
+        return hs, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, d_hs, d_hn, d_cn):
+        c0, w_ih, w_hh, cs, gates, xh = ctx.saved_tensors
+        T, B, H = cs.shape
+        I = w_ih.shape[1]
+        d_hs = d_hs.contiguous() if d_hs is not None else cs.new_zeros(T, B, H)
+        if d_hn is not None:
+            d_hs = d_hs.clone()
+            d_hs[-1] += d_hn
+        recurrent = ctx.recurrent
+        want_h0, want_c0 = ctx.needs_input_grad[1:3]
+        dz = torch.empty_like(gates)
+        dh0 = cs.new_empty(B, H) if recurrent and want_h0 else None
+        dc0 = cs.new_empty(B, H) if recurrent and want_c0 else None
+        dc_n = d_cn.contiguous() if d_cn is not None else None
+        _backward(recurrent, gates, cs, c0, d_hs, w_hh.contiguous(), dc_n, dz, dh0, dc0)
+        dz2 = dz.view(T * B, 4 * H)
+        d_x = (dz2 @ w_ih).view(T, B, I) if ctx.needs_input_grad[0] else None
+        d_w = dz2.t() @ xh.view(T * B, I + H + 1)  # (4H, I + H + 1) = [dW_ih, dW_hh, db]
+        d_b = d_w[:, I + H].contiguous()
+        return d_x, dh0, dc0, d_w[:, :I].contiguous(), d_w[:, I : I + H].contiguous(), d_b, d_b.clone(), None
+
+
+def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, recurrent: bool = True):
+    """One LSTM layer over T steps with gradients; time-major.
+
+    Args:
+        x: (T, B, I) inputs. h0, c0: (B, H) initial state.
+        w_ih, w_hh, b_ih, b_hh: the layer's ``nn.LSTM`` parameters (gate order i, f, g, o).
+        recurrent: True: gradients flow through the state from step to step (as ``nn.LSTM``);
+            False: every step's previous state is a constant (state detached after every step).
+
+    Returns:
+        (hs (T, B, H), h_n (B, H), c_n (B, H)).
+
+    Example:
+        >>> hs, h, c = lstm_layer(x, h0, c0, *lstm.parameters(), recurrent=False)
+    """
+    return _Layer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, recurrent)
