@@ -13,7 +13,9 @@ blank lines between them, is that block's output: the test captures what the blo
 ``sys.stdout`` and compares it with the text block. And a block that prints must show what it
 prints: a ```python block that writes to stdout without an output block after it fails (so no
 output is promised in a comment and left unchecked). A block that triggers a deprecation warning
-of the package (an old module path, an old argument name) fails too. The comparison:
+of the package (an old module path, an old argument name) fails too, and so does one that imports
+a module path that is no file of the package (an old path, whose warning fires only at its first
+import in a process). The comparison:
 
 - whitespace runs are equal to any whitespace run; leading and trailing whitespace is ignored;
 - ``...`` in the output block stands for any text (as doctest's ELLIPSIS), for what is not the
@@ -31,6 +33,7 @@ integer and a missing line. ``test_the_site_builds_with_warnings_as_errors`` bui
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import math
@@ -50,9 +53,20 @@ REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 EXAMPLE_RUN = "runs/example"  # the convention docs/howto/index.md states
 # The tiny config of the suite (QUICK_YAML): 200 steps per sequence, one mixture per split, two epochs.
-EXAMPLE_OVERRIDES = ["data.duration=0.2", "data.train.mixtures=1", "data.val.mixtures=1", "data.test.mixtures=1",
-                     "model.hidden_size=8", "train.epochs=2", "train.batch_size=4", "train.tbptt_steps=50",
-                     "eval.batch_size=4", "eval.report=false", "handlers.progress_bar=false", "threads=1"]
+EXAMPLE_OVERRIDES = [
+    "data.duration=0.2",
+    "data.train.mixtures=1",
+    "data.val.mixtures=1",
+    "data.test.mixtures=1",
+    "model.hidden_size=8",
+    "train.epochs=2",
+    "train.batch_size=4",
+    "train.tbptt_steps=50",
+    "eval.batch_size=4",
+    "eval.report=false",
+    "handlers.progress_bar=false",
+    "threads=1",
+]
 
 _FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)[^`]*$")
 _HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*$")
@@ -121,7 +135,7 @@ def output_mismatch(expected: str, actual: str) -> str | None:
     pattern, numbers, position = [], [], 0
     expected = expected.strip()
     for token in _EXPECTED_TOKEN.finditer(expected):
-        pattern.append(re.escape(expected[position:token.start()]))
+        pattern.append(re.escape(expected[position : token.start()]))
         if token.group("ellipsis"):
             pattern.append(r".*?")
         elif token.group("space"):
@@ -144,26 +158,62 @@ def output_mismatch(expected: str, actual: str) -> str | None:
     return None
 
 
-BLOCKS = [block for page in PAGES
-          for block in doc_blocks(page.read_text(encoding="utf-8"),
-                                  str(page.relative_to(REPO).with_suffix("")).removeprefix("docs/"))]
+BLOCKS = [
+    block
+    for page in PAGES
+    for block in doc_blocks(
+        page.read_text(encoding="utf-8"), str(page.relative_to(REPO).with_suffix("")).removeprefix("docs/")
+    )
+]
+
+
+def missing_modules(code: str) -> list[str]:
+    """The ``ignite_lstm`` modules a block imports that are no file of the package: old paths (deprecated aliases).
+
+    Their warning fires once per process, so a block that imports one after another test did would
+    not warn: this check does not depend on the order the tests run in.
+    """
+    names = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    missing = []
+    for name in names:
+        if name == "ignite_lstm" or not name.startswith("ignite_lstm."):
+            continue
+        path = REPO.joinpath(*name.split("."))
+        if not (path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()):
+            missing.append(name)
+    return missing
 
 
 @pytest.fixture(scope="session")
 def example_run(tmp_path_factory) -> Path:
     """A finished tiny run (once per session): its folder, its data beside it."""
     root = tmp_path_factory.mktemp("docs-example")
-    args = [str(REPO / "configs" / "quick.yaml"), *EXAMPLE_OVERRIDES, f"data.dir={root / 'data'}",
-            f"output_dir={root / 'runs'}", "name=example"]
+    args = [
+        str(REPO / "configs" / "quick.yaml"),
+        *EXAMPLE_OVERRIDES,
+        f"data.dir={root / 'data'}",
+        f"output_dir={root / 'runs'}",
+        "name=example",
+    ]
     assert run_cli(args) == 0
     return root / "runs" / "example"
 
 
 def test_the_extractor_finds_blocks_and_their_outputs():
-    text = ("# T\n```python\na = 1\n```\n```bash\n# not a heading\nls\n```\n## Sub part\n```python\nprint(2)\n```\n\n"
-            "```text\n2\n```\n```python\nb = 3\n```\nprose between\n```text\nnot its output\n```\n")
-    assert doc_blocks(text) == [Block("t:t-1", "a = 1\n", 3, None), Block("t:sub-part-1", "print(2)\n", 11, "2"),
-                                Block("t:sub-part-2", "b = 3\n", 18, None)]
+    text = (
+        "# T\n```python\na = 1\n```\n```bash\n# not a heading\nls\n```\n## Sub part\n```python\nprint(2)\n```\n\n"
+        "```text\n2\n```\n```python\nb = 3\n```\nprose between\n```text\nnot its output\n```\n"
+    )
+    assert doc_blocks(text) == [
+        Block("t:t-1", "a = 1\n", 3, None),
+        Block("t:sub-part-1", "print(2)\n", 11, "2"),
+        Block("t:sub-part-2", "b = 3\n", 18, None),
+    ]
     ids = [block.id for block in BLOCKS]
     assert len(ids) == len(set(ids)) and len(ids) >= 20, ids
     assert {str(page.relative_to(REPO)) for page in PAGES} >= {"README.md", "docs/index.md", "docs/howto/engines.md"}
@@ -177,6 +227,14 @@ def test_the_output_comparison_takes_rounding_whitespace_and_ellipsis():
     assert output_mismatch("test/mse_f3 0.01", "test/mse_f3 0.0149") is None
 
 
+def test_old_module_paths_are_found_without_importing_them():
+    code = (
+        "import ignite_lstm.engines\nfrom ignite_lstm.tune_config import load_study\nfrom ignite_lstm import native\n"
+    )
+    code += "from ignite_lstm.engine import create_trainer\nfrom ignite_lstm.models import native\nimport torch.nn\n"
+    assert missing_modules(code) == ["ignite_lstm.engines", "ignite_lstm.tune_config"]
+
+
 def test_the_output_comparison_fails_on_a_wrong_digit_a_wrong_integer_or_text():
     assert "0.2499" in output_mismatch("mse 0.2499", "mse 0.2512")
     assert "integer 16" in output_mismatch("torch.Size([1, 2, 16])", "torch.Size([1, 2, 17])")
@@ -188,13 +246,16 @@ def test_the_output_comparison_fails_on_a_wrong_digit_a_wrong_integer_or_text():
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[block.id for block in BLOCKS])
 def test_doc_block(block, tmp_path, monkeypatch, request):
+    page = block.id.partition(":")[0]
+    assert not missing_modules(block.code), (
+        f"{page}.md line {block.line}: old module paths {missing_modules(block.code)}"
+    )
     (tmp_path / "configs").symlink_to(REPO / "configs", target_is_directory=True)
     if EXAMPLE_RUN in block.code:
         shutil.copytree(request.getfixturevalue("example_run"), tmp_path / EXAMPLE_RUN)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))  # a block may put its folder on the path
     modules, printed = set(sys.modules), io.StringIO()
-    page = block.id.partition(":")[0]
     try:  # the file name makes a traceback point at the page's line
         with contextlib.redirect_stdout(printed), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -203,17 +264,24 @@ def test_doc_block(block, tmp_path, monkeypatch, request):
         for name in set(sys.modules) - modules:
             if str(tmp_path) in str(getattr(sys.modules[name], "__file__", None) or ""):
                 del sys.modules[name]
-    deprecated = [str(w.message) for w in caught
-                  if issubclass(w.category, (DeprecationWarning, FutureWarning))
-                  and ("ignite_lstm" in str(w.message) or str(w.filename).startswith(f"{page}.md"))]
+    deprecated = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, (DeprecationWarning, FutureWarning))
+        and ("ignite_lstm" in str(w.message) or str(w.filename).startswith(f"{page}.md"))
+    ]
     assert not deprecated, f"{page}.md line {block.line}: the block uses what the package deprecates: {deprecated}"
     if block.output is None:
-        assert not printed.getvalue(), (f"{page}.md line {block.line}: the block prints; show its output in a "
-                                        f"```text block after it:\n{printed.getvalue()}")
+        assert not printed.getvalue(), (
+            f"{page}.md line {block.line}: the block prints; show its output in a "
+            f"```text block after it:\n{printed.getvalue()}"
+        )
     else:
         why = output_mismatch(block.output, printed.getvalue())
-        assert why is None, (f"{page}.md line {block.line}: {why}\n--- the output block:\n{block.output}\n"
-                             f"--- printed:\n{printed.getvalue()}")
+        assert why is None, (
+            f"{page}.md line {block.line}: {why}\n--- the output block:\n{block.output}\n"
+            f"--- printed:\n{printed.getvalue()}"
+        )
 
 
 def test_the_readme_is_a_front_page_whose_links_lead_somewhere():
@@ -234,8 +302,13 @@ def test_the_readme_is_a_front_page_whose_links_lead_somewhere():
 
 def test_the_site_builds_with_warnings_as_errors(tmp_path):
     """``mkdocs build --strict``: a broken link, a missing page or a docstring mkdocstrings cannot render fails."""
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (tmp_path / "site" / "reference" / "api" / "engines" / "index.html").is_file()
