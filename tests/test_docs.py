@@ -300,6 +300,25 @@ def test_the_readme_is_a_front_page_whose_links_lead_somewhere():
             assert anchor in headings, f"README.md links to {link}: no such heading in {path}"
 
 
+_REPO_FILE = re.compile(
+    r"(?<![\w/.-])((?:tests|examples|benchmarks|experiments|configs|ignite_lstm|docs)/[\w./-]*\w\.(?:py|yaml|md|cpp|png|jsonl))"
+)
+# docs/experiments.md quotes the commands and files of its runs as they were (it says so at its top).
+_HISTORICAL = {"docs/experiments.md"}
+
+
+def test_the_files_the_pages_name_exist():
+    """A test, example, script, config or module that a page names is in the repository (docs rot when files move)."""
+    missing = [
+        f"{page.relative_to(REPO)}: {match.group(1)}"
+        for page in PAGES
+        if str(page.relative_to(REPO)) not in _HISTORICAL
+        for match in _REPO_FILE.finditer(page.read_text(encoding="utf-8"))
+        if not (REPO / match.group(1)).exists()
+    ]
+    assert not missing, missing
+
+
 def test_the_site_builds_with_warnings_as_errors(tmp_path):
     """``mkdocs build --strict``: a broken link, a missing page or a docstring mkdocstrings cannot render fails."""
     proc = subprocess.run(
