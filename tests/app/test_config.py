@@ -320,15 +320,15 @@ def test_markdown_takes_no_config(capsys):
     assert "--markdown takes no config: the table shows the schema's defaults" in capsys.readouterr().err
 
 
-def test_the_readme_key_table_is_the_schema_table(capsys):
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_key_table_is_the_schema_table(capsys):
+    page = (REPO / "docs" / "reference" / "configuration.md").read_text()
+    section = page.split("\n## Every key\n", 1)[1].split("\n## ", 1)[0]
     lines = section.splitlines()
     start = lines.index("| key | default | allowed | meaning |")
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
     table = "\n".join(lines[start:end]) + "\n"
     assert table == _printed(capsys, ["--markdown"]), (
-        "update README.md's Configuration table with: ignite-lstm config --markdown"
+        "update docs/reference/configuration.md's table with: ignite-lstm config --markdown"
     )
     for key, _, _ in _schema_fields():
         assert f"`{key}`" in table

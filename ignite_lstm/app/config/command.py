@@ -1,4 +1,4 @@
-"""``ignite-lstm config``: print a config resolved against the schema, or the README's key table."""
+"""``ignite-lstm config``: print a config resolved against the schema, or the key table of the configuration reference."""
 
 from __future__ import annotations
 
@@ -39,7 +39,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm config") ->
         "config", nargs="?", help="YAML config file, e.g. configs/base.yaml (none: the schema's defaults)"
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-3")
-    parser.add_argument("--markdown", action="store_true", help="print the key table of the README instead")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the key table of the configuration reference (docs/reference/configuration.md) instead",
+    )
     args = parser.parse_args(argv)
     defaults = _defaults()
     if args.markdown:

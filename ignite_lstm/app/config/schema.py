@@ -10,7 +10,7 @@ key here, the rules between keys in ``_config_rules``) and raises ``ConfigError`
 listing every problem (key, value, what is allowed).
 
 ``ignite-lstm config CONFIG [key=value ...]`` prints the complete resolved
-config, every key with its help text; ``--markdown`` prints the key table of the README.
+config, every key with its help text; ``--markdown`` prints the key table of the configuration reference (docs/reference/configuration.md).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class DataConfig:
         "in lanes, cut into chunks (StreamLoader; needs train.carry_state)",
         choices=LAYOUTS,
     )
-    stream: StreamConfig = _f(StreamConfig(), "the streams layout (ignite_lstm/streams.py)")
+    stream: StreamConfig = _f(StreamConfig(), "the streams layout (ignite_lstm/data/streams.py)")
 
 
 @dataclass
@@ -151,7 +151,9 @@ class TrainConfig:
         "one (reset at each epoch start and by a batch's reset); sequences layout: needs "
         "full batches",
     )
-    curriculum: CurriculumConfig = _f(CurriculumConfig(), "sequence-length curriculum (ignite_lstm/curriculum.py)")
+    curriculum: CurriculumConfig = _f(
+        CurriculumConfig(), "sequence-length curriculum (ignite_lstm/handlers/curriculum.py)"
+    )
 
 
 @dataclass
@@ -209,7 +211,9 @@ class HandlersConfig:
     terminate_on_nan: bool = _f(True, "stop at the first NaN/inf loss; the last good checkpoint stays")
     checkpoint: CheckpointConfig = _f(CheckpointConfig(), "checkpoints in <run>/checkpoints")
     early_stopping: EarlyStoppingConfig = _f(EarlyStoppingConfig(), "Ignite EarlyStopping on a validation metric")
-    lr_scheduler: LRSchedulerConfig = _f(LRSchedulerConfig(), "Ignite param schedulers (ignite_lstm/schedules.py)")
+    lr_scheduler: LRSchedulerConfig = _f(
+        LRSchedulerConfig(), "Ignite param schedulers (ignite_lstm/handlers/schedules.py)"
+    )
     tensorboard: TensorboardConfig = _f(TensorboardConfig(), "Ignite TensorboardLogger")
     extra: list[str] = _f([], 'your handlers: ["package.module:function"], called with (trainer, evaluator, config)')
 
