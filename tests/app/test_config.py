@@ -70,7 +70,7 @@ BASE_RESOLVED = {
         "batch_size": 40,
         "tbptt_steps": 500,
         "update": "window",
-        "engine": "auto",
+        "execution": "auto",  # train.engine before 0.2
         "chunk_steps": 250,
         "optimizer": "adam",
         "lr": 0.003,
@@ -95,7 +95,7 @@ BASE_RESOLVED = {
             "lr_factor": 1.0,
         },
     },
-    "eval": {"batch_size": 40, "every": 1, "engine": "auto", "report": True},
+    "eval": {"batch_size": 40, "every": 1, "execution": "auto", "report": True},
     "handlers": {
         "progress_bar": True,
         "terminate_on_nan": True,
@@ -256,8 +256,8 @@ def test_every_key_has_a_help_text():
 
 def test_choice_lists_are_those_of_the_modules_that_use_them():
     assert _field("train.update").metadata["choices"] is UPDATES
-    assert _field("train.engine").metadata["choices"] is EXECUTIONS
-    assert _field("eval.engine").metadata["choices"] is EXECUTIONS
+    assert _field("train.execution").metadata["choices"] is EXECUTIONS
+    assert _field("eval.execution").metadata["choices"] is EXECUTIONS
     assert _field("train.optimizer").metadata["choices"] == tuple(OPTIMIZERS)
     assert _field("train.loss").metadata["choices"] == tuple(LOSSES)
     assert _field("handlers.lr_scheduler.name").metadata["choices"] is SCHEDULES
@@ -389,10 +389,13 @@ def test_overrides_apply_with_yaml_typing():
         ),
         ({"train": {"update": "batch"}}, "train.update: 'batch' is not allowed: choose one of 'sequence', 'window'"),
         (
-            {"train": {"engine": "cuda"}},
-            "train.engine: 'cuda' is not allowed: choose one of 'auto', 'fused', 'stepwise'",
+            {"train": {"execution": "cuda"}},
+            "train.execution: 'cuda' is not allowed: choose one of 'auto', 'fused', 'stepwise'",
         ),
-        ({"eval": {"engine": "cuda"}}, "eval.engine: 'cuda' is not allowed: choose one of 'auto', 'fused', 'stepwise'"),
+        (
+            {"eval": {"execution": "cuda"}},
+            "eval.execution: 'cuda' is not allowed: choose one of 'auto', 'fused', 'stepwise'",
+        ),
         ({"train": {"amp": "fp8"}}, "train.amp: 'fp8' is not allowed: choose one of 'bf16', 'fp16'"),
         (
             {"train": {"gradient_accumulation_steps": 0}},
@@ -623,3 +626,13 @@ def test_carry_state_needs_full_training_batches():
         "to its first L steps, so lane i of the next batch would not continue where lane i was cut)"
         in info.value.problems
     )
+
+
+def test_the_old_key_engine_still_loads_as_execution_with_a_warning():
+    """train.engine and eval.engine fed create_trainer's execution= (whose own old name, engine=, was
+    deprecated); a config or a run folder's config.yaml written with them loads for one release."""
+    with pytest.warns(DeprecationWarning, match=r"train\.engine is deprecated .* use train\.execution"):
+        cfg = validate_config({"train": {"engine": "stepwise"}})
+    assert cfg.train.execution == "stepwise" and "engine" not in cfg.train
+    with pytest.warns(DeprecationWarning, match=r"eval\.engine is deprecated"):
+        assert load_config(CONFIGS / "quick.yaml", ["eval.engine=stepwise"]).eval.execution == "stepwise"

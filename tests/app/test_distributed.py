@@ -131,7 +131,7 @@ TRAIN_CASES = {
     # tbptt_steps=1, one step per batch, chunks of 64 of 200 steps (gradients kept local until the last)
     "fused-detached": ["data.duration=0.2", "train.tbptt_steps=1", "train.update=sequence", "train.chunk_steps=64"],
     # one DDP forward per time step, 4 windows of 5 steps summed into one step per batch
-    "stepwise": ["data.duration=0.02", "train.tbptt_steps=5", "train.update=sequence", "train.engine=stepwise"],
+    "stepwise": ["data.duration=0.02", "train.tbptt_steps=5", "train.update=sequence", "train.execution=stepwise"],
 }
 
 

@@ -48,7 +48,7 @@ def _engines(cfg):
     [
         ([], "fused"),
         (["train.tbptt_steps=1", "train.update=sequence"], "fused-detached"),
-        (["train.engine=stepwise", "train.tbptt_steps=1"], "stepwise"),
+        (["train.execution=stepwise", "train.tbptt_steps=1"], "stepwise"),
     ],
 )
 def test_setup_trainer_takes_its_path_from_the_train_settings(folder, overrides, path):

@@ -16,9 +16,11 @@ config, every key with its help text; ``--markdown`` prints the key table of the
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -127,8 +129,10 @@ class TrainConfig:
         500, "window K: the state is detached every K steps (1 = literal L = 1, no gradient through time)", ge=1
     )
     update: str = _f("window", "one optimizer step per batch (sequence) or per window", choices=UPDATES)
-    engine: str = _f(
-        "auto", "how the model is called; stepwise is the literal per-step reference loop", choices=EXECUTIONS
+    execution: str = _f(
+        "auto",
+        "how the model is called (create_trainer's execution=); stepwise is the literal per-step reference loop",
+        choices=EXECUTIONS,
     )
     chunk_steps: int = _f(250, "steps per chunk of the fused tbptt_steps = 1 path (bounds memory)", ge=1)
     optimizer: str = _f("adam", "torch optimizer", choices=tuple(OPTIMIZERS))
@@ -160,7 +164,7 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = _f(40, "sequences per evaluation batch (per process); streams layout: the lanes", ge=1)
     every: int = _f(1, "validate every N epochs (and after the last)", ge=1)
-    engine: str = _f(
+    execution: str = _f(
         "auto", "auto/fused: whole sequences in one call; stepwise: model.step per time step", choices=EXECUTIONS
     )
     report: bool = _f(True, "at the end: <run>/report with metrics JSON/Markdown and figures")
@@ -250,6 +254,32 @@ def _defaults() -> dict:
     return OmegaConf.to_container(OmegaConf.structured(Config))
 
 
+# keys renamed since 0.1 -> their names now; a config (or a run folder's config.yaml) with the old name still
+# loads, with a DeprecationWarning, for one release
+RENAMED_KEYS = {("train", "engine"): "execution", ("eval", "engine"): "execution"}
+
+
+def _renamed_keys(values: Any) -> Any:
+    """``values`` with the keys of ``RENAMED_KEYS`` under their new names (a copy where one was renamed)."""
+    if not isinstance(values, dict):
+        return values
+    out = dict(values)
+    for (section, old), new in RENAMED_KEYS.items():
+        part = out.get(section)
+        if isinstance(part, dict) and old in part:
+            part = dict(part)
+            if new not in part:
+                part[new] = part[old]
+            del part[old]
+            out[section] = part
+            warnings.warn(
+                f"{section}.{old} is deprecated and will be removed in ignite_lstm 0.3.0; use {section}.{new}.",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+    return out
+
+
 def validate_config(values: dict, source: str = "configuration") -> DictConfig:
     """Check a plain dict against the schema and return the complete, read-only config.
 
@@ -276,6 +306,7 @@ def validate_config(values: dict, source: str = "configuration") -> DictConfig:
           - train.lr: 'fast' has the wrong type: expected float
     """
     problems: list[str] = []
+    values = _renamed_keys(values)
     check_section("", values, Config, problems)
     if isinstance(values, dict):
         check_cross(with_defaults(values, _defaults()), problems, backends=BACKENDS)

@@ -148,7 +148,7 @@ def estimate_memory(cfg: Any, processes: int = 1, native: bool = False) -> dict[
 
     batch = min(max(1, t.batch_size // processes), math.ceil(sequences["train"] / processes))
     tbptt = final_tbptt_steps(cfg, steps)  # a curriculum's last stage, when its window follows L
-    detached = execution_path(tbptt, t.update, t.engine, detaches=True) == "fused-detached"  # a StatefulLSTM
+    detached = execution_path(tbptt, t.update, t.execution, detaches=True) == "fused-detached"  # a StatefulLSTM
     window_key = (
         "train.chunk_steps" if detached else "train.tbptt_steps" if tbptt == t.tbptt_steps else "train.curriculum.tbptt"
     )

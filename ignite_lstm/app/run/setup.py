@@ -57,7 +57,7 @@ def setup_trainer(cfg: Any, model: torch.nn.Module, optimizer: torch.optim.Optim
         update=t["update"],
         grad_clip=t.grad_clip,
         device=device,
-        execution=t.engine,
+        execution=t.execution,
         chunk_steps=t.chunk_steps,
         amp_dtype=AMP_MODES.get(t.amp),
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -84,7 +84,7 @@ def setup_evaluators(
         model,
         build_metrics(freqs, per_frequency=per, device=device),  # noqa: E731
         device=device,
-        execution=cfg.eval.engine,
+        execution=cfg.eval.execution,
         amp_dtype=AMP_MODES.get(cfg.train.amp),
         carry_state=carry,
     )
