@@ -46,7 +46,7 @@ from ignite_lstm.engine.batches import parse_batch
 from ignite_lstm.engine.factories import set_tbptt_steps
 from ignite_lstm.handlers.common import monitor_mode
 
-__all__ = ["Curriculum", "stage_lengths", "cut_batch", "setup_curriculum", "final_tbptt_steps"]
+__all__ = ["Curriculum", "check_lengths", "cut_batch", "final_tbptt_steps", "setup_curriculum", "stage_lengths"]
 
 logger = logging.getLogger("ignite_lstm")
 
@@ -75,21 +75,42 @@ def stage_lengths(
         [100, 300, 1000]
     """
     if bool(lengths) == (start is not None):
-        raise ValueError("Arguments lengths and start: give exactly one of them.")
+        raise ValueError(
+            "Arguments lengths and start: give exactly one of them (lengths, e.g. [250, 500, 1000], or start and factor)."
+        )
     if start is not None:
         if not factor > 1:
             raise ValueError(f"Argument factor should be greater than 1, got {factor}.")
+        if not 1 <= start <= n_steps:
+            raise ValueError(f"Argument start should be between 1 and the sequence length T = {n_steps}, got {start}.")
         lengths, k = [], 0
         while round(start * factor**k) < n_steps:
             if not lengths or round(start * factor**k) > lengths[-1]:
                 lengths.append(round(start * factor**k))
             k += 1
-    stages = [int(v) for v in lengths]
-    if any(b <= a for a, b in zip(stages, stages[1:])) or not all(1 <= v <= n_steps for v in stages):
-        raise ValueError(
-            f"Argument lengths should increase, each between 1 and the sequence length {n_steps}, got {list(lengths)}."
-        )
+    stages = check_lengths(lengths, n_steps) if lengths else []  # start = T: the full length only
     return stages if stages and stages[-1] == n_steps else [*stages, n_steps]
+
+
+def check_lengths(lengths: Sequence[int], n_steps: int | None = None) -> list[int]:
+    """The one check of a curriculum's stage lengths (``Curriculum``, ``stage_lengths`` and the config use it).
+
+    Args:
+        lengths: the stages' lengths in steps.
+        n_steps: the sequence length T that bounds them, where it is known.
+
+    Returns:
+        The lengths as ints.
+
+    Raises:
+        ValueError: empty, not increasing, below 1 or above ``n_steps``.
+    """
+    stages = [int(v) for v in lengths]
+    bound = n_steps if n_steps is not None else float("inf")
+    if not stages or any(b <= a for a, b in zip(stages, stages[1:])) or not all(1 <= v <= bound for v in stages):
+        within = f"each between 1 and the sequence length T = {n_steps}" if n_steps is not None else "each >= 1"
+        raise ValueError(f"Argument lengths should increase, {within}, got {list(lengths)}.")
+    return stages
 
 
 def cut_batch(batch: Any, steps: int) -> Any:
@@ -167,9 +188,7 @@ class Curriculum:
         follow_tbptt: bool = False,
         lr_factor: float = 1.0,
     ) -> None:
-        self.lengths = [int(v) for v in lengths]
-        if not self.lengths or any(b <= a for a, b in zip(self.lengths, self.lengths[1:])) or self.lengths[0] < 1:
-            raise ValueError(f"Argument lengths should be positive and increasing, got {list(lengths)}.")
+        self.lengths = check_lengths(lengths)
         if (epochs_per_stage is None) == (metric is None):
             raise ValueError("Arguments epochs_per_stage and metric: give exactly one (the epoch or the metric rule).")
         if (metric is None) != (threshold is None):

@@ -75,7 +75,7 @@ def test_stage_lengths_grow_by_the_factor_or_follow_the_list_and_end_at_the_full
     with pytest.raises(
         ValueError,
         match=re.escape(
-            "Argument lengths should increase, each between 1 and the sequence length 1000, got [300, 100]."
+            "Argument lengths should increase, each between 1 and the sequence length T = 1000, got [300, 100]."
         ),
     ):
         stage_lengths(1000, lengths=[300, 100])
@@ -102,7 +102,7 @@ def test_cut_batch_keeps_the_first_steps_of_every_batch_form():
 
 
 def test_curriculum_arguments_are_checked():
-    with pytest.raises(ValueError, match="Argument lengths should be positive and increasing, got"):
+    with pytest.raises(ValueError, match=r"Argument lengths should increase, each >= 1, got \[20, 10\]"):
         Curriculum([20, 10], epochs_per_stage=1)
     with pytest.raises(ValueError, match="give exactly one"):
         Curriculum([10, 20])
@@ -268,23 +268,30 @@ def _problems(curriculum, **sections):
     return info.value.problems
 
 
+T_NOTE = " (T = round(data.fs * data.duration))"
 C = "train.curriculum"
 
 
 @pytest.mark.parametrize(
     "curriculum, problem",
     [
-        ({"epochs_per_stage": 1}, f"{C}: needs its stages: lengths (e.g. [250, 500, 1000]) or start (and factor)"),
-        ({"lengths": [50], "start": 50, "epochs_per_stage": 1}, f"{C}.start: 50 and lengths [50]: give one of them"),
+        (
+            {"epochs_per_stage": 1},
+            f"{C}: lengths and start: give exactly one of them (lengths, e.g. [250, 500, 1000], or start and factor)",
+        ),
+        ({"lengths": [50], "start": 50, "epochs_per_stage": 1}, f"{C}: lengths and start: give exactly one of them"),
         (
             {"lengths": [100, 50], "epochs_per_stage": 1},
-            f"{C}.lengths: [100, 50] must increase, each <= the sequence length T = 200 (round(data.fs * data.duration))",
+            f"{C}.lengths: lengths should increase, each between 1 and the sequence length T = 200, got [100, 50]{T_NOTE}",
         ),
         (
             {"lengths": [50, 300], "epochs_per_stage": 1},
-            f"{C}.lengths: [50, 300] must increase, each <= the sequence length T = 200",
+            f"{C}.lengths: lengths should increase, each between 1 and the sequence length T = 200, got [50, 300]",
         ),
-        ({"start": 500, "epochs_per_stage": 1}, f"{C}.start: 500 must be <= the sequence length T = 200"),
+        (
+            {"start": 500, "epochs_per_stage": 1},
+            f"{C}.start: start should be between 1 and the sequence length T = 200, got 500",
+        ),
         ({"lengths": [0, 50], "epochs_per_stage": 1}, f"{C}.lengths[0]: 0 is out of range: must be >= 1"),
         (
             {"start": 50},

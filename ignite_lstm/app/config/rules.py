@@ -180,22 +180,17 @@ def _check_curriculum(cfg: dict, problems: list[str], valid: Callable[..., bool]
     if c.get("enabled") is not True or not valid(key):
         return
     lengths, start, metric, per = c.get("lengths"), c.get("start"), c.get("metric"), c.get("epochs_per_stage")
-    if not lengths and start is None:
-        problems.append(f"{key}: needs its stages: lengths (e.g. [250, 500, 1000]) or start (and factor)")
-    elif lengths and start is not None:
-        problems.append(f"{key}.start: {start!r} and lengths {lengths!r}: give one of them")
     fs, duration = data.get("fs"), data.get("duration")
     if valid("data.fs", "data.duration") and _is_number(fs) and _is_number(duration) and math.isfinite(fs * duration):
         steps = sample_count(fs, duration)
-        if lengths and (any(b <= a for a, b in zip(lengths, lengths[1:])) or lengths[-1] > steps):
-            problems.append(
-                f"{key}.lengths: {lengths!r} must increase, each <= the sequence length T = {steps} "
-                f"(round(data.fs * data.duration))"
-            )
-        elif start is not None and start > steps:
-            problems.append(f"{key}.start: {start!r} must be <= the sequence length T = {steps}")
-        elif bool(lengths) != (start is not None) and per is not None and valid("train.epochs"):
-            _check_stage_epochs(c, train, steps, problems)
+        try:  # the stages' rule is the curriculum's own (stage_lengths), said here with the keys' names
+            stage_lengths(steps, lengths or (), start, c.get("factor") or 2.0)
+        except ValueError as exc:
+            which = "" if bool(lengths) == (start is not None) else ".start" if start is not None else ".lengths"
+            problems.append(f"{key}{which}: {_keyed(str(exc))} (T = round(data.fs * data.duration))")
+        else:
+            if per is not None and valid("train.epochs"):
+                _check_stage_epochs(c, train, steps, problems)
     if per is None and metric is None:
         problems.append(
             f"{key}: needs a rule to advance: epochs_per_stage (fixed epochs per stage), or metric and threshold"
@@ -226,6 +221,11 @@ def _check_curriculum(cfg: dict, problems: list[str], valid: Callable[..., bool]
             f"{key}.lr_factor: {c.get('lr_factor')!r} with handlers.lr_scheduler.name={schedule!r}, which "
             f"sets the rate at every step and would undo it: use none or plateau, or lr_factor 1.0"
         )
+
+
+def _keyed(message: str) -> str:
+    """A library argument message in the config's words: "Argument start should ..." -> "start should ..."."""
+    return message.replace("Arguments ", "").replace("Argument ", "").rstrip(".")
 
 
 def _check_stage_epochs(c: dict, train: dict, steps: int, problems: list[str]) -> None:
