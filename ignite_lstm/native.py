@@ -80,12 +80,22 @@ def _forward(x, packed, H, h0, c0, hs, cs=None, gates=None, xh=None, h_n=None, c
     function("lstm_forward", x.dtype)(n, T, B, I, H, *ptrs)
 
 
-def _backward(recurrent, gates, cs, c0, dhs, w_hh, dc_n, dz, dh0, dc0) -> None:
+def _own_products() -> bool:
+    """Whether the backward computes the weight and input gradients in the kernel (AVX-512 builds).
+
+    There its 16-wide products beat MKL, which takes its AVX2 code on AMD processors; elsewhere
+    PyTorch's products run (``_Layer.backward``).
+    """
+    return library().ignite_lstm_simd() == 2
+
+
+def _backward(recurrent, gates, cs, c0, dhs, w_hh, w_ih, xh, dc_n, dz, dx, dw, dh0, dc0) -> None:
     T, B, H = cs.shape
+    I = w_ih.shape[1]
     n = _threads(B, T)
-    work = cs.new_empty(n * library().lstm_backward_work(B, H))
-    ptrs = [_ptr(t) for t in (gates, cs, c0, dhs, w_hh, dc_n, dz, dh0, dc0, work)]
-    function("lstm_backward", cs.dtype)(n, T, B, H, int(recurrent), *ptrs)
+    work = cs.new_empty(n * library().lstm_backward_work(B, I, H))
+    ptrs = [_ptr(t) for t in (gates, cs, c0, dhs, w_hh, w_ih, xh, dc_n, dz, dx, dw, dh0, dc0, work)]
+    function("lstm_backward", cs.dtype)(n, T, B, I, H, int(recurrent), *ptrs)
 
 
 class _Stack:
@@ -215,10 +225,16 @@ class _Layer(torch.autograd.Function):
         dh0 = cs.new_empty(B, H) if recurrent and want_h0 else None
         dc0 = cs.new_empty(B, H) if recurrent and want_c0 else None
         dc_n = d_cn.contiguous() if d_cn is not None else None
-        _backward(recurrent, gates, cs, c0, d_hs, w_hh.contiguous(), dc_n, dz, dh0, dc0)
-        dz2 = dz.view(T * B, 4 * H)
-        d_x = (dz2 @ w_ih).view(T, B, I) if ctx.needs_input_grad[0] else None
-        d_w = dz2.t() @ xh.view(T * B, I + H + 1)  # (4H, I + H + 1) = [dW_ih, dW_hh, db]
+        w_ih = w_ih.contiguous()
+        if _own_products():  # the kernel's own products, step by step and from its own rows
+            d_x = cs.new_empty(T, B, I) if ctx.needs_input_grad[0] else None
+            d_w = cs.new_empty(4 * H, I + H + 1)  # [dW_ih, dW_hh, db]
+            _backward(recurrent, gates, cs, c0, d_hs, w_hh.contiguous(), w_ih, xh, dc_n, dz, d_x, d_w, dh0, dc0)
+        else:
+            _backward(recurrent, gates, cs, c0, d_hs, w_hh.contiguous(), w_ih, None, dc_n, dz, None, None, dh0, dc0)
+            dz2 = dz.view(T * B, 4 * H)
+            d_x = (dz2 @ w_ih).view(T, B, I) if ctx.needs_input_grad[0] else None
+            d_w = dz2.t() @ xh.view(T * B, I + H + 1)  # (4H, I + H + 1) = [dW_ih, dW_hh, db]
         d_b = d_w[:, I + H].contiguous()
         return d_x, dh0, dc0, d_w[:, :I].contiguous(), d_w[:, I : I + H].contiguous(), d_b, d_b.clone(), None
 
