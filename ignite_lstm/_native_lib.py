@@ -44,7 +44,7 @@ def _build() -> ctypes.CDLL:
         getattr(lib, f"lstm_pack_{suffix}").argtypes = [i] * 2 + [p] * 5
         getattr(lib, f"lstm_forward_{suffix}").argtypes = [i] * 5 + [p] * 11
         getattr(lib, f"lstm_stack_forward_{suffix}").argtypes = [i] * 7 + [p] * 11
-        getattr(lib, f"lstm_backward_{suffix}").argtypes = [i] * 6 + [p] * 14
+        getattr(lib, f"lstm_backward_{suffix}").argtypes = [i] * 6 + [p] * 16
     return lib
 
 

@@ -89,12 +89,14 @@ def _own_products() -> bool:
     return library().ignite_lstm_simd() == 2
 
 
-def _backward(recurrent, gates, cs, c0, dhs, w_hh, w_ih, xh, dc_n, dz, dx, dw, dh0, dc0) -> None:
+def _backward(recurrent, gates, cs, c0, dhs, w_hh, w_ih, rows, dc_n, dz, dx, dw, dh0, dc0) -> None:
+    """rows: the forward's (x, hs, h0) for the kernel's own weight gradients into dw, or None (dw None)."""
     T, B, H = cs.shape
     I = w_ih.shape[1]
     n = _threads(B, T)
     work = cs.new_empty(n * library().lstm_backward_work(B, I, H))
-    ptrs = [_ptr(t) for t in (gates, cs, c0, dhs, w_hh, w_ih, xh, dc_n, dz, dx, dw, dh0, dc0, work)]
+    x, hs, h0 = rows if rows is not None else (None, None, None)
+    ptrs = [_ptr(t) for t in (gates, cs, c0, dhs, w_hh, w_ih, x, hs, h0, dc_n, dz, dx, dw, dh0, dc0, work)]
     function("lstm_backward", cs.dtype)(n, T, B, I, H, int(recurrent), *ptrs)
 
 
@@ -202,17 +204,20 @@ class _Layer(torch.autograd.Function):
         H = w_hh.shape[1]
         x, h0, c0 = x.contiguous(), h0.contiguous(), c0.contiguous()
         hs, cs, gates = x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, 4 * H)
-        xh = x.new_empty(T, B, I + H + 1)  # rows [x_t, h_{t-1}, 1]: one product gives all weight gradients
+        # PyTorch's products: rows [x_t, h_{t-1}, 1], one product gives all weight gradients; the
+        # kernel's own read x, hs and h0 where they are
+        own = _own_products()
+        xh = None if own else x.new_empty(T, B, I + H + 1)
         h_n, c_n = x.new_empty(B, H), x.new_empty(B, H)
         _forward(x, _pack(w_ih, w_hh, b_ih, b_hh), H, h0, c0, hs, cs, gates, xh, h_n, c_n)
-        ctx.save_for_backward(c0, w_ih, w_hh, cs, gates, xh)
+        ctx.save_for_backward(c0, w_ih, w_hh, cs, gates, *((x, h0, hs) if own else (xh,)))
         ctx.recurrent = recurrent
         ctx.set_materialize_grads(False)  # unused outputs (often the final state) get None, not zeros
         return hs, h_n, c_n
 
     @staticmethod
     def backward(ctx, d_hs, d_hn, d_cn):
-        c0, w_ih, w_hh, cs, gates, xh = ctx.saved_tensors
+        c0, w_ih, w_hh, cs, gates, *rows = ctx.saved_tensors
         T, B, H = cs.shape
         I = w_ih.shape[1]
         d_hs = d_hs.contiguous() if d_hs is not None else cs.new_zeros(T, B, H)
@@ -221,17 +226,19 @@ class _Layer(torch.autograd.Function):
             d_hs[-1] += d_hn
         recurrent = ctx.recurrent
         want_h0, want_c0 = ctx.needs_input_grad[1:3]
-        dz = torch.empty_like(gates)
         dh0 = cs.new_empty(B, H) if recurrent and want_h0 else None
         dc0 = cs.new_empty(B, H) if recurrent and want_c0 else None
         dc_n = d_cn.contiguous() if d_cn is not None else None
-        w_ih = w_ih.contiguous()
-        if _own_products():  # the kernel's own products, step by step and from its own rows
+        w_ih, w_hh = w_ih.contiguous(), w_hh.contiguous()
+        if len(rows) == 3:  # the kernel's own products, from the rows x, h0, hs, a few steps at a time
+            x, h0, hs = rows
             d_x = cs.new_empty(T, B, I) if ctx.needs_input_grad[0] else None
             d_w = cs.new_empty(4 * H, I + H + 1)  # [dW_ih, dW_hh, db]
-            _backward(recurrent, gates, cs, c0, d_hs, w_hh.contiguous(), w_ih, xh, dc_n, dz, d_x, d_w, dh0, dc0)
+            _backward(recurrent, gates, cs, c0, d_hs, w_hh, w_ih, (x, hs, h0), dc_n, None, d_x, d_w, dh0, dc0)
         else:
-            _backward(recurrent, gates, cs, c0, d_hs, w_hh.contiguous(), w_ih, None, dc_n, dz, None, None, dh0, dc0)
+            (xh,) = rows
+            dz = torch.empty_like(gates)
+            _backward(recurrent, gates, cs, c0, d_hs, w_hh, w_ih, None, dc_n, dz, None, None, dh0, dc0)
             dz2 = dz.view(T * B, 4 * H)
             d_x = (dz2 @ w_ih).view(T, B, I) if ctx.needs_input_grad[0] else None
             d_w = dz2.t() @ xh.view(T * B, I + H + 1)  # (4H, I + H + 1) = [dW_ih, dW_hh, db]

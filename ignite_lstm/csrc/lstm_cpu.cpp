@@ -26,6 +26,7 @@
 #endif
 #include <chrono>
 #include <type_traits>
+#include <vector>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define IGNITE_LSTM_AVX2 1
@@ -271,12 +272,19 @@ void gemm_acc<float>(int rows, int K, const float* a, int lda, const float* w, i
     });
     n0 += 16 * blocks;
   }
-  const float* wt = w + static_cast<int64_t>(nb) * K;
-  for (int r = 0; r < rows; ++r)
+  if (nt == 0) return;
+  const float* wt = w + static_cast<int64_t>(nb) * K;  // the last nt columns, K x nt row-major
+  const __mmask16 m = tail_mask(nt);
+  for (int r0 = 0; r0 < rows; r0 += 8) {  // 8 rows x the nt columns in registers (masked)
+    const int n = std::min(8, rows - r0);
+    __m512 acc[8];
+    for (int r = 0; r < n; ++r) acc[r] = _mm512_maskz_loadu_ps(m, z + (r0 + r) * ldz + nb);
     for (int k = 0; k < K; ++k) {
-      const float av = a[r * lda + k];
-      for (int n = 0; n < nt; ++n) z[r * ldz + nb + n] += av * wt[k * nt + n];
+      const __m512 wv = _mm512_maskz_loadu_ps(m, wt + k * nt);
+      for (int r = 0; r < n; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[(r0 + r) * lda + k]), wv, acc[r]);
     }
+    for (int r = 0; r < n; ++r) _mm512_mask_storeu_ps(z + (r0 + r) * ldz + nb, m, acc[r]);
+  }
 }
 #elif defined(IGNITE_LSTM_AVX2)
 // R rows x 16 columns of z in registers across the K loop; w one packed block (K x 16).
@@ -738,38 +746,52 @@ void stack_forward(int T_, int B, int L, int I0, int H, int O, int b0, int b1, c
 
 // ---------------------------------------------------------------- weight gradients
 //
-// dW^T (X x Gp, Gp = 4H rounded up to 16) += xh^T @ dz over rows: the rows [x_t, h_{t-1}, 1] of xh
-// (X = I + H + 1 values) and the gate gradients dz (4H values) of the same position. Each thread
-// sums its own rows into its own copy; the copies are added after the parallel region
+// dW^T (X x Gp, X = I + H + 1, Gp = 4H rounded up to 16) += [x, h_prev, 1]^T @ dz over rows: each
+// row's layer input x_t (I values), previous state h_{t-1} (H values, the forward's own output
+// hs[t-1], or h0) and a 1 for the bias, with the gate gradients dz (4H values) of the same position.
+// Each thread sums its own rows into its own copy; the copies are added after the parallel region
 // (`reduce_wgrad`), which also transposes to PyTorch's (4H x X) = [dW_ih, dW_hh, db].
 inline int round16(int n) { return 16 * ((n + 15) / 16); }
 
-constexpr int WG_ROWS = 64;  // rows per block: a block's dz and xh rows stay in L1 across the tiles
+constexpr int WG_ROWS = 32;  // rows per block (at least): a block's rows stay in L1 across the tiles
+
+// A block of kn rows: pointers to each row's dz, x, h_prev and a 1.
+template <typename T>
+struct WgradRows {
+  int kn, I, H;
+  const T* const* dz;
+  const T* const* x;
+  const T* const* h;
+  const T* const* one;
+};
 
 template <typename T>
-void wgrad_block(int kn, const T* const* dzp, const T* const* xhp, int G, int X, T* ct) {
+void wgrad_block(const WgradRows<T>& b, int G, T* ct) {
   const int Gp = round16(G);
-  for (int k = 0; k < kn; ++k)
-    for (int n = 0; n < X; ++n) {
-      const T xv = xhp[k][n];
+  for (int k = 0; k < b.kn; ++k) {
+    const T* d = b.dz[k];
+    for (int n = 0; n < b.I + b.H + 1; ++n) {
+      const T v = n < b.I ? b.x[k][n] : (n < b.I + b.H ? b.h[k][n - b.I] : T(1));
       T* row = ct + static_cast<int64_t>(n) * Gp;
-      for (int m = 0; m < G; ++m) row[m] += xv * dzp[k][m];
+      for (int m = 0; m < G; ++m) row[m] += v * d[m];
     }
+  }
 }
 
 #ifdef IGNITE_LSTM_AVX512
-// NT columns of xh x NV vectors of 16 gates of dz^T: NT x NV registers across the block's rows.
+// Rows out0 .. out0 + NT - 1 of ct, gates m0 .. m0 + 16 NV - 1 (the last vector masked): NT x NV
+// registers across the block's rows; src[k] + col: the row's NT values.
 template <int NT, int NV>
-inline void wgrad_tile(int kn, const float* const* dzp, const float* const* xhp, int m0, int n0, __mmask16 last,
-                       float* ct, int Gp) {
+inline void wgrad_tile(int kn, const float* const* dzp, const float* const* src, int col, int m0, int out0,
+                       __mmask16 last, float* ct, int Gp) {
   __m512 acc[NT][NV];
 #pragma GCC unroll 6
   for (int j = 0; j < NT; ++j)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_loadu_ps(ct + static_cast<int64_t>(n0 + j) * Gp + m0 + 16 * v);
+    for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_loadu_ps(ct + static_cast<int64_t>(out0 + j) * Gp + m0 + 16 * v);
   for (int k = 0; k < kn; ++k) {
     const float* d = dzp[k] + m0;
-    const float* xr = xhp[k] + n0;
+    const float* xr = src[k] + col;
     __m512 dv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) dv[v] = v + 1 < NV ? _mm512_loadu_ps(d + 16 * v) : _mm512_maskz_loadu_ps(last, d + 16 * v);
@@ -783,57 +805,47 @@ inline void wgrad_tile(int kn, const float* const* dzp, const float* const* xhp,
 #pragma GCC unroll 6
   for (int j = 0; j < NT; ++j)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(ct + static_cast<int64_t>(n0 + j) * Gp + m0 + 16 * v, acc[j][v]);
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(ct + static_cast<int64_t>(out0 + j) * Gp + m0 + 16 * v, acc[j][v]);
 }
 
+// ncols columns of one source (x, h_prev or the 1), into ct rows from out0.
 template <int NV>
-inline void wgrad_tiles(int kn, const float* const* dzp, const float* const* xhp, int m0, int X, __mmask16 last,
-                        float* ct, int Gp) {
+inline void wgrad_tiles(int kn, const float* const* dzp, const float* const* src, int ncols, int m0, int out0,
+                        __mmask16 last, float* ct, int Gp) {
   int n0 = 0;
-  for (; n0 + 6 <= X; n0 += 6) wgrad_tile<6, NV>(kn, dzp, xhp, m0, n0, last, ct, Gp);
-  switch (X - n0) {
-    case 5: wgrad_tile<5, NV>(kn, dzp, xhp, m0, n0, last, ct, Gp); break;
-    case 4: wgrad_tile<4, NV>(kn, dzp, xhp, m0, n0, last, ct, Gp); break;
-    case 3: wgrad_tile<3, NV>(kn, dzp, xhp, m0, n0, last, ct, Gp); break;
-    case 2: wgrad_tile<2, NV>(kn, dzp, xhp, m0, n0, last, ct, Gp); break;
-    case 1: wgrad_tile<1, NV>(kn, dzp, xhp, m0, n0, last, ct, Gp); break;
+  for (; n0 + 6 <= ncols; n0 += 6) wgrad_tile<6, NV>(kn, dzp, src, n0, m0, out0 + n0, last, ct, Gp);
+  switch (ncols - n0) {
+    case 5: wgrad_tile<5, NV>(kn, dzp, src, n0, m0, out0 + n0, last, ct, Gp); break;
+    case 4: wgrad_tile<4, NV>(kn, dzp, src, n0, m0, out0 + n0, last, ct, Gp); break;
+    case 3: wgrad_tile<3, NV>(kn, dzp, src, n0, m0, out0 + n0, last, ct, Gp); break;
+    case 2: wgrad_tile<2, NV>(kn, dzp, src, n0, m0, out0 + n0, last, ct, Gp); break;
+    case 1: wgrad_tile<1, NV>(kn, dzp, src, n0, m0, out0 + n0, last, ct, Gp); break;
     default: break;
   }
 }
 
+template <int NV>
+inline void wgrad_stripe(const WgradRows<float>& b, int m0, __mmask16 last, float* ct, int Gp) {
+  wgrad_tiles<NV>(b.kn, b.dz, b.x, b.I, m0, 0, last, ct, Gp);
+  wgrad_tiles<NV>(b.kn, b.dz, b.h, b.H, m0, b.I, last, ct, Gp);
+  wgrad_tiles<NV>(b.kn, b.dz, b.one, 1, m0, b.I + b.H, last, ct, Gp);
+}
+
 template <>
-void wgrad_block<float>(int kn, const float* const* dzp, const float* const* xhp, int G, int X, float* ct) {
+void wgrad_block<float>(const WgradRows<float>& b, int G, float* ct) {
   const int Gp = round16(G);
-  for (int m0 = 0; m0 < G; m0 += 64) {
+  for (int m0 = 0; m0 < G; m0 += 64) {  // 64 gates at a time: their dz rows stay in L1 across the tiles
     const int nv = std::min(4, (G - m0 + 15) / 16);
     const __mmask16 last = tail_mask(G - m0 - 16 * (nv - 1));
     switch (nv) {
-      case 4: wgrad_tiles<4>(kn, dzp, xhp, m0, X, last, ct, Gp); break;
-      case 3: wgrad_tiles<3>(kn, dzp, xhp, m0, X, last, ct, Gp); break;
-      case 2: wgrad_tiles<2>(kn, dzp, xhp, m0, X, last, ct, Gp); break;
-      default: wgrad_tiles<1>(kn, dzp, xhp, m0, X, last, ct, Gp); break;
+      case 4: wgrad_stripe<4>(b, m0, last, ct, Gp); break;
+      case 3: wgrad_stripe<3>(b, m0, last, ct, Gp); break;
+      case 2: wgrad_stripe<2>(b, m0, last, ct, Gp); break;
+      default: wgrad_stripe<1>(b, m0, last, ct, Gp); break;
     }
   }
 }
 #endif
-
-// This thread's rows [b0, b1) of every step, in blocks of WG_ROWS, into ct (X x Gp).
-template <typename T>
-void wgrad(int T_, int B, int b0, int b1, int G, int X, const T* dz, const T* xh, T* ct) {
-  const int rows = b1 - b0;
-  const int64_t total = static_cast<int64_t>(T_) * rows;
-  const T* dzp[WG_ROWS];
-  const T* xhp[WG_ROWS];
-  for (int64_t k0 = 0; k0 < total; k0 += WG_ROWS) {
-    const int kn = static_cast<int>(std::min<int64_t>(WG_ROWS, total - k0));
-    for (int k = 0; k < kn; ++k) {
-      const int64_t at = k0 + k, row = (at / rows) * B + b0 + at % rows;
-      dzp[k] = dz + row * G;
-      xhp[k] = xh + row * X;
-    }
-    wgrad_block<T>(kn, dzp, xhp, G, X, ct);
-  }
-}
 
 // dw (G x X) = the sum of the threads' ct (X x Gp each, `stride` values apart).
 template <typename T>
@@ -851,27 +863,34 @@ void reduce_wgrad(int threads, int G, int X, const T* ct, int64_t stride, T* dw)
 //   gates, cs: as kept by forward; c0 (B, H); dhs (T, B, H): dL/dh_t from outside the layer (read only).
 //   w_hh (4H, H): PyTorch's layout. recurrent: 1 propagates through h_{t-1} and c_{t-1} (BPTT within
 //   the call), 0 treats the previous state of every step as a constant (state detached after every step).
-//   dc_n (B, H) or nullptr: dL/dc of the final cell. dz (T, B, 4H) out: pre-activation gate gradients.
+//   dc_n (B, H) or nullptr: dL/dc of the final cell.
+//   dz (T, B, 4H) out: pre-activation gate gradients, or nullptr: kept only in the work, a few
+//   steps at a time, for the products below.
 //   w_ih (4H, I) and dx (T, B, I) or nullptr: the input gradient dx_t = dz_t @ W_ih, step by step.
-//   xh (T, B, I + H + 1) as kept by forward, or nullptr: this thread's weight gradients into the
-//   work's ct (X x Gp, zeroed by the caller), see wgrad.
+//   x (T, B, I), hs (T, B, H), h0 (B, H): the forward's input, output and initial state, or x nullptr:
+//   this thread's weight gradients into the work's ct (X x Gp, zeroed by the caller), a block of steps
+//   at a time while their dz is in cache (wgrad_block).
 //   dh0, dc0 (B, H) out or nullptr: gradient into the initial state (recurrent only).
-//   work: backward_work(rows, I, H) values.
-template <typename T>
-int64_t backward_work(int rows, int I, int H) {
-  const int64_t G = 4 * H;
-  return G * H + G * I + static_cast<int64_t>(rows) * 3 * H + static_cast<int64_t>(I + H + 1) * round16(4 * H);
-}
-// where a thread's ct starts in its work
+//   work: backward_work(work_rows, I, H) values (work_rows >= rows).
+inline int wgrad_steps(int rows) { return std::max(1, (WG_ROWS + rows - 1) / rows); }
+
+// where a thread's ct and dz ring start in its work
 inline int64_t backward_ct(int rows, int I, int H) {
   const int64_t G = 4 * H;
   return G * H + G * I + static_cast<int64_t>(rows) * 3 * H;
 }
+inline int64_t backward_ring(int rows, int I, int H) {
+  return backward_ct(rows, I, H) + static_cast<int64_t>(I + H + 1) * round16(4 * H);
+}
+template <typename T>
+int64_t backward_work(int rows, int I, int H) {
+  return backward_ring(rows, I, H) + static_cast<int64_t>(wgrad_steps(rows)) * rows * 4 * H;
+}
 
 template <typename T>
 void backward(int T_, int B, int I, int H, int b0, int b1, int recurrent, const T* gates, const T* cs, const T* c0,
-              const T* dhs, const T* w_hh, const T* w_ih, const T* xh, const T* dc_n, T* dz, T* dx, T* dh0, T* dc0,
-              T* work, int work_rows) {
+              const T* dhs, const T* w_hh, const T* w_ih, const T* x, const T* hs, const T* h0, const T* dc_n, T* dz,
+              T* dx, T* dh0, T* dc0, T* work, int work_rows) {
   const int G = 4 * H, rows = b1 - b0;
   T* whh = work;                       // W_hh (4H x H) packed: dh_{t-1} = dz_t @ W_hh
   if (recurrent) pack(G, H, w_hh, whh);
@@ -880,6 +899,19 @@ void backward(int T_, int B, int I, int H, int b0, int b1, int recurrent, const 
   T* dh = wih + static_cast<int64_t>(G) * I;  // dL/dh_t, all sources
   T* dc_a = dh + rows * H;             // dL/dc_t from step t+1, and the next one's, in turn
   T* dc_b = dc_a + rows * H;
+  T* ct = work + backward_ct(work_rows, I, H);
+  T* ring = work + backward_ring(work_rows, I, H);  // dz of the steps since the last weight-gradient block
+  const int block = wgrad_steps(rows);
+  static const T one[1] = {T(1)};
+  std::vector<const T*> dzp, xp, hp, onep;
+  if (x) {
+    const size_t n = static_cast<size_t>(block) * rows;
+    dzp.resize(n);
+    xp.resize(n);
+    hp.resize(n);
+    onep.assign(n, one);
+  }
+  int pending = 0;
   const T* dc_in = nullptr;
   if (dc_n) {
     std::memcpy(dc_a, dc_n + static_cast<int64_t>(b0) * H, sizeof(T) * rows * H);
@@ -895,7 +927,7 @@ void backward(int T_, int B, int I, int H, int b0, int b1, int recurrent, const 
     }
     const T* c_prev = t > 0 ? cs + (row0 - B) * H : c0 + static_cast<int64_t>(b0) * H;
     T* dc_out = (recurrent && (t > 0 || dc0)) ? (dc_in == dc_a ? dc_b : dc_a) : nullptr;
-    T* dzt = dz + row0 * G;
+    T* dzt = dz ? dz + row0 * G : ring + static_cast<int64_t>(pending) * rows * G;
     for (int r = 0; r < rows; ++r)
       cell_backward<T>(H, gates + (row0 + r) * G, c_prev + r * H, cs + (row0 + r) * H, dh_all + r * H,
                        dc_in ? dc_in + r * H : nullptr, dzt + r * G, dc_out ? dc_out + r * H : nullptr);
@@ -909,10 +941,24 @@ void backward(int T_, int B, int I, int H, int b0, int b1, int recurrent, const 
       std::memset(dh, 0, sizeof(T) * rows * H);
       gemm_acc<T>(rows, G, dzt, G, whh, H, dh, H);
     }
+    if (x) {
+      const T* h_prev = t > 0 ? hs + (row0 - B) * H : h0 + static_cast<int64_t>(b0) * H;
+      for (int r = 0; r < rows; ++r) {
+        const size_t at = static_cast<size_t>(pending) * rows + r;
+        dzp[at] = dzt + static_cast<int64_t>(r) * G;
+        xp[at] = x + (row0 + r) * I;
+        hp[at] = h_prev + static_cast<int64_t>(r) * H;
+      }
+      if (++pending == block || t == 0) {
+        wgrad_block<T>(WgradRows<T>{pending * rows, I, H, dzp.data(), xp.data(), hp.data(), onep.data()}, G, ct);
+        pending = 0;
+      }
+    } else if (!dz) {
+      pending = 0;  // the ring's first slot serves every step
+    }
   }
   if (recurrent && dh0) std::memcpy(dh0 + static_cast<int64_t>(b0) * H, dh, sizeof(T) * rows * H);
   if (recurrent && dc0) std::memcpy(dc0 + static_cast<int64_t>(b0) * H, dc_in, sizeof(T) * rows * H);
-  if (xh) wgrad<T>(T_, B, b0, b1, G, I + H + 1, dz, xh, work + backward_ct(work_rows, I, H));
 }
 
 // body(b0, b1, work) on `threads` disjoint row ranges of B rows, each with its own slice of
@@ -1060,15 +1106,16 @@ long long lstm_backward_work(int B, int I, int H) { return backward_work<double>
                   });                                                                                             \
   }                                                                                                               \
   void lstm_backward_##SUFFIX(int threads, int T_, int B, int I, int H, int recurrent, const T* gates,            \
-                              const T* cs, const T* c0, const T* dhs, const T* w_hh, const T* w_ih, const T* xh, \
-                              const T* dc_n, T* dz, T* dx, T* dw, T* dh0, T* dc0, T* work) {                      \
-    const int64_t per = backward_work<T>(B, I, H), ct = backward_ct(B, I, H);                                           \
+                              const T* cs, const T* c0, const T* dhs, const T* w_hh, const T* w_ih, const T* x,  \
+                              const T* hs, const T* h0, const T* dc_n, T* dz, T* dx, T* dw, T* dh0, T* dc0,      \
+                              T* work) {                                                                          \
+    const int64_t per = backward_work<T>(B, I, H), ct = backward_ct(B, I, H);                                     \
     const int64_t ct_size = static_cast<int64_t>(I + H + 1) * round16(4 * H);                                     \
     if (dw)                                                                                                       \
       for (int k = 0; k < std::max(threads, 1); ++k) std::memset(work + k * per + ct, 0, sizeof(T) * ct_size);    \
     parallel_rows(threads, B, per, reinterpret_cast<double*>(work), sizeof(T), [&](int b0, int b1, char* w) {     \
-      backward<T>(T_, B, I, H, b0, b1, recurrent, gates, cs, c0, dhs, w_hh, w_ih, dw ? xh : nullptr, dc_n, dz,    \
-                  dx, dh0, dc0, reinterpret_cast<T*>(w), B);                                                      \
+      backward<T>(T_, B, I, H, b0, b1, recurrent, gates, cs, c0, dhs, w_hh, w_ih, dw ? x : nullptr, hs, h0, dc_n, \
+                  dz, dx, dh0, dc0, reinterpret_cast<T*>(w), B);                                                  \
     });                                                                                                           \
     if (dw) reduce_wgrad<T>(std::max(threads, 1), 4 * H, I + H + 1, work + ct, per, dw);                          \
   }
