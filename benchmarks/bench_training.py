@@ -230,6 +230,7 @@ def worker_efficiency(steps: int, threads: int | None, rounds: int) -> dict:
         torch.set_num_threads(threads)
     n = torch.get_num_threads()
     lib = _native_lib.library()
+    describe = native.describe()
     probes: dict[int, list[float]] = {1: [], n: []}
 
     def probe() -> None:
@@ -266,7 +267,7 @@ def worker_efficiency(steps: int, threads: int | None, rounds: int) -> dict:
                 _, state = model.step(x[:1, t % steps], state)
             step_times.append((time.perf_counter() - start) / samples)
     return {
-        "threads": n, "describe": native.describe(), "width": lib.ignite_lstm_vector_width(),
+        "threads": n, "describe": describe, "width": lib.ignite_lstm_vector_width(),
         "peak": {str(t): max(v) for t, v in probes.items()},
         "peak_median": {str(t): statistics.median(v) for t, v in probes.items()},
         "train": {f"{e}-{b}": statistics.median(v) for (e, b), v in times.items()},

@@ -27,9 +27,10 @@ import torch
 from ignite_lstm._compat import tensor_version
 from ignite_lstm._native_lib import available, describe, disabled, function, library
 
-__all__ = ["available", "describe", "disabled", "lstm_layer", "lstm_layer_inference", "stack_runner"]
+__all__ = ["available", "describe", "disabled", "lstm_layer", "lstm_layer_inference", "stack_runner", "step_many"]
 
 _MIN_ROWS_PER_THREAD = 4  # below this, a thread's share of a step costs less than handing it over
+_MIN_ROWS_PER_STEP_THREAD = 16  # the same for a call of one step (a fork and join per call, not per chunk)
 
 
 # ---------------------------------------------------------------- packed weights
@@ -63,9 +64,8 @@ def _pack(w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
 
 def _threads(rows: int, steps: int) -> int:
     """Threads for a call: PyTorch's intra-op count, when each gets enough rows to be worth it."""
-    if steps == 1:
-        return 1
-    return max(1, min(torch.get_num_threads(), rows // _MIN_ROWS_PER_THREAD))
+    per_thread = _MIN_ROWS_PER_STEP_THREAD if steps == 1 else _MIN_ROWS_PER_THREAD
+    return max(1, min(torch.get_num_threads(), rows // per_thread))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -263,3 +263,51 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, recurrent: bool = True):
     """
     return _Layer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, recurrent)
 
+
+
+def step_many(model, x_t: torch.Tensor, state=None):
+    """The next step of many independent streams (lanes) in one native call, without gradients.
+
+    The serving path: lane n's input ``x_t[n]`` and state ``(h[:, n], c[:, n])`` give its output and
+    next state, the same numbers as ``model.step`` (eval mode) on that lane alone. The whole stack runs
+    in one kernel call, the lanes split between PyTorch's threads (16 lanes or more each), so that the
+    per-call cost is shared by all lanes. Without the native kernel (or off the CPU) ``model.step``
+    runs under ``torch.no_grad()``.
+
+    Args:
+        model: a ``StatefulLSTM`` (its dropout is not applied: the eval-mode step; a model in
+            training mode with dropout is refused).
+        x_t: (N, F) inputs of the N lanes.
+        state: ``(h, c)``, each (num_layers, N, H), or None (every lane from zeros).
+
+    Returns:
+        (y_t (N, O), (h, c) each (num_layers, N, H)), new tensors (the inputs are not modified).
+
+    Raises:
+        TypeError: x_t is not a tensor, or state not a pair of tensors.
+        ValueError: wrong shapes or dtypes, or a model in training mode with dropout.
+
+    Example:
+        >>> y, state = step_many(model.eval(), x_t, state)  # x_t (1000, 5): 1,000 streams, one step
+    """
+    if not isinstance(x_t, torch.Tensor):
+        raise TypeError(f"Argument x_t should be a tensor, got {type(x_t).__name__}.")
+    if x_t.dim() != 2 or x_t.shape[1] != model.input_size:
+        raise ValueError(f"Argument x_t should have shape (lanes, {model.input_size}), got {tuple(x_t.shape)}.")
+    if model.training and model.dropout > 0.0:
+        raise ValueError("step_many runs the eval-mode step; call model.eval() first (the model has dropout).")
+    if state is None:
+        state = model.init_state(x_t.shape[0], x_t.device, x_t.dtype)
+    if not isinstance(state, (tuple, list)) or len(state) != 2 or not all(isinstance(s, torch.Tensor) for s in state):
+        raise TypeError("Argument state should be a pair of tensors (h, c), or None.")
+    shape = (model.num_layers, x_t.shape[0], model.hidden_size)
+    for name, s in zip(("h", "c"), state):
+        if tuple(s.shape) != shape or s.dtype != x_t.dtype:
+            raise ValueError(f"State {name} should be a {x_t.dtype} tensor of shape {shape}, got {s.dtype} "
+                             f"{tuple(s.shape)}.")
+    with torch.no_grad():
+        if not available(x_t, *model.parameters()):
+            return model.step(x_t, tuple(state))
+        runner = stack_runner(model, model._weights(), (model.head.weight, model.head.bias), x_t.dtype)
+        _, y, h, c = runner.run(x_t.contiguous()[None], state[0].contiguous(), state[1].contiguous())
+    return y[0], (h, c)
