@@ -27,12 +27,12 @@ peak, so a busy machine lowers the shares rather than raises them). It times, in
 in turn (median of ``--rounds`` epochs each), the ``fused-detached`` training of the workload below at
 batch 8 and 40 (40 sequences x ``--efficiency-steps`` steps, 2,000 by default) and the per-step
 loop (``execution="stepwise"``) at batch 8, the same epochs timed the same way; then evaluation
-(batch 40) and ``model.step`` (batch 1, 1 thread). FLOP counted (multiply-adds of the matrix
+(batch 40), ``native.step_many`` (1,024 lanes, one step per call) and ``model.step`` (batch 1, 1 thread). FLOP counted (multiply-adds of the matrix
 products, 2 FLOP each; activations, the loss and the optimizer not counted), per sequence-step of
 ``StatefulLSTM(5 -> 64 x 2 -> 1)``:
 
 - forward: layer 1 (5 + 64) x 256 = 17,664, layer 2 (64 + 64) x 256 = 32,768, read-out 64:
-  50,496 multiply-adds (evaluation and ``model.step``: 100,992 FLOP);
+  50,496 multiply-adds (evaluation, ``step_many`` and ``model.step``: 100,992 FLOP);
 - backward with the state detached after every step: the weight gradients of both layers
   (17,664 + 32,768) and layer 2's input gradient 256 x 64 = 16,384: 66,816 multiply-adds (the
   read-out's 128 and layer 1's input gradient, which nothing asks for, are not counted);
@@ -213,6 +213,7 @@ def worker_stream(samples: int) -> dict:
 FORWARD_MACS = (FEATURES + HIDDEN) * 4 * HIDDEN + (HIDDEN + HIDDEN) * 4 * HIDDEN + HIDDEN  # 50,496
 BACKWARD_MACS = (FEATURES + HIDDEN) * 4 * HIDDEN + (HIDDEN + HIDDEN) * 4 * HIDDEN + 4 * HIDDEN * HIDDEN  # 66,816
 TRAIN_FLOP = 2 * (FORWARD_MACS + BACKWARD_MACS)  # 234,624 per sequence-step
+MANY_LANES = 1024  # lanes of the native.step_many row
 PROBE_ITERS = 5_000_000  # about 10 ms per probe at 2 x 16-wide FMAs per cycle
 
 
@@ -254,8 +255,20 @@ def worker_efficiency(steps: int, threads: int | None, rounds: int) -> dict:
         start = time.perf_counter()
         evaluator.run([(x, y)])
         eval_times.append(time.perf_counter() - start)
-    torch.set_num_threads(1)
     model.eval()
+    lanes = torch.randn(MANY_LANES, FEATURES)
+    many_times = []
+    with torch.inference_mode():
+        state = None
+        for _ in range(3):
+            _, state = native.step_many(model, lanes, state)
+        for _ in range(rounds):
+            probe()
+            start = time.perf_counter()
+            for _ in range(100):
+                _, state = native.step_many(model, lanes, state)
+            many_times.append((time.perf_counter() - start) / 100)
+    torch.set_num_threads(1)
     samples = 5000
     step_times = []
     with torch.inference_mode():
@@ -273,6 +286,7 @@ def worker_efficiency(steps: int, threads: int | None, rounds: int) -> dict:
         "train": {f"{e}-{b}": statistics.median(v) for (e, b), v in times.items()},
         "execution": {f"{e}-{b}": runs[(e, b)][0].execution for (e, b) in runs},
         "eval": statistics.median(eval_times), "step": statistics.median(step_times),
+        "step_many": statistics.median(many_times),
     }
 
 
@@ -295,6 +309,9 @@ def _efficiency_rows(steps: int, th: str, rounds: int) -> None:
     rate = SEQUENCES * steps * 2 * FORWARD_MACS / r["eval"] / 1e9
     print(f"    evaluation batch 40: {SEQUENCES * steps / r['eval']:11,.0f} sequence-steps/s, {rate:6.1f} GFLOP/s, "
           f"{rate / peak:6.1%} of the peak")
+    rate = MANY_LANES * 2 * FORWARD_MACS / r["step_many"] / 1e9
+    print(f"    native.step_many, {MANY_LANES} lanes: {r['step_many'] * 1e6:7.1f} us per call "
+          f"({MANY_LANES / r['step_many']:11,.0f} lane-steps/s), {rate:6.1f} GFLOP/s, {rate / peak:6.1%} of the peak")
     rate = 2 * FORWARD_MACS / r["step"] / 1e9
     print(f"    model.step batch 1, 1 thread: {r['step'] * 1e6:6.1f} us, {rate:6.2f} GFLOP/s, "
           f"{rate / peak1:6.2%} of the 1-thread peak", flush=True)

@@ -36,7 +36,8 @@ def _build() -> ctypes.CDLL:
     if lib.ignite_lstm_abi() != _ABI:
         raise RuntimeError(f"{lib._name} has ABI {lib.ignite_lstm_abi()}, expected {_ABI}")
     p, i = ctypes.c_void_p, ctypes.c_int
-    for name in ("lstm_packed_size", "lstm_forward_work", "lstm_stack_work", "lstm_backward_work"):
+    for name in ("lstm_packed_size", "lstm_forward_work", "lstm_stack_work", "lstm_backward_work", "gru_packed_size",
+                 "gru_forward_work", "gru_backward_work"):
         getattr(lib, name).restype = ctypes.c_longlong
     lib.ignite_lstm_fma_peak.restype = ctypes.c_double
     lib.ignite_lstm_fma_peak.argtypes = [i, ctypes.c_longlong]
@@ -45,6 +46,9 @@ def _build() -> ctypes.CDLL:
         getattr(lib, f"lstm_forward_{suffix}").argtypes = [i] * 5 + [p] * 11
         getattr(lib, f"lstm_stack_forward_{suffix}").argtypes = [i] * 7 + [p] * 11
         getattr(lib, f"lstm_backward_{suffix}").argtypes = [i] * 6 + [p] * 16
+        getattr(lib, f"gru_pack_{suffix}").argtypes = [i] * 2 + [p] * 5
+        getattr(lib, f"gru_forward_{suffix}").argtypes = [i] * 5 + [p] * 7
+        getattr(lib, f"gru_backward_{suffix}").argtypes = [i] * 5 + [p] * 9
     return lib
 
 

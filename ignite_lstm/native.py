@@ -38,22 +38,24 @@ _MIN_ROWS_PER_STEP_THREAD = 16  # the same for a call of one step (a fork and jo
 _packed: dict[tuple, tuple] = {}
 
 
-def _pack(w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+def _pack(w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor,
+          cell: str = "lstm") -> torch.Tensor:
     """The layer's parameters in the kernel's layout, rebuilt only when one of them changed.
 
     A change is a new version counter (an optimizer step, ``load_state_dict``) or new storage.
+    ``cell``: ``"lstm"`` or ``"gru"`` (``ignite_lstm.native_gru``).
     """
     tensors = (w_ih, w_hh, b_ih, b_hh)
-    key = tuple(id(t) for t in tensors)
+    key = (cell,) + tuple(id(t) for t in tensors)
     stamp = tuple((tensor_version(t), t.data_ptr()) for t in tensors)
     hit = _packed.get(key)
     if hit is not None and hit[0] == stamp and all(r() is t for r, t in zip(hit[1], tensors)):
         return hit[2]
     H = w_hh.shape[1]
     I = w_ih.shape[1]
-    out = torch.empty(library().lstm_packed_size(I, H), dtype=w_ih.dtype)
+    out = torch.empty(getattr(library(), f"{cell}_packed_size")(I, H), dtype=w_ih.dtype)
     src = [_checked(t.detach(), w_ih.dtype) for t in tensors]
-    function("lstm_pack", w_ih.dtype)(I, H, *(t.data_ptr() for t in src), out.data_ptr())
+    function(f"{cell}_pack", w_ih.dtype)(I, H, *(t.data_ptr() for t in src), out.data_ptr())
     if hit is None:
         weakref.finalize(w_ih, _packed.pop, key, None)  # the entry goes with its layer
     _packed[key] = (stamp, [weakref.ref(t) for t in tensors], out)

@@ -990,6 +990,127 @@ void parallel_rows(int threads, int B, int64_t per_thread, double* work_base, si
   body(0, B, base);
 }
 
+// ---------------------------------------------------------------- GRU
+//
+// PyTorch's GRU (gates r, z, n): r = sigmoid(W_ir x + b_ir + W_hr h + b_hr), z likewise,
+// n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1 - z) n + z h. The same structure as the
+// LSTM's unfused path: per step two products on gemm_acc (16-wide AVX-512 or AVX2 for float), then
+// one pass over the cells; the backward walks the steps from the last to the first and returns the
+// gate gradients, from which PyTorch's products give the weight and input gradients.
+
+// W_ih^T (I x 3H), W_hh^T (H x 3H) in gemm_acc's layout, then b_ih, b_hh.
+template <typename T>
+struct GruPacked {
+  int I, H;
+  const T* wih;
+  const T* whh;
+  const T* bih;
+  const T* bhh;
+  static int64_t size(int I, int H) { return static_cast<int64_t>(I + H + 2) * 3 * H; }
+  static void write(int I, int H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh, T* mem) {
+    const int G = 3 * H;
+    pack_transposed(G, I, w_ih, mem);
+    pack_transposed(G, H, w_hh, mem + static_cast<int64_t>(I) * G);
+    std::memcpy(mem + static_cast<int64_t>(I + H) * G, b_ih, sizeof(T) * G);
+    std::memcpy(mem + static_cast<int64_t>(I + H + 1) * G, b_hh, sizeof(T) * G);
+  }
+  GruPacked(int I_, int H_, const T* mem)
+      : I(I_), H(H_), wih(mem), whh(mem + static_cast<int64_t>(I_) * 3 * H_),
+        bih(mem + static_cast<int64_t>(I_ + H_) * 3 * H_), bhh(mem + static_cast<int64_t>(I_ + H_ + 1) * 3 * H_) {}
+};
+
+template <typename T>
+int64_t gru_forward_work(int rows, int H) { return static_cast<int64_t>(rows) * 6 * H; }
+
+// Forward of one GRU layer over T steps for rows [b0, b1) (time-major).
+//   x (T, B, I); h0 (B, H); hs (T, B, H) out; saved (T, B, 4H) out or nullptr: [r, z, n, W_hn h + b_hn]
+//   of every step for a backward; h_n (B, H) out or nullptr.
+template <typename T>
+void gru_forward(int T_, int B, int I, int H, int b0, int b1, const T* x, const T* packed, const T* h0, T* hs,
+                 T* saved, T* h_n, T* work) {
+  const int G = 3 * H, rows = b1 - b0;
+  const GruPacked<T> p(I, H, packed);
+  T* gi = work;
+  T* gh = work + static_cast<int64_t>(rows) * G;
+  const T* h_prev = h0 + static_cast<int64_t>(b0) * H;
+  for (int t = 0; t < T_; ++t) {
+    const int64_t row0 = static_cast<int64_t>(t) * B + b0;
+    for (int r = 0; r < rows; ++r) {
+      std::memcpy(gi + static_cast<int64_t>(r) * G, p.bih, sizeof(T) * G);
+      std::memcpy(gh + static_cast<int64_t>(r) * G, p.bhh, sizeof(T) * G);
+    }
+    gemm_acc<T>(rows, I, x + row0 * I, I, p.wih, G, gi, G);
+    gemm_acc<T>(rows, H, h_prev, H, p.whh, G, gh, G);
+    T* h = hs + row0 * H;
+    for (int r = 0; r < rows; ++r) {
+      const T* a = gi + static_cast<int64_t>(r) * G;
+      const T* b = gh + static_cast<int64_t>(r) * G;
+      T* sv = saved ? saved + (row0 + r) * 4 * H : nullptr;
+      for (int j = 0; j < H; ++j) {
+        const T rr = sigm(a[j] + b[j]), z = sigm(a[H + j] + b[H + j]);
+        const T n = tanh_(a[2 * H + j] + rr * b[2 * H + j]);
+        const T hp = h_prev[static_cast<int64_t>(r) * H + j];
+        h[static_cast<int64_t>(r) * H + j] = (T(1) - z) * n + z * hp;
+        if (sv) {
+          sv[j] = rr;
+          sv[H + j] = z;
+          sv[2 * H + j] = n;
+          sv[3 * H + j] = b[2 * H + j];
+        }
+      }
+    }
+    h_prev = h;
+  }
+  if (h_n) std::memcpy(h_n + static_cast<int64_t>(b0) * H, h_prev, sizeof(T) * rows * H);
+}
+
+template <typename T>
+int64_t gru_backward_work(int rows, int H) { return static_cast<int64_t>(3 * H) * H + static_cast<int64_t>(rows) * H; }
+
+// Backward of one GRU layer over T steps, last to first, for rows [b0, b1).
+//   saved: as gru_forward kept it; hs (T, B, H), h0 (B, H): the forward's states; dhs (T, B, H):
+//   dL/dh_t from outside the layer. w_hh (3H, H). recurrent: 1 through h_{t-1} (BPTT within the call),
+//   0: every step's previous state a constant. dgi, dgh (T, B, 3H) out: the gradients of the input-side
+//   pre-activations (W_i. x + b_i.) and of the hidden-side ones (W_h. h + b_h.). dh0 (B, H) out or nullptr.
+template <typename T>
+void gru_backward(int T_, int B, int H, int b0, int b1, int recurrent, const T* saved, const T* hs, const T* h0,
+                  const T* dhs, const T* w_hh, T* dgi, T* dgh, T* dh0, T* work) {
+  const int G = 3 * H, rows = b1 - b0;
+  T* whh = work;  // W_hh (3H x H) packed: dh_{t-1} += dgh_t @ W_hh
+  if (recurrent) pack(G, H, w_hh, whh);
+  T* dh = work + static_cast<int64_t>(G) * H;  // dL/dh_{t-1} through the recurrence, for the next step down
+  for (int t = T_ - 1; t >= 0; --t) {
+    const int64_t row0 = static_cast<int64_t>(t) * B + b0;
+    const T* h_prev = t > 0 ? hs + (row0 - B) * H : h0 + static_cast<int64_t>(b0) * H;
+    const bool carry = recurrent && t < T_ - 1;
+    const bool pass = recurrent && (t > 0 || dh0);
+    for (int r = 0; r < rows; ++r) {
+      const T* sv = saved + (row0 + r) * 4 * H;
+      const T* d_out = dhs + (row0 + r) * H;
+      T* di = dgi + (row0 + r) * G;
+      T* dg = dgh + (row0 + r) * G;
+      T* dhr = dh + static_cast<int64_t>(r) * H;
+      for (int j = 0; j < H; ++j) {
+        const T d = d_out[j] + (carry ? dhr[j] : T(0));
+        const T rr = sv[j], z = sv[H + j], n = sv[2 * H + j], ghn = sv[3 * H + j];
+        const T hp = h_prev[static_cast<int64_t>(r) * H + j];
+        const T dzn = d * (T(1) - z) * (T(1) - n * n);
+        const T dzr = dzn * ghn * rr * (T(1) - rr);
+        const T dzz = d * (hp - n) * z * (T(1) - z);
+        di[j] = dzr;
+        di[H + j] = dzz;
+        di[2 * H + j] = dzn;
+        dg[j] = dzr;
+        dg[H + j] = dzz;
+        dg[2 * H + j] = dzn * rr;
+        if (pass) dhr[j] = d * z;  // the direct path h' = ... + z h; the products add the rest below
+      }
+    }
+    if (pass) gemm_acc<T>(rows, G, dgh + row0 * G, G, whh, H, dh, H);
+  }
+  if (recurrent && dh0) std::memcpy(dh0 + static_cast<int64_t>(b0) * H, dh, sizeof(T) * rows * H);
+}
+
 // ---------------------------------------------------------------- FMA peak probe
 //
 // The machine's arithmetic peak at the vector width this build uses: PROBE_CHAINS independent
@@ -1131,6 +1252,32 @@ long long lstm_backward_work(int B, int I, int H) { return backward_work<double>
     if (dw) reduce_wgrad<T>(std::max(threads, 1), 4 * H, I + H + 1, work + ct, per, dw);                          \
   }
 
+#define IGNITE_GRU_DEFINE(SUFFIX, T)                                                                              \
+  void gru_pack_##SUFFIX(int I, int H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh, T* out) {     \
+    GruPacked<T>::write(I, H, w_ih, w_hh, b_ih, b_hh, out);                                                       \
+  }                                                                                                               \
+  void gru_forward_##SUFFIX(int threads, int T_, int B, int I, int H, const T* x, const T* packed, const T* h0,   \
+                            T* hs, T* saved, T* h_n, T* work) {                                                  \
+    parallel_rows(threads, B, gru_forward_work<T>(B, H), reinterpret_cast<double*>(work), sizeof(T),             \
+                  [&](int b0, int b1, char* w) {                                                                  \
+                    gru_forward<T>(T_, B, I, H, b0, b1, x, packed, h0, hs, saved, h_n, reinterpret_cast<T*>(w));  \
+                  });                                                                                             \
+  }                                                                                                               \
+  void gru_backward_##SUFFIX(int threads, int T_, int B, int H, int recurrent, const T* saved, const T* hs,       \
+                             const T* h0, const T* dhs, const T* w_hh, T* dgi, T* dgh, T* dh0, T* work) {         \
+    parallel_rows(threads, B, gru_backward_work<T>(B, H), reinterpret_cast<double*>(work), sizeof(T),            \
+                  [&](int b0, int b1, char* w) {                                                                  \
+                    gru_backward<T>(T_, B, H, b0, b1, recurrent, saved, hs, h0, dhs, w_hh, dgi, dgh, dh0,         \
+                                    reinterpret_cast<T*>(w));                                                     \
+                  });                                                                                             \
+  }
+
+long long gru_packed_size(int I, int H) { return GruPacked<double>::size(I, H); }
+long long gru_forward_work(int B, int H) { return gru_forward_work<double>(B, H); }
+long long gru_backward_work(int B, int H) { return gru_backward_work<double>(B, H); }
+
+IGNITE_GRU_DEFINE(f32, float)
+IGNITE_GRU_DEFINE(f64, double)
 IGNITE_LSTM_DEFINE(f32, float)
 IGNITE_LSTM_DEFINE(f64, double)
 
