@@ -939,6 +939,8 @@ void backward(int T_, int B, int I, int H, int b0, int b1, int recurrent, const 
     if (t > 0) prefetch_rows(gates + (row0 - B) * G, static_cast<int64_t>(rows) * G);  // the next step's rows,
     if (t > 1) prefetch_rows(cs + (row0 - 2 * B) * H, static_cast<int64_t>(rows) * H);  // while this one computes
     if (t > 0) prefetch_rows(dhs + (row0 - B) * H, static_cast<int64_t>(rows) * H);
+    if (x && t > 0) prefetch_rows(x + (row0 - B) * I, static_cast<int64_t>(rows) * I);  // the weight gradients'
+    if (x && t > 1) prefetch_rows(hs + (row0 - 2 * B) * H, static_cast<int64_t>(rows) * H);  // rows
     for (int r = 0; r < rows; ++r)
       cell_backward<T>(H, gates + (row0 + r) * G, c_prev + r * H, cs + (row0 + r) * H, dh_all + r * H,
                        dc_in ? dc_in + r * H : nullptr, dzt + r * G, dc_out ? dc_out + r * H : nullptr);
@@ -1022,6 +1024,85 @@ struct GruPacked {
 template <typename T>
 int64_t gru_forward_work(int rows, int H) { return static_cast<int64_t>(rows) * 6 * H; }
 
+// One row of H cells: a, b (3H) the input- and hidden-side pre-activations; h out; sv (4H) or nullptr:
+// [r, z, n, b_n] kept for the backward.
+template <typename T>
+inline void gru_cell_forward(int H, const T* a, const T* b, const T* h_prev, T* h, T* sv) {
+  for (int j = 0; j < H; ++j) {
+    const T rr = sigm(a[j] + b[j]), z = sigm(a[H + j] + b[H + j]);
+    const T n = tanh_(a[2 * H + j] + rr * b[2 * H + j]);
+    h[j] = (T(1) - z) * n + z * h_prev[j];
+    if (sv) {
+      sv[j] = rr;
+      sv[H + j] = z;
+      sv[2 * H + j] = n;
+      sv[3 * H + j] = b[2 * H + j];
+    }
+  }
+}
+
+// dL/dh d (H) in; the row's [r, z, n, b_n] sv and h_prev; the pre-activation gradients di, dg (3H) out;
+// dh_direct (H) = d z, or nullptr.
+template <typename T>
+inline void gru_cell_backward(int H, const T* d, const T* sv, const T* h_prev, T* di, T* dg, T* dh_direct) {
+  for (int j = 0; j < H; ++j) {
+    const T rr = sv[j], z = sv[H + j], n = sv[2 * H + j], ghn = sv[3 * H + j];
+    const T dzn = d[j] * (T(1) - z) * (T(1) - n * n);
+    const T dzr = dzn * ghn * rr * (T(1) - rr);
+    const T dzz = d[j] * (h_prev[j] - n) * z * (T(1) - z);
+    di[j] = dzr;
+    di[H + j] = dzz;
+    di[2 * H + j] = dzn;
+    dg[j] = dzr;
+    dg[H + j] = dzz;
+    dg[2 * H + j] = dzn * rr;
+    if (dh_direct) dh_direct[j] = d[j] * z;
+  }
+}
+
+#ifdef IGNITE_LSTM_AVX512
+template <>
+inline void gru_cell_forward<float>(int H, const float* a, const float* b, const float* h_prev, float* h, float* sv) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int j = 0; j < H; j += 16) {
+    const __mmask16 m = tail_mask(H - j);
+    auto ld = [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); };
+    const __m512 rr = sigm16(_mm512_add_ps(ld(a + j), ld(b + j)));
+    const __m512 z = sigm16(_mm512_add_ps(ld(a + H + j), ld(b + H + j)));
+    const __m512 bn = ld(b + 2 * H + j);
+    const __m512 n = tanh16(_mm512_add_ps(ld(a + 2 * H + j), _mm512_mul_ps(rr, bn)));
+    _mm512_mask_storeu_ps(h + j, m, _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(one, z), n), _mm512_mul_ps(z, ld(h_prev + j))));
+    if (sv) {
+      _mm512_mask_storeu_ps(sv + j, m, rr);
+      _mm512_mask_storeu_ps(sv + H + j, m, z);
+      _mm512_mask_storeu_ps(sv + 2 * H + j, m, n);
+      _mm512_mask_storeu_ps(sv + 3 * H + j, m, bn);
+    }
+  }
+}
+
+template <>
+inline void gru_cell_backward<float>(int H, const float* d, const float* sv, const float* h_prev, float* di,
+                                     float* dg, float* dh_direct) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int j = 0; j < H; j += 16) {
+    const __mmask16 m = tail_mask(H - j);
+    auto ld = [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); };
+    const __m512 dv = ld(d + j), rr = ld(sv + j), z = ld(sv + H + j), n = ld(sv + 2 * H + j), ghn = ld(sv + 3 * H + j);
+    const __m512 dzn = _mm512_mul_ps(_mm512_mul_ps(dv, _mm512_sub_ps(one, z)), _mm512_fnmadd_ps(n, n, one));
+    const __m512 dzr = _mm512_mul_ps(_mm512_mul_ps(dzn, ghn), _mm512_mul_ps(rr, _mm512_sub_ps(one, rr)));
+    const __m512 dzz = _mm512_mul_ps(_mm512_mul_ps(dv, _mm512_sub_ps(ld(h_prev + j), n)), _mm512_mul_ps(z, _mm512_sub_ps(one, z)));
+    _mm512_mask_storeu_ps(di + j, m, dzr);
+    _mm512_mask_storeu_ps(di + H + j, m, dzz);
+    _mm512_mask_storeu_ps(di + 2 * H + j, m, dzn);
+    _mm512_mask_storeu_ps(dg + j, m, dzr);
+    _mm512_mask_storeu_ps(dg + H + j, m, dzz);
+    _mm512_mask_storeu_ps(dg + 2 * H + j, m, _mm512_mul_ps(dzn, rr));
+    if (dh_direct) _mm512_mask_storeu_ps(dh_direct + j, m, _mm512_mul_ps(dv, z));
+  }
+}
+#endif
+
 // Forward of one GRU layer over T steps for rows [b0, b1) (time-major).
 //   x (T, B, I); h0 (B, H); hs (T, B, H) out; saved (T, B, 4H) out or nullptr: [r, z, n, W_hn h + b_hn]
 //   of every step for a backward; h_n (B, H) out or nullptr.
@@ -1042,23 +1123,10 @@ void gru_forward(int T_, int B, int I, int H, int b0, int b1, const T* x, const 
     gemm_acc<T>(rows, I, x + row0 * I, I, p.wih, G, gi, G);
     gemm_acc<T>(rows, H, h_prev, H, p.whh, G, gh, G);
     T* h = hs + row0 * H;
-    for (int r = 0; r < rows; ++r) {
-      const T* a = gi + static_cast<int64_t>(r) * G;
-      const T* b = gh + static_cast<int64_t>(r) * G;
-      T* sv = saved ? saved + (row0 + r) * 4 * H : nullptr;
-      for (int j = 0; j < H; ++j) {
-        const T rr = sigm(a[j] + b[j]), z = sigm(a[H + j] + b[H + j]);
-        const T n = tanh_(a[2 * H + j] + rr * b[2 * H + j]);
-        const T hp = h_prev[static_cast<int64_t>(r) * H + j];
-        h[static_cast<int64_t>(r) * H + j] = (T(1) - z) * n + z * hp;
-        if (sv) {
-          sv[j] = rr;
-          sv[H + j] = z;
-          sv[2 * H + j] = n;
-          sv[3 * H + j] = b[2 * H + j];
-        }
-      }
-    }
+    for (int r = 0; r < rows; ++r)
+      gru_cell_forward<T>(H, gi + static_cast<int64_t>(r) * G, gh + static_cast<int64_t>(r) * G,
+                          h_prev + static_cast<int64_t>(r) * H, h + static_cast<int64_t>(r) * H,
+                          saved ? saved + (row0 + r) * 4 * H : nullptr);
     h_prev = h;
   }
   if (h_n) std::memcpy(h_n + static_cast<int64_t>(b0) * H, h_prev, sizeof(T) * rows * H);
@@ -1084,28 +1152,15 @@ void gru_backward(int T_, int B, int H, int b0, int b1, int recurrent, const T* 
     const T* h_prev = t > 0 ? hs + (row0 - B) * H : h0 + static_cast<int64_t>(b0) * H;
     const bool carry = recurrent && t < T_ - 1;
     const bool pass = recurrent && (t > 0 || dh0);
-    for (int r = 0; r < rows; ++r) {
-      const T* sv = saved + (row0 + r) * 4 * H;
-      const T* d_out = dhs + (row0 + r) * H;
-      T* di = dgi + (row0 + r) * G;
-      T* dg = dgh + (row0 + r) * G;
-      T* dhr = dh + static_cast<int64_t>(r) * H;
-      for (int j = 0; j < H; ++j) {
-        const T d = d_out[j] + (carry ? dhr[j] : T(0));
-        const T rr = sv[j], z = sv[H + j], n = sv[2 * H + j], ghn = sv[3 * H + j];
-        const T hp = h_prev[static_cast<int64_t>(r) * H + j];
-        const T dzn = d * (T(1) - z) * (T(1) - n * n);
-        const T dzr = dzn * ghn * rr * (T(1) - rr);
-        const T dzz = d * (hp - n) * z * (T(1) - z);
-        di[j] = dzr;
-        di[H + j] = dzz;
-        di[2 * H + j] = dzn;
-        dg[j] = dzr;
-        dg[H + j] = dzz;
-        dg[2 * H + j] = dzn * rr;
-        if (pass) dhr[j] = d * z;  // the direct path h' = ... + z h; the products add the rest below
-      }
+    const T* d_all = dhs + row0 * H;
+    if (carry) {  // dh holds the gradient from step t + 1 through h_t
+      for (int k = 0; k < rows * H; ++k) dh[k] += d_all[k];
+      d_all = dh;
     }
+    for (int r = 0; r < rows; ++r)  // dh: the direct path h' = ... + z h; the product adds the rest below
+      gru_cell_backward<T>(H, d_all + static_cast<int64_t>(r) * H, saved + (row0 + r) * 4 * H,
+                           h_prev + static_cast<int64_t>(r) * H, dgi + (row0 + r) * G, dgh + (row0 + r) * G,
+                           pass ? dh + static_cast<int64_t>(r) * H : nullptr);
     if (pass) gemm_acc<T>(rows, G, dgh + row0 * G, G, whh, H, dh, H);
   }
   if (recurrent && dh0) std::memcpy(dh0 + static_cast<int64_t>(b0) * H, dh, sizeof(T) * rows * H);
