@@ -27,9 +27,9 @@ peak, so a busy machine lowers the shares rather than raises them). It times, in
 in turn (median of ``--rounds`` epochs each), the ``fused-detached`` training of the workload below at
 batch 8 and 40 (40 sequences x ``--efficiency-steps`` steps, 2,000 by default) and the per-step
 loop (``execution="stepwise"``) at batch 8, the same epochs timed the same way; then evaluation
-(batch 40), ``native.step_many`` (1,024 lanes, one step per call) and ``model.step`` (batch 1, 1 thread). FLOP counted (multiply-adds of the matrix
-products, 2 FLOP each; activations, the loss and the optimizer not counted), per sequence-step of
-``StatefulLSTM(5 -> 64 x 2 -> 1)``:
+(batch 40), ``native.step_many`` (1,024 lanes, one step per call) and ``model.step`` (batch 1,
+1 thread). FLOP counted (multiply-adds of the matrix products, 2 FLOP each; activations, the loss
+and the optimizer not counted), per sequence-step of ``StatefulLSTM(5 -> 64 x 2 -> 1)``:
 
 - forward: layer 1 (5 + 64) x 256 = 17,664, layer 2 (64 + 64) x 256 = 32,768, read-out 64:
   50,496 multiply-adds (evaluation, ``step_many`` and ``model.step``: 100,992 FLOP);
@@ -37,6 +37,10 @@ products, 2 FLOP each; activations, the loss and the optimizer not counted), per
   (17,664 + 32,768) and layer 2's input gradient 256 x 64 = 16,384: 66,816 multiply-adds (the
   read-out's 128 and layer 1's input gradient, which nothing asks for, are not counted);
 - training: 2 x (50,496 + 66,816) = 234,624 FLOP per sequence-step.
+
+The GRU rows run ``StatefulGRU(5 -> 64 x 2 -> 1)`` (``ignite_lstm.gru``, 3 gates instead of 4) on the same
+workload: forward 13,248 + 24,576 + 64 = 37,888 multiply-adds, backward 37,824 + 12,288 = 50,112,
+training 176,000 FLOP per sequence-step.
 
 The AVX2 figures on an AVX-512 machine: build the kernel without AVX-512 through a compiler
 wrapper and keep MKL on its AVX2 code (docs/kernel.md)::
@@ -105,12 +109,11 @@ def _stream(batches: list, steps: int) -> list:
 
 
 def _trainer_and_batches(engine: str, batch: int, steps: int, variant: str, tbptt_steps: int = 1,
-                         update: str = "sequence"):
+                         update: str = "sequence", cell: str = "lstm"):
     import torch
     import torch.nn as nn
 
     from ignite_lstm.engines import create_trainer
-    from ignite_lstm.models import StatefulLSTM
 
     torch.manual_seed(0)
     x, y = _data(steps)
@@ -123,13 +126,20 @@ def _trainer_and_batches(engine: str, batch: int, steps: int, variant: str, tbpt
         extra["gradient_accumulation_steps"] = -(-steps // STREAM_CHUNK)
     if stream:
         batches = _stream(batches, steps)
-    model = StatefulLSTM(FEATURES, HIDDEN, LAYERS)
+    model = _model(cell)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     loss_fn = _user_mse if variant == "custom-loss" else nn.MSELoss()
     trainer = create_trainer(model, optimizer, loss_fn, tbptt_steps=tbptt_steps, update=update, execution=engine,
                              **extra)
     trainer.run(batches[:1], max_epochs=1)  # warm-up: allocator, oneDNN primitives
     return trainer, batches
+
+
+def _model(cell: str):
+    from ignite_lstm.gru import StatefulGRU
+    from ignite_lstm.models import StatefulLSTM
+
+    return (StatefulGRU if cell == "gru" else StatefulLSTM)(FEATURES, HIDDEN, LAYERS)
 
 
 def _epoch_seconds(trainer, batches) -> float:
@@ -213,6 +223,9 @@ def worker_stream(samples: int) -> dict:
 FORWARD_MACS = (FEATURES + HIDDEN) * 4 * HIDDEN + (HIDDEN + HIDDEN) * 4 * HIDDEN + HIDDEN  # 50,496
 BACKWARD_MACS = (FEATURES + HIDDEN) * 4 * HIDDEN + (HIDDEN + HIDDEN) * 4 * HIDDEN + 4 * HIDDEN * HIDDEN  # 66,816
 TRAIN_FLOP = 2 * (FORWARD_MACS + BACKWARD_MACS)  # 234,624 per sequence-step
+GRU_FORWARD_MACS = (FEATURES + HIDDEN) * 3 * HIDDEN + (HIDDEN + HIDDEN) * 3 * HIDDEN + HIDDEN  # 37,888
+GRU_BACKWARD_MACS = (FEATURES + HIDDEN) * 3 * HIDDEN + (HIDDEN + HIDDEN) * 3 * HIDDEN + 3 * HIDDEN * HIDDEN  # 50,112
+GRU_TRAIN_FLOP = 2 * (GRU_FORWARD_MACS + GRU_BACKWARD_MACS)  # 176,000
 MANY_LANES = 1024  # lanes of the native.step_many row
 PROBE_ITERS = 5_000_000  # about 10 ms per probe at 2 x 16-wide FMAs per cycle
 
@@ -235,26 +248,28 @@ def worker_efficiency(steps: int, threads: int | None, rounds: int) -> dict:
     probes: dict[int, list[float]] = {1: [], n: []}
 
     def probe() -> None:
-        for t in probes:
-            probes[t].append(lib.ignite_lstm_fma_peak(t, PROBE_ITERS) / 1e9)
+        for t, figures in probes.items():
+            figures.append(lib.ignite_lstm_fma_peak(t, PROBE_ITERS) / 1e9)
 
-    runs = {(engine, b): _trainer_and_batches(engine, b, steps, "plain")
-            for engine, b in (("fused", 8), ("fused", 40), ("stepwise", 8))}
+    runs = {(engine, b, cell): _trainer_and_batches(engine, b, steps, "plain", cell=cell)
+            for cell in ("lstm", "gru") for engine, b in (("fused", 8), ("fused", 40), ("stepwise", 8))}
     times: dict[tuple, list[float]] = {key: [] for key in runs}
     for _ in range(rounds):
         probe()
         for key, (trainer, batches) in runs.items():
             times[key].append(_epoch_seconds(trainer, batches))
     x, y = _data(steps)
-    model = StatefulLSTM(FEATURES, HIDDEN, LAYERS)
-    evaluator = create_evaluator(model, {})
-    evaluator.run([(x[:8, :50], y[:8, :50])])
-    eval_times = []
+    eval_times: dict[str, list[float]] = {"lstm": [], "gru": []}
+    evaluators = {cell: create_evaluator(_model(cell), {}) for cell in eval_times}
+    for evaluator in evaluators.values():
+        evaluator.run([(x[:8, :50], y[:8, :50])])
     for _ in range(rounds):
         probe()
-        start = time.perf_counter()
-        evaluator.run([(x, y)])
-        eval_times.append(time.perf_counter() - start)
+        for cell, evaluator in evaluators.items():
+            start = time.perf_counter()
+            evaluator.run([(x, y)])
+            eval_times[cell].append(time.perf_counter() - start)
+    model = StatefulLSTM(FEATURES, HIDDEN, LAYERS)
     model.eval()
     lanes = torch.randn(MANY_LANES, FEATURES)
     many_times = []
@@ -283,9 +298,9 @@ def worker_efficiency(steps: int, threads: int | None, rounds: int) -> dict:
         "threads": n, "describe": describe, "width": lib.ignite_lstm_vector_width(),
         "peak": {str(t): max(v) for t, v in probes.items()},
         "peak_median": {str(t): statistics.median(v) for t, v in probes.items()},
-        "train": {f"{e}-{b}": statistics.median(v) for (e, b), v in times.items()},
-        "execution": {f"{e}-{b}": runs[(e, b)][0].execution for (e, b) in runs},
-        "eval": statistics.median(eval_times), "step": statistics.median(step_times),
+        "train": {f"{c}-{e}-{b}": statistics.median(v) for (e, b, c), v in times.items()},
+        "execution": {f"{c}-{e}-{b}": runs[(e, b, c)][0].execution for (e, b, c) in runs},
+        "eval": {c: statistics.median(v) for c, v in eval_times.items()}, "step": statistics.median(step_times),
         "step_many": statistics.median(many_times),
     }
 
@@ -298,17 +313,20 @@ def _efficiency_rows(steps: int, th: str, rounds: int) -> None:
           f"{2 * FORWARD_MACS:,}; median of {rounds} rounds, in one process)")
     print(f"    FMA peak ({r['width']} floats wide): {peak:.0f} GFLOP/s on {n} threads, {peak1:.0f} on 1 "
           f"(the best probe of the run; medians {r['peak_median'][str(n)]:.0f} and {r['peak_median']['1']:.0f})")
-    for key in ("fused-8", "fused-40", "stepwise-8"):
-        engine, batch = key.split("-")
-        sec = r["train"][key]
-        rate = SEQUENCES * steps * TRAIN_FLOP / sec / 1e9
-        print(f"    train {r['execution'][key]:<14} batch {batch:>2}, {SEQUENCES} x {steps} steps: {sec:7.3f} s/epoch, "
-              f"{rate:6.1f} GFLOP/s, {rate / peak:6.1%} of the peak", flush=True)
-    print(f"    fast path vs the per-step loop at batch 8 (same epochs, timed the same way): "
-          f"{r['train']['stepwise-8'] / r['train']['fused-8']:.1f}x")
-    rate = SEQUENCES * steps * 2 * FORWARD_MACS / r["eval"] / 1e9
-    print(f"    evaluation batch 40: {SEQUENCES * steps / r['eval']:11,.0f} sequence-steps/s, {rate:6.1f} GFLOP/s, "
-          f"{rate / peak:6.1%} of the peak")
+    for cell, flop, fwd in (("lstm", TRAIN_FLOP, FORWARD_MACS), ("gru", GRU_TRAIN_FLOP, GRU_FORWARD_MACS)):
+        for key in ("fused-8", "fused-40", "stepwise-8"):
+            batch = key.split("-")[1]
+            sec = r["train"][f"{cell}-{key}"]
+            rate = SEQUENCES * steps * flop / sec / 1e9
+            print(f"    {cell.upper():<4} train {r['execution'][f'{cell}-{key}']:<14} batch {batch:>2}, {SEQUENCES} x "
+                  f"{steps} steps: {sec:7.3f} s/epoch, {rate:6.1f} GFLOP/s, {rate / peak:6.1%} of the peak", flush=True)
+        ratio = r["train"][f"{cell}-stepwise-8"] / r["train"][f"{cell}-fused-8"]
+        print(f"    {cell.upper():<4} fast path vs the per-step loop at batch 8 (same epochs, timed the same way): "
+              f"{ratio:.1f}x")
+        sec = r["eval"][cell]
+        rate = SEQUENCES * steps * 2 * fwd / sec / 1e9
+        print(f"    {cell.upper():<4} evaluation batch 40: {SEQUENCES * steps / sec:11,.0f} sequence-steps/s, "
+              f"{rate:6.1f} GFLOP/s, {rate / peak:6.1%} of the peak")
     rate = MANY_LANES * 2 * FORWARD_MACS / r["step_many"] / 1e9
     print(f"    native.step_many, {MANY_LANES} lanes: {r['step_many'] * 1e6:7.1f} us per call "
           f"({MANY_LANES / r['step_many']:11,.0f} lane-steps/s), {rate:6.1f} GFLOP/s, {rate / peak:6.1%} of the peak")

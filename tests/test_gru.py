@@ -107,9 +107,12 @@ def test_pytorch_fallback_equals_the_kernel():
     x = _data()
     h0 = model.init_state(B)
     for detach in (False, True):
-        got = _grads(model, x, h0, lambda x, h: model(x, h, detach_every_step=detach))
+        def run(x, h, detach=detach):
+            return model(x, h, detach_every_step=detach)
+
+        got = _grads(model, x, h0, run)
         with native.disabled():
-            want = _grads(model, x, h0, lambda x, h: model(x, h, detach_every_step=detach))
+            want = _grads(model, x, h0, run)
         torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-13)
         for a, b in zip(got[2], want[2]):
             assert _rel(a, b) <= 1e-12

@@ -90,6 +90,7 @@ def test_without_the_kernel_model_step_gives_the_same_numbers():
         y_ref, (h_ref, c_ref) = native.step_many(model, x, state)
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-13)
     torch.testing.assert_close(h, h_ref, rtol=0, atol=1e-13)
+    torch.testing.assert_close(c, c_ref, rtol=0, atol=1e-13)
 
 
 def test_bad_arguments_are_refused_clearly():
@@ -102,6 +103,7 @@ def test_bad_arguments_are_refused_clearly():
     with pytest.raises(TypeError, match="pair of tensors"):
         native.step_many(model, x, torch.zeros(2, 4, 20))
     with pytest.raises(ValueError, match=r"State c should be a torch.float64 tensor of shape \(2, 4, 20\)"):
-        native.step_many(model, x, (torch.zeros(2, 4, 20, dtype=torch.float64), torch.zeros(2, 5, 20, dtype=torch.float64)))
+        bad = (torch.zeros(2, 4, 20, dtype=torch.float64), torch.zeros(2, 5, 20, dtype=torch.float64))
+        native.step_many(model, x, bad)
     with pytest.raises(ValueError, match="call model.eval"):
         native.step_many(_model(dropout=0.2).train(), x, None)
