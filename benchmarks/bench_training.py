@@ -18,8 +18,39 @@ a step per chunk" takes an optimizer step per chunk (stream mode as it is used);
 tbptt_steps = 1 path and on the fused window path (tbptt_steps = 50, update = window,
 where both forms are the same numbers).
 
-    python benchmarks/bench_training.py            # full workload (several minutes)
-    python benchmarks/bench_training.py --quick    # 1,000 steps per sequence
+The first section ("efficiency", also alone with ``--efficiency``) states the rates as a share of
+the machine's arithmetic peak, measured in the same process by the kernel's FMA probe
+(``ignite_lstm_fma_peak`` in ``csrc/lstm_cpu.cpp``: 12 independent chains of fused multiply-adds
+at the widest vector width the build uses, 16 floats with AVX-512, 8 with AVX2; on 1 thread and on
+the training's thread count, before every timed round; the highest figure of the run is the
+peak, so a busy machine lowers the shares rather than raises them). It times, in one process and
+in turn (median of ``--rounds`` epochs each), the ``fused-detached`` training of the workload below at
+batch 8 and 40 (40 sequences x ``--efficiency-steps`` steps, 2,000 by default) and the per-step
+loop (``execution="stepwise"``) at batch 8, the same epochs timed the same way; then evaluation
+(batch 40), ``native.step_many`` (1,024 lanes, one step per call) and ``model.step`` (batch 1,
+1 thread). FLOP counted (multiply-adds of the matrix products, 2 FLOP each; activations, the loss
+and the optimizer not counted), per sequence-step of ``StatefulLSTM(5 -> 64 x 2 -> 1)``:
+
+- forward: layer 1 (5 + 64) x 256 = 17,664, layer 2 (64 + 64) x 256 = 32,768, read-out 64:
+  50,496 multiply-adds (evaluation, ``step_many`` and ``model.step``: 100,992 FLOP);
+- backward with the state detached after every step: the weight gradients of both layers
+  (17,664 + 32,768) and layer 2's input gradient 256 x 64 = 16,384: 66,816 multiply-adds (the
+  read-out's 128 and layer 1's input gradient, which nothing asks for, are not counted);
+- training: 2 x (50,496 + 66,816) = 234,624 FLOP per sequence-step.
+
+The GRU rows run ``StatefulGRU(5 -> 64 x 2 -> 1)`` (``ignite_lstm.models.gru``, 3 gates instead of 4) on the same
+workload: forward 13,248 + 24,576 + 64 = 37,888 multiply-adds, backward 37,824 + 12,288 = 50,112,
+training 176,000 FLOP per sequence-step.
+
+The AVX2 figures on an AVX-512 machine: build the kernel without AVX-512 through a compiler
+wrapper and keep MKL on its AVX2 code (docs/kernel.md)::
+
+    printf '#!/bin/sh\nexec g++ "$@" -mno-avx512f\n' > /tmp/cxx-avx2 && chmod +x /tmp/cxx-avx2
+    CXX=/tmp/cxx-avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/bench_training.py --efficiency
+
+    python benchmarks/bench_training.py                # everything (several minutes)
+    python benchmarks/bench_training.py --quick        # 1,000 steps per sequence
+    python benchmarks/bench_training.py --efficiency   # the efficiency section only
 """
 
 from __future__ import annotations
@@ -79,13 +110,18 @@ def _stream(batches: list, steps: int) -> list:
 
 
 def _trainer_and_batches(
-    engine: str, batch: int, steps: int, variant: str, tbptt_steps: int = 1, update: str = "sequence"
+    engine: str,
+    batch: int,
+    steps: int,
+    variant: str,
+    tbptt_steps: int = 1,
+    update: str = "sequence",
+    cell: str = "lstm",
 ):
     import torch
     import torch.nn as nn
 
     from ignite_lstm.engine.factories import create_trainer
-    from ignite_lstm.models.lstm import StatefulLSTM
 
     torch.manual_seed(0)
     x, y = _data(steps)
@@ -100,7 +136,7 @@ def _trainer_and_batches(
         extra["gradient_accumulation_steps"] = -(-steps // STREAM_CHUNK)
     if stream:
         batches = _stream(batches, steps)
-    model = StatefulLSTM(FEATURES, HIDDEN, LAYERS)
+    model = _model(cell)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     loss_fn = _user_mse if variant == "custom-loss" else nn.MSELoss()
     trainer = create_trainer(
@@ -108,6 +144,13 @@ def _trainer_and_batches(
     )
     trainer.run(batches[:1], max_epochs=1)  # warm-up: allocator, oneDNN primitives
     return trainer, batches
+
+
+def _model(cell: str):
+    from ignite_lstm.models.gru import StatefulGRU
+    from ignite_lstm.models.lstm import StatefulLSTM
+
+    return (StatefulGRU if cell == "gru" else StatefulLSTM)(FEATURES, HIDDEN, LAYERS)
 
 
 def _epoch_seconds(trainer, batches) -> float:
@@ -196,6 +239,144 @@ def worker_stream(samples: int) -> dict:
     return {"us_per_sample": seconds / samples * 1e6, "nn_lstm_us_per_sample": baseline / samples * 1e6}
 
 
+FORWARD_MACS = (FEATURES + HIDDEN) * 4 * HIDDEN + (HIDDEN + HIDDEN) * 4 * HIDDEN + HIDDEN  # 50,496
+BACKWARD_MACS = (FEATURES + HIDDEN) * 4 * HIDDEN + (HIDDEN + HIDDEN) * 4 * HIDDEN + 4 * HIDDEN * HIDDEN  # 66,816
+TRAIN_FLOP = 2 * (FORWARD_MACS + BACKWARD_MACS)  # 234,624 per sequence-step
+GRU_FORWARD_MACS = (FEATURES + HIDDEN) * 3 * HIDDEN + (HIDDEN + HIDDEN) * 3 * HIDDEN + HIDDEN  # 37,888
+GRU_BACKWARD_MACS = (FEATURES + HIDDEN) * 3 * HIDDEN + (HIDDEN + HIDDEN) * 3 * HIDDEN + 3 * HIDDEN * HIDDEN  # 50,112
+GRU_TRAIN_FLOP = 2 * (GRU_FORWARD_MACS + GRU_BACKWARD_MACS)  # 176,000
+MANY_LANES = 1024  # lanes of the native.step_many row
+PROBE_ITERS = 5_000_000  # about 10 ms per probe at 2 x 16-wide FMAs per cycle
+
+
+def worker_efficiency(steps: int, threads: int | None, rounds: int) -> dict:
+    """The efficiency section's timings and FMA probes, in one process (see the module docstring)."""
+    import statistics
+
+    import torch
+
+    from ignite_lstm.engine.factories import create_evaluator
+    from ignite_lstm.models import native
+    from ignite_lstm.models.lstm import StatefulLSTM
+    from ignite_lstm.models.native import loader as _native_lib
+
+    if threads:
+        torch.set_num_threads(threads)
+    n = torch.get_num_threads()
+    lib = _native_lib.library()
+    describe = native.describe()
+    probes: dict[int, list[float]] = {1: [], n: []}
+
+    def probe() -> None:
+        for t, figures in probes.items():
+            figures.append(lib.ignite_lstm_fma_peak(t, PROBE_ITERS) / 1e9)
+
+    runs = {
+        (engine, b, cell): _trainer_and_batches(engine, b, steps, "plain", cell=cell)
+        for cell in ("lstm", "gru")
+        for engine, b in (("fused", 8), ("fused", 40), ("stepwise", 8))
+    }
+    times: dict[tuple, list[float]] = {key: [] for key in runs}
+    for _ in range(rounds):
+        probe()
+        for key, (trainer, batches) in runs.items():
+            times[key].append(_epoch_seconds(trainer, batches))
+    x, y = _data(steps)
+    eval_times: dict[str, list[float]] = {"lstm": [], "gru": []}
+    evaluators = {cell: create_evaluator(_model(cell), {}) for cell in eval_times}
+    for evaluator in evaluators.values():
+        evaluator.run([(x[:8, :50], y[:8, :50])])
+    for _ in range(rounds):
+        probe()
+        for cell, evaluator in evaluators.items():
+            start = time.perf_counter()
+            evaluator.run([(x, y)])
+            eval_times[cell].append(time.perf_counter() - start)
+    model = StatefulLSTM(FEATURES, HIDDEN, LAYERS)
+    model.eval()
+    lanes = torch.randn(MANY_LANES, FEATURES)
+    many_times = []
+    with torch.inference_mode():
+        state = None
+        for _ in range(3):
+            _, state = native.step_many(model, lanes, state)
+        for _ in range(rounds):
+            probe()
+            start = time.perf_counter()
+            for _ in range(100):
+                _, state = native.step_many(model, lanes, state)
+            many_times.append((time.perf_counter() - start) / 100)
+    torch.set_num_threads(1)
+    samples = 5000
+    step_times = []
+    with torch.inference_mode():
+        for _ in range(rounds):
+            probe()
+            state = None
+            start = time.perf_counter()
+            for t in range(samples):
+                _, state = model.step(x[:1, t % steps], state)
+            step_times.append((time.perf_counter() - start) / samples)
+    return {
+        "threads": n,
+        "describe": describe,
+        "width": lib.ignite_lstm_vector_width(),
+        "peak": {str(t): max(v) for t, v in probes.items()},
+        "peak_median": {str(t): statistics.median(v) for t, v in probes.items()},
+        "train": {f"{c}-{e}-{b}": statistics.median(v) for (e, b, c), v in times.items()},
+        "execution": {f"{c}-{e}-{b}": runs[(e, b, c)][0].execution for (e, b, c) in runs},
+        "eval": {c: statistics.median(v) for c, v in eval_times.items()},
+        "step": statistics.median(step_times),
+        "step_many": statistics.median(many_times),
+    }
+
+
+def _efficiency_rows(steps: int, th: str, rounds: int) -> None:
+    r = _run(["efficiency", str(steps), str(rounds), th])
+    n = r["threads"]
+    peak, peak1 = r["peak"][str(n)], r["peak"]["1"]
+    print(
+        f"  efficiency ({r['describe']}; FLOP per sequence-step: training {TRAIN_FLOP:,}, forward "
+        f"{2 * FORWARD_MACS:,}; median of {rounds} rounds, in one process)"
+    )
+    print(
+        f"    FMA peak ({r['width']} floats wide): {peak:.0f} GFLOP/s on {n} threads, {peak1:.0f} on 1 "
+        f"(the best probe of the run; medians {r['peak_median'][str(n)]:.0f} and {r['peak_median']['1']:.0f})"
+    )
+    for cell, flop, fwd in (("lstm", TRAIN_FLOP, FORWARD_MACS), ("gru", GRU_TRAIN_FLOP, GRU_FORWARD_MACS)):
+        for key in ("fused-8", "fused-40", "stepwise-8"):
+            batch = key.split("-")[1]
+            sec = r["train"][f"{cell}-{key}"]
+            rate = SEQUENCES * steps * flop / sec / 1e9
+            print(
+                f"    {cell.upper():<4} train {r['execution'][f'{cell}-{key}']:<14} batch {batch:>2}, {SEQUENCES} x "
+                f"{steps} steps: {sec:7.3f} s/epoch, {rate:6.1f} GFLOP/s, {rate / peak:6.1%} of the peak",
+                flush=True,
+            )
+        ratio = r["train"][f"{cell}-stepwise-8"] / r["train"][f"{cell}-fused-8"]
+        print(
+            f"    {cell.upper():<4} fast path vs the per-step loop at batch 8 (same epochs, timed the same way): "
+            f"{ratio:.1f}x"
+        )
+        sec = r["eval"][cell]
+        rate = SEQUENCES * steps * 2 * fwd / sec / 1e9
+        print(
+            f"    {cell.upper():<4} evaluation batch 40: {SEQUENCES * steps / sec:11,.0f} sequence-steps/s, "
+            f"{rate:6.1f} GFLOP/s, {rate / peak:6.1%} of the peak"
+        )
+    rate = MANY_LANES * 2 * FORWARD_MACS / r["step_many"] / 1e9
+    print(
+        f"    native.step_many, {MANY_LANES} lanes: {r['step_many'] * 1e6:7.1f} us per call "
+        f"({MANY_LANES / r['step_many']:11,.0f} lane-steps/s), {rate:6.1f} GFLOP/s, {rate / peak:6.1%} of the peak"
+    )
+    rate = 2 * FORWARD_MACS / r["step"] / 1e9
+    print(
+        f"    model.step batch 1, 1 thread: {r['step'] * 1e6:6.1f} us, {rate:6.2f} GFLOP/s, "
+        f"{rate / peak1:6.2%} of the 1-thread peak",
+        flush=True,
+    )
+
+
 def _window(args: list[str]) -> tuple:
     """``[tbptt_steps, update, rounds]`` of a compare worker's command line, or nothing (the defaults)."""
     return (int(args[0]), args[1], int(args[2])) if args else ()
@@ -242,6 +423,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps per sequence (overrides --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training/evaluation")
     parser.add_argument("--skip-stepwise-40", action="store_true", help="skip the stepwise batch-40 run")
+    parser.add_argument("--efficiency", action="store_true", help="only the efficiency section (shares of the peak)")
+    parser.add_argument("--efficiency-steps", type=int, default=2000, help="steps per sequence of that section")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of that section (the median is shown)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -251,6 +435,8 @@ def main() -> None:
             result = worker_train(rest[0], int(rest[1]), int(rest[2]), threads)
         elif kind == "compare":
             result = worker_compare(rest[0], int(rest[1]), int(rest[2]), threads, rest[3], *_window(rest[4:-1]))
+        elif kind == "efficiency":
+            result = worker_efficiency(int(rest[0]), threads, int(rest[1]))
         elif kind == "eval":
             result = worker_eval(int(rest[0]), threads)
         else:
@@ -270,6 +456,9 @@ def main() -> None:
         f"Workload: {SEQUENCES} sequences x {steps} steps, LSTM {FEATURES}->{HIDDEN}x{LAYERS}, "
         f"tbptt_steps=1, update=sequence"
     )
+    _efficiency_rows(args.efficiency_steps, th, args.rounds)
+    if args.efficiency:
+        return
     rows = {}
     for batch in (8, 40):
         for engine, kernel in (("stepwise", "pytorch"), ("fused", "native"), ("fused", "pytorch")):

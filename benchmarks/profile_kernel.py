@@ -11,8 +11,9 @@ LSTM on the same gates); then, with one torch thread:
    against the kernel call inside it;
 3. the split of one ``fused-detached`` training chunk (250 steps x 40 sequences,
    ``StatefulLSTM(5 -> 64 x 2)``, forward and backward) between the kernel's forward
-   pass, its backward pass and everything else (PyTorch: the weight-gradient matrix
-   products, the read-out, the loss).
+   pass, its backward pass (on AVX-512 builds with the weight and input gradients) and
+   everything else (PyTorch: the read-out, the loss, and on other builds the weight-gradient
+   matrix products).
 
     python benchmarks/profile_kernel.py
 """
@@ -26,10 +27,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ignite_lstm.models import native
-from ignite_lstm.models.lstm import StatefulLSTM
+from ignite_lstm.models.lstm import StatefulLSTM, native
 from ignite_lstm.models.native import build as _kernel_build
-from ignite_lstm.models.native import library as _native_lib
+from ignite_lstm.models.native import loader as _native_lib
 
 B, C, H, IN = 40, 250, 64, 64
 
@@ -145,11 +145,8 @@ def main() -> None:
         native._forward, native._backward = real
     fwd, bwd = (totals.get(k, 0.0) / (repeats + 1) for k in ("_forward", "_backward"))
     print(f"One fused-detached chunk ({C} steps x {B} sequences, 2 layers, 1 thread): {total * 1e3:.1f} ms")
-    for name, t in (
-        ("kernel forward", fwd),
-        ("kernel backward", bwd),
-        ("PyTorch (products, read-out, loss)", total - fwd - bwd),
-    ):
+    rest = "PyTorch (read-out, loss)" if native._own_products() else "PyTorch (products, read-out, loss)"
+    for name, t in (("kernel forward", fwd), ("kernel backward", bwd), (rest, total - fwd - bwd)):
         print(f"  {name:<36} {t * 1e3:6.1f} ms  {t / total:5.1%}")
 
 

@@ -6,7 +6,7 @@ with Ignite engines. Importing it loads torch, ignite and numpy, nothing heavier
 
 - engines (``ignite_lstm.engine``): `create_trainer`, `create_evaluator`, `select_execution`,
   `TimeEvents`, `collate_sequences`, `reset_state`, `set_state`;
-- models (``ignite_lstm.models``): `StatefulLSTM`, `load_model`;
+- models (``ignite_lstm.models``): `StatefulLSTM`, `StatefulGRU`, `load_model`;
 - data (``ignite_lstm.data``): `StreamLoader`, `h5_series`, `forecast_pair`, `DataFileError`;
 - metrics (``ignite_lstm.metrics``): `SignalToNoiseRatio`, `metric_direction`;
 - handlers (``ignite_lstm.handlers``, ``ignite_lstm.checkpoint``): `attach_checkpoints`,
@@ -34,7 +34,7 @@ from ignite_lstm.engine import (  # noqa: E402
     select_execution,
     set_state,
 )
-from ignite_lstm.models import StatefulLSTM, load_model  # noqa: E402
+from ignite_lstm.models import StatefulGRU, StatefulLSTM, load_model  # noqa: E402
 
 # Heavier parts of the library (tqdm, h5py, tensorboardX through Ignite's logger) load on first use.
 _LAZY = {
@@ -95,6 +95,7 @@ __all__ = [
     "reset_state",
     "set_state",
     "StatefulLSTM",
+    "StatefulGRU",
     "load_model",
     *_LAZY,
 ]

@@ -27,9 +27,10 @@ import torch
 from ignite_lstm._internal.compat import tensor_version
 from ignite_lstm.models.native.loader import available, describe, disabled, function, library
 
-__all__ = ["available", "describe", "disabled", "lstm_layer", "lstm_layer_inference", "stack_runner"]
+__all__ = ["available", "describe", "disabled", "lstm_layer", "lstm_layer_inference", "stack_runner", "step_many"]
 
 _MIN_ROWS_PER_THREAD = 4  # below this, a thread's share of a step costs less than handing it over
+_MIN_ROWS_PER_STEP_THREAD = 16  # the same for a call of one step (a fork and join per call, not per chunk)
 
 
 def _loaded() -> ctypes.CDLL:
@@ -44,22 +45,25 @@ def _loaded() -> ctypes.CDLL:
 _packed: dict[tuple, tuple] = {}
 
 
-def _pack(w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+def _pack(
+    w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, cell: str = "lstm"
+) -> torch.Tensor:
     """The layer's parameters in the kernel's layout, rebuilt only when one of them changed.
 
     A change is a new version counter (an optimizer step, ``load_state_dict``) or new storage.
+    ``cell``: ``"lstm"`` or ``"gru"`` (``ignite_lstm.models.native.gru``).
     """
     tensors = (w_ih, w_hh, b_ih, b_hh)
-    key = tuple(id(t) for t in tensors)
+    key = (cell,) + tuple(id(t) for t in tensors)
     stamp = tuple((tensor_version(t), t.data_ptr()) for t in tensors)
     hit = _packed.get(key)
     if hit is not None and hit[0] == stamp and all(r() is t for r, t in zip(hit[1], tensors)):
         return hit[2]
     H = w_hh.shape[1]
     I = w_ih.shape[1]
-    out = torch.empty(_loaded().lstm_packed_size(I, H), dtype=w_ih.dtype)
+    out = torch.empty(getattr(_loaded(), f"{cell}_packed_size")(I, H), dtype=w_ih.dtype)
     src = [_checked(t.detach(), w_ih.dtype) for t in tensors]
-    function("lstm_pack", w_ih.dtype)(I, H, *(t.data_ptr() for t in src), out.data_ptr())
+    function(f"{cell}_pack", w_ih.dtype)(I, H, *(t.data_ptr() for t in src), out.data_ptr())
     if hit is None:
         weakref.finalize(w_ih, _packed.pop, key, None)  # the entry goes with its layer
     _packed[key] = (stamp, [weakref.ref(t) for t in tensors], out)
@@ -71,9 +75,8 @@ def _pack(w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torc
 
 def _threads(rows: int, steps: int) -> int:
     """Threads for a call: PyTorch's intra-op count, when each gets enough rows to be worth it."""
-    if steps == 1:
-        return 1
-    return max(1, min(torch.get_num_threads(), rows // _MIN_ROWS_PER_THREAD))
+    per_thread = _MIN_ROWS_PER_STEP_THREAD if steps == 1 else _MIN_ROWS_PER_THREAD
+    return max(1, min(torch.get_num_threads(), rows // per_thread))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -88,12 +91,24 @@ def _forward(x, packed, H, h0, c0, hs, cs=None, gates=None, xh=None, h_n=None, c
     function("lstm_forward", x.dtype)(n, T, B, I, H, *ptrs)
 
 
-def _backward(recurrent, gates, cs, c0, dhs, w_hh, dc_n, dz, dh0, dc0) -> None:
+def _own_products() -> bool:
+    """Whether the backward computes the weight and input gradients in the kernel (AVX-512 builds).
+
+    There its 16-wide products beat MKL, which takes its AVX2 code on AMD processors; elsewhere
+    PyTorch's products run (``_Layer.backward``).
+    """
+    return _loaded().ignite_lstm_simd() == 2
+
+
+def _backward(recurrent, gates, cs, c0, dhs, w_hh, w_ih, rows, dc_n, dz, dx, dw, dh0, dc0) -> None:
+    """rows: the forward's (x, hs, h0) for the kernel's own weight gradients into dw, or None (dw None)."""
     T, B, H = cs.shape
+    I = w_ih.shape[1]
     n = _threads(B, T)
-    work = cs.new_empty(n * _loaded().lstm_backward_work(B, H))
-    ptrs = [_ptr(t) for t in (gates, cs, c0, dhs, w_hh, dc_n, dz, dh0, dc0, work)]
-    function("lstm_backward", cs.dtype)(n, T, B, H, int(recurrent), *ptrs)
+    work = cs.new_empty(n * _loaded().lstm_backward_work(B, I, H))
+    x, hs, h0 = rows if rows is not None else (None, None, None)
+    ptrs = [_ptr(t) for t in (gates, cs, c0, dhs, w_hh, w_ih, x, hs, h0, dc_n, dz, dx, dw, dh0, dc0, work)]
+    function("lstm_backward", cs.dtype)(n, T, B, I, H, int(recurrent), *ptrs)
 
 
 class _Stack:
@@ -224,17 +239,20 @@ class _Layer(torch.autograd.Function):
         H = w_hh.shape[1]
         x, h0, c0 = x.contiguous(), h0.contiguous(), c0.contiguous()
         hs, cs, gates = x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, 4 * H)
-        xh = x.new_empty(T, B, I + H + 1)  # rows [x_t, h_{t-1}, 1]: one product gives all weight gradients
+        # PyTorch's products: rows [x_t, h_{t-1}, 1], one product gives all weight gradients; the
+        # kernel's own read x, hs and h0 where they are
+        own = _own_products()
+        xh = None if own else x.new_empty(T, B, I + H + 1)
         h_n, c_n = x.new_empty(B, H), x.new_empty(B, H)
         _forward(x, _pack(w_ih, w_hh, b_ih, b_hh), H, h0, c0, hs, cs, gates, xh, h_n, c_n)
-        ctx.save_for_backward(c0, w_ih, w_hh, cs, gates, xh)
+        ctx.save_for_backward(c0, w_ih, w_hh, cs, gates, *((x, h0, hs) if own else (xh,)))
         ctx.recurrent = recurrent
         ctx.set_materialize_grads(False)  # unused outputs (often the final state) get None, not zeros
         return hs, h_n, c_n
 
     @staticmethod
     def backward(ctx, d_hs, d_hn, d_cn):
-        c0, w_ih, w_hh, cs, gates, xh = ctx.saved_tensors
+        c0, w_ih, w_hh, cs, gates, *rows = ctx.saved_tensors
         T, B, H = cs.shape
         I = w_ih.shape[1]
         d_hs = d_hs.contiguous() if d_hs is not None else cs.new_zeros(T, B, H)
@@ -243,14 +261,22 @@ class _Layer(torch.autograd.Function):
             d_hs[-1] += d_hn
         recurrent = ctx.recurrent
         want_h0, want_c0 = ctx.needs_input_grad[1:3]
-        dz = torch.empty_like(gates)
         dh0 = cs.new_empty(B, H) if recurrent and want_h0 else None
         dc0 = cs.new_empty(B, H) if recurrent and want_c0 else None
         dc_n = d_cn.contiguous() if d_cn is not None else None
-        _backward(recurrent, gates, cs, c0, d_hs, w_hh.contiguous(), dc_n, dz, dh0, dc0)
-        dz2 = dz.view(T * B, 4 * H)
-        d_x = (dz2 @ w_ih).view(T, B, I) if ctx.needs_input_grad[0] else None
-        d_w = dz2.t() @ xh.view(T * B, I + H + 1)  # (4H, I + H + 1) = [dW_ih, dW_hh, db]
+        w_ih, w_hh = w_ih.contiguous(), w_hh.contiguous()
+        if len(rows) == 3:  # the kernel's own products, from the rows x, h0, hs, a few steps at a time
+            x, h0, hs = rows
+            d_x = cs.new_empty(T, B, I) if ctx.needs_input_grad[0] else None
+            d_w = cs.new_empty(4 * H, I + H + 1)  # [dW_ih, dW_hh, db]
+            _backward(recurrent, gates, cs, c0, d_hs, w_hh, w_ih, (x, hs, h0), dc_n, None, d_x, d_w, dh0, dc0)
+        else:
+            (xh,) = rows
+            dz = torch.empty_like(gates)
+            _backward(recurrent, gates, cs, c0, d_hs, w_hh, w_ih, None, dc_n, dz, None, None, dh0, dc0)
+            dz2 = dz.view(T * B, 4 * H)
+            d_x = (dz2 @ w_ih).view(T, B, I) if ctx.needs_input_grad[0] else None
+            d_w = dz2.t() @ xh.view(T * B, I + H + 1)  # (4H, I + H + 1) = [dW_ih, dW_hh, db]
         d_b = d_w[:, I + H].contiguous()
         return d_x, dh0, dc0, d_w[:, :I].contiguous(), d_w[:, I : I + H].contiguous(), d_b, d_b.clone(), None
 
@@ -271,3 +297,52 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, recurrent: bool = True):
         >>> hs, h, c = lstm_layer(x, h0, c0, *lstm.parameters(), recurrent=False)
     """
     return _Layer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, recurrent)
+
+
+def step_many(model, x_t: torch.Tensor, state=None):
+    """The next step of many independent streams (lanes) in one native call, without gradients.
+
+    The serving path: lane n's input ``x_t[n]`` and state ``(h[:, n], c[:, n])`` give its output and
+    next state, the same numbers as ``model.step`` (eval mode) on that lane alone. The whole stack runs
+    in one kernel call, the lanes split between PyTorch's threads (16 lanes or more each), so that the
+    per-call cost is shared by all lanes. Without the native kernel (or off the CPU) ``model.step``
+    runs under ``torch.no_grad()``.
+
+    Args:
+        model: a ``StatefulLSTM`` (its dropout is not applied: the eval-mode step; a model in
+            training mode with dropout is refused).
+        x_t: (N, F) inputs of the N lanes.
+        state: ``(h, c)``, each (num_layers, N, H), or None (every lane from zeros).
+
+    Returns:
+        (y_t (N, O), (h, c) each (num_layers, N, H)), new tensors (the inputs are not modified).
+
+    Raises:
+        TypeError: x_t is not a tensor, or state not a pair of tensors.
+        ValueError: wrong shapes or dtypes, or a model in training mode with dropout.
+
+    Example:
+        >>> y, state = step_many(model.eval(), x_t, state)  # x_t (1000, 5): 1,000 streams, one step
+    """
+    if not isinstance(x_t, torch.Tensor):
+        raise TypeError(f"Argument x_t should be a tensor, got {type(x_t).__name__}.")
+    if x_t.dim() != 2 or x_t.shape[1] != model.input_size:
+        raise ValueError(f"Argument x_t should have shape (lanes, {model.input_size}), got {tuple(x_t.shape)}.")
+    if model.training and model.dropout > 0.0:
+        raise ValueError("step_many runs the eval-mode step; call model.eval() first (the model has dropout).")
+    if state is None:
+        state = model.init_state(x_t.shape[0], x_t.device, x_t.dtype)
+    if not isinstance(state, (tuple, list)) or len(state) != 2 or not all(isinstance(s, torch.Tensor) for s in state):
+        raise TypeError("Argument state should be a pair of tensors (h, c), or None.")
+    shape = (model.num_layers, x_t.shape[0], model.hidden_size)
+    for name, s in zip(("h", "c"), state):
+        if tuple(s.shape) != shape or s.dtype != x_t.dtype:
+            raise ValueError(
+                f"State {name} should be a {x_t.dtype} tensor of shape {shape}, got {s.dtype} {tuple(s.shape)}."
+            )
+    with torch.no_grad():
+        if not available(x_t, *model.parameters()):
+            return model.step(x_t, tuple(state))
+        runner = stack_runner(model, model._weights(), (model.head.weight, model.head.bias), x_t.dtype)
+        _, y, h, c = runner.run(x_t.contiguous()[None], state[0].contiguous(), state[1].contiguous())
+    return y[0], (h, c)

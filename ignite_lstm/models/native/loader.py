@@ -25,7 +25,7 @@ __all__ = ["available", "describe", "disabled", "function", "library"]
 logger = logging.getLogger("ignite_lstm.models.native")  # the name its log lines have always had
 
 _SOURCE = Path(__file__).with_name("lstm_cpu.cpp")
-_ABI = 5
+_ABI = 6
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 _lock = threading.Lock()
@@ -45,13 +45,26 @@ def _build() -> ctypes.CDLL:
     if lib.ignite_lstm_abi() != _ABI:
         raise RuntimeError(f"{lib._name} has ABI {lib.ignite_lstm_abi()}, expected {_ABI}")
     p, i = ctypes.c_void_p, ctypes.c_int
-    for name in ("lstm_packed_size", "lstm_forward_work", "lstm_stack_work", "lstm_backward_work"):
+    for name in (
+        "lstm_packed_size",
+        "lstm_forward_work",
+        "lstm_stack_work",
+        "lstm_backward_work",
+        "gru_packed_size",
+        "gru_forward_work",
+        "gru_backward_work",
+    ):
         getattr(lib, name).restype = ctypes.c_longlong
+    lib.ignite_lstm_fma_peak.restype = ctypes.c_double
+    lib.ignite_lstm_fma_peak.argtypes = [i, ctypes.c_longlong]
     for suffix in _DTYPES.values():
         getattr(lib, f"lstm_pack_{suffix}").argtypes = [i] * 2 + [p] * 5
         getattr(lib, f"lstm_forward_{suffix}").argtypes = [i] * 5 + [p] * 11
         getattr(lib, f"lstm_stack_forward_{suffix}").argtypes = [i] * 7 + [p] * 11
-        getattr(lib, f"lstm_backward_{suffix}").argtypes = [i] * 5 + [p] * 10
+        getattr(lib, f"lstm_backward_{suffix}").argtypes = [i] * 6 + [p] * 16
+        getattr(lib, f"gru_pack_{suffix}").argtypes = [i] * 2 + [p] * 5
+        getattr(lib, f"gru_forward_{suffix}").argtypes = [i] * 5 + [p] * 7
+        getattr(lib, f"gru_backward_{suffix}").argtypes = [i] * 5 + [p] * 9
     return lib
 
 
@@ -103,7 +116,7 @@ def describe(device: torch.device | str | None = None) -> str:
         device: where the model is (``"cpu"``, ``torch.device("cuda:0")``, ...).
 
     Returns:
-        For example ``"native (AVX2/FMA, OpenMP, 2 threads)"`` or ``"PyTorch"``.
+        For example ``"native (AVX-512, OpenMP, 2 threads)"`` or ``"PyTorch"``.
 
     Example:
         >>> logger.info("LSTM kernel: %s", describe())
@@ -113,7 +126,7 @@ def describe(device: torch.device | str | None = None) -> str:
     lib = library()
     if lib is None:
         return "PyTorch (native kernel off or not built)"
-    simd = "AVX2/FMA" if lib.ignite_lstm_simd() else "portable C++"
+    simd = {2: "AVX-512", 1: "AVX2/FMA"}.get(lib.ignite_lstm_simd(), "portable C++")
     threads = f"OpenMP, {torch.get_num_threads()} threads" if lib.ignite_lstm_openmp() else "1 thread"
     return f"native ({simd}, {threads})"
 

@@ -7,10 +7,16 @@
 // the others. Built with -fopenmp, the library uses the OpenMP runtime already loaded
 // by PyTorch (same soname), so its threads are PyTorch's own intra-op threads.
 //
-// float uses AVX2/FMA where the compiler targets it: an 8-wide exp in plain
-// arithmetic (float rounding: within 4e-7 of the exact value, relative) for sigmoid and tanh, and
-// a register-blocked matrix product for the small per-step products. double uses
-// libm and plain loops: the exactness tests run in float64.
+// float uses AVX-512 where the compiler targets it (-march=native on a processor that has it
+// defines __AVX512F__), else AVX2/FMA: a 16- (8-) wide exp in plain arithmetic (float rounding:
+// within 4e-7 of the exact value, relative) for sigmoid and tanh, and register-blocked products
+// for the small per-step products. On AVX-512 the forward step is one fused pass per tile of rows
+// and 16 hidden units (the tile's four gates in registers, the cell update in the same pass, see
+// `fused_step`), and the backward computes the weight gradients and the input gradient itself
+// (`wgrad`), on its own 16-wide products, where MKL takes its AVX2 code on AMD processors.
+// double uses libm and plain loops (the exactness tests run in float64), and the same
+// passes as float on each build: the fused forward's packing aside, every loop structure of
+// the float path is the double path's too.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -18,9 +24,15 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#include <chrono>
+#include <type_traits>
+#include <vector>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define IGNITE_LSTM_AVX2 1
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define IGNITE_LSTM_AVX512 1
+#endif
 #endif
 
 namespace {
@@ -104,6 +116,45 @@ inline __m256 tanh8(__m256 x) {
 }
 #endif
 
+#ifdef IGNITE_LSTM_AVX512
+// The same functions 16 wide: the same arithmetic, so the same bits as exp8/sigm8/tanh8
+// (scalef multiplies by 2^n exactly, as the exponent bits of exp8 do for n in [-126, 127]).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), x));  // NaN kept, see exp8
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+inline __m512 sigm16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+inline __m512 tanh16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 s = _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(one, exp16(_mm512_mul_ps(_mm512_set1_ps(-2.0f), x))));
+  const __m512 large = _mm512_sub_ps(s, one);
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(62.0f / 2835.0f);
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-17.0f / 315.0f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.0f / 15.0f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.0f / 3.0f));
+  p = _mm512_fmadd_ps(p, x2, one);
+  const __m512 small = _mm512_mul_ps(x, p);
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(0.25f), _CMP_LT_OQ), large, small);
+}
+inline __mmask16 tail_mask(int n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+#endif
+
 // ---------------------------------------------------------------- matrix products
 //
 // The per-step products are small (rows x K times K x N, K and N a few hundred at most),
@@ -151,7 +202,91 @@ void gemm_acc(int rows, int K, const T* a, int lda, const T* w, int N, T* z, int
     }
 }
 
-#ifdef IGNITE_LSTM_AVX2
+#if defined(IGNITE_LSTM_AVX512)
+// R rows x NBK blocks of 16 columns of z in registers across the K loop; w: NBK consecutive packed
+// blocks (K x 16 each).
+template <int R, int NBK>
+inline void kernel512(int K, const float* a, int lda, const float* w, float* z, int ldz) {
+  __m512 acc[R][NBK];
+  const int64_t bs = static_cast<int64_t>(16) * K;
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int b = 0; b < NBK; ++b) acc[r][b] = _mm512_loadu_ps(z + r * ldz + 16 * b);
+  for (int k = 0; k < K; ++k) {
+    __m512 wv[NBK];
+#pragma GCC unroll 4
+    for (int b = 0; b < NBK; ++b) wv[b] = _mm512_loadu_ps(w + b * bs + 16 * k);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+#pragma GCC unroll 4
+      for (int b = 0; b < NBK; ++b) acc[r][b] = _mm512_fmadd_ps(av, wv[b], acc[r][b]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int b = 0; b < NBK; ++b) _mm512_storeu_ps(z + r * ldz + 16 * b, acc[r][b]);
+}
+
+// Rows in tiles of at most 6, as even as possible (20 rows: 4 x 5; 40 rows: 7 tiles of 5 or 6).
+template <typename F>
+inline void row_tiles(int rows, F&& tile) {
+  const int tiles = (rows + 5) / 6;
+  for (int t = 0, r0 = 0; t < tiles; ++t) {
+    const int r1 = static_cast<int>(static_cast<int64_t>(rows) * (t + 1) / tiles);
+    tile(r0, r1 - r0);
+    r0 = r1;
+  }
+}
+
+template <int NBK>
+inline void kernel512_rows(int n, int K, const float* a, int lda, const float* w, float* z, int ldz) {
+  switch (n) {
+    case 6: kernel512<6, NBK>(K, a, lda, w, z, ldz); break;
+    case 5: kernel512<5, NBK>(K, a, lda, w, z, ldz); break;
+    case 4: kernel512<4, NBK>(K, a, lda, w, z, ldz); break;
+    case 3: kernel512<3, NBK>(K, a, lda, w, z, ldz); break;
+    case 2: kernel512<2, NBK>(K, a, lda, w, z, ldz); break;
+    case 1: kernel512<1, NBK>(K, a, lda, w, z, ldz); break;
+    default: break;
+  }
+}
+
+template <>
+void gemm_acc<float>(int rows, int K, const float* a, int lda, const float* w, int N, float* z, int ldz) {
+  const int nb = N - N % 16, nt = N - nb;
+  for (int n0 = 0; n0 < nb;) {  // 64 columns at a time (4 blocks), then what is left of the blocks
+    const int blocks = std::min(4, (nb - n0) / 16);
+    const float* wb = w + static_cast<int64_t>(n0) * K;
+    row_tiles(rows, [&](int r0, int n) {
+      const float* ar = a + static_cast<int64_t>(r0) * lda;
+      float* zr = z + static_cast<int64_t>(r0) * ldz + n0;
+      switch (blocks) {
+        case 4: kernel512_rows<4>(n, K, ar, lda, wb, zr, ldz); break;
+        case 3: kernel512_rows<3>(n, K, ar, lda, wb, zr, ldz); break;
+        case 2: kernel512_rows<2>(n, K, ar, lda, wb, zr, ldz); break;
+        default: kernel512_rows<1>(n, K, ar, lda, wb, zr, ldz); break;
+      }
+    });
+    n0 += 16 * blocks;
+  }
+  if (nt == 0) return;
+  const float* wt = w + static_cast<int64_t>(nb) * K;  // the last nt columns, K x nt row-major
+  const __mmask16 m = tail_mask(nt);
+  for (int r0 = 0; r0 < rows; r0 += 8) {  // 8 rows x the nt columns in registers (masked)
+    const int n = std::min(8, rows - r0);
+    __m512 acc[8];
+    for (int r = 0; r < n; ++r) acc[r] = _mm512_maskz_loadu_ps(m, z + (r0 + r) * ldz + nb);
+    for (int k = 0; k < K; ++k) {
+      const __m512 wv = _mm512_maskz_loadu_ps(m, wt + k * nt);
+      for (int r = 0; r < n; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[(r0 + r) * lda + k]), wv, acc[r]);
+    }
+    for (int r = 0; r < n; ++r) _mm512_mask_storeu_ps(z + (r0 + r) * ldz + nb, m, acc[r]);
+  }
+}
+#elif defined(IGNITE_LSTM_AVX2)
 // R rows x 16 columns of z in registers across the K loop; w one packed block (K x 16).
 template <int R>
 inline void kernel16(int K, const float* a, int lda, const float* w, float* z, int ldz) {
@@ -226,7 +361,23 @@ inline void cell_forward(int H, T* z, const T* c_prev, T* c, T* h) {
   cell_forward_from<T>(0, H, z, c_prev, c, h);
 }
 
-#ifdef IGNITE_LSTM_AVX2
+#if defined(IGNITE_LSTM_AVX512)
+template <>
+inline void cell_forward<float>(int H, float* z, const float* c_prev, float* c, float* h) {
+  for (int j = 0; j < H; j += 16) {
+    const __mmask16 m = tail_mask(H - j);
+    const __m512 i = sigm16(_mm512_maskz_loadu_ps(m, z + j)), f = sigm16(_mm512_maskz_loadu_ps(m, z + H + j));
+    const __m512 g = tanh16(_mm512_maskz_loadu_ps(m, z + 2 * H + j)), o = sigm16(_mm512_maskz_loadu_ps(m, z + 3 * H + j));
+    const __m512 cn = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(m, c_prev + j), _mm512_mul_ps(i, g));
+    _mm512_mask_storeu_ps(c + j, m, cn);
+    _mm512_mask_storeu_ps(h + j, m, _mm512_mul_ps(o, tanh16(cn)));
+    _mm512_mask_storeu_ps(z + j, m, i);
+    _mm512_mask_storeu_ps(z + H + j, m, f);
+    _mm512_mask_storeu_ps(z + 2 * H + j, m, g);
+    _mm512_mask_storeu_ps(z + 3 * H + j, m, o);
+  }
+}
+#elif defined(IGNITE_LSTM_AVX2)
 template <>
 inline void cell_forward<float>(int H, float* z, const float* c_prev, float* c, float* h) {
   int j = 0;
@@ -269,7 +420,29 @@ inline void cell_backward(int H, const T* a, const T* c_prev, const T* c, const 
   cell_backward_from<T>(0, H, a, c_prev, c, dh, dc_in, dz, dc_prev);
 }
 
-#ifdef IGNITE_LSTM_AVX2
+#if defined(IGNITE_LSTM_AVX512)
+template <>
+inline void cell_backward<float>(int H, const float* a, const float* c_prev, const float* c, const float* dh,
+                                 const float* dc_in, float* dz, float* dc_prev) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int j = 0; j < H; j += 16) {
+    const __mmask16 m = tail_mask(H - j);
+    const __m512 i = _mm512_maskz_loadu_ps(m, a + j), f = _mm512_maskz_loadu_ps(m, a + H + j);
+    const __m512 g = _mm512_maskz_loadu_ps(m, a + 2 * H + j), o = _mm512_maskz_loadu_ps(m, a + 3 * H + j);
+    const __m512 tc = tanh16(_mm512_maskz_loadu_ps(m, c + j));
+    const __m512 d_h = _mm512_maskz_loadu_ps(m, dh + j);
+    __m512 dc = _mm512_mul_ps(_mm512_mul_ps(d_h, o), _mm512_fnmadd_ps(tc, tc, one));
+    if (dc_in) dc = _mm512_add_ps(dc, _mm512_maskz_loadu_ps(m, dc_in + j));
+    _mm512_mask_storeu_ps(dz + j, m, _mm512_mul_ps(_mm512_mul_ps(dc, g), _mm512_mul_ps(i, _mm512_sub_ps(one, i))));
+    _mm512_mask_storeu_ps(dz + H + j, m, _mm512_mul_ps(_mm512_mul_ps(dc, _mm512_maskz_loadu_ps(m, c_prev + j)),
+                                                       _mm512_mul_ps(f, _mm512_sub_ps(one, f))));
+    _mm512_mask_storeu_ps(dz + 2 * H + j, m, _mm512_mul_ps(_mm512_mul_ps(dc, i), _mm512_fnmadd_ps(g, g, one)));
+    _mm512_mask_storeu_ps(dz + 3 * H + j, m,
+                          _mm512_mul_ps(_mm512_mul_ps(d_h, tc), _mm512_mul_ps(o, _mm512_sub_ps(one, o))));
+    if (dc_prev) _mm512_mask_storeu_ps(dc_prev + j, m, _mm512_mul_ps(dc, f));
+  }
+}
+#elif defined(IGNITE_LSTM_AVX2)
 template <>
 inline void cell_backward<float>(int H, const float* a, const float* c_prev, const float* c, const float* dh,
                                  const float* dc_in, float* dz, float* dc_prev) {
@@ -306,30 +479,172 @@ void pack_transposed(int N, int K, const T* w, T* out) {
     for (int n = 0; n < nt; ++n) out[static_cast<int64_t>(nb) * K + k * nt + n] = w[static_cast<int64_t>(nb + n) * K + k];
 }
 
+#ifdef IGNITE_LSTM_AVX512
+// ---------------------------------------------------------------- fused forward step (float, AVX-512)
+//
+// The layer's weights in groups of 16 hidden units: group q holds, for each input k of [x, h]
+// (K = I + H rows), the 64 weights [i, f, g, o] x 16 units q*16 .. q*16 + 15 (zero past H),
+// then the group's 64 summed biases. A tile of R rows x one group is R x 4 registers: the four
+// gates of 16 units, so the cell update runs on the registers the product leaves, and the
+// pre-activation gates never go to memory.
+inline int groups16(int H) { return (H + 15) / 16; }
+
+inline void write_fused(int I, int H, const float* w_ih, const float* w_hh, const float* b_ih, const float* b_hh,
+                        float* mem) {
+  const int K = I + H;
+  for (int q = 0; q < groups16(H); ++q) {
+    float* blk = mem + static_cast<int64_t>(q) * (K + 1) * 64;
+    for (int gate = 0; gate < 4; ++gate)
+      for (int u = 0; u < 16; ++u) {
+        const int j = 16 * q + u;
+        const int64_t row = static_cast<int64_t>(gate) * H + j;  // PyTorch's row of this gate and unit
+        for (int k = 0; k < K; ++k)
+          blk[static_cast<int64_t>(k) * 64 + gate * 16 + u] =
+              j >= H ? 0.0f : (k < I ? w_ih[row * I + k] : w_hh[row * H + (k - I)]);
+        blk[static_cast<int64_t>(K) * 64 + gate * 16 + u] = j >= H ? 0.0f : b_ih[row] + b_hh[row];
+      }
+  }
+}
+
+// R rows of one step for the 16 units of group q: gates from x (stride ldx) and h_prev (stride H);
+// c = f c_prev + i g, h = o tanh(c) (rows of H); the activated gates to `gates` (rows of 4H) unless nullptr.
+template <int R>
+inline void fused_tile(int I, int H, int q, const float* x, int ldx, const float* h_prev, const float* blk,
+                       const float* c_prev, float* c, float* h, float* gates) {
+  const int K = I + H, G = 4 * H, j0 = 16 * q;
+  const float* bias = blk + static_cast<int64_t>(K) * 64;
+  __m512 acc[R][4];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_loadu_ps(bias + 16 * g);
+  for (int k = 0; k < I; ++k) {
+    const float* w = blk + static_cast<int64_t>(k) * 64;
+    const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32),
+                 w3 = _mm512_loadu_ps(w + 48);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(x[r * ldx + k]);
+      acc[r][0] = _mm512_fmadd_ps(av, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(av, w1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(av, w2, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(av, w3, acc[r][3]);
+    }
+  }
+  const float* wh = blk + static_cast<int64_t>(I) * 64;
+  for (int k = 0; k < H; ++k) {
+    const float* w = wh + static_cast<int64_t>(k) * 64;
+    const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32),
+                 w3 = _mm512_loadu_ps(w + 48);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(h_prev[r * H + k]);
+      acc[r][0] = _mm512_fmadd_ps(av, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(av, w1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(av, w2, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(av, w3, acc[r][3]);
+    }
+  }
+  const __mmask16 m = tail_mask(H - j0);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const __m512 i = sigm16(acc[r][0]), f = sigm16(acc[r][1]), g = tanh16(acc[r][2]), o = sigm16(acc[r][3]);
+    const int64_t at = static_cast<int64_t>(r) * H + j0;
+    const __m512 cn = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(m, c_prev + at), _mm512_mul_ps(i, g));
+    _mm512_mask_storeu_ps(c + at, m, cn);
+    _mm512_mask_storeu_ps(h + at, m, _mm512_mul_ps(o, tanh16(cn)));
+    if (gates) {
+      float* z = gates + static_cast<int64_t>(r) * G + j0;
+      _mm512_mask_storeu_ps(z, m, i);
+      _mm512_mask_storeu_ps(z + H, m, f);
+      _mm512_mask_storeu_ps(z + 2 * H, m, g);
+      _mm512_mask_storeu_ps(z + 3 * H, m, o);
+    }
+  }
+}
+
+// One step of `rows` rows: group by group (a group's weights stay in L1 across the row tiles).
+// h must not alias h_prev (every tile reads all of h_prev); c may alias c_prev.
+inline void fused_step(int I, int H, const float* mem, int rows, const float* x, int ldx, const float* h_prev,
+                       const float* c_prev, float* c, float* h, float* gates) {
+  const int K = I + H, G = 4 * H;
+  for (int q = 0; q < groups16(H); ++q) {
+    const float* blk = mem + static_cast<int64_t>(q) * (K + 1) * 64;
+    row_tiles(rows, [&](int r0, int n) {
+      const float* xr = x + static_cast<int64_t>(r0) * ldx;
+      const float* hp = h_prev + static_cast<int64_t>(r0) * H;
+      const float* cp = c_prev + static_cast<int64_t>(r0) * H;
+      float* cr = c + static_cast<int64_t>(r0) * H;
+      float* hr = h + static_cast<int64_t>(r0) * H;
+      float* gr = gates ? gates + static_cast<int64_t>(r0) * G : nullptr;
+      switch (n) {
+        case 6: fused_tile<6>(I, H, q, xr, ldx, hp, blk, cp, cr, hr, gr); break;
+        case 5: fused_tile<5>(I, H, q, xr, ldx, hp, blk, cp, cr, hr, gr); break;
+        case 4: fused_tile<4>(I, H, q, xr, ldx, hp, blk, cp, cr, hr, gr); break;
+        case 3: fused_tile<3>(I, H, q, xr, ldx, hp, blk, cp, cr, hr, gr); break;
+        case 2: fused_tile<2>(I, H, q, xr, ldx, hp, blk, cp, cr, hr, gr); break;
+        case 1: fused_tile<1>(I, H, q, xr, ldx, hp, blk, cp, cr, hr, gr); break;
+        default: break;
+      }
+    });
+  }
+}
+#endif
+
 // One layer's parameters packed for the per-step products, and its summed bias, in one buffer
-// of size(I, H) values (lstm_pack writes it; the passes only read it).
+// of size(I, H) values (lstm_pack writes it; the passes only read it). float on AVX-512: the
+// fused layout above; otherwise W_ih^T, W_hh^T in gemm_acc's layout and the bias.
 template <typename T>
 struct Packed {
+#ifdef IGNITE_LSTM_AVX512
+  static constexpr bool fused = std::is_same<T, float>::value;
+#else
+  static constexpr bool fused = false;
+#endif
   int I, H;
+  const T* mem;
   const T* wih;  // I x 4H
   const T* whh;  // H x 4H
   const T* bias; // 4H
-  static int64_t size(int I, int H) { return static_cast<int64_t>(I + H + 1) * 4 * H; }
+  // the larger of the two layouts (4H padded to groups of 16 units)
+  static int64_t size(int I, int H) { return static_cast<int64_t>(I + H + 1) * 4 * (16 * ((H + 15) / 16)); }
   static void write(int I, int H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh, T* mem) {
+#ifdef IGNITE_LSTM_AVX512
+    if constexpr (fused) {
+      write_fused(I, H, w_ih, w_hh, b_ih, b_hh, mem);
+      return;
+    }
+#endif
     const int G = 4 * H;
     pack_transposed(G, I, w_ih, mem);
     pack_transposed(G, H, w_hh, mem + static_cast<int64_t>(I) * G);
     T* bias = mem + static_cast<int64_t>(I + H) * G;
     for (int n = 0; n < G; ++n) bias[n] = b_ih[n] + b_hh[n];
   }
-  Packed(int I_, int H_, const T* mem)
-      : I(I_), H(H_), wih(mem), whh(mem + static_cast<int64_t>(I_) * 4 * H_), bias(mem + static_cast<int64_t>(I_ + H_) * 4 * H_) {}
-  // z (rows x 4H) = bias + x (rows x I, stride ldx) @ W_ih^T + h (rows x H) @ W_hh^T
+  Packed(int I_, int H_, const T* mem_)
+      : I(I_), H(H_), mem(mem_), wih(mem_), whh(mem_ + static_cast<int64_t>(I_) * 4 * H_),
+        bias(mem_ + static_cast<int64_t>(I_ + H_) * 4 * H_) {}
+  // z (rows x 4H) = bias + x (rows x I, stride ldx) @ W_ih^T + h (rows x H) @ W_hh^T (unfused layout)
   void gates(int rows, const T* x, int ldx, const T* h, T* z) const {
     const int G = 4 * H;
     for (int r = 0; r < rows; ++r) std::memcpy(z + static_cast<int64_t>(r) * G, bias, sizeof(T) * G);
     gemm_acc<T>(rows, I, x, ldx, wih, G, z, G);
     gemm_acc<T>(rows, H, h, H, whh, G, z, G);
+  }
+  // One step of `rows` rows: x (stride ldx), h_prev, c_prev (rows x H) in; c (may alias c_prev) and
+  // h (must not alias h_prev) out; the activated gates (rows x 4H) kept in `gates` unless nullptr;
+  // z: rows x 4H of scratch.
+  void step(int rows, const T* x, int ldx, const T* h_prev, const T* c_prev, T* c, T* h, T* gates_out, T* z) const {
+#ifdef IGNITE_LSTM_AVX512
+    if constexpr (fused) {
+      fused_step(I, H, mem, rows, x, ldx, h_prev, c_prev, c, h, gates_out);
+      return;
+    }
+#endif
+    const int G = 4 * H;
+    T* zz = gates_out ? gates_out : z;
+    gates(rows, x, ldx, h_prev, zz);
+    for (int r = 0; r < rows; ++r) cell_forward<T>(H, zz + r * G, c_prev + r * H, c + r * H, h + r * H);
   }
 };
 
@@ -354,8 +669,6 @@ void forward(int T_, int B, int I, int H, int b0, int b1, const T* x, const T* p
   const T* c_prev = c0 + static_cast<int64_t>(b0) * H;
   for (int t = 0; t < T_; ++t) {
     const int64_t row0 = static_cast<int64_t>(t) * B + b0;
-    T* z = gates ? gates + row0 * G : scratch;
-    p.gates(rows, x + row0 * I, I, h_prev, z);
     if (xh) {
       for (int r = 0; r < rows; ++r) {
         T* out = xh + (row0 + r) * X;
@@ -367,7 +680,7 @@ void forward(int T_, int B, int I, int H, int b0, int b1, const T* x, const T* p
     T* h = hs + row0 * H;
     // Cells not kept live in two scratch buffers after the gates, used in turn.
     T* c = cs ? cs + row0 * H : scratch + static_cast<int64_t>(rows) * G + static_cast<int64_t>(t & 1) * rows * H;
-    for (int r = 0; r < rows; ++r) cell_forward<T>(H, z + r * G, c_prev + r * H, c + r * H, h + r * H);
+    p.step(rows, x + row0 * I, I, h_prev, c_prev, c, h, gates ? gates + row0 * G : nullptr, scratch);
     h_prev = h;
     c_prev = c;
   }
@@ -383,7 +696,7 @@ void forward(int T_, int B, int I, int H, int b0, int b1, const T* x, const T* p
 //   the linear read-out y_t = head_b + h_t @ head_w^T, when head_w is given.
 //   work: stack_work(rows, L, H) values.
 template <typename T>
-int64_t stack_work(int rows, int L, int H) { return static_cast<int64_t>(rows) * (4 + 2 * L) * H; }
+int64_t stack_work(int rows, int L, int H) { return static_cast<int64_t>(rows) * (4 + 3 * L) * H; }
 
 template <typename T>
 void stack_forward(int T_, int B, int L, int I0, int H, int O, int b0, int b1, const T* x, const T* const* packed,
@@ -392,8 +705,11 @@ void stack_forward(int T_, int B, int L, int I0, int H, int O, int b0, int b1, c
   const int G = 4 * H, rows = b1 - b0;
   const int64_t rh = static_cast<int64_t>(rows) * H;
   T* z = work;
-  T* hl = z + static_cast<int64_t>(rows) * G;  // (L, rows, H): this thread's rows of the state
-  T* cl = hl + L * rh;
+  // (L, rows, H) twice: this thread's rows of h, read from one and written to the other in turn
+  // (a step reads all of h_{t-1} while it writes h_t), and of c (updated in place).
+  T* hbuf[2] = {z + static_cast<int64_t>(rows) * G, z + static_cast<int64_t>(rows) * G + L * rh};
+  T* hl = hbuf[0];
+  T* cl = hbuf[1] + L * rh;
   for (int l = 0; l < L; ++l) {
     std::memcpy(hl + l * rh, h_in + (static_cast<int64_t>(l) * B + b0) * H, sizeof(T) * rh);
     std::memcpy(cl + l * rh, c_in + (static_cast<int64_t>(l) * B + b0) * H, sizeof(T) * rh);
@@ -402,11 +718,12 @@ void stack_forward(int T_, int B, int L, int I0, int H, int O, int b0, int b1, c
     const int64_t row0 = static_cast<int64_t>(t) * B + b0;
     const T* inp = x + row0 * I0;
     int ld = I0;
+    const T* h_prev = hbuf[t & 1];
+    T* h_next = hbuf[(t + 1) & 1];
     for (int l = 0; l < L; ++l) {
-      T* hh = hl + l * rh;
+      T* hh = h_next + l * rh;
       T* cc = cl + l * rh;
-      Packed<T>(l == 0 ? I0 : H, H, packed[l]).gates(rows, inp, ld, hh, z);  // reads h_{t-1} before it is overwritten
-      for (int r = 0; r < rows; ++r) cell_forward<T>(H, z + r * G, cc + r * H, cc + r * H, hh + r * H);
+      Packed<T>(l == 0 ? I0 : H, H, packed[l]).step(rows, inp, ld, h_prev + l * rh, cc, cc, hh, nullptr, z);
       inp = hh;
       ld = H;
     }
@@ -420,31 +737,189 @@ void stack_forward(int T_, int B, int L, int I0, int H, int O, int b0, int b1, c
         }
     }
   }
+  hl = hbuf[T_ & 1];
   for (int l = 0; l < L; ++l) {
     std::memcpy(h_out + (static_cast<int64_t>(l) * B + b0) * H, hl + l * rh, sizeof(T) * rh);
     std::memcpy(c_out + (static_cast<int64_t>(l) * B + b0) * H, cl + l * rh, sizeof(T) * rh);
   }
 }
 
+// ---------------------------------------------------------------- weight gradients
+//
+// dW^T (X x Gp, X = I + H + 1, Gp = 4H rounded up to 16) += [x, h_prev, 1]^T @ dz over rows: each
+// row's layer input x_t (I values), previous state h_{t-1} (H values, the forward's own output
+// hs[t-1], or h0) and a 1 for the bias, with the gate gradients dz (4H values) of the same position.
+// Each thread sums its own rows into its own copy; the copies are added after the parallel region
+// (`reduce_wgrad`), which also transposes to PyTorch's (4H x X) = [dW_ih, dW_hh, db].
+inline int round16(int n) { return 16 * ((n + 15) / 16); }
+
+constexpr int WG_ROWS = 32;  // rows per block (at least): a block's rows stay in L1 across the tiles
+
+// A block of kn rows: pointers to each row's dz, x, h_prev and a 1.
+template <typename T>
+struct WgradRows {
+  int kn, I, H;
+  const T* const* dz;
+  const T* const* x;
+  const T* const* h;
+  const T* const* one;
+};
+
+template <typename T>
+void wgrad_block(const WgradRows<T>& b, int G, T* ct) {
+  const int Gp = round16(G);
+  for (int k = 0; k < b.kn; ++k) {
+    const T* d = b.dz[k];
+    for (int n = 0; n < b.I + b.H + 1; ++n) {
+      const T v = n < b.I ? b.x[k][n] : (n < b.I + b.H ? b.h[k][n - b.I] : T(1));
+      T* row = ct + static_cast<int64_t>(n) * Gp;
+      for (int m = 0; m < G; ++m) row[m] += v * d[m];
+    }
+  }
+}
+
+#ifdef IGNITE_LSTM_AVX512
+// Rows out0 .. out0 + NT - 1 of ct, gates m0 .. m0 + 16 NV - 1 (the last vector masked): NT x NV
+// registers across the block's rows; src[k] + col: the row's NT values.
+template <int NT, int NV>
+inline void wgrad_tile(int kn, const float* const* dzp, const float* const* src, int col, int m0, int out0,
+                       __mmask16 last, float* ct, int Gp) {
+  __m512 acc[NT][NV];
+#pragma GCC unroll 6
+  for (int j = 0; j < NT; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_loadu_ps(ct + static_cast<int64_t>(out0 + j) * Gp + m0 + 16 * v);
+  for (int k = 0; k < kn; ++k) {
+    const float* d = dzp[k] + m0;
+    const float* xr = src[k] + col;
+    __m512 dv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) dv[v] = v + 1 < NV ? _mm512_loadu_ps(d + 16 * v) : _mm512_maskz_loadu_ps(last, d + 16 * v);
+#pragma GCC unroll 6
+    for (int j = 0; j < NT; ++j) {
+      const __m512 bx = _mm512_set1_ps(xr[j]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[j][v] = _mm512_fmadd_ps(bx, dv[v], acc[j][v]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int j = 0; j < NT; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(ct + static_cast<int64_t>(out0 + j) * Gp + m0 + 16 * v, acc[j][v]);
+}
+
+// ncols columns of one source (x, h_prev or the 1), into ct rows from out0.
+template <int NV>
+inline void wgrad_tiles(int kn, const float* const* dzp, const float* const* src, int ncols, int m0, int out0,
+                        __mmask16 last, float* ct, int Gp) {
+  int n0 = 0;
+  for (; n0 + 6 <= ncols; n0 += 6) wgrad_tile<6, NV>(kn, dzp, src, n0, m0, out0 + n0, last, ct, Gp);
+  switch (ncols - n0) {
+    case 5: wgrad_tile<5, NV>(kn, dzp, src, n0, m0, out0 + n0, last, ct, Gp); break;
+    case 4: wgrad_tile<4, NV>(kn, dzp, src, n0, m0, out0 + n0, last, ct, Gp); break;
+    case 3: wgrad_tile<3, NV>(kn, dzp, src, n0, m0, out0 + n0, last, ct, Gp); break;
+    case 2: wgrad_tile<2, NV>(kn, dzp, src, n0, m0, out0 + n0, last, ct, Gp); break;
+    case 1: wgrad_tile<1, NV>(kn, dzp, src, n0, m0, out0 + n0, last, ct, Gp); break;
+    default: break;
+  }
+}
+
+template <int NV>
+inline void wgrad_stripe(const WgradRows<float>& b, int m0, __mmask16 last, float* ct, int Gp) {
+  wgrad_tiles<NV>(b.kn, b.dz, b.x, b.I, m0, 0, last, ct, Gp);
+  wgrad_tiles<NV>(b.kn, b.dz, b.h, b.H, m0, b.I, last, ct, Gp);
+  wgrad_tiles<NV>(b.kn, b.dz, b.one, 1, m0, b.I + b.H, last, ct, Gp);
+}
+
+template <>
+void wgrad_block<float>(const WgradRows<float>& b, int G, float* ct) {
+  const int Gp = round16(G);
+  for (int m0 = 0; m0 < G; m0 += 64) {  // 64 gates at a time: their dz rows stay in L1 across the tiles
+    const int nv = std::min(4, (G - m0 + 15) / 16);
+    const __mmask16 last = tail_mask(G - m0 - 16 * (nv - 1));
+    switch (nv) {
+      case 4: wgrad_stripe<4>(b, m0, last, ct, Gp); break;
+      case 3: wgrad_stripe<3>(b, m0, last, ct, Gp); break;
+      case 2: wgrad_stripe<2>(b, m0, last, ct, Gp); break;
+      default: wgrad_stripe<1>(b, m0, last, ct, Gp); break;
+    }
+  }
+}
+#endif
+
+// dw (G x X) = the sum of the threads' ct (X x Gp each, `stride` values apart).
+template <typename T>
+void reduce_wgrad(int threads, int G, int X, const T* ct, int64_t stride, T* dw) {
+  const int Gp = round16(G);
+  for (int m = 0; m < G; ++m)
+    for (int n = 0; n < X; ++n) {
+      T acc = ct[static_cast<int64_t>(n) * Gp + m];
+      for (int k = 1; k < threads; ++k) acc += ct[k * stride + static_cast<int64_t>(n) * Gp + m];
+      dw[static_cast<int64_t>(m) * X + n] = acc;
+    }
+}
+
+// Ask for n values from p in the cache ahead of their use (the backward walks its steps from
+// the last to the first, a pattern the hardware prefetchers take a while to follow).
+template <typename T>
+inline void prefetch_rows(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t at = 0; at < n * static_cast<int64_t>(sizeof(T)); at += 64) __builtin_prefetch(c + at, 0, 3);
+}
+
 // Backward of one layer over T steps, last to first, for rows [b0, b1).
 //   gates, cs: as kept by forward; c0 (B, H); dhs (T, B, H): dL/dh_t from outside the layer (read only).
 //   w_hh (4H, H): PyTorch's layout. recurrent: 1 propagates through h_{t-1} and c_{t-1} (BPTT within
 //   the call), 0 treats the previous state of every step as a constant (state detached after every step).
-//   dc_n (B, H) or nullptr: dL/dc of the final cell. dz (T, B, 4H) out: pre-activation gate gradients.
+//   dc_n (B, H) or nullptr: dL/dc of the final cell.
+//   dz (T, B, 4H) out: pre-activation gate gradients, or nullptr: kept only in the work, a few
+//   steps at a time, for the products below.
+//   w_ih (4H, I) and dx (T, B, I) or nullptr: the input gradient dx_t = dz_t @ W_ih, step by step.
+//   x (T, B, I), hs (T, B, H), h0 (B, H): the forward's input, output and initial state, or x nullptr:
+//   this thread's weight gradients into the work's ct (X x Gp, zeroed by the caller), a block of steps
+//   at a time while their dz is in cache (wgrad_block).
 //   dh0, dc0 (B, H) out or nullptr: gradient into the initial state (recurrent only).
-//   work: backward_work(rows, H) values.
+//   work: backward_work(work_rows, I, H) values (work_rows >= rows).
+inline int wgrad_steps(int rows) { return std::max(1, (WG_ROWS + rows - 1) / rows); }
+
+// where a thread's ct and dz ring start in its work
+inline int64_t backward_ct(int rows, int I, int H) {
+  const int64_t G = 4 * H;
+  return G * H + G * I + static_cast<int64_t>(rows) * 3 * H;
+}
+inline int64_t backward_ring(int rows, int I, int H) {
+  return backward_ct(rows, I, H) + static_cast<int64_t>(I + H + 1) * round16(4 * H);
+}
 template <typename T>
-int64_t backward_work(int rows, int H) { return static_cast<int64_t>(4 * H) * H + static_cast<int64_t>(rows) * 3 * H; }
+int64_t backward_work(int rows, int I, int H) {
+  return backward_ring(rows, I, H) + static_cast<int64_t>(wgrad_steps(rows)) * rows * 4 * H;
+}
 
 template <typename T>
-void backward(int T_, int B, int H, int b0, int b1, int recurrent, const T* gates, const T* cs, const T* c0,
-              const T* dhs, const T* w_hh, const T* dc_n, T* dz, T* dh0, T* dc0, T* work) {
+void backward(int T_, int B, int I, int H, int b0, int b1, int recurrent, const T* gates, const T* cs, const T* c0,
+              const T* dhs, const T* w_hh, const T* w_ih, const T* x, const T* hs, const T* h0, const T* dc_n, T* dz,
+              T* dx, T* dh0, T* dc0, T* work, int work_rows) {
   const int G = 4 * H, rows = b1 - b0;
   T* whh = work;                       // W_hh (4H x H) packed: dh_{t-1} = dz_t @ W_hh
   if (recurrent) pack(G, H, w_hh, whh);
-  T* dh = work + static_cast<int64_t>(G) * H;  // dL/dh_t, all sources
+  T* wih = whh + static_cast<int64_t>(G) * H;  // W_ih (4H x I) packed: dx_t = dz_t @ W_ih
+  if (dx) pack(G, I, w_ih, wih);
+  T* dh = wih + static_cast<int64_t>(G) * I;  // dL/dh_t, all sources
   T* dc_a = dh + rows * H;             // dL/dc_t from step t+1, and the next one's, in turn
   T* dc_b = dc_a + rows * H;
+  T* ct = work + backward_ct(work_rows, I, H);
+  T* ring = work + backward_ring(work_rows, I, H);  // dz of the steps since the last weight-gradient block
+  const int block = wgrad_steps(rows);
+  static const T one[1] = {T(1)};
+  std::vector<const T*> dzp, xp, hp, onep;
+  if (x) {
+    const size_t n = static_cast<size_t>(block) * rows;
+    dzp.resize(n);
+    xp.resize(n);
+    hp.resize(n);
+    onep.assign(n, one);
+  }
+  int pending = 0;
   const T* dc_in = nullptr;
   if (dc_n) {
     std::memcpy(dc_a, dc_n + static_cast<int64_t>(b0) * H, sizeof(T) * rows * H);
@@ -453,21 +928,46 @@ void backward(int T_, int B, int H, int b0, int b1, int recurrent, const T* gate
   for (int t = T_ - 1; t >= 0; --t) {
     const int64_t row0 = static_cast<int64_t>(t) * B + b0;
     const T* dh_out = dhs + row0 * H;
+    const T* dh_all = dh_out;
     if (recurrent && t < T_ - 1) {
       for (int k = 0; k < rows * H; ++k) dh[k] += dh_out[k];  // dh holds dz_{t+1} @ W_hh
-    } else {
-      std::memcpy(dh, dh_out, sizeof(T) * rows * H);
+      dh_all = dh;
     }
     const T* c_prev = t > 0 ? cs + (row0 - B) * H : c0 + static_cast<int64_t>(b0) * H;
     T* dc_out = (recurrent && (t > 0 || dc0)) ? (dc_in == dc_a ? dc_b : dc_a) : nullptr;
-    T* dzt = dz + row0 * G;
+    T* dzt = dz ? dz + row0 * G : ring + static_cast<int64_t>(pending) * rows * G;
+    if (t > 0) prefetch_rows(gates + (row0 - B) * G, static_cast<int64_t>(rows) * G);  // the next step's rows,
+    if (t > 1) prefetch_rows(cs + (row0 - 2 * B) * H, static_cast<int64_t>(rows) * H);  // while this one computes
+    if (t > 0) prefetch_rows(dhs + (row0 - B) * H, static_cast<int64_t>(rows) * H);
+    if (x && t > 0) prefetch_rows(x + (row0 - B) * I, static_cast<int64_t>(rows) * I);  // the weight gradients'
+    if (x && t > 1) prefetch_rows(hs + (row0 - 2 * B) * H, static_cast<int64_t>(rows) * H);  // rows
     for (int r = 0; r < rows; ++r)
-      cell_backward<T>(H, gates + (row0 + r) * G, c_prev + r * H, cs + (row0 + r) * H, dh + r * H,
+      cell_backward<T>(H, gates + (row0 + r) * G, c_prev + r * H, cs + (row0 + r) * H, dh_all + r * H,
                        dc_in ? dc_in + r * H : nullptr, dzt + r * G, dc_out ? dc_out + r * H : nullptr);
     dc_in = dc_out;
+    if (dx) {
+      T* dxt = dx + row0 * I;
+      std::memset(dxt, 0, sizeof(T) * rows * I);
+      gemm_acc<T>(rows, G, dzt, G, wih, I, dxt, I);
+    }
     if (recurrent && (t > 0 || dh0)) {
       std::memset(dh, 0, sizeof(T) * rows * H);
       gemm_acc<T>(rows, G, dzt, G, whh, H, dh, H);
+    }
+    if (x) {
+      const T* h_prev = t > 0 ? hs + (row0 - B) * H : h0 + static_cast<int64_t>(b0) * H;
+      for (int r = 0; r < rows; ++r) {
+        const size_t at = static_cast<size_t>(pending) * rows + r;
+        dzp[at] = dzt + static_cast<int64_t>(r) * G;
+        xp[at] = x + (row0 + r) * I;
+        hp[at] = h_prev + static_cast<int64_t>(r) * H;
+      }
+      if (++pending == block || t == 0) {
+        wgrad_block<T>(WgradRows<T>{pending * rows, I, H, dzp.data(), xp.data(), hp.data(), onep.data()}, G, ct);
+        pending = 0;
+      }
+    } else if (!dz) {
+      pending = 0;  // the ring's first slot serves every step
     }
   }
   if (recurrent && dh0) std::memcpy(dh0 + static_cast<int64_t>(b0) * H, dh, sizeof(T) * rows * H);
@@ -492,11 +992,258 @@ void parallel_rows(int threads, int B, int64_t per_thread, double* work_base, si
   body(0, B, base);
 }
 
+// ---------------------------------------------------------------- GRU
+//
+// PyTorch's GRU (gates r, z, n): r = sigmoid(W_ir x + b_ir + W_hr h + b_hr), z likewise,
+// n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1 - z) n + z h. The same structure as the
+// LSTM's unfused path: per step two products on gemm_acc (16-wide AVX-512 or AVX2 for float), then
+// one pass over the cells; the backward walks the steps from the last to the first and returns the
+// gate gradients, from which PyTorch's products give the weight and input gradients.
+
+// W_ih^T (I x 3H), W_hh^T (H x 3H) in gemm_acc's layout, then b_ih, b_hh.
+template <typename T>
+struct GruPacked {
+  int I, H;
+  const T* wih;
+  const T* whh;
+  const T* bih;
+  const T* bhh;
+  static int64_t size(int I, int H) { return static_cast<int64_t>(I + H + 2) * 3 * H; }
+  static void write(int I, int H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh, T* mem) {
+    const int G = 3 * H;
+    pack_transposed(G, I, w_ih, mem);
+    pack_transposed(G, H, w_hh, mem + static_cast<int64_t>(I) * G);
+    std::memcpy(mem + static_cast<int64_t>(I + H) * G, b_ih, sizeof(T) * G);
+    std::memcpy(mem + static_cast<int64_t>(I + H + 1) * G, b_hh, sizeof(T) * G);
+  }
+  GruPacked(int I_, int H_, const T* mem)
+      : I(I_), H(H_), wih(mem), whh(mem + static_cast<int64_t>(I_) * 3 * H_),
+        bih(mem + static_cast<int64_t>(I_ + H_) * 3 * H_), bhh(mem + static_cast<int64_t>(I_ + H_ + 1) * 3 * H_) {}
+};
+
+template <typename T>
+int64_t gru_forward_work(int rows, int H) { return static_cast<int64_t>(rows) * 6 * H; }
+
+// One row of H cells: a, b (3H) the input- and hidden-side pre-activations; h out; sv (4H) or nullptr:
+// [r, z, n, b_n] kept for the backward.
+template <typename T>
+inline void gru_cell_forward(int H, const T* a, const T* b, const T* h_prev, T* h, T* sv) {
+  for (int j = 0; j < H; ++j) {
+    const T rr = sigm(a[j] + b[j]), z = sigm(a[H + j] + b[H + j]);
+    const T n = tanh_(a[2 * H + j] + rr * b[2 * H + j]);
+    h[j] = (T(1) - z) * n + z * h_prev[j];
+    if (sv) {
+      sv[j] = rr;
+      sv[H + j] = z;
+      sv[2 * H + j] = n;
+      sv[3 * H + j] = b[2 * H + j];
+    }
+  }
+}
+
+// dL/dh d (H) in; the row's [r, z, n, b_n] sv and h_prev; the pre-activation gradients di, dg (3H) out;
+// dh_direct (H) = d z, or nullptr.
+template <typename T>
+inline void gru_cell_backward(int H, const T* d, const T* sv, const T* h_prev, T* di, T* dg, T* dh_direct) {
+  for (int j = 0; j < H; ++j) {
+    const T rr = sv[j], z = sv[H + j], n = sv[2 * H + j], ghn = sv[3 * H + j];
+    const T dzn = d[j] * (T(1) - z) * (T(1) - n * n);
+    const T dzr = dzn * ghn * rr * (T(1) - rr);
+    const T dzz = d[j] * (h_prev[j] - n) * z * (T(1) - z);
+    di[j] = dzr;
+    di[H + j] = dzz;
+    di[2 * H + j] = dzn;
+    dg[j] = dzr;
+    dg[H + j] = dzz;
+    dg[2 * H + j] = dzn * rr;
+    if (dh_direct) dh_direct[j] = d[j] * z;
+  }
+}
+
+#ifdef IGNITE_LSTM_AVX512
+template <>
+inline void gru_cell_forward<float>(int H, const float* a, const float* b, const float* h_prev, float* h, float* sv) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int j = 0; j < H; j += 16) {
+    const __mmask16 m = tail_mask(H - j);
+    auto ld = [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); };
+    const __m512 rr = sigm16(_mm512_add_ps(ld(a + j), ld(b + j)));
+    const __m512 z = sigm16(_mm512_add_ps(ld(a + H + j), ld(b + H + j)));
+    const __m512 bn = ld(b + 2 * H + j);
+    const __m512 n = tanh16(_mm512_add_ps(ld(a + 2 * H + j), _mm512_mul_ps(rr, bn)));
+    _mm512_mask_storeu_ps(h + j, m, _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(one, z), n), _mm512_mul_ps(z, ld(h_prev + j))));
+    if (sv) {
+      _mm512_mask_storeu_ps(sv + j, m, rr);
+      _mm512_mask_storeu_ps(sv + H + j, m, z);
+      _mm512_mask_storeu_ps(sv + 2 * H + j, m, n);
+      _mm512_mask_storeu_ps(sv + 3 * H + j, m, bn);
+    }
+  }
+}
+
+template <>
+inline void gru_cell_backward<float>(int H, const float* d, const float* sv, const float* h_prev, float* di,
+                                     float* dg, float* dh_direct) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int j = 0; j < H; j += 16) {
+    const __mmask16 m = tail_mask(H - j);
+    auto ld = [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); };
+    const __m512 dv = ld(d + j), rr = ld(sv + j), z = ld(sv + H + j), n = ld(sv + 2 * H + j), ghn = ld(sv + 3 * H + j);
+    const __m512 dzn = _mm512_mul_ps(_mm512_mul_ps(dv, _mm512_sub_ps(one, z)), _mm512_fnmadd_ps(n, n, one));
+    const __m512 dzr = _mm512_mul_ps(_mm512_mul_ps(dzn, ghn), _mm512_mul_ps(rr, _mm512_sub_ps(one, rr)));
+    const __m512 dzz = _mm512_mul_ps(_mm512_mul_ps(dv, _mm512_sub_ps(ld(h_prev + j), n)), _mm512_mul_ps(z, _mm512_sub_ps(one, z)));
+    _mm512_mask_storeu_ps(di + j, m, dzr);
+    _mm512_mask_storeu_ps(di + H + j, m, dzz);
+    _mm512_mask_storeu_ps(di + 2 * H + j, m, dzn);
+    _mm512_mask_storeu_ps(dg + j, m, dzr);
+    _mm512_mask_storeu_ps(dg + H + j, m, dzz);
+    _mm512_mask_storeu_ps(dg + 2 * H + j, m, _mm512_mul_ps(dzn, rr));
+    if (dh_direct) _mm512_mask_storeu_ps(dh_direct + j, m, _mm512_mul_ps(dv, z));
+  }
+}
+#endif
+
+// Forward of one GRU layer over T steps for rows [b0, b1) (time-major).
+//   x (T, B, I); h0 (B, H); hs (T, B, H) out; saved (T, B, 4H) out or nullptr: [r, z, n, W_hn h + b_hn]
+//   of every step for a backward; h_n (B, H) out or nullptr.
+template <typename T>
+void gru_forward(int T_, int B, int I, int H, int b0, int b1, const T* x, const T* packed, const T* h0, T* hs,
+                 T* saved, T* h_n, T* work) {
+  const int G = 3 * H, rows = b1 - b0;
+  const GruPacked<T> p(I, H, packed);
+  T* gi = work;
+  T* gh = work + static_cast<int64_t>(rows) * G;
+  const T* h_prev = h0 + static_cast<int64_t>(b0) * H;
+  for (int t = 0; t < T_; ++t) {
+    const int64_t row0 = static_cast<int64_t>(t) * B + b0;
+    for (int r = 0; r < rows; ++r) {
+      std::memcpy(gi + static_cast<int64_t>(r) * G, p.bih, sizeof(T) * G);
+      std::memcpy(gh + static_cast<int64_t>(r) * G, p.bhh, sizeof(T) * G);
+    }
+    gemm_acc<T>(rows, I, x + row0 * I, I, p.wih, G, gi, G);
+    gemm_acc<T>(rows, H, h_prev, H, p.whh, G, gh, G);
+    T* h = hs + row0 * H;
+    for (int r = 0; r < rows; ++r)
+      gru_cell_forward<T>(H, gi + static_cast<int64_t>(r) * G, gh + static_cast<int64_t>(r) * G,
+                          h_prev + static_cast<int64_t>(r) * H, h + static_cast<int64_t>(r) * H,
+                          saved ? saved + (row0 + r) * 4 * H : nullptr);
+    h_prev = h;
+  }
+  if (h_n) std::memcpy(h_n + static_cast<int64_t>(b0) * H, h_prev, sizeof(T) * rows * H);
+}
+
+template <typename T>
+int64_t gru_backward_work(int rows, int H) { return static_cast<int64_t>(3 * H) * H + static_cast<int64_t>(rows) * H; }
+
+// Backward of one GRU layer over T steps, last to first, for rows [b0, b1).
+//   saved: as gru_forward kept it; hs (T, B, H), h0 (B, H): the forward's states; dhs (T, B, H):
+//   dL/dh_t from outside the layer. w_hh (3H, H). recurrent: 1 through h_{t-1} (BPTT within the call),
+//   0: every step's previous state a constant. dgi, dgh (T, B, 3H) out: the gradients of the input-side
+//   pre-activations (W_i. x + b_i.) and of the hidden-side ones (W_h. h + b_h.). dh0 (B, H) out or nullptr.
+template <typename T>
+void gru_backward(int T_, int B, int H, int b0, int b1, int recurrent, const T* saved, const T* hs, const T* h0,
+                  const T* dhs, const T* w_hh, T* dgi, T* dgh, T* dh0, T* work) {
+  const int G = 3 * H, rows = b1 - b0;
+  T* whh = work;  // W_hh (3H x H) packed: dh_{t-1} += dgh_t @ W_hh
+  if (recurrent) pack(G, H, w_hh, whh);
+  T* dh = work + static_cast<int64_t>(G) * H;  // dL/dh_{t-1} through the recurrence, for the next step down
+  for (int t = T_ - 1; t >= 0; --t) {
+    const int64_t row0 = static_cast<int64_t>(t) * B + b0;
+    const T* h_prev = t > 0 ? hs + (row0 - B) * H : h0 + static_cast<int64_t>(b0) * H;
+    const bool carry = recurrent && t < T_ - 1;
+    const bool pass = recurrent && (t > 0 || dh0);
+    const T* d_all = dhs + row0 * H;
+    if (carry) {  // dh holds the gradient from step t + 1 through h_t
+      for (int k = 0; k < rows * H; ++k) dh[k] += d_all[k];
+      d_all = dh;
+    }
+    for (int r = 0; r < rows; ++r)  // dh: the direct path h' = ... + z h; the product adds the rest below
+      gru_cell_backward<T>(H, d_all + static_cast<int64_t>(r) * H, saved + (row0 + r) * 4 * H,
+                           h_prev + static_cast<int64_t>(r) * H, dgi + (row0 + r) * G, dgh + (row0 + r) * G,
+                           pass ? dh + static_cast<int64_t>(r) * H : nullptr);
+    if (pass) gemm_acc<T>(rows, G, dgh + row0 * G, G, whh, H, dh, H);
+  }
+  if (recurrent && dh0) std::memcpy(dh0 + static_cast<int64_t>(b0) * H, dh, sizeof(T) * rows * H);
+}
+
+// ---------------------------------------------------------------- FMA peak probe
+//
+// The machine's arithmetic peak at the vector width this build uses: PROBE_CHAINS independent
+// chains of fused multiply-adds per thread (more than FMA units x FMA latency on current x86
+// cores), nothing else in the loop. benchmarks/bench_training.py states the kernel's rates as
+// a share of this figure.
+constexpr int PROBE_CHAINS = 12;
+#if defined(IGNITE_LSTM_AVX512)
+using ProbeVec = __m512;
+constexpr int PROBE_WIDTH = 16;
+inline ProbeVec probe_set(float v) { return _mm512_set1_ps(v); }
+inline ProbeVec probe_fma(ProbeVec a, ProbeVec b, ProbeVec c) { return _mm512_fmadd_ps(a, b, c); }
+inline float probe_sum(ProbeVec v) {
+  float out[16];
+  _mm512_storeu_ps(out, v);
+  return out[0] + out[15];
+}
+#elif defined(IGNITE_LSTM_AVX2)
+using ProbeVec = __m256;
+constexpr int PROBE_WIDTH = 8;
+inline ProbeVec probe_set(float v) { return _mm256_set1_ps(v); }
+inline ProbeVec probe_fma(ProbeVec a, ProbeVec b, ProbeVec c) { return _mm256_fmadd_ps(a, b, c); }
+inline float probe_sum(ProbeVec v) {
+  float out[8];
+  _mm256_storeu_ps(out, v);
+  return out[0] + out[7];
+}
+#else
+using ProbeVec = float;
+constexpr int PROBE_WIDTH = 1;
+inline ProbeVec probe_set(float v) { return v; }
+inline ProbeVec probe_fma(ProbeVec a, ProbeVec b, ProbeVec c) { return std::fma(a, b, c); }
+inline float probe_sum(ProbeVec v) { return v; }
+#endif
+
+float probe_chains(long long iters, float seed) {
+  ProbeVec acc[PROBE_CHAINS];
+  for (int i = 0; i < PROBE_CHAINS; ++i) acc[i] = probe_set(seed + static_cast<float>(i));
+  const ProbeVec m = probe_set(0.999999f), b = probe_set(seed * 1e-6f);  // bounded: no overflow, no denormals
+  for (long long n = 0; n < iters; ++n)
+#pragma GCC unroll 12
+    for (int i = 0; i < PROBE_CHAINS; ++i) acc[i] = probe_fma(acc[i], m, b);
+  float total = 0.0f;
+  for (int i = 0; i < PROBE_CHAINS; ++i) total += probe_sum(acc[i]);
+  return total;
+}
+
+volatile float probe_sink;
+
 }  // namespace
 
 extern "C" {
 
-int ignite_lstm_abi(void) { return 5; }
+// FLOP per second of `iters` iterations of the probe on each of `threads` threads (an FMA: 2 FLOP).
+double ignite_lstm_fma_peak(int threads, long long iters) {
+  const auto start = std::chrono::steady_clock::now();
+  int used = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp single
+    used = omp_get_num_threads();
+    const float r = probe_chains(iters, 1.0f + static_cast<float>(omp_get_thread_num()));
+#pragma omp critical
+    probe_sink = probe_sink + r;
+  }
+#else
+  (void)threads;
+  probe_sink = probe_chains(iters, 1.0f);
+#endif
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return static_cast<double>(used) * static_cast<double>(iters) * PROBE_CHAINS * PROBE_WIDTH * 2.0 / seconds;
+}
+
+// Floats per vector of the build's float code (16: AVX-512, 8: AVX2/FMA, 1: portable C++).
+int ignite_lstm_vector_width(void) { return PROBE_WIDTH; }
+
+int ignite_lstm_abi(void) { return 6; }
 
 int ignite_lstm_openmp(void) {
 #ifdef _OPENMP
@@ -506,8 +1253,12 @@ int ignite_lstm_openmp(void) {
 #endif
 }
 
+// 2: AVX-512 (the fused forward, and the backward's own weight and input gradients: see
+// lstm_backward), 1: AVX2/FMA, 0: portable C++.
 int ignite_lstm_simd(void) {
-#ifdef IGNITE_LSTM_AVX2
+#if defined(IGNITE_LSTM_AVX512)
+  return 2;
+#elif defined(IGNITE_LSTM_AVX2)
   return 1;
 #else
   return 0;
@@ -518,7 +1269,7 @@ long long lstm_packed_size(int I, int H) { return Packed<double>::size(I, H); }
 // Scratch per thread, in values; a call with `threads` threads takes threads times this.
 long long lstm_forward_work(int B, int H) { return forward_work<double>(B, H); }
 long long lstm_stack_work(int B, int L, int H) { return stack_work<double>(B, L, H); }
-long long lstm_backward_work(int B, int H) { return backward_work<double>(B, H); }
+long long lstm_backward_work(int B, int I, int H) { return backward_work<double>(B, I, H); }
 
 #define IGNITE_LSTM_DEFINE(SUFFIX, T)                                                                             \
   void lstm_pack_##SUFFIX(int I, int H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh, T* out) {    \
@@ -541,16 +1292,47 @@ long long lstm_backward_work(int B, int H) { return backward_work<double>(B, H);
                                      head_b, out, y, reinterpret_cast<T*>(w));                                    \
                   });                                                                                             \
   }                                                                                                               \
-  void lstm_backward_##SUFFIX(int threads, int T_, int B, int H, int recurrent, const T* gates, const T* cs,      \
-                              const T* c0, const T* dhs, const T* w_hh, const T* dc_n, T* dz, T* dh0, T* dc0,    \
+  void lstm_backward_##SUFFIX(int threads, int T_, int B, int I, int H, int recurrent, const T* gates,            \
+                              const T* cs, const T* c0, const T* dhs, const T* w_hh, const T* w_ih, const T* x,  \
+                              const T* hs, const T* h0, const T* dc_n, T* dz, T* dx, T* dw, T* dh0, T* dc0,      \
                               T* work) {                                                                          \
-    parallel_rows(threads, B, backward_work<T>(B, H), reinterpret_cast<double*>(work), sizeof(T),                \
+    const int64_t per = backward_work<T>(B, I, H), ct = backward_ct(B, I, H);                                     \
+    const int64_t ct_size = static_cast<int64_t>(I + H + 1) * round16(4 * H);                                     \
+    if (dw)                                                                                                       \
+      for (int k = 0; k < std::max(threads, 1); ++k) std::memset(work + k * per + ct, 0, sizeof(T) * ct_size);    \
+    parallel_rows(threads, B, per, reinterpret_cast<double*>(work), sizeof(T), [&](int b0, int b1, char* w) {     \
+      backward<T>(T_, B, I, H, b0, b1, recurrent, gates, cs, c0, dhs, w_hh, w_ih, dw ? x : nullptr, hs, h0, dc_n, \
+                  dz, dx, dh0, dc0, reinterpret_cast<T*>(w), B);                                                  \
+    });                                                                                                           \
+    if (dw) reduce_wgrad<T>(std::max(threads, 1), 4 * H, I + H + 1, work + ct, per, dw);                          \
+  }
+
+#define IGNITE_GRU_DEFINE(SUFFIX, T)                                                                              \
+  void gru_pack_##SUFFIX(int I, int H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh, T* out) {     \
+    GruPacked<T>::write(I, H, w_ih, w_hh, b_ih, b_hh, out);                                                       \
+  }                                                                                                               \
+  void gru_forward_##SUFFIX(int threads, int T_, int B, int I, int H, const T* x, const T* packed, const T* h0,   \
+                            T* hs, T* saved, T* h_n, T* work) {                                                  \
+    parallel_rows(threads, B, gru_forward_work<T>(B, H), reinterpret_cast<double*>(work), sizeof(T),             \
                   [&](int b0, int b1, char* w) {                                                                  \
-                    backward<T>(T_, B, H, b0, b1, recurrent, gates, cs, c0, dhs, w_hh, dc_n, dz, dh0, dc0,        \
-                                reinterpret_cast<T*>(w));                                                         \
+                    gru_forward<T>(T_, B, I, H, b0, b1, x, packed, h0, hs, saved, h_n, reinterpret_cast<T*>(w));  \
+                  });                                                                                             \
+  }                                                                                                               \
+  void gru_backward_##SUFFIX(int threads, int T_, int B, int H, int recurrent, const T* saved, const T* hs,       \
+                             const T* h0, const T* dhs, const T* w_hh, T* dgi, T* dgh, T* dh0, T* work) {         \
+    parallel_rows(threads, B, gru_backward_work<T>(B, H), reinterpret_cast<double*>(work), sizeof(T),            \
+                  [&](int b0, int b1, char* w) {                                                                  \
+                    gru_backward<T>(T_, B, H, b0, b1, recurrent, saved, hs, h0, dhs, w_hh, dgi, dgh, dh0,         \
+                                    reinterpret_cast<T*>(w));                                                     \
                   });                                                                                             \
   }
 
+long long gru_packed_size(int I, int H) { return GruPacked<double>::size(I, H); }
+long long gru_forward_work(int B, int H) { return gru_forward_work<double>(B, H); }
+long long gru_backward_work(int B, int H) { return gru_backward_work<double>(B, H); }
+
+IGNITE_GRU_DEFINE(f32, float)
+IGNITE_GRU_DEFINE(f64, double)
 IGNITE_LSTM_DEFINE(f32, float)
 IGNITE_LSTM_DEFINE(f64, double)
 
