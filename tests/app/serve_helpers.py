@@ -103,7 +103,7 @@ def server_in_thread(model_file: Path, *, state_dir: Path | None = None, token: 
     service.load()
     config = uvicorn.Config(create_app(service, token=token), host="127.0.0.1", port=0, lifespan="off",
                             ws="websockets-sansio", access_log=False, log_level="warning")
-    server = _Server(config)
+    server = _Server(config, service)
 
     async def run():
         await service.start()

@@ -72,13 +72,15 @@ def parse_frame(data: bytes | str, service: StreamService) -> tuple[int, np.ndar
         if not all(map(_is_number, x)):
             bad = next(i for i, v in enumerate(x) if not _is_number(v))
             raise ApiError(400, f"Field 'x' should hold numbers (raw mixture samples); x[{bad}] is {x[bad]!r}.")
-        samples = np.asarray(x, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32: infinite, refused below
+            samples = np.asarray(x, dtype=np.float32)
     else:
         F = model.input_size
         ok = all(isinstance(r, list) and len(r) == F and all(map(_is_number, r)) for r in x)
         if not ok:
             raise ApiError(400, f"Field 'x' should be a list of feature vectors of {F} numbers each.")
-        samples = np.asarray(x, dtype=np.float32).reshape(len(x), F)
+        with np.errstate(over="ignore"):
+            samples = np.asarray(x, dtype=np.float32).reshape(len(x), F)
     finite = np.isfinite(samples)
     if not finite.all():
         bad = np.flatnonzero(~finite.reshape(len(x), -1).all(axis=1))[:5].tolist()

@@ -45,7 +45,19 @@ logger = logging.getLogger("ignite_lstm.serve")
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, stopping on SIGTERM/SIGINT without re-raising the signal afterwards (exit 0)."""
+    """uvicorn's server, stopping on SIGTERM/SIGINT without re-raising the signal afterwards (exit 0).
+
+    Its shutdown first tells the service to drain (the frames of the requests it waits for run
+    at once), then lets uvicorn close the listener and finish the requests in progress.
+    """
+
+    def __init__(self, config: uvicorn.Config, service: StreamService) -> None:
+        super().__init__(config)
+        self.service = service
+
+    async def shutdown(self, sockets=None) -> None:
+        self.service.drain()
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -196,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Serving {model.source} on http://{host}:{port} ({'naive, unbatched' if limits.naive else 'batched'}; "
           f"state: {state_dir.path if state_dir else 'memory only'})", flush=True)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_run(service, _Server(config), sock))
+        runner.run(_run(service, _Server(config, service), sock))
     print(f"Stopped; {len(service.streams) + len(service.evicted)} stream(s) kept"
           f"{' in ' + str(state_dir.path) if state_dir else ''}.", flush=True)
     return 0

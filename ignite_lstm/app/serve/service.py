@@ -78,6 +78,7 @@ class StreamService:
         self._queued = 0
         self._dirty = False
         self._closing = False
+        self._draining = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="serve-step")
         self._tasks: list[asyncio.Task] = []
 
@@ -112,16 +113,22 @@ class StreamService:
 
     async def start(self) -> None:
         """Start the batching, snapshot and eviction tasks (in the running loop)."""
-        self._wake = asyncio.Event()
+        self._wake, self._full = asyncio.Event(), asyncio.Event()
         self._tasks = [asyncio.create_task(self._batch_loop(), name="serve-batcher")]
         if self.state_dir is not None and self.limits.snapshot_interval > 0:
             self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="serve-snapshots"))
         if self.state_dir is not None and self.limits.idle_evict > 0:
             self._tasks.append(asyncio.create_task(self._evict_loop(), name="serve-eviction"))
 
+    def drain(self) -> None:
+        """The server is stopping: run waiting frames at once, without waiting for others to join."""
+        self._draining = True
+        self._full.set()
+
     async def stop(self) -> None:
         """Answer every frame accepted, stop the tasks, write every stream (clean) to the state folder."""
         self._closing = True
+        self.drain()
         self._wake.set()
         batcher, *others = self._tasks
         await batcher
@@ -305,6 +312,8 @@ class StreamService:
             pending.append(frame)
         self._queued += 1
         self._wake.set()
+        if self._queued >= self.limits.max_batch:
+            self._full.set()
         return future
 
     # ------------------------------------------------------------------ batching
@@ -320,8 +329,12 @@ class StreamService:
                 continue
             oldest = next(iter(self._pending.values()))[0].arrival
             delay = oldest + self.limits.max_wait - time.monotonic()
-            if delay > 0 and self._queued < self.limits.max_batch and not self._closing:
-                await asyncio.sleep(delay)
+            if delay > 0 and self._queued < self.limits.max_batch and not self._draining:
+                self._full.clear()  # set by submit() when max_batch frames wait, by stop()
+                try:
+                    await asyncio.wait_for(self._full.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
             lanes = self._take()
             start = time.monotonic()
             for lane in lanes:
