@@ -193,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((args.host, args.port))
+            sock.listen(2048)  # connections queue from now on: the address printed below is usable at once
         except OSError as exc:
             sock.close()
             raise ValueError(f"Cannot listen on {args.host}:{args.port}: {exc}.") from None
