@@ -205,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(create_app(service, token=token), lifespan="off", ws="websockets-sansio",
                             access_log=False, log_level=args.log_level, timeout_graceful_shutdown=args.graceful_timeout,
-                            ws_max_size=limits.max_frame_samples * 64 + 1024)
+                            ws_max_size=limits.max_frame_samples * 64 + 1024,
+                            ws_per_message_deflate=False)  # small float frames: deflate costs CPU, saves little
     print(f"Serving {model.source} on http://{host}:{port} ({'naive, unbatched' if limits.naive else 'batched'}; "
           f"state: {state_dir.path if state_dir else 'memory only'})", flush=True)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
