@@ -23,21 +23,37 @@ import asyncio
 import hmac
 import json
 import math
+import re
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.routing import Route
 
 from ignite_lstm.app.serve.metrics import CONTENT_TYPE_LATEST
 from ignite_lstm.app.serve.service import ApiError, StreamService
+from ignite_lstm.app.serve.ws import websocket_handler
+
+try:  # about ten times faster than json for the frames; json reads what it refuses (NaN: a clear 400)
+    import orjson
+except ImportError:  # pragma: no cover - the serve extra installs it
+    orjson = None
 
 __all__ = ["create_app", "parse_frame"]
 
 _JSON = "application/json"
 _NUMBER_TYPES = {int, float}  # what json.loads makes of JSON numbers
+_WS_PATH = re.compile(r"^/v1/streams/([^/]+)/ws$")
+
+
+def _loads(data: bytes | str):
+    if orjson is not None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # NaN, Infinity, 1e400: json reads them, the finiteness check names them
+    return json.loads(data)
 
 
 def _error(exc: ApiError, service: StreamService) -> JSONResponse:
@@ -52,7 +68,7 @@ def _is_number(v) -> bool:
 def parse_frame(data: bytes | str, service: StreamService) -> tuple[int, np.ndarray]:
     """Check a frame ``{"seq": k, "x": [...]}``; returns ``(seq, samples float32)`` or raises ApiError 400/413."""
     try:
-        obj = json.loads(data)
+        obj = _loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"The frame is not valid JSON: {exc}.") from None
     if not isinstance(obj, dict):
@@ -162,39 +178,6 @@ def create_app(service: StreamService, *, token: str | None = None) -> Starlette
         body = await asyncio.shield(service.submit(sid, seq, samples))  # a dropped client leaves it to finish
         return Response(body, media_type=_JSON)
 
-    async def frames_ws(websocket: WebSocket):
-        sid = websocket.path_params["id"]
-        if not authorized(websocket.headers):
-            return await _deny(websocket, 401, "Missing or wrong 'Authorization: Bearer <token>' header.")
-        try:
-            service.require(sid)
-        except ApiError as exc:
-            return await _deny(websocket, exc.status, exc.message)
-        await websocket.accept()
-        answers: asyncio.Queue = asyncio.Queue()
-        sender = asyncio.create_task(_send_in_order(websocket, answers))
-        try:
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                message = message.get("text") or message.get("bytes") or b""
-                seq = None
-                try:
-                    seq, samples = parse_frame(message, service)
-                    answers.put_nowait(service.submit(sid, seq, samples))
-                except ApiError as exc:
-                    service.metrics.rejected.labels(str(exc.status)).inc()
-                    text = {"seq": seq, "status": exc.status, "error": exc.message, **exc.extra}
-                    if "Retry-After" in exc.headers:
-                        text["retry_after"] = int(exc.headers["Retry-After"])
-                    answers.put_nowait(json.dumps(text).encode())
-        except WebSocketDisconnect:  # the sender saw the close first
-            pass
-        finally:
-            answers.put_nowait(None)
-            await asyncio.gather(sender, return_exceptions=True)
-
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", guard(metrics), methods=["GET"]),
@@ -204,9 +187,19 @@ def create_app(service: StreamService, *, token: str | None = None) -> Starlette
         Route("/v1/streams/{id}", guard(stream_info), methods=["GET"]),
         Route("/v1/streams/{id}", guard(delete_stream), methods=["DELETE"]),
         Route("/v1/streams/{id}/frames", guard(post_frame), methods=["POST"]),
-        WebSocketRoute("/v1/streams/{id}/ws", frames_ws),
     ]
-    return Starlette(routes=routes)
+    http = Starlette(routes=routes)
+    frames_ws = websocket_handler(service, authorized, parse_frame)
+
+    async def app(scope, receive, send):
+        """The WebSocket path straight on ASGI (no middleware per message), the rest through Starlette."""
+        if scope["type"] == "websocket":
+            match = _WS_PATH.match(scope["path"])
+            if match:
+                return await frames_ws(scope, receive, send, match.group(1))
+        await http(scope, receive, send)
+
+    return app
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -221,25 +214,3 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"The body is over {limit} bytes (from --max-frame-samples).")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def _send_in_order(websocket: WebSocket, answers: asyncio.Queue) -> None:
-    """Send each answer when it is ready, in the order the frames came."""
-    while True:
-        item = await answers.get()
-        if item is None:
-            return
-        if not isinstance(item, bytes):
-            try:
-                item = await item
-            except ApiError as exc:
-                item = json.dumps({"status": exc.status, "error": exc.message}).encode()
-        await websocket.send_text(item.decode())
-
-
-async def _deny(websocket: WebSocket, status: int, message: str) -> None:
-    """Refuse a WebSocket handshake with an HTTP status where the server can, else close with 1008."""
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(JSONResponse({"error": message}, status_code=status))
-    else:
-        await websocket.close(code=1008, reason=f"{status} {message}"[:120])

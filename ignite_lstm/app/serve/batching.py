@@ -18,6 +18,11 @@ from __future__ import annotations
 
 import json
 import time
+
+try:
+    import orjson  # the same doubles, written about twenty times faster than json
+except ImportError:  # pragma: no cover - the serve extra installs it
+    orjson = None
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,7 +54,8 @@ class Lane:
 
 def _body(seq: int, y: np.ndarray, signal: bool) -> bytes:
     values = y[:, 0].tolist() if signal else y.tolist()  # float32 -> exact doubles -> shortest repr
-    return b'{"seq":%d,"y":%s}' % (seq, json.dumps(values, separators=(",", ":")).encode())
+    text = orjson.dumps(values) if orjson is not None else json.dumps(values, separators=(",", ":")).encode()
+    return b'{"seq":%d,"y":%s}' % (seq, text)
 
 
 def run_lanes(model: ServedModel, lanes: list[Lane]) -> tuple[list, dict]:
@@ -64,17 +70,14 @@ def run_lanes(model: ServedModel, lanes: list[Lane]) -> tuple[list, dict]:
         last frame and ``bodies`` the JSON answer of each frame; ``stats`` the step calls made and
         the rows they computed.
     """
-    inputs = []
+    samples = []
     for lane in lanes:
         parts = [f.samples for f in lane.frames]
-        samples = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        inputs.append(model.inputs(samples, lane.stream.freq_index))
-    order = sorted(range(len(lanes)), key=lambda i: -len(inputs[i]))  # longest first: active lanes = a prefix
-    lengths = [len(inputs[i]) for i in order]
-    B, T, F = len(lanes), lengths[0], model.input_size
-    x = np.zeros((T, B, F), np.float32)  # (T, B, F)
-    for j, i in enumerate(order):
-        x[: lengths[j], j] = inputs[i]
+        samples.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+    order = sorted(range(len(lanes)), key=lambda i: -len(samples[i]))  # longest first: active lanes = a prefix
+    lengths = [len(samples[i]) for i in order]
+    B, T = len(lanes), lengths[0]
+    x = model.batch_inputs([samples[i] for i in order], [lanes[i].stream.freq_index for i in order])  # (T, B, F)
     h = np.concatenate([lanes[i].stream.h for i in order], axis=1)  # (L, B, H)
     c = np.concatenate([lanes[i].stream.c for i in order], axis=1)
     y = np.zeros((T, B, model.output_size), np.float32)

@@ -70,21 +70,28 @@ class ServedModel:
         shape = (self.num_layers, 1, self.hidden_size)
         return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
 
-    def inputs(self, samples: np.ndarray, freq_index: int | None) -> np.ndarray:
-        """The model input rows for one lane's samples.
+    def batch_inputs(self, lanes: list[np.ndarray], freq_indices: list[int | None]) -> np.ndarray:
+        """The model inputs of several lanes, time-major, zero past each lane's end.
 
         Args:
-            samples: signal filter: (n,) float32 raw mixture; feature model: (n, F) float32.
-            freq_index: the one-hot position (signal filters), None otherwise.
+            lanes: per lane, signal filter: (n_i,) float32 raw mixture; feature model: (n_i, F) float32.
+            freq_indices: per lane, the one-hot position (signal filters) or None.
 
         Returns:
-            float32 (n, F).
+            float32 (T, B, F), T the longest lane.
         """
-        if freq_index is None:
-            return samples
-        x = torch.zeros(len(samples), self.input_size)
-        x[:, 0] = self.input_scale * torch.from_numpy(samples)  # the float32 product extract computes
-        x[:, 1 + freq_index] = 1.0
+        T, B = max(len(v) for v in lanes), len(lanes)
+        if not self.is_signal:
+            x = np.zeros((T, B, self.input_size), np.float32)
+            for j, v in enumerate(lanes):
+                x[: len(v), j] = v
+            return x
+        s = np.zeros((T, B), np.float32)
+        for j, v in enumerate(lanes):
+            s[: len(v), j] = v
+        x = torch.zeros(T, B, self.input_size)
+        x[:, :, 0] = self.input_scale * torch.from_numpy(s)  # elementwise: the float32 product extract computes
+        x[:, torch.arange(B), 1 + torch.tensor(freq_indices)] = 1.0
         return x.numpy()
 
     def step(self, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
