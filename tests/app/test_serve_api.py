@@ -61,9 +61,22 @@ def _post(client, sid, seq, x):
 # ---------------------------------------------------------------- the batched step
 
 
-def test_run_lanes_output_does_not_depend_on_the_batch(model_file):
+class _StepOnly:
+    """The model with only ``step`` (as an ONNX step or a user's model): the server's per-step path."""
+
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+
+    def step(self, x_t, state):
+        return self.model.step(x_t, state)
+
+
+@pytest.mark.parametrize("sequence", [True, False], ids=["sequence-calls", "step-calls"])
+def test_run_lanes_output_does_not_depend_on_the_batch(model_file, sequence):
     """Six streams of different lengths, alone, all together, then in other company and order: same numbers."""
     model = load_served_model(model_file)
+    if not sequence:
+        model.stepper = _StepOnly(model.stepper)
     lengths, freqs = [37, 5, 61, 1, 23, 61], [1.0, 3.0, 5.0, 7.0, 3.0, 7.0]
     signals = [mixture(n, seed=i + 1) for i, n in enumerate(lengths)]
 
@@ -80,7 +93,7 @@ def test_run_lanes_output_does_not_depend_on_the_batch(model_file):
     refs = [offline(model_file, signals[i], freqs[i]) for i in range(6)]
     alone = [outputs(run_lanes(model, [lane(stream(i), signals[i])])[0])[0] for i in range(6)]
     together, stats = run_lanes(model, [lane(stream(i), signals[i]) for i in range(6)])
-    assert stats == {"calls": 61, "rows": sum(lengths)}
+    assert stats == {"calls": 5, "steps": 61, "rows": sum(lengths)}  # segments ending at 1, 5, 23, 37, 61
     for i in range(6):
         assert_matches(alone[i], refs[i])
         assert_matches(outputs([together[i]])[0], refs[i])

@@ -2,9 +2,13 @@
 
 Each stream waiting with frames is one *lane*: its frames' samples (in seq order, so
 consecutive frames of one stream run in one call) and its state. The lanes are sorted by
-length, longest first, and stepped together one sample at a time with ``model.step`` on the
-lanes that still have samples: at step t the active lanes are a prefix of the batch, so a
-lane that is done keeps its final state and no padding ever enters a state.
+length, longest first, and stepped together one sample at a time on the lanes that still
+have samples: at step t the active lanes are a prefix of the batch, so a lane that is done
+keeps its final state and no padding ever enters a state. The steps between two lane ends
+(all of them when the frames have one size) are one ``ServedModel.steps`` call: for a
+``StatefulLSTM`` the native kernel's own loop over those steps, whose numbers are those of
+the per-step ``model.step`` calls bit for bit (tested); the server's worker thread then
+takes the GIL back once per call, not once per sample, while the event loop is busy.
 
 Independence of the batch: a lane's numbers do not depend on which lanes share the call
 when the step computes each row alone. The native kernel does (each row's products are
@@ -67,8 +71,8 @@ def run_lanes(model: ServedModel, lanes: list[Lane]) -> tuple[list, dict]:
 
     Returns:
         ``(results, stats)``: per lane ``(h, c, bodies)``, h and c (L, 1, H) the state after its
-        last frame and ``bodies`` the JSON answer of each frame; ``stats`` the step calls made and
-        the rows they computed.
+        last frame and ``bodies`` the JSON answer of each frame; ``stats``: the model calls made,
+        the time steps and the rows (lane-steps) they computed.
     """
     samples = []
     for lane in lanes:
@@ -81,16 +85,17 @@ def run_lanes(model: ServedModel, lanes: list[Lane]) -> tuple[list, dict]:
     h = np.concatenate([lanes[i].stream.h for i in order], axis=1)  # (L, B, H)
     c = np.concatenate([lanes[i].stream.c for i in order], axis=1)
     y = np.zeros((T, B, model.output_size), np.float32)
-    active, rows = B, 0
-    for t in range(T):
+    active, t, calls, rows = B, 0, 0, 0
+    while t < T:  # segments of constant width: the active lanes, a prefix, until the shortest of them ends
         while lengths[active - 1] <= t:
             active -= 1
-        y[t, :active], h_next, c_next = model.step(x[t, :active], h[:, :active], c[:, :active])
+        end = lengths[active - 1]
+        y[t:end, :active], h_next, c_next = model.steps(x[t:end, :active], h[:, :active], c[:, :active])
         if active == B:
             h, c = h_next, c_next
         else:  # the finished lanes keep their state (h is this call's own array)
             h[:, :active], c[:, :active] = h_next, c_next
-        rows += active
+        calls, rows, t = calls + 1, rows + active * (end - t), end
     results: list = [None] * B
     signal = model.is_signal
     for j, i in enumerate(order):
@@ -100,4 +105,4 @@ def run_lanes(model: ServedModel, lanes: list[Lane]) -> tuple[list, dict]:
             bodies.append(_body(frame.seq, y[start:start + n, j], signal))
             start += n
         results[i] = (h[:, j:j + 1].copy(), c[:, j:j + 1].copy(), bodies)
-    return results, {"calls": T, "rows": rows}
+    return results, {"calls": calls, "steps": T, "rows": rows}

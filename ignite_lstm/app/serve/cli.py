@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -209,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             ws_per_message_deflate=False)  # small float frames: deflate costs CPU, saves little
     print(f"Serving {model.source} on http://{host}:{port} ({'naive, unbatched' if limits.naive else 'batched'}; "
           f"state: {state_dir.path if state_dir else 'memory only'})", flush=True)
+    gc.collect()
+    gc.freeze()  # the model, torch and the libraries are long-lived: full collections skip them (latency tail)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_run(service, _Server(config, service), sock))
     print(f"Stopped; {len(service.streams) + len(service.evicted)} stream(s) kept"

@@ -30,8 +30,10 @@ class ServeMetrics:
         self.rejected = Counter(p + "rejected_requests", "Requests refused, by status code", ["code"], registry=r)
         self.batch_lanes = Histogram(p + "step_batch_lanes", "Streams (lanes) in one batched model call",
                                      buckets=_LANES, registry=r)
-        self.step_calls = Counter(p + "step_calls", "model.step calls", registry=r)
-        self.step_rows = Counter(p + "step_rows", "Rows stepped (sum of the step-batch sizes)", registry=r)
+        self.model_calls = Counter(p + "model_calls", "Model calls (each over one or more time steps)", registry=r)
+        self.steps = Counter(p + "steps", "Time steps stepped (each over the lanes active then)", registry=r)
+        self.step_rows = Counter(p + "step_rows", "Rows stepped: the sum of the step-batch sizes over the steps",
+                                 registry=r)
         self.queue_seconds = Histogram(p + "queue_seconds", "From a frame's arrival to the start of its model call",
                                        buckets=_LATENCY, registry=r)
         self.compute_seconds = Histogram(p + "compute_seconds", "Duration of one batched model call",

@@ -26,6 +26,7 @@ import torch
 
 from ignite_lstm.evaluate import load_run
 from ignite_lstm.extract import ExtractionError, _match_frequency
+from ignite_lstm.models import StatefulLSTM
 
 __all__ = ["ServedModel", "load_served_model"]
 
@@ -93,6 +94,24 @@ class ServedModel:
         x[:, :, 0] = self.input_scale * torch.from_numpy(s)  # elementwise: the float32 product extract computes
         x[:, torch.arange(B), 1 + torch.tensor(freq_indices)] = 1.0
         return x.numpy()
+
+    def steps(self, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """T steps of B lanes: x (T, B, F), h and c (L, B, H) -> y (T, B, O), h, c after the last step.
+
+        A ``StatefulLSTM`` runs them as one call of its sequence form (the native kernel's loop
+        over the T steps: the numbers of T ``step`` calls, bit for bit, with one release and one
+        re-acquisition of the GIL instead of T); any other model as T ``step`` calls.
+        """
+        if self.onnx_batch is None and isinstance(self.stepper, StatefulLSTM):
+            with torch.inference_mode():
+                y, (h2, c2) = self.stepper(torch.from_numpy(x).transpose(0, 1),
+                                           (torch.from_numpy(h), torch.from_numpy(c)))
+            return y.transpose(0, 1).numpy(), h2.numpy(), c2.numpy()
+        ys = []
+        for x_t in x:
+            y_t, h, c = self.step(x_t, h, c)
+            ys.append(y_t)
+        return np.stack(ys), h, c
 
     def step(self, x: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One step of B lanes: x (B, F), h and c (L, B, H) -> y (B, O), h_next, c_next (float32)."""

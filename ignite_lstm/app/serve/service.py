@@ -384,7 +384,8 @@ class StreamService:
         m.frames.inc(frames)
         m.samples.inc(samples)
         m.batch_lanes.observe(len(lanes))
-        m.step_calls.inc(stats["calls"])
+        m.model_calls.inc(stats["calls"])
+        m.steps.inc(stats["steps"])
         m.step_rows.inc(stats["rows"])
         m.compute_seconds.observe(seconds)
 
