@@ -325,3 +325,34 @@ def test_idle_stream_is_evicted_to_the_state_dir_and_restored_at_its_next_frame(
             ys += [_post(client, sid, k, frames[k]).json()["y"] for k in range(3, len(frames))]
             assert service.metrics.evictions._value.get() >= 1 and service.metrics.restores._value.get() >= 1
     assert_matches([v for y in ys for v in y], offline(model_file, signal, 1.0))
+
+
+def test_onnx_step_file_is_served_in_chunks_of_its_batch(model_file, tmp_path):
+    """An ONNX step graph of batch 3 serving 5 streams: a full chunk and a padded one, within 1e-6 of extract."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from ignite_lstm.export import main as export_main
+
+    onnx_file = tmp_path / "step.onnx"
+    assert export_main([str(model_file), "--output", str(onnx_file), "--batch", "3"]) == 0
+    freqs = [1.0, 3.0, 5.0, 7.0, 3.0]
+    signals = [mixture(45, seed=i + 1) for i in range(5)]
+    frames = [split_frames(signals[i], [9, 2, 4])[:6] for i in range(5)]  # six frames each
+    with server_in_thread(onnx_file, max_batch=5, max_wait=10.0) as (url, service):
+        assert service.model.describe()["backend"] == "onnxruntime"
+
+        async def one(client, i):
+            sid = (await client.post("/v1/streams", json={"frequency": freqs[i]})).json()["stream"]
+            return [v for k, x in enumerate(frames[i])
+                    for v in (await client.post(f"/v1/streams/{sid}/frames", json={"seq": k, "x": x})).json()["y"]]
+
+        async def all_streams():
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                return await asyncio.gather(*(one(client, i) for i in range(5)))
+
+        outputs = asyncio.run(all_streams())
+        assert service.metrics.batch_lanes._sum.get() == 5 * 6  # every call held the five streams
+    for i in range(5):
+        n = sum(len(x) for x in frames[i])
+        np.testing.assert_allclose(np.asarray(outputs[i], np.float32), offline(model_file, signals[i][:n], freqs[i]),
+                                   rtol=0, atol=1e-6)
