@@ -141,7 +141,7 @@ async def _level(server: Server, path: str, n: int, seconds: float, warmup: floa
     reader, writer = await asyncio.open_connection(host, port)
     ids = []
     for _ in range(n):
-        status, body = await _request(reader, writer, "POST", "/v1/streams", b'{"frequency": 3}')
+        _, body = await _request(reader, writer, "POST", "/v1/streams", b'{"frequency": 3}')
         ids.append(json.loads(body)["stream"])
     n_frames = int((warmup + seconds) / PERIOD)
     messages = [_messages(n_frames, i) for i in range(min(n, 16))]  # 16 signals, shared by the streams
@@ -173,7 +173,7 @@ async def _level(server: Server, path: str, n: int, seconds: float, warmup: floa
                 await ws.send(texts[k])
             try:
                 await asyncio.wait_for(receiver, 5.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def http_stream(i: int) -> None:
@@ -221,7 +221,7 @@ async def _server_metrics(reader, writer) -> dict:
     _, body = await _request(reader, writer, "GET", "/metrics")
     out = {}
     for name in ("steps_total", "step_rows_total"):
-        out[name] = float(re.search(rf"^ignite_lstm_serve_{name} (\S+)$".encode(), body, re.M).group(1))
+        out[name] = float(re.search(rf"^ignite_lstm_serve_{name} (\S+)$".encode(), body, re.MULTILINE).group(1))
     return out
 
 

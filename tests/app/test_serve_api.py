@@ -17,13 +17,20 @@ import httpx
 import numpy as np
 import pytest
 import websockets
+from serve_helpers import (
+    FREQS,
+    mixture,
+    offline,
+    server_in_thread,
+    split_frames,
+    train_tiny_model,
+)
 from websockets.sync.client import connect
 
 from ignite_lstm import native
 from ignite_lstm.app.serve.batching import Frame, Lane, run_lanes
 from ignite_lstm.app.serve.model import load_served_model
 from ignite_lstm.app.serve.streams import Stream
-from serve_helpers import FREQS, mixture, offline, server_in_thread, split_frames, train_tiny_model
 
 EXACT = native.available()  # the native kernel computes each row alone: bit equality
 
@@ -264,7 +271,7 @@ def test_429_for_too_many_streams_and_a_full_queue_answers_in_flight_at_stop(mod
             url + f"/v1/streams/{a}/frames", json={"seq": 0, "x": [0.5]}, timeout=60)))
         first.start()
         deadline = time.monotonic() + 10
-        while service._queued < 1 and time.monotonic() < deadline:  # a's frame waits for its call (60 s)
+        while service.batcher.queued < 1 and time.monotonic() < deadline:  # a's frame waits for its call (60 s)
             time.sleep(0.01)
         r = httpx.post(url + f"/v1/streams/{b}/frames", json={"seq": 0, "x": [0.5]})
         assert r.status_code == 429 and r.headers["retry-after"] == "1" and "--max-queue 1" in r.json()["error"]

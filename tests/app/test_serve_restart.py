@@ -15,9 +15,15 @@ import time
 import httpx
 import numpy as np
 import pytest
+from serve_helpers import (
+    ServerProcess,
+    mixture,
+    offline,
+    split_frames,
+    train_tiny_model,
+)
 
 from ignite_lstm import native
-from serve_helpers import ServerProcess, mixture, offline, split_frames, train_tiny_model
 
 FREQS6 = [1.0, 3.0, 5.0, 7.0, 3.0, 7.0]
 SIZES6 = [[7, 13], [1, 19, 3], [11], [5, 2, 17], [29, 9], [3, 23]]
@@ -39,7 +45,7 @@ def _assert_matches(y, ref):
 
 def _metric(url: str, name: str) -> float:
     text = httpx.get(url + "/metrics").text
-    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+    return float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE).group(1))
 
 
 async def _send(url: str, jobs: list[tuple[str, int, list]]) -> list[httpx.Response]:

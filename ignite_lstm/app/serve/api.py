@@ -31,8 +31,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ignite_lstm.app.serve.errors import ApiError
 from ignite_lstm.app.serve.metrics import CONTENT_TYPE_LATEST
-from ignite_lstm.app.serve.service import ApiError, StreamService
+from ignite_lstm.app.serve.service import StreamService
 from ignite_lstm.app.serve.ws import websocket_handler
 
 try:  # about ten times faster than json for the frames; json reads what it refuses (NaN: a clear 400)

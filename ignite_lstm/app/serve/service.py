@@ -1,11 +1,9 @@
 """The streams of one server, their frames batched into model calls, their state kept on disk.
 
 ``StreamService`` is the server apart from HTTP: ``create``, ``submit`` (a frame in, the
-future of its answer out), ``delete``, ``info``; a batching task that runs the frames of all
-waiting streams as one ``run_lanes`` call in a worker thread (so the event loop keeps reading
-requests while the model computes), no later than ``max_wait`` after the oldest waiting frame
-arrived; a snapshot task and an eviction task for ``--state-dir``. ``stop()`` answers every
-frame accepted, then writes all streams (``clean``).
+future of its answer out), ``delete``, ``info``; the batching task (``batcher.Batcher``);
+a snapshot task and an eviction task for ``--state-dir``. ``stop()`` answers every frame
+accepted, then writes all streams (``clean``).
 
 Sequence numbers: a stream accepts seq k = the number of frames it accepted before; a seq
 already answered gets its kept answer again (the same bytes, the state not stepped), a seq in
@@ -19,27 +17,20 @@ import hashlib
 import logging
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from ignite_lstm.app.serve.batching import Frame, Lane, run_lanes
+from ignite_lstm.app.serve.batcher import Batcher
+from ignite_lstm.app.serve.batching import Frame
+from ignite_lstm.app.serve.errors import ApiError
 from ignite_lstm.app.serve.metrics import ServeMetrics
 from ignite_lstm.app.serve.model import ServedModel
 from ignite_lstm.app.serve.streams import STREAM_ID, StateDir, Stream
 
-__all__ = ["ApiError", "Limits", "StreamService"]
+__all__ = ["ApiError", "Limits", "StreamService"]  # ApiError: from errors, for the API modules
 
 logger = logging.getLogger("ignite_lstm.serve")
-
-
-class ApiError(Exception):
-    """A request refused: HTTP status, message, extra JSON fields and headers for the answer."""
-
-    def __init__(self, status: int, message: str, *, headers: dict | None = None, **extra) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers, self.extra = status, message, headers or {}, extra
 
 
 @dataclass
@@ -69,17 +60,14 @@ class StreamService:
     def __init__(self, model: ServedModel, limits: Limits, state_dir: StateDir | None = None) -> None:
         self.model, self.limits, self.state_dir = model, limits, state_dir
         self.metrics = ServeMetrics()
-        self.metrics.queued.set_function(lambda: self._queued)
+        self.batcher = Batcher(model, max_batch=limits.max_batch, max_wait=limits.max_wait,
+                               keep_answers=limits.keep_answers, metrics=self.metrics, on_commit=self._changed)
+        self.metrics.queued.set_function(lambda: self.batcher.queued)
         self.streams: dict[str, Stream] = {}
         self.evicted: set[str] = set()
         self.recovery: dict = {}
         self._restored: set[str] = set()  # in memory, an evicted file still on disk
-        self._pending: dict[str, list[Frame]] = {}
-        self._queued = 0
         self._dirty = False
-        self._closing = False
-        self._draining = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="serve-step")
         self._tasks: list[asyncio.Task] = []
 
     # ------------------------------------------------------------------ start, stop, recovery
@@ -113,8 +101,7 @@ class StreamService:
 
     async def start(self) -> None:
         """Start the batching, snapshot and eviction tasks (in the running loop)."""
-        self._wake, self._full = asyncio.Event(), asyncio.Event()
-        self._tasks = [asyncio.create_task(self._batch_loop(), name="serve-batcher")]
+        self._tasks = [asyncio.create_task(self.batcher.run(), name="serve-batcher")]
         if self.state_dir is not None and self.limits.snapshot_interval > 0:
             self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="serve-snapshots"))
         if self.state_dir is not None and self.limits.idle_evict > 0:
@@ -122,20 +109,17 @@ class StreamService:
 
     def drain(self) -> None:
         """The server is stopping: run waiting frames at once, without waiting for others to join."""
-        self._draining = True
-        self._full.set()
+        self.batcher.drain()
 
     async def stop(self) -> None:
         """Answer every frame accepted, stop the tasks, write every stream (clean) to the state folder."""
-        self._closing = True
-        self.drain()
-        self._wake.set()
+        self.batcher.close()
         batcher, *others = self._tasks
         await batcher
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
-        self._executor.shutdown()
+        self.batcher.shutdown()
         if self.state_dir is not None:
             self._write_snapshot(clean=True)
             logger.info("Wrote %d stream(s) to %s (%d evicted there).", len(self.streams),
@@ -181,7 +165,7 @@ class StreamService:
             await asyncio.sleep(min(1.0, idle / 4))
             now = time.monotonic()
             for s in list(self.streams.values()):
-                if now - s.last_active > idle and not s.inflight and s.id not in self._pending:
+                if now - s.last_active > idle and not s.inflight and not self.batcher.waiting(s.id):
                     try:
                         self.state_dir.write_evicted(s)
                     except OSError as exc:
@@ -192,6 +176,9 @@ class StreamService:
                     self.evicted.add(s.id)
                     self.metrics.evictions.inc()
             self._update_gauges()
+
+    def _changed(self) -> None:
+        self._dirty = True
 
     def _update_gauges(self) -> None:
         self.metrics.active.set(len(self.streams))
@@ -293,107 +280,16 @@ class StreamService:
         if seq > s.accepted:
             raise ApiError(409, f"Frame seq {seq} of stream {stream_id} is ahead of the stream: the next seq is "
                            f"{s.accepted}.", next_seq=s.accepted)
-        if self._queued >= self.limits.max_queue:
-            raise ApiError(429, f"Too many frames waiting ({self._queued}, --max-queue {self.limits.max_queue}); "
-                           f"retry the frame later.", headers={"Retry-After": "1"})
+        if self.batcher.queued >= self.limits.max_queue:
+            raise ApiError(429, f"Too many frames waiting ({self.batcher.queued}, --max-queue "
+                           f"{self.limits.max_queue}); retry the frame later.", headers={"Retry-After": "1"})
         future = loop.create_future()
         frame = Frame(s, seq, samples, digest, future)
         s.accepted += 1
         s.inflight[seq] = (digest, future)
         s.last_active = frame.arrival
         if self.limits.naive:  # the baseline: this frame alone, computed here and now
-            self.metrics.queue_seconds.observe(0.0)
-            self._compute_and_commit([Lane(s, [frame])])
-            return future
-        pending = self._pending.get(stream_id)
-        if pending is None:
-            self._pending[stream_id] = [frame]
+            self.batcher.run_now(frame)
         else:
-            pending.append(frame)
-        self._queued += 1
-        self._wake.set()
-        if self._queued >= self.limits.max_batch:
-            self._full.set()
+            self.batcher.put(frame)
         return future
-
-    # ------------------------------------------------------------------ batching
-
-    async def _batch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            oldest = next(iter(self._pending.values()))[0].arrival
-            delay = oldest + self.limits.max_wait - time.monotonic()
-            if delay > 0 and self._queued < self.limits.max_batch and not self._draining:
-                self._full.clear()  # set by submit() when max_batch frames wait, by stop()
-                try:
-                    await asyncio.wait_for(self._full.wait(), delay)
-                except asyncio.TimeoutError:
-                    pass
-            lanes = self._take()
-            start = time.monotonic()
-            for lane in lanes:
-                for frame in lane.frames:
-                    self.metrics.queue_seconds.observe(start - frame.arrival)
-            try:
-                results, stats = await loop.run_in_executor(self._executor, run_lanes, self.model, lanes)
-            except Exception as exc:  # a bug, not bad input: the frames are refused, the states unchanged
-                logger.exception("A batched model call failed")
-                self._fail(lanes, exc)
-                continue
-            self._commit(lanes, results, stats, time.monotonic() - start)
-
-    def _take(self) -> list[Lane]:
-        room = self.limits.max_batch
-        if len(self._pending) <= room:
-            items, self._pending = list(self._pending.values()), {}
-        else:
-            keys = [k for k, _ in zip(self._pending, range(room))]
-            items = [self._pending.pop(k) for k in keys]
-        self._queued -= sum(len(frames) for frames in items)
-        return [Lane(frames[0].stream, frames) for frames in items]
-
-    def _compute_and_commit(self, lanes: list[Lane]) -> None:
-        start = time.monotonic()
-        results, stats = run_lanes(self.model, lanes)
-        self._commit(lanes, results, stats, time.monotonic() - start)
-
-    def _commit(self, lanes: list[Lane], results: list, stats: dict, seconds: float) -> None:
-        now, keep, samples, frames = time.monotonic(), self.limits.keep_answers, 0, 0
-        for lane, (h, c, bodies) in zip(lanes, results):
-            s = lane.stream
-            s.h, s.c = h, c
-            for frame, body in zip(lane.frames, bodies):
-                s.answers[frame.seq] = (frame.digest, body)
-                s.inflight.pop(frame.seq, None)
-                if not frame.future.done():
-                    frame.future.set_result(body)
-                samples += len(frame.samples)
-            frames += len(lane.frames)
-            while len(s.answers) > keep:
-                s.answers.popitem(last=False)
-            s.answered = lane.frames[-1].seq + 1
-            s.last_active = now
-        self._dirty = True
-        m = self.metrics
-        m.frames.inc(frames)
-        m.samples.inc(samples)
-        m.batch_lanes.observe(len(lanes))
-        m.model_calls.inc(stats["calls"])
-        m.steps.inc(stats["steps"])
-        m.step_rows.inc(stats["rows"])
-        m.compute_seconds.observe(seconds)
-
-    def _fail(self, lanes: list[Lane], exc: Exception) -> None:
-        for lane in lanes:
-            s = lane.stream
-            s.accepted = min(s.accepted, lane.frames[0].seq)
-            for frame in lane.frames:
-                s.inflight.pop(frame.seq, None)
-                if not frame.future.done():
-                    frame.future.set_exception(ApiError(500, f"The model call failed: {exc}"))

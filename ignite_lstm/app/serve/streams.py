@@ -30,7 +30,7 @@ import numpy as np
 
 from ignite_lstm._atomic import atomic_write
 
-__all__ = ["Stream", "StateDir", "StateError", "STREAM_ID"]
+__all__ = ["STREAM_ID", "StateDir", "StateError", "Stream"]
 
 STREAM_ID = re.compile(r"^[0-9a-f]{16}$")
 FORMAT = 1
@@ -63,7 +63,7 @@ class Stream:
                 "answers": [[seq, digest, body.decode()] for seq, (digest, body) in self.answers.items()]}
 
     @classmethod
-    def from_record(cls, stream_id: str, rec: dict) -> "Stream":
+    def from_record(cls, stream_id: str, rec: dict) -> Stream:
         """The stream a ``record()`` describes."""
         shape = tuple(rec["shape"])
         h, c = (np.frombuffer(base64.b64decode(rec[k]), np.float32).reshape(shape).copy() for k in ("h", "c"))

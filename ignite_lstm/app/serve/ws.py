@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Callable
+from collections.abc import Callable
 
-from ignite_lstm.app.serve.service import ApiError, StreamService
+from ignite_lstm.app.serve.errors import ApiError
+from ignite_lstm.app.serve.service import StreamService
 
 __all__ = ["websocket_handler"]
 
