@@ -18,8 +18,9 @@ Designs, in the same run, the same server code, one after the other:
 
 For each design and path, N rises through ``--levels`` until saturation: answered frames
 below 95 % of those offered, or p99 over ``--stop-p99-ms``. Per level: offered and answered
-frames per second, p50 and p99 latency, the mean step-batch size (rows per ``model.step``
-call, from the server's /metrics), and the CPU used by the server and the load generator.
+frames per second, p50 and p99 latency, the mean step-batch size (rows per model step, from the
+server's /metrics), the CPU used by the server and the load generator (cores), the server's
+CPU time per answered frame, and the machine's load average (other work on it shows there).
 
 The load generator runs on the same machine as the server (one process, asyncio and uvloop);
 on a 2-core machine it takes a large share of the CPU: the figures include that. The run is
@@ -214,7 +215,9 @@ async def _level(server: Server, path: str, n: int, seconds: float, warmup: floa
             "p50_ms": 1e3 * lat[len(lat) // 2] if lat else float("nan"),
             "p99_ms": 1e3 * lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan"),
             "step_batch": rows / calls if calls else float("nan"),
-            "server_cpu": (cpu1 - cpu0) / (wall1 - wall0), "loadgen_cpu": (own1 - own0) / (wall1 - wall0)}
+            "server_cpu": (cpu1 - cpu0) / (wall1 - wall0), "loadgen_cpu": (own1 - own0) / (wall1 - wall0),
+            "server_us_per_frame": 1e6 * (cpu1 - cpu0) / max(1, answered[0] * (wall1 - wall0) / seconds),
+            "load_average": os.getloadavg()[0]}
 
 
 async def _server_metrics(reader, writer) -> dict:
@@ -228,7 +231,7 @@ async def _server_metrics(reader, writer) -> dict:
 def _print_row(design: str, r: dict) -> None:
     print(f"{design:8s} {r['path']:4s} {r['streams']:6d} {r['offered_fps']:9.0f} {r['answered_fps']:9.0f} "
           f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['step_batch']:8.1f} {r['server_cpu']:7.2f} "
-          f"{r['loadgen_cpu']:7.2f}", flush=True)
+          f"{r['loadgen_cpu']:7.2f} {r['server_us_per_frame']:7.0f} {r['load_average']:5.1f}", flush=True)
 
 
 def main() -> None:
@@ -263,15 +266,17 @@ def main() -> None:
         if args.profile:
             prof = tmp / "server.prof"
             server = Server(model, ["--idle-evict", "0"] + args.server_args.split(), tmp / "server.log", prof)
-            with asyncio.Runner(loop_factory=loop_factory) as runner:
-                r = runner.run(_level(server, "ws", args.profile, args.seconds, args.warmup))
-            server.stop()
+            try:
+                with asyncio.Runner(loop_factory=loop_factory) as runner:
+                    r = runner.run(_level(server, "ws", args.profile, args.seconds, args.warmup))
+            finally:
+                server.stop()
             _print_row("batched", r)
             import pstats
             pstats.Stats(str(prof)).sort_stats("tottime").print_stats(25)
             return
         print(f"{'design':8s} {'path':4s} {'N':>6s} {'offered/s':>9s} {'answer/s':>9s} {'p50 ms':>8s} "
-              f"{'p99 ms':>8s} {'rows/step':>8s} {'srv cpu':>7s} {'gen cpu':>7s}")
+              f"{'p99 ms':>8s} {'rows/step':>8s} {'srv cpu':>7s} {'gen cpu':>7s} {'srv µs/f':>7s} {'load':>5s}")
         rows = []
         for design in args.designs.split(","):
             extra = ["--state-dir", str(tmp / f"state-{design}"), "--idle-evict", "0"] + args.server_args.split()

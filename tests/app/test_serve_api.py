@@ -363,3 +363,30 @@ def test_onnx_step_file_is_served_in_chunks_of_its_batch(model_file, tmp_path):
         n = sum(len(x) for x in frames[i])
         np.testing.assert_allclose(np.asarray(outputs[i], np.float32), offline(model_file, signals[i][:n], freqs[i]),
                                    rtol=0, atol=1e-6)
+
+
+def test_a_model_without_frequencies_takes_feature_vectors(model_file, tmp_path):
+    """A checkpoint without config: streams without a frequency, frames of F-vectors, y as vectors."""
+    import torch
+
+    bare = torch.load(model_file, weights_only=False)
+    del bare["config"]
+    torch.save(bare, tmp_path / "bare.pt")
+    from ignite_lstm.models import load_model
+
+    model, _ = load_model(tmp_path / "bare.pt")
+    x = np.random.default_rng(0).normal(size=(9, 5)).astype(np.float32)
+    with torch.inference_mode():
+        state, ref = None, []
+        for x_t in torch.from_numpy(x):
+            y_t, state = model.step(x_t[None], state)
+            ref.append(y_t[0])
+        ref = torch.stack(ref).numpy()  # (9, 1)
+    with server_in_thread(tmp_path / "bare.pt") as (url, _), httpx.Client(base_url=url) as client:
+        assert client.get("/v1/model").json()["task"] == "features"
+        assert client.post("/v1/streams", json={"frequency": 3}).status_code == 400
+        sid = client.post("/v1/streams", json={}).json()["stream"]
+        r = _post(client, sid, 0, [[1.0, 2.0]])
+        assert r.status_code == 400 and "feature vectors of 5 numbers" in r.json()["error"]
+        y = _post(client, sid, 0, x[:4].tolist()).json()["y"] + _post(client, sid, 1, x[4:].tolist()).json()["y"]
+    assert_matches(np.asarray(y, np.float32), ref)

@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover - the serve extra installs it
 __all__ = ["create_app", "parse_frame"]
 
 _JSON = "application/json"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMBER_TYPES = {int, float}  # what json.loads makes of JSON numbers
 _WS_PATH = re.compile(r"^/v1/streams/([^/]+)/ws$")
 
@@ -90,20 +91,19 @@ def parse_frame(data: bytes | str, service: StreamService) -> tuple[int, np.ndar
         if not set(map(type, x)) <= _NUMBER_TYPES:  # one pass in C; bool is not int here
             bad = next(i for i, v in enumerate(x) if not _is_number(v))
             raise ApiError(400, f"Field 'x' should hold numbers (raw mixture samples); x[{bad}] is {x[bad]!r}.")
-        with np.errstate(over="ignore"):  # beyond float32: infinite, refused below
-            samples = np.asarray(x, dtype=np.float32)
+        values = np.asarray(x, dtype=np.float64)  # the JSON numbers as they came
     else:
         F = model.input_size
         ok = all(isinstance(r, list) and len(r) == F and all(map(_is_number, r)) for r in x)
         if not ok:
             raise ApiError(400, f"Field 'x' should be a list of feature vectors of {F} numbers each.")
-        with np.errstate(over="ignore"):
-            samples = np.asarray(x, dtype=np.float32).reshape(len(x), F)
-    finite = np.isfinite(samples)
-    if not finite.all():
-        bad = np.flatnonzero(~finite.reshape(len(x), -1).all(axis=1))[:5].tolist()
+        values = np.asarray(x, dtype=np.float64).reshape(len(x), F)
+    usable = np.abs(values) <= _FLOAT32_MAX  # False for NaN, infinities, and what float32 cannot hold
+    if not usable.all():
+        bad = np.flatnonzero(~usable.reshape(len(x), -1).all(axis=1))[:5].tolist()
         raise ApiError(400, f"Field 'x' has non-finite samples (NaN, infinite, or beyond float32) at "
                        f"index {bad}.")
+    samples = values.astype(np.float32)  # one rounding, as extract's float32 conversion of a file's values
     return seq, samples
 
 
