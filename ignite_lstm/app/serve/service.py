@@ -124,6 +124,7 @@ class StreamService:
             self._write_snapshot(clean=True)
             logger.info("Wrote %d stream(s) to %s (%d evicted there).", len(self.streams),
                         self.state_dir.state_file, len(self.evicted))
+            self.state_dir.close()
 
     def _write_snapshot(self, *, clean: bool) -> None:
         taken = time.time()

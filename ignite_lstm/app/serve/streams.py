@@ -10,6 +10,8 @@ written by ``atomic_write``: a reader sees the old file or the new one, never a 
 - ``state.json``: every stream held in memory; written by the periodic snapshot and, with
   ``"clean": true``, by a graceful stop. Its ``model`` fingerprint must match the model served.
 - ``evicted/<id>.json``: one idle stream written out of memory; read back at its next frame.
+- ``lock``: locked (``flock``) by the server using the folder, holding its pid: a second
+  server on the same folder is refused.
 
 A stream may be in both (evicted after the snapshot, or restored and not yet snapshotted):
 the record with more answered frames is the newer one.
@@ -18,6 +20,7 @@ the record with more answered frames is the newer one.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import re
@@ -99,6 +102,23 @@ class StateDir:
             raise StateError(f"--state-dir {self.path} could not be created: {exc}") from exc
         if not os.access(self.path, os.W_OK) or not os.access(self.evicted_dir, os.W_OK):
             raise StateError(f"--state-dir {self.path} is not writable.")
+        self._lock = open(self.path / "lock", "a+")  # held while this process lives (a SIGKILL frees it)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.seek(0)
+            owner = self._lock.read().strip() or "?"
+            self._lock.close()
+            raise StateError(f"--state-dir {self.path} is in use by another server (pid {owner}); one folder "
+                             f"serves one server.") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+
+    def close(self) -> None:
+        """Release the folder (the lock) for the next server."""
+        self._lock.close()
 
     @property
     def state_file(self) -> Path:
