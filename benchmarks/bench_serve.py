@@ -14,7 +14,8 @@ Paths:
 Designs, in the same run, the same server code, one after the other:
 
 - ``batched``: the server as deployed (frames of all waiting streams in one model call);
-- ``naive``: ``--naive``, one unbatched model call per frame, in its request.
+- ``naive``: ``--naive``, one unbatched model call per frame (batch 1, the frame's 20 steps in
+  one call of the native kernel, as the batched server makes its calls), in its request.
 
 For each design and path, N rises through ``--levels`` until saturation: answered frames
 below 95 % of those offered, or p99 over ``--stop-p99-ms``. Per level: offered and answered

@@ -10,10 +10,11 @@ graceful shutdown (stop listening, finish the requests in progress) is what the 
 Versions are pinned because a stateful server's stop and retry behaviour rides on the
 server's shutdown order, which has changed between uvicorn releases.
 
-Modules: ``model`` (the model and its batched numpy step), ``batching`` (one model call for
-many streams' frames), ``streams`` (a stream's state, the state folder), ``service`` (the
-streams, the batching task, snapshots, eviction), ``metrics`` (Prometheus), ``api``
-(Starlette routes), ``cli`` (``main``, ``build_parser``).
+Modules: ``model`` (the model and its batched numpy steps), ``batching`` (one model call for
+many streams' frames), ``batcher`` (the batching task under a latency deadline), ``streams``
+(a stream's state, the state folder), ``service`` (the streams, retries, snapshots,
+eviction), ``metrics`` (Prometheus), ``api`` (Starlette routes, frame checks), ``ws`` (the
+WebSocket path on ASGI), ``errors``, ``cli`` (``main``, ``build_parser``).
 """
 
 from ignite_lstm.app.serve.cli import build_parser, main
