@@ -315,23 +315,33 @@ def test_metrics_in_prometheus_text(server):
         assert name in text, name
 
 
+def _wait_evicted(service, sid):
+    deadline = time.monotonic() + 20
+    while sid in service.streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sid not in service.streams
+
+
 def test_idle_stream_is_evicted_to_the_state_dir_and_restored_at_its_next_frame(model_file, tmp_path):
+    """Evicted, restored at its next frame (a retry included), evicted again, continued by the next server."""
     signal = mixture(60, seed=5)
     frames = split_frames(signal, [17, 3])
     with server_in_thread(model_file, state_dir=tmp_path, idle_evict=0.2) as (url, service):
         with httpx.Client(base_url=url) as client:
             sid = _create(client, 1.0)
             ys = [_post(client, sid, k, frames[k]).json()["y"] for k in range(3)]
-            deadline = time.monotonic() + 20
-            while sid in service.streams and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert sid not in service.streams and (tmp_path / "evicted" / f"{sid}.json").is_file()
-            assert client.get(f"/v1/streams/{sid}").json()["evicted"] is True
-            assert client.get(f"/v1/streams/{sid}").json()["next_seq"] == 3
+            _wait_evicted(service, sid)
+            assert (tmp_path / "evicted" / f"{sid}.json").is_file()
+            assert client.get(f"/v1/streams/{sid}").json() == {"stream": sid, "frequency": 1.0, "next_seq": 3,
+                                                               "evicted": True}
             again = _post(client, sid, 2, frames[2])  # its kept answer came back with it
             assert again.json()["y"] == ys[2]
-            ys += [_post(client, sid, k, frames[k]).json()["y"] for k in range(3, len(frames))]
+            ys += [_post(client, sid, k, frames[k]).json()["y"] for k in range(3, 5)]
             assert service.metrics.evictions._value.get() >= 1 and service.metrics.restores._value.get() >= 1
+            _wait_evicted(service, sid)  # out of memory when this server stops
+    with server_in_thread(model_file, state_dir=tmp_path) as (url, service), httpx.Client(base_url=url) as client:
+        assert service.recovery["streams"] == {sid: 5} and sid in service.evicted
+        ys += [_post(client, sid, k, frames[k]).json()["y"] for k in range(5, len(frames))]
     assert_matches([v for y in ys for v in y], offline(model_file, signal, 1.0))
 
 
