@@ -47,6 +47,7 @@ _JSON = "application/json"
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMBER_TYPES = {int, float}  # what json.loads makes of JSON numbers
 _WS_PATH = re.compile(r"^/v1/streams/([^/]+)/ws$")
+_FRAMES_PATH = re.compile(r"^/v1/streams/([^/]+)/frames$")
 
 
 def _loads(data: bytes | str):
@@ -172,12 +173,28 @@ def create_app(service: StreamService, *, token: str | None = None) -> Starlette
         service.delete(request.path_params["id"])
         return Response(status_code=204)
 
-    async def post_frame(request: Request):
-        sid = request.path_params["id"]
-        service.require(sid)  # 404 before reading the body
-        seq, samples = parse_frame(await _read_body(request, max_body), service)
-        body = await asyncio.shield(service.submit(sid, seq, samples))  # a dropped client leaves it to finish
-        return Response(body, media_type=_JSON)
+    async def post_frame(scope, receive, send, sid: str) -> None:
+        """POST /v1/streams/{id}/frames on ASGI messages directly (no middleware, no Request per frame)."""
+        extra = []
+        try:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            if not authorized(headers):
+                raise ApiError(401, "Missing or wrong 'Authorization: Bearer <token>' header.",
+                               headers={"WWW-Authenticate": "Bearer"})
+            service.require(sid)  # 404 before reading the body
+            body = await _receive_body(receive, headers.get("content-length"), max_body)
+            if body is None:
+                return  # the client left
+            seq, samples = parse_frame(body, service)
+            # shielded: a client that leaves does not cancel its frame, which is stepped and kept (for a retry)
+            status, body = 200, await asyncio.shield(service.submit(sid, seq, samples))
+        except ApiError as exc:
+            service.metrics.rejected.labels(str(exc.status)).inc()
+            status, body = exc.status, json.dumps({"error": exc.message, **exc.extra}, separators=(",", ":")).encode()
+            extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})
+        await send({"type": "http.response.body", "body": body})
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
@@ -187,20 +204,41 @@ def create_app(service: StreamService, *, token: str | None = None) -> Starlette
         Route("/v1/streams", guard(list_streams), methods=["GET"]),
         Route("/v1/streams/{id}", guard(stream_info), methods=["GET"]),
         Route("/v1/streams/{id}", guard(delete_stream), methods=["DELETE"]),
-        Route("/v1/streams/{id}/frames", guard(post_frame), methods=["POST"]),
     ]
     http = Starlette(routes=routes)
     frames_ws = websocket_handler(service, authorized, parse_frame)
 
     async def app(scope, receive, send):
-        """The WebSocket path straight on ASGI (no middleware per message), the rest through Starlette."""
+        """The frame paths straight on ASGI (no middleware per frame), the rest through Starlette."""
         if scope["type"] == "websocket":
             match = _WS_PATH.match(scope["path"])
             if match:
                 return await frames_ws(scope, receive, send, match.group(1))
+        elif scope["type"] == "http" and scope["method"] == "POST":
+            match = _FRAMES_PATH.match(scope["path"])
+            if match:
+                return await post_frame(scope, receive, send, match.group(1))
         await http(scope, receive, send)
 
     return app
+
+
+async def _receive_body(receive, length: str | None, limit: int) -> bytes | None:
+    """An ASGI request's body (None if the client left), refused with 413 past ``limit`` bytes."""
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ApiError(413, f"The body has {length} bytes; the limit is {limit} (from --max-frame-samples).")
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"The body is over {limit} bytes (from --max-frame-samples).")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
