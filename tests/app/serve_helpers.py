@@ -8,6 +8,7 @@ writes ``model.pt`` (with its config): the server loads it as it loads any run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
@@ -127,6 +128,15 @@ def server_in_thread(model_file: Path, *, state_dir: Path | None = None, token: 
         thread.join(30)
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process dies (no server left behind by a killed test run)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
 class ServerProcess:
     """``python -m ignite_lstm.app.serve MODEL --port 0 ...`` as a real subprocess; ``url`` once it listens."""
 
@@ -136,7 +146,7 @@ class ServerProcess:
         self.out = open(log, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "ignite_lstm.app.serve", *map(str, args), "--port", "0",
                                       "--log-level", "warning"], stdout=self.out, stderr=subprocess.STDOUT, env=env,
-                                     cwd=REPO)
+                                     cwd=REPO, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 60
         while True:
             match = re.search(r"on (http://127\.0\.0\.1:\d+)", log.read_text())

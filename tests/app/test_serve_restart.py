@@ -24,7 +24,8 @@ from serve_helpers import (
 )
 
 from ignite_lstm import native
-from ignite_lstm.app.serve import main as serve_main
+from ignite_lstm.app.serve.model import load_served_model
+from ignite_lstm.app.serve.streams import StateDir, StateError
 
 FREQS6 = [1.0, 3.0, 5.0, 7.0, 3.0, 7.0]
 SIZES6 = [[7, 13], [1, 19, 3], [11], [5, 2, 17], [29, 9], [3, 23]]
@@ -107,7 +108,7 @@ async def _wait_then_signal(server: ServerProcess, jobs):
     return await task
 
 
-def test_sigkill_then_restart_from_the_last_snapshot_says_which_frame_comes_next(model_file, tmp_path, capsys):
+def test_sigkill_then_restart_from_the_last_snapshot_says_which_frame_comes_next(model_file, tmp_path):
     signal_a, signal_b = mixture(120, seed=1), mixture(120, seed=2)
     frames = {"a": split_frames(signal_a, [13, 7]), "b": split_frames(signal_b, [5])}
     state = tmp_path / "state"
@@ -121,8 +122,8 @@ def test_sigkill_then_restart_from_the_last_snapshot_says_which_frame_comes_next
         while not _snapshot_holds(state, ids.values(), 3):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert serve_main([str(model_file), "--state-dir", str(state), "--port", "0"]) == 2  # one server per folder
-        assert f"is in use by another server (pid {server.proc.pid})" in capsys.readouterr().err
+        with pytest.raises(StateError, match=rf"is in use by another server \(pid {server.proc.pid}\)"):
+            StateDir(state, load_served_model(model_file).fingerprint)  # one server per folder
         answers["a"].append(httpx.post(server.url + f"/v1/streams/{ids['a']}/frames",
                                        json={"seq": 3, "x": frames["a"][3]}))  # in a snapshot or not: the report says
         server.proc.kill()
