@@ -401,3 +401,20 @@ def test_a_model_without_frequencies_takes_feature_vectors(model_file, tmp_path)
         assert r.status_code == 400 and "feature vectors of 5 numbers" in r.json()["error"]
         y = _post(client, sid, 0, x[:4].tolist()).json()["y"] + _post(client, sid, 1, x[4:].tolist()).json()["y"]
     assert_matches(np.asarray(y, np.float32), ref)
+
+
+def test_command_refuses_bad_input_with_exit_2(model_file, tmp_path, capsys):
+    from ignite_lstm.app.serve import main
+
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    cases = [
+        ([str(tmp_path / "missing.pt")], "does not exist"),
+        ([str(model_file), "--max-batch", "0"], "--max-batch should be a positive integer, got 0"),
+        ([str(model_file), "--max-wait-ms", "nan"], "--max-wait-ms should be a number >= 0, got nan"),
+        ([str(model_file), "--token-file", str(empty)], "should hold one token (no spaces), got nothing"),
+        ([str(model_file), "--port", "70000"], "--port should be in [0, 65535], got 70000"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
