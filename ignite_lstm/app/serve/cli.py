@@ -12,8 +12,9 @@ frame accepted is stepped and kept, all streams are written (``state.json``, ``"
 and the process exits 0. A second SIGINT skips waiting for slow clients (the streams are still
 written).
 
-Exit status: 0 stopped by a signal, 2 bad input (model, options, token file, state folder
-written for another model, address in use).
+Exit status: 0 stopped by a signal (every stream written), 1 the streams could not be written
+at the stop, 2 bad input (model, options, token file, state folder written for another model
+or in use by another server, address in use).
 """
 
 from __future__ import annotations
@@ -212,8 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"state: {state_dir.path if state_dir else 'memory only'})", flush=True)
     gc.collect()
     gc.freeze()  # the model, torch and the libraries are long-lived: full collections skip them (latency tail)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_run(service, _Server(config, service), sock))
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_run(service, _Server(config, service), sock))
+    except OSError as exc:  # the state could not be written at the stop (a full disk, a lost folder)
+        print(f"error: the streams could not be written to {state_dir.path if state_dir else '?'}: {exc}; a "
+              f"restart continues from the last snapshot there.", file=sys.stderr)
+        return 1
     print(f"Stopped; {len(service.streams) + len(service.evicted)} stream(s) kept"
           f"{' in ' + str(state_dir.path) if state_dir else ''}.", flush=True)
     return 0
