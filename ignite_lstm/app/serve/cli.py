@@ -172,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments (default ``sys.argv[1:]``).
 
     Returns:
-        0 after a stop by signal (every stream written), 2 for bad input (message on stderr).
+        0 after a stop by signal (every stream written), 1 if the streams could not be written then,
+        2 for bad input (message on stderr).
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
