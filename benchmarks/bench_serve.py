@@ -34,6 +34,12 @@ sizes only.
     python benchmarks/bench_serve.py                        # full
     python benchmarks/bench_serve.py --levels 1,50,100,200 --seconds 3 --budget 200   # short
 
+``--compute`` measures the model side alone, in this process, without HTTP: one batched call
+(``run_lanes``) of B streams' 20-sample frames, per frame, for B = 1 (the naive design's call)
+up to 400, through the sequence call and through ``model.step`` per sample, each also while
+another thread runs pure Python (as the event loop does), to show what re-taking the GIL
+after every sample costs.
+
 ``--profile N`` runs the batched server under cProfile with N WebSocket streams instead and
 prints where the server's event loop spends its time (the model runs in a worker thread,
 not in this profile; its time is the compute_seconds histogram).
@@ -251,6 +257,7 @@ def main() -> None:
     p.add_argument("--server-args", default="", help="more server options, e.g. '--max-wait-ms 5'")
     p.add_argument("--profile", type=int, help="profile the batched server at this many WebSocket streams")
     p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--compute", action="store_true", help="measure the model calls alone (see above)")
     args = p.parse_args()
     try:
         import uvloop
@@ -265,6 +272,9 @@ def main() -> None:
         print(f"Machine: {_machine()}; load average {os.getloadavg()[0]:.2f} at the start. The load generator "
               f"runs on this machine, in this process.\nModel: {model}; frames of {FRAME} samples every "
               f"{PERIOD * 1e3:.0f} ms per stream; {args.seconds:g} s measured per level after {args.warmup:g} s.")
+        if args.compute:
+            _compute(model)
+            return
         if args.profile:
             prof = tmp / "server.prof"
             server = Server(model, ["--idle-evict", "0"] + args.server_args.split(), tmp / "server.log", prof)
@@ -301,6 +311,59 @@ def main() -> None:
         _summary(rows)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def _compute(model_file: Path) -> None:
+    import threading
+
+    import torch
+
+    from ignite_lstm.app.serve.batching import Frame, Lane, run_lanes
+    from ignite_lstm.app.serve.model import load_served_model
+    from ignite_lstm.app.serve.streams import Stream
+
+    torch.set_num_threads(1)
+
+    class StepOnly:  # the model seen through step() alone: one call per sample
+        def __init__(self, m):
+            self.m, self.config = m, m.config
+
+        def step(self, x_t, state):
+            return self.m.step(x_t, state)
+
+    sequence, per_step = load_served_model(model_file), load_served_model(model_file)
+    per_step.stepper = StepOnly(per_step.stepper)
+    rng = np.random.default_rng(0)
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            sum(range(200))
+
+    print(f"{'calls':26s} {'busy thread':>11s} {'B':>4s} {'ms/call':>8s} {'µs/frame':>9s}  (median of 9)")
+    for busy_on in (False, True):
+        stop.clear()
+        thread = threading.Thread(target=busy)
+        if busy_on:
+            thread.start()
+        for name, model in (("sequence call per segment", sequence), ("model.step per sample", per_step)):
+            for B in (1, 10, 50, 100, 200, 400):
+                lanes = []
+                for i in range(B):
+                    h, c = model.zero_state()
+                    s = Stream(f"{i:016x}", 1, 3.0, h, c)
+                    lanes.append(Lane(s, [Frame(s, 0, rng.normal(size=FRAME).astype(np.float32), "", None)]))
+                run_lanes(model, lanes)
+                times = []
+                for _ in range(9):
+                    start = time.perf_counter()
+                    run_lanes(model, lanes)
+                    times.append(time.perf_counter() - start)
+                t = sorted(times)[4]
+                print(f"{name:26s} {busy_on!s:>11s} {B:4d} {1e3 * t:8.2f} {1e6 * t / B:9.1f}", flush=True)
+        stop.set()
+        if busy_on:
+            thread.join()
 
 
 def _summary(rows: list[dict]) -> None:
