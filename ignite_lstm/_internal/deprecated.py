@@ -490,6 +490,8 @@ class _Loader(importlib.abc.Loader):
         self.old = old
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        if self.old not in OLD_MODULES:  # a command's short name (ignite_lstm.serve): its module, no warning
+            return importlib.import_module(f"ignite_lstm.{COMMANDS[self.old]}")
         primary, groups = OLD_MODULES[self.old]
         _warn(f"ignite_lstm.{self.old}", f"ignite_lstm.{primary}", stacklevel=8)
         if list(groups) == [primary] or not groups:
@@ -506,10 +508,15 @@ class _Loader(importlib.abc.Loader):
         target = COMMANDS.get(self.old)
         if target is None:
             raise ImportError(f"{fullname} has no command; it moved to ignite_lstm.{OLD_MODULES[self.old][0]}")
-        source = (
-            f"import runpy, sys, warnings\n"
+        notice = (
             f"print('python -m {fullname} is deprecated; use python -m ignite_lstm.{target} "
             f"or ignite-lstm {self.old}', file=sys.stderr)\n"
+            if self.old in OLD_MODULES
+            else ""
+        )
+        source = (
+            f"import runpy, sys, warnings\n"
+            f"{notice}"
             f"runpy.run_module('ignite_lstm.{target}', run_name='__main__', alter_sys=True)\n"
         )
         return compile(source, f"<{fullname}>", "exec")
@@ -518,7 +525,7 @@ class _Loader(importlib.abc.Loader):
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         package, _, old = fullname.rpartition(".")
-        if package != "ignite_lstm" or old not in OLD_MODULES:
+        if package != "ignite_lstm" or (old not in OLD_MODULES and old not in COMMANDS):
             return None
         return importlib.machinery.ModuleSpec(fullname, _Loader(old))
 
