@@ -16,6 +16,8 @@ _EXPORTS = {
     "score_function": "common",
     "Curriculum": "curriculum",
     "MetricsHistory": "history",
+    "WarmStart": "forecast",
+    "PredictionCollector": "forecast",
     "StopOnInterrupt": "interrupts",
     "setup_lr_scheduler": "schedules",
     "attach_tensorboard": "tensorboard",
