@@ -79,6 +79,13 @@ def check_cross(cfg: dict, problems: list[str], *, backends: Sequence[str]) -> N
     freqs = data.get("frequencies")  # they name the mse_f<Hz> monitors too
     if isinstance(freqs, list) and len(set(freqs)) != len(freqs):
         problems.append(f"data.frequencies: {freqs!r} must not repeat a frequency")
+    if valid("data.fs", "data.frequencies") and _is_number(fs) and isinstance(freqs, list):
+        high = [f for f in freqs if _is_number(f) and f >= fs / 2]
+        if high:  # at fs/2 a sine is sampled at its zeros (or aliases above it): no signal to extract
+            problems.append(
+                f"data.frequencies: {high!r} at data.fs={fs!r} must be below the Nyquist frequency "
+                f"data.fs / 2 = {fs / 2:g} Hz (at or above it the samples alias or vanish)"
+            )
     handlers = _section(cfg, "handlers")
     _check_monitors(handlers, freqs, problems)
     sched, train = _section(handlers, "lr_scheduler"), _section(cfg, "train")
