@@ -61,6 +61,7 @@ from ignite_lstm.engine.events import TimeEvents, count_windows
 from ignite_lstm.engine.execution import (
     amp_context,
     check_amp_dtype,
+    note_amp_ignored,
     refuse_outer_autocast,
     resolve_execution,
     run_steps,
@@ -179,6 +180,7 @@ def create_trainer(
     check_carry_state(carry_state)
     check_loss(loss_fn)
     check_amp_dtype(amp_dtype)
+    note_amp_ignored(model, amp_dtype)
     _to_device(model, device, optimizer=True)
     execution = resolve_execution(execution, engine)
     path = select_execution(model, loss_fn, tbptt_steps, update, execution)
@@ -335,6 +337,7 @@ def create_evaluator(
     """
     execution = resolve_execution(execution, engine)
     check_amp_dtype(amp_dtype)
+    note_amp_ignored(model, amp_dtype)
     check_carry_state(carry_state)
     _to_device(model, device, optimizer=False)
     net = unwrap(model)  # no gradients here, so no DDP hooks are needed
