@@ -19,7 +19,7 @@ from typing import Any
 from ignite_lstm.app.task.metrics import METRIC_NAMES
 from ignite_lstm.handlers.curriculum import stage_lengths
 
-__all__ = ["MIN_STEPS", "check_cross", "with_defaults"]
+__all__ = ["MIN_STEPS", "check_cross", "with_defaults", "validation_metrics"]
 
 MIN_STEPS = 2  # samples per sequence: the first one of every target is sin(0) = 0
 
@@ -161,8 +161,11 @@ def _check_carry_state(train: dict, data: dict, problems: list[str]) -> None:
         )
 
 
-def _validation_metrics(freqs: Any) -> list[str]:
-    """The validation evaluator's metrics: ``METRIC_NAMES``, ``mse_f<Hz>`` of ``freqs`` and ``mse_worst``."""
+def validation_metrics(freqs: Any) -> list[str]:
+    """The validation evaluator's metrics: ``METRIC_NAMES``, ``mse_f<Hz>`` of ``freqs`` and ``mse_worst``.
+
+    The one list of what the application's monitors, the curriculum's rule and ``tune.metric`` may name.
+    """
     allowed = list(METRIC_NAMES)
     if isinstance(freqs, list) and all(isinstance(f, (int, float)) for f in freqs):
         allowed += [f"mse_f{f:g}" for f in freqs] + (["mse_worst"] if len(freqs) > 1 else [])
@@ -171,7 +174,7 @@ def _validation_metrics(freqs: Any) -> list[str]:
 
 def _check_monitors(handlers: dict, freqs: Any, problems: list[str]) -> None:
     """Every ``monitor`` names a validation metric: one of ``METRIC_NAMES`` or ``mse_f<Hz>`` of ``freqs``."""
-    allowed = _validation_metrics(freqs)
+    allowed = validation_metrics(freqs)
     for section in ("checkpoint", "early_stopping", "lr_scheduler"):
         monitor = _section(handlers, section).get("monitor")
         if isinstance(monitor, str) and monitor not in allowed:
@@ -216,8 +219,8 @@ def _check_curriculum(cfg: dict, problems: list[str], valid: Callable[..., bool]
         problems.append(f"{key}.threshold: null: the metric rule ({metric!r}) needs the value to beat")
     elif metric is None and c.get("threshold") is not None:
         problems.append(f"{key}.threshold: {c.get('threshold')!r} needs {key}.metric")
-    if isinstance(metric, str) and metric not in _validation_metrics(data.get("frequencies")):
-        allowed = ", ".join(_validation_metrics(data.get("frequencies")))
+    if isinstance(metric, str) and metric not in validation_metrics(data.get("frequencies")):
+        allowed = ", ".join(validation_metrics(data.get("frequencies")))
         problems.append(f"{key}.metric: {metric!r} is not a validation metric: choose one of {allowed}")
     low, high = c.get("min_epochs"), c.get("max_epochs")
     if per is not None and metric is None and (high is not None or low != 1):
