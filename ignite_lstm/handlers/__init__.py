@@ -18,6 +18,7 @@ _EXPORTS = {
     "MetricsHistory": "history",
     "WarmStart": "forecast",
     "PredictionCollector": "forecast",
+    "SkipFirstSteps": "warmup",
     "StopOnInterrupt": "interrupts",
     "setup_lr_scheduler": "schedules",
     "attach_tensorboard": "tensorboard",

@@ -96,7 +96,7 @@ BASE_RESOLVED = {
             "lr_factor": 1.0,
         },
     },
-    "eval": {"batch_size": 40, "every": 1, "engine": "auto", "report": True},
+    "eval": {"batch_size": 40, "every": 1, "engine": "auto", "report": True, "warm_up_steps": 0},
     "handlers": {
         "progress_bar": True,
         "terminate_on_nan": True,

@@ -150,3 +150,42 @@ def test_an_evaluator_of_whole_sequences_gives_one_series_per_row_unpadded():
     with torch.no_grad():
         expected, _ = model(series[1][0][None])
     assert collector.predictions[1].allclose(expected[0], rtol=TOL, atol=1e-12)
+
+
+# --- SkipFirstSteps: the first K steps of every series warm the state up and count in no metric --------
+
+
+def _hand_mse(model, series, k):
+    errors = []
+    with torch.no_grad():
+        for x, y in series:
+            y_hat, _ = model(x[None])
+            errors.append((y_hat[0, k:] - y[k:]) ** 2)
+    return torch.cat(errors).mean().item()
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_stream_evaluation_skips_the_first_steps_of_every_series(lanes):
+    from ignite_lstm.handlers.warmup import SkipFirstSteps
+
+    model = _model()
+    series = [_record(steps, seed) for steps, seed in ((29, 2), (19, 3), (24, 4))]  # several series per lane
+    evaluator = create_evaluator(model, {"mse": MeanSquaredError(flatten_counted)}, carry_state=True)
+    SkipFirstSteps(11).attach(evaluator)  # more than a chunk: the count carries across batches
+    evaluator.run(StreamLoader(series, lanes=lanes, chunk_steps=C))
+    assert evaluator.state.metrics["mse"] == pytest.approx(_hand_mse(model, series, 11), rel=1e-6)
+    assert _hand_mse(model, series, 11) != pytest.approx(_hand_mse(model, series, 0), rel=1e-3)  # guard
+
+
+def test_an_evaluation_of_whole_sequences_skips_their_first_steps():
+    from ignite_lstm.engine.batches import collate_sequences
+    from ignite_lstm.handlers.warmup import SkipFirstSteps
+
+    model = _model()
+    series = [_record(steps, seed) for steps, seed in ((15, 2), (9, 3))]
+    evaluator = create_evaluator(model, {"mse": MeanSquaredError(flatten_counted)})
+    SkipFirstSteps(4).attach(evaluator)
+    evaluator.run([collate_sequences(series)])
+    assert evaluator.state.metrics["mse"] == pytest.approx(_hand_mse(model, series, 4), rel=1e-6)
+    with pytest.raises(ValueError, match="Argument steps should be >= 0, got -1."):
+        SkipFirstSteps(-1)

@@ -76,6 +76,17 @@ def check_cross(cfg: dict, problems: list[str], *, backends: Sequence[str]) -> N
                 f"(round(fs * duration)); at least {MIN_STEPS} are needed (every target starts at sin(0) = 0 and "
                 f"the metrics need one that varies): use data.duration >= {MIN_STEPS / fs:g}"
             )
+    warm = _section(cfg, "eval").get("warm_up_steps")
+    if (
+        valid("eval.warm_up_steps", "data.fs", "data.duration")
+        and _is_number(warm)
+        and _is_number(fs)
+        and (_is_number(duration) and math.isfinite(fs * duration) and 0 < round(fs * duration) <= warm)
+    ):
+        problems.append(
+            f"eval.warm_up_steps: {warm!r} must be shorter than a sequence ({round(fs * duration)} steps at "
+            f"data.fs={fs!r}, data.duration={duration!r}): no step would count"
+        )
     freqs = data.get("frequencies")  # they name the mse_f<Hz> monitors too
     if isinstance(freqs, list) and len(set(freqs)) != len(freqs):
         problems.append(f"data.frequencies: {freqs!r} must not repeat a frequency")
