@@ -77,7 +77,8 @@ class WarmStart:
         self.lanes = None if lanes is None else [int(i) for i in lanes]
         self.warm_up = warm_up
         self.dim = state_batch_dim(model)
-        self._prepare, self._ended = prepare_batch, None
+        self._prepare = prepare_batch
+        self._ended: torch.Tensor | None = None  # (B,): the lanes whose series reach the last batch's last step
         self.engine = create_evaluator(
             model,
             device=device,
@@ -109,7 +110,8 @@ class WarmStart:
 
     def __call__(self, evaluator: Engine) -> None:
         self.engine.run(self.warm_up)
-        state = self.engine.state.carried_state
+        engine_state: Any = self.engine.state
+        state = engine_state.carried_state
         if state is None:
             raise ValueError("Argument warm_up gave no batch: the warm-up stream is empty.")
         n = state_tensors(state)[0].shape[self.dim]
@@ -118,7 +120,8 @@ class WarmStart:
         if bad:
             raise ValueError(f"Argument lanes should hold lane indices in [0, {n}) (the warm-up's), got {bad}.")
         lanes = [i % n for i in lanes]
-        short = [i for i in lanes if not bool(self._ended[i])]
+        ended = self._ended if self._ended is not None else torch.zeros(n, dtype=torch.bool)
+        short = [i for i in lanes if not bool(ended[i])]
         if short:
             raise ValueError(
                 f"Argument warm_up: the series of lanes {short} end before the stream's last step, so their "

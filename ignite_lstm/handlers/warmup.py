@@ -13,6 +13,7 @@ each run). The metrics that honour the mask (``build_metrics``, ``channel_metric
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
@@ -68,7 +69,8 @@ class SkipFirstSteps:
         counted = (start[:, None] + torch.arange(length)[None, :]) >= self.steps  # (B, T)
         counted = counted.to(x.device)
         mask = counted if mask is None else mask & counted
+        state: Any = engine.state
         if isinstance(batch, Mapping):
-            engine.state.batch = {**batch, "mask": mask}
+            state.batch = {**batch, "mask": mask}
         else:
-            engine.state.batch = (x, y, mask) if reset is None else (x, y, mask, reset)
+            state.batch = (x, y, mask) if reset is None else (x, y, mask, reset)

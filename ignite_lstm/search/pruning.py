@@ -53,7 +53,9 @@ class Pruning:
 
     def __init__(self, trial: Any, trainer: Engine, evaluator: Engine, metric: str, step_offset: int) -> None:
         self.trial, self.trainer, self.evaluator, self.metric = trial, trainer, evaluator, metric
-        self.offset, self.values, self.pruned_at = step_offset, {}, None
+        self.offset = step_offset
+        self.values: dict[int, float] = {}
+        self.pruned_at: int | None = None
         self._validated = False
         evaluator.add_event_handler(Events.COMPLETED, self._on_validation)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch)

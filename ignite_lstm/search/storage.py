@@ -20,7 +20,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 __all__ = [
     "StudyError",
@@ -141,7 +141,9 @@ def create_study(url: str, name: str, direction: str, key: str = "storage") -> t
     try:
         with locked(lock):  # workers started at once would race to create the tables and the study
             storage = open_storage(url, key)
-            study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+            study = optuna.create_study(
+                study_name=name, storage=storage, direction=cast(Any, direction), load_if_exists=True
+            )
     except OSError as exc:  # the lock file beside the storage file
         raise StudyError(f"{key}: cannot open {shown_url(url)}: {exc.strerror or exc} ({exc.filename})") from exc
     if study.direction.name.lower() != direction:
