@@ -324,7 +324,8 @@ def create_evaluator(
         carry_state: stream evaluation (``ignite_lstm.engine.carry``): lane i of a batch continues
             lane i of the previous one (a series in chunks gives the numbers of it whole),
             fresh where ``reset`` says and at each run start, unless ``set_state`` gave a
-            state (e.g. ``trainer.state.carried_state``). The model needs ``state_batch_dim``.
+            state (e.g. ``trainer.state.carried_state``), which the run's first batch continues
+            whatever its ``reset`` flags say. The model needs ``state_batch_dim``.
 
     Returns:
         An ``Engine`` (a ``CarryingEngine`` with ``carry_state``, its state in
