@@ -327,3 +327,10 @@ def test_ctrl_c_fails_the_running_trial_exits_130_and_the_same_command_continues
     monkeypatch.setenv("HOLD_RELEASE", str(release))  # released already: the trials pass
     assert run_tune(args) == 0  # the same command finishes the study
     assert summary(out)["counts"] == {"fail": 1, "complete": 2}
+
+
+def test_a_study_on_mse_worst_runs_its_trials_on_it(tmp_path, data_dir):
+    out = tmp_path / "runs"
+    assert run_tune(tiny(data_dir, out, "tune.trials=1", "tune.metric=mse_worst", *NO_WARMUP)) == 0
+    s = summary(out)
+    assert s["metric"] == "val/mse_worst" and s["counts"] == {"complete": 1} and s["trials"][0]["value"] > 0
