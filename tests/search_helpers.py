@@ -62,3 +62,16 @@ def build(trial, *, epochs: int = 2, barrier: str | None = None, workers: int = 
                 time.sleep(0.01)
 
     return TrialRun(trainer, evaluator, _data(0), max_epochs=epochs, val_data=_data(1))
+
+
+def interrupted_once(trial, *, flag: str) -> TrialRun:
+    """``build`` whose first trial is stopped by Ctrl-C in its first iteration (``flag``: a file, made then)."""
+    run = build(trial, epochs=1)
+    if not Path(flag).exists():
+
+        @run.trainer.on(Events.ITERATION_COMPLETED(once=1))
+        def _ctrl_c(_):
+            Path(flag).touch()
+            raise KeyboardInterrupt
+
+    return run

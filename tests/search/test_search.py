@@ -86,3 +86,21 @@ def test_bad_arguments_and_a_missing_database_driver_are_refused(tmp_path):
     # a MySQL URL without its driver: the package to install is named
     with pytest.raises(StudyError, match=r"database driver 'MySQLdb' is not installed; install mysqlclient"):
         create_study("mysql://u:secret@127.0.0.1:9/db", "s", "minimize")
+
+
+def test_ctrl_c_fails_the_running_trial_and_the_same_search_continues(tmp_path):
+    from search_helpers import interrupted_once
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    build_it = partial(interrupted_once, flag=str(tmp_path / "stopped"))
+    with pytest.raises(KeyboardInterrupt):
+        search(build_it, storage=storage, trials=2)
+    study, _, _ = create_study(storage, "search", "minimize")
+    assert _states(study) == ["fail"] and study.trials[0].user_attrs["fail_reason"] == "KeyboardInterrupt"
+    study = search(build_it, storage=storage, trials=2)  # the same call goes on to the target
+    assert _states(study) == ["fail", "complete", "complete"]
+
+
+def test_a_journal_file_is_a_storage_too(tmp_path):
+    study = search(partial(build, epochs=1), storage=f"journal:{tmp_path / 'study.log'}", trials=1, pruner="none")
+    assert _states(study) == ["complete"] and (tmp_path / "study.log").exists()
