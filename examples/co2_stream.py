@@ -7,13 +7,14 @@ change over the next 13 weeks, so it must know where in the seasonal cycle it st
 that lives in its state, carried from batch to batch.
 
 - Training: the first 36 years are cut into 4 consecutive segments of 9 years, laid
-  out in 4 lanes by ``StreamLoader`` and trained in chunks of 52 weeks with
-  ``create_trainer(..., carry_state=True)``: each chunk continues its lane's state, the
-  gradient sees the chunk (``tbptt_steps=52``).
-- Validation continues where training ended: a stream evaluation of the training
-  lanes gives the state at the end of the last segment (the last week of training),
-  ``set_state`` starts the test stream's evaluator from it, and the remaining years
-  are evaluated chunk by chunk, which equals them evaluated in one piece.
+  out in 4 lanes by ``StreamLoader(..., consecutive=True)`` and trained in chunks of 52
+  weeks with ``create_trainer(..., carry_state=True)``: each chunk continues its lane's
+  state, the gradient sees the chunk (``tbptt_steps=52``).
+- The test continues where training ended: ``WarmStart`` runs the model over the 36
+  training years (one lane) and starts the test stream's evaluation from the state at
+  the last training week; the remaining years are evaluated chunk by chunk, which equals
+  them in one piece and the whole record run by hand in one forward pass (and differs
+  from a start at zero). ``PredictionCollector`` gives the forecast in order, unpadded.
 - The forecast is compared with two baselines: no change (persistence), and the same
   change as a year earlier (seasonal naive). ``co2_forecast.png`` shows it against the
   truth over the test years.
@@ -32,10 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from ignite.engine import Events
 from ignite.metrics import MeanSquaredError
 
-from ignite_lstm import StatefulLSTM, StreamLoader, create_evaluator, create_trainer, set_state
+from ignite_lstm import StatefulLSTM, StreamLoader, create_evaluator, create_trainer
+from ignite_lstm.handlers import PredictionCollector, WarmStart
+from ignite_lstm.metrics import flatten_counted
 
 HORIZON = 13  # weeks ahead
 CHUNK = 52  # weeks per batch of the stream (and the truncated-BPTT window)
@@ -66,36 +68,30 @@ def main(out_dir: Path) -> None:
     torch.manual_seed(0)
     ppm = load_co2()
     x, y, n_train, y_scale = make_streams(ppm)
-    per_lane = n_train // LANES
-    segments = [(x[i * per_lane : (i + 1) * per_lane], y[i * per_lane : (i + 1) * per_lane]) for i in range(LANES)]
-    train_stream = StreamLoader(segments, lanes=LANES, chunk_steps=CHUNK)  # segment i in lane i, 9 chunks each
-    test_stream = StreamLoader([(x[n_train:], y[n_train:])], lanes=1, chunk_steps=CHUNK)  # noqa: F841 (unused: issue 26)
+    history, test = (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
+    # the training years cut into 4 consecutive 9-year segments, segment i in lane i, 9 chunks each
+    train_stream = StreamLoader([history], lanes=LANES, chunk_steps=CHUNK, consecutive=True)
 
     model = StatefulLSTM(input_size=1, hidden_size=32)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=CHUNK, update="window", carry_state=True)
     trainer.run(train_stream, max_epochs=EPOCHS)
 
-    # The state at the last week of training, under the final weights: the training lanes evaluated as a stream.
-    warm_up = create_evaluator(model, carry_state=True)
-    warm_up.run(train_stream)
-    h, c = warm_up.state.carried_state
-    end_of_training = (h[:, -1:], c[:, -1:])  # the last lane ends where the test years begin
-
     def forecast(chunk_steps: int) -> tuple[torch.Tensor, float]:
-        evaluator = create_evaluator(
-            model, {"mse": MeanSquaredError(lambda o: (o["y_pred"], o["y"]))}, carry_state=True
-        )
-        set_state(evaluator, end_of_training)
-        predictions = []
-        evaluator.add_event_handler(
-            Events.ITERATION_COMPLETED, lambda e: predictions.append(e.state.output["y_pred"][e.state.output["mask"]])
-        )
-        evaluator.run(StreamLoader([(x[n_train:], y[n_train:])], lanes=1, chunk_steps=chunk_steps))
-        return torch.cat(predictions)[:, 0], evaluator.state.metrics["mse"]
+        """The test years evaluated in chunks from the state at the last training week (the whole history run first)."""
+        evaluator = create_evaluator(model, {"mse": MeanSquaredError(flatten_counted)}, carry_state=True)
+        WarmStart(model, StreamLoader([history], lanes=1, chunk_steps=CHUNK)).attach(evaluator)
+        test_stream = StreamLoader([test], lanes=1, chunk_steps=chunk_steps)
+        collector = PredictionCollector(test_stream)
+        collector.attach(evaluator)
+        evaluator.run(test_stream)
+        return collector.predictions[0][:, 0], evaluator.state.metrics["mse"]
 
     predicted, scaled_mse = forecast(CHUNK)
     whole, _ = forecast(len(x) - n_train)  # the test years in one chunk
+    with torch.no_grad():  # by hand: the whole record in one forward from zeros, and the test years from zeros
+        continuation = model(x[None])[0][0, n_train:, 0]
+        from_zero = model(x[None, n_train:])[0][0, :, 0]
     steps = np.arange(n_train, len(x))  # step t forecasts ppm[t + 1 + HORIZON] from ppm[t + 1]
     now, truth = ppm[steps + 1], ppm[steps + 1 + HORIZON]
     lstm = now + predicted.double().numpy() * y_scale
@@ -112,6 +108,11 @@ def main(out_dir: Path) -> None:
     print(
         f"test years: {len(steps)} weeks; chunk by chunk == in one piece: "
         f"{torch.allclose(predicted, whole, rtol=1e-5, atol=1e-6)}; scaled MSE {scaled_mse:.4f}"
+    )
+    print(
+        f"from the state at the last training week: equals the whole record run by hand: "
+        f"{torch.allclose(predicted, continuation, rtol=1e-4, atol=1e-5)}; differs from a zero start: "
+        f"{not torch.allclose(predicted, from_zero, rtol=1e-4, atol=1e-5)}"
     )
     print(
         f"test MSE of the {HORIZON}-week forecast (ppm^2): "

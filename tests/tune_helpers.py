@@ -41,7 +41,9 @@ def hold(trainer: Engine, evaluator: Engine, config: Any) -> None:
 
     @trainer.on(Events.ITERATION_COMPLETED(once=1))
     def _hold(_: Engine) -> None:
-        marker.write_text(config.name)
+        partial = marker.with_name(marker.name + ".partial")
+        partial.write_text(config.name)
+        os.replace(partial, marker)  # whole when it appears: a test may kill this process right then
         _wait(release.exists)
 
 

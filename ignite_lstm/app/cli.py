@@ -25,7 +25,7 @@ from typing import Any
 from ignite_lstm.app.config.schema import ConfigError, load_config
 from ignite_lstm.app.run.launch import launch, setup_logging
 from ignite_lstm.app.run.preflight import preflight
-from ignite_lstm.app.run.rundir import RunDirError, discard_unused_run_dir, prepare_run
+from ignite_lstm.app.run.rundir import NothingToDo, RunDirError, discard_unused_run_dir, prepare_run
 from ignite_lstm.app.run.training import Outcome
 from ignite_lstm.app.task.dataset import batch_problem
 from ignite_lstm.app.task.h5io import DataFileError
@@ -68,6 +68,9 @@ def _report(outcome: Outcome, args: argparse.Namespace, frequencies: Sequence[fl
     if outcome.status == "done":
         if int(os.environ.get("RANK", 0)) == 0:
             print(_summary(outcome, frequencies))
+    elif outcome.status == "nothing":  # resume=auto of a finished run under torchrun
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(outcome.message)
     elif outcome.status == "interrupted":
         kept = [a for a in args.overrides if not a.startswith("resume=")]
         hint = " ".join(shlex.quote(a) for a in [sys.argv[0], args.config, *kept, f"resume={outcome.checkpoint}"])
@@ -104,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BaseException:  # a start-up that failed leaves nothing that blocks the same command
             discard_unused_run_dir(plan)
             raise
+    except NothingToDo as exc:  # resume=auto of a finished run: a preemption loop that re-runs the command ends
+        print(str(exc))
+        return 0
     except (ConfigError, RunDirError, DataFileError, CheckpointMismatch) as exc:
         discard_unused_run_dir(plan)
         print(f"error: {exc}", file=sys.stderr)

@@ -26,6 +26,7 @@ from ignite.handlers import Checkpoint
 from ignite_lstm.checkpoint.files import ESSENTIAL_KEYS, CheckpointMismatch, FixedState, require_entries
 
 __all__ = [
+    "RunFinished",
     "RNGState",
     "SkipBatches",
     "check_model_args",
@@ -97,6 +98,10 @@ class SkipBatches:
         return iterator
 
 
+class RunFinished(CheckpointMismatch):
+    """The checkpoint is the end of its run (the last epoch, or stopped early): there is nothing to continue."""
+
+
 def check_model_args(saved: Mapping[str, Any], current: Mapping[str, Any], source: str | Path) -> None:
     """Refuse to resume a model whose shape differs from the checkpoint's.
 
@@ -144,13 +149,13 @@ def check_resumable(
     trainer = checkpoint["trainer"]
     done = trainer["iteration"] // trainer["epoch_length"]  # whole epochs trained
     if done >= epochs:  # Ignite would start such a run over from epoch 1
-        raise CheckpointMismatch(
+        raise RunFinished(
             f"{source} is the end of a finished run (epoch {done} of train.epochs={epochs}); "
             f"pass train.epochs=N with N > {done} to train longer."
         )
     counter = checkpoint.get("early_stopping", {}).get("counter", 0)
     if patience is not None and counter >= patience:
-        raise CheckpointMismatch(
+        raise RunFinished(
             f"{source} is from a run that stopped early at epoch {done} ({counter} "
             f"validations without improvement); raise handlers.early_stopping.patience above "
             f"{counter} to train longer."

@@ -8,6 +8,7 @@ is ``resume``'s.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from ignite_lstm.checkpoint.run_checkpoints import RunCheckpoints, resumable_obj
 from ignite_lstm.handlers.common import monitor_mode, score_function
 
 __all__ = ["attach_checkpoints"]
+
+logger = logging.getLogger(__name__)
 
 
 def _with_model_args(objects: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,6 +63,44 @@ class _SaveThenRemove(DiskSaver):
                 super().remove(old)
 
 
+class _PassedInterrupted:
+    """Remove the interrupted file a resumed run came from once a newer training file is written.
+
+    The run resumed from ``interrupted_checkpoint_<i>.pt`` (its saver got the file back with the
+    bookkeeping); once it has saved a ``last_`` or ``epoch_`` file of a later iteration the
+    interrupted one is stale, and ``find_checkpoint`` would no longer pick it. Without those savers
+    (``enabled=False``) it is the run's only training file: it stays, and the log says why, once.
+    """
+
+    def __init__(self, checkpoints: Mapping[str, Checkpoint], saver: DiskSaver) -> None:
+        self.checkpoints, self.saver, self.said = checkpoints, saver, False
+
+    def __call__(self, trainer: Engine) -> None:
+        interrupted = self.checkpoints["interrupted"]
+        mine = interrupted.state_dict()["_saved"]  # [(iteration, file name)]
+        if not mine:
+            return
+        newer = [
+            p for k in ("last", "epoch") if k in self.checkpoints for p, _ in self.checkpoints[k].state_dict()["_saved"]
+        ]
+        passed = [name for step, name in mine if newer and step < max(newer)]
+        if not passed:
+            if not newer and not self.said:
+                self.said = True
+                logger.info(
+                    "Kept %s: checkpoints are off apart from the interrupted one, so it is this run's only file "
+                    "to resume from.",
+                    ", ".join(name for _, name in mine),
+                )
+            return
+        if idist.get_rank() == self.saver.save_on_rank:
+            for name in passed:
+                if (self.saver.dirname / name).exists():
+                    DiskSaver.remove(self.saver, name)
+        interrupted.reset()
+        logger.info("Removed %s: the resumed run has saved past it.", ", ".join(passed))
+
+
 def attach_checkpoints(
     trainer: Engine,
     val_evaluator: Engine,
@@ -89,7 +130,9 @@ def attach_checkpoints(
     - ``last_checkpoint_<iteration>.pt``: ``to_save`` after every epoch.
     - ``epoch_checkpoint_<iteration>.pt``: ``to_save`` every ``every`` epochs (0: off).
     - ``interrupted_checkpoint_<iteration>.pt``: ``to_save``, written on demand by
-      calling ``checkpoints["interrupted"](trainer)`` (also when ``enabled`` is False).
+      calling ``checkpoints["interrupted"](trainer)`` (also when ``enabled`` is False);
+      a run resumed from it removes it once it has saved a later ``last``/``epoch`` file
+      (with ``enabled`` False it stays, the log says why).
 
     Where ``best_objects`` or ``to_save`` hold a ``"model"`` with a ``config`` (the
     constructor arguments of a ``StatefulLSTM``) and no ``"model_args"``, its files also
@@ -173,4 +216,5 @@ def attach_checkpoints(
         if every:  # before "last", so that the last file knows about this epoch's file
             trainer.add_event_handler(Events.EPOCH_COMPLETED(every=every), checkpoints["epoch"])
         trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoints["last"])
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, _PassedInterrupted(checkpoints, saver))
     return RunCheckpoints(checkpoints, trainer=trainer, objects=training, directory=directory)

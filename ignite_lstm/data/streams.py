@@ -49,6 +49,7 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 
+from ignite_lstm.data.segments import consecutive_segments
 from ignite_lstm.data.sources import as_series
 
 __all__ = ["StreamLoader"]
@@ -90,6 +91,10 @@ class StreamLoader:
             a series (more lanes than series) are fully masked.
         chunk_steps: C, the steps of a batch (e.g. the trainer's ``tbptt_steps``).
         shuffle: draw a new order of the series per epoch (deterministic by ``seed + epoch``).
+        consecutive: cut each series into ``lanes / len(series)`` consecutive segments of whole
+            chunks, segment k in lane k (``ignite_lstm.data.segments``): one long record keeps
+            every lane busy. ``loader.series`` are then the segments, ``loader.sources[k]`` the
+            given series segment k comes from.
         seed: the shuffle's seed, the same on every rank.
         rank, world_size: this process and their number (default: ``idist``'s); this rank
             yields lanes ``rank * B / world_size`` to ``(rank + 1) * B / world_size - 1``.
@@ -114,6 +119,7 @@ class StreamLoader:
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        consecutive: bool = False,
     ) -> None:
         self.lanes = _int_arg("lanes", lanes, 1)
         self.chunk_steps = _int_arg("chunk_steps", chunk_steps, 1)
@@ -129,7 +135,12 @@ class StreamLoader:
                 f"Argument lanes should be divisible by world_size={self.world_size} (each process "
                 f"owns lanes / world_size lanes), got {lanes}."
             )
+        if not isinstance(consecutive, bool):
+            raise TypeError(f"Argument consecutive should be a bool, got {type(consecutive).__name__}.")
         self.series = as_series(series)
+        self.sources = list(range(len(self.series)))  # the given series each of self.series comes from
+        if consecutive:
+            self.series, self.sources = consecutive_segments(self.series, lanes, chunk_steps)
         self.local_lanes = lanes // self.world_size
         self._first = self.rank * self.local_lanes
         self._chunks = [-(-len(s) // chunk_steps) for s in self.series]

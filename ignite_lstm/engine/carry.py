@@ -13,8 +13,9 @@ None when every lane starts fresh), except
 A fresh lane is the model's own start (``state=None``: zeros, the model contract):
 when every lane is fresh the model gets ``state=None``, otherwise the fresh lanes of
 the carried state are set to zero. ``set_state(engine, state)`` makes the next batch
-start from a given state (the evaluator, e.g., from ``trainer.state.carried_state``:
-validation continues where the training stream ended).
+start from a given state, whatever that batch's ``reset`` flags say (the evaluator, e.g.,
+from ``trainer.state.carried_state``: validation continues where the training stream
+ended, although the validation stream's first chunk marks the start of its series).
 
 The lanes of a state: the model declares the batch dimension of its state,
 ``state_batch_dim``, the same for every tensor of it (``StatefulLSTM``: 1, its
@@ -111,14 +112,26 @@ class _Carry:
         return cast(int, sizes.pop()) if sizes else 0  # None was refused above
 
     def begin(self, x: torch.Tensor, reset: torch.Tensor | None) -> Any:
-        """The state a batch x (B, T, F) with these reset flags starts from (None: every lane fresh)."""
-        self.pinned = False
+        """The state a batch x (B, T, F) with these reset flags starts from (None: every lane fresh).
+
+        After ``set_state`` the given state is the start of this batch whatever its flags say
+        (a stream's first chunk has ``reset`` True in every lane that starts a series there);
+        the flags of the later batches reset as usual.
+        """
+        given = self.pinned
+        if given:
+            self.pinned, reset = False, None
         if reset is not None and bool(reset.all()):  # every lane starts fresh: the model's own start
             self.reset()
         state = run_state(self.engine).carried_state
         if state is None:
             return None
         lanes, batch = self.lanes(state), x.shape[0]
+        if lanes != batch and given:
+            raise ValueError(
+                f"Argument batch has {batch} lanes but the state given by set_state has {lanes}: the "
+                f"given state is the start of the next batch, lane by lane; give a state of {batch} lanes."
+            )
         if lanes != batch:
             raise ValueError(
                 f"Argument batch has {batch} lanes but the carried state has {lanes}: with "
@@ -299,10 +312,14 @@ def reset_state(engine: Engine, lanes: torch.Tensor | Sequence[int] | None = Non
 def set_state(engine: Engine, state: Any) -> None:
     """Make the next batch of a carrying engine start from ``state``, even at the start of a run or epoch.
 
+    The given state wins over the next batch's ``reset`` flags (a ``StreamLoader``'s first
+    chunk has them True: the series start there, but they continue the given state);
+    a ``reset`` in a later batch resets its lanes as usual.
+
     Args:
         engine: a trainer or evaluator made with ``carry_state=True``.
         state: a state of the model's form (detached here), e.g. ``trainer.state.carried_state``;
-            None: every lane fresh. Its lanes must match the next batch's (or be reset by it).
+            None: every lane fresh. Its lanes must match the next batch's.
 
     Returns:
         None.

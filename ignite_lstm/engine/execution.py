@@ -8,7 +8,9 @@ L = 1 call and loop that the ``stepwise`` paths of trainer and evaluator share.
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -27,8 +29,11 @@ __all__ = [
     "without_grad_sync",
     "amp_context",
     "check_amp_dtype",
+    "note_amp_ignored",
     "refuse_outer_autocast",
 ]
+
+_AMP_NOTED: weakref.WeakSet = weakref.WeakSet()  # the models whose float32 under amp_dtype the log has said
 
 EXECUTIONS = ("auto", "fused", "stepwise")
 
@@ -40,6 +45,24 @@ def check_amp_dtype(amp_dtype: Any) -> None:
     """Refuse an ``amp_dtype`` other than None, ``torch.bfloat16`` or ``torch.float16``."""
     if amp_dtype is not None and amp_dtype not in AMP_MODES.values():
         raise ValueError(f"Argument amp_dtype should be None, torch.bfloat16 or torch.float16, got {amp_dtype!r}.")
+
+
+def note_amp_ignored(model: nn.Module, amp_dtype: torch.dtype | None) -> None:
+    """Say once per model in the log when ``amp_dtype`` leaves it in float32 (``computes_in_float32_under_autocast``).
+
+    Its trainer and evaluators all take the setting: the first one says it.
+    """
+    net = unwrap(model)
+    if amp_dtype is not None and getattr(net, "computes_in_float32_under_autocast", False) and net not in _AMP_NOTED:
+        _AMP_NOTED.add(net)
+        logging.getLogger("ignite_lstm.engine").warning(
+            "amp_dtype=%s: %s computes in float32 under autocast (its recurrence has no %s form that "
+            "the execution paths agree on), so the setting changes only the loss; leave amp_dtype=None "
+            "for the same numbers without autocast's overhead.",
+            amp_dtype,
+            type(net).__name__,
+            str(amp_dtype).replace("torch.", ""),
+        )
 
 
 def amp_context(x: torch.Tensor, amp_dtype: torch.dtype | None):

@@ -62,6 +62,7 @@ from ignite_lstm.engine.events import TimeEvents, count_windows
 from ignite_lstm.engine.execution import (
     amp_context,
     check_amp_dtype,
+    note_amp_ignored,
     refuse_outer_autocast,
     resolve_execution,
     run_steps,
@@ -180,6 +181,7 @@ def create_trainer(
     check_carry_state(carry_state)
     check_loss(loss_fn)
     check_amp_dtype(amp_dtype)
+    note_amp_ignored(model, amp_dtype)
     _to_device(model, device, optimizer=True)
     execution = resolve_execution(execution, engine)
     path = select_execution(model, loss_fn, tbptt_steps, update, execution)
@@ -326,7 +328,8 @@ def create_evaluator(
         carry_state: stream evaluation (``ignite_lstm.engine.carry``): lane i of a batch continues
             lane i of the previous one (a series in chunks gives the numbers of it whole),
             fresh where ``reset`` says and at each run start, unless ``set_state`` gave a
-            state (e.g. ``trainer.state.carried_state``). The model needs ``state_batch_dim``.
+            state (e.g. ``trainer.state.carried_state``), which the run's first batch continues
+            whatever its ``reset`` flags say. The model needs ``state_batch_dim``.
 
     Returns:
         An ``Engine`` (a ``CarryingEngine`` with ``carry_state``, its state in
@@ -339,6 +342,7 @@ def create_evaluator(
     """
     execution = resolve_execution(execution, engine)
     check_amp_dtype(amp_dtype)
+    note_amp_ignored(model, amp_dtype)
     check_carry_state(carry_state)
     _to_device(model, device, optimizer=False)
     net = unwrap(model)  # no gradients here, so no DDP hooks are needed

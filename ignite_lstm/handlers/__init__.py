@@ -1,5 +1,6 @@
 """Handlers around the loop: early stopping, progress, NaN, LR schedules, the length curriculum,
-interrupts, a metrics history and TensorBoard. They take arguments, never a config object.
+interrupts, a metrics history, TensorBoard, and the forecasting workflow (``WarmStart``,
+``PredictionCollector``, ``SkipFirstSteps``). They take arguments, never a config object.
 
 Names load on first use (the progress bar's tqdm and TensorBoard's writer only when asked for).
 """
@@ -16,6 +17,9 @@ _EXPORTS = {
     "score_function": "common",
     "Curriculum": "curriculum",
     "MetricsHistory": "history",
+    "WarmStart": "forecast",
+    "PredictionCollector": "forecast",
+    "SkipFirstSteps": "warmup",
     "StopOnInterrupt": "interrupts",
     "setup_lr_scheduler": "schedules",
     "attach_tensorboard": "tensorboard",

@@ -43,6 +43,7 @@ from ignite.engine import Engine, Events
 
 from ignite_lstm.engine.attributes import run_state
 from ignite_lstm.engine.batches import parse_batch
+from ignite_lstm.engine.carry import CarryingEngine
 from ignite_lstm.engine.factories import set_tbptt_steps
 from ignite_lstm.handlers.common import monitor_mode
 
@@ -226,7 +227,17 @@ class Curriculum:
         """Cut the batches of ``trainer`` (and of ``val_evaluator``, whose metric decides) to the current L.
 
         ``optimizer``: the one whose learning rate ``lr_factor`` scales at each stage change.
+        An engine that carries its state across batches (``carry_state=True``) is refused: the
+        cut would drop the steps between a chunk's first L and the next chunk, which its lanes
+        continue as if the series were contiguous.
         """
+        for name, engine in (("trainer", trainer), ("val_evaluator", val_evaluator)):
+            if isinstance(engine, CarryingEngine):
+                raise ValueError(
+                    f"Argument {name} carries its state across batches (carry_state=True): the curriculum "
+                    f"cuts every batch to its first L steps, so lane i of the next batch would not continue "
+                    f"where lane i was cut; use a curriculum with whole sequences (carry_state=False)."
+                )
         if self.lr_factor != 1.0 and optimizer is None:
             raise ValueError(
                 f"Argument optimizer is needed: lr_factor={self.lr_factor} scales its learning rate at "

@@ -3,6 +3,7 @@
 from typing import Any
 
 from ignite_lstm._internal.deprecated import moved_name
+from ignite_lstm.metrics.channels import channel_metrics, channel_rows
 from ignite_lstm.metrics.directions import known_metric_names, metric_direction, register_metric_direction
 from ignite_lstm.metrics.regression import (
     REGRESSION_METRICS,
@@ -14,6 +15,8 @@ from ignite_lstm.metrics.regression import (
 )
 
 __all__ = [
+    "channel_metrics",
+    "channel_rows",
     "SignalToNoiseRatio",
     "PearsonCorrelation",
     "R2Score",

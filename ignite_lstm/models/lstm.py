@@ -17,6 +17,10 @@ Optional, for ``carry_state=True`` (``ignite_lstm.engine.carry``): ``state_batch
 integer class attribute, the batch dimension of every tensor of the state (1 for
 ``StatefulLSTM``'s (h, c), each (layers, B, H), as for ``nn.LSTM``/``nn.GRU``).
 
+Optional: ``computes_in_float32_under_autocast = True`` declares that the model turns
+autocast off inside (as ``StatefulLSTM`` does, below); an engine given ``amp_dtype`` then
+says once in the log that the setting leaves the model in float32.
+
 ``StatefulLSTM`` owns its backends: the native CPU kernel (``ignite_lstm.models.native``)
 where it runs, else PyTorch (``nn.LSTM`` for whole windows, ``torch.lstm_cell`` for
 one step, ``ignite_lstm.models.detached`` for the detached form).
@@ -80,6 +84,7 @@ class StatefulLSTM(nn.Module):
 
     supports_detach_every_step = True  # see the module docstring
     state_batch_dim = 1  # (h, c), each (num_layers, B, H): the lanes that carry_state=True carries
+    computes_in_float32_under_autocast = True  # see the module docstring: amp_dtype changes only the loss
     native_chunk_steps = 512  # steps per native call without gradients: memory does not grow with T
 
     def __init__(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -95,7 +96,7 @@ BASE_RESOLVED = {
             "lr_factor": 1.0,
         },
     },
-    "eval": {"batch_size": 40, "every": 1, "execution": "auto", "report": True},
+    "eval": {"batch_size": 40, "every": 1, "execution": "auto", "report": True, "warm_up_steps": 0},
     "handlers": {
         "progress_bar": True,
         "terminate_on_nan": True,
@@ -313,6 +314,21 @@ def test_a_bad_config_exits_2_with_the_message_of_run_py():
     assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"error: {info.value}\n")
 
 
+def test_a_frequency_at_nyquist_exits_2_naming_the_key_and_the_limit():
+    proc = subprocess.run(
+        [sys.executable, "-m", "ignite_lstm.app.cli", "train", "configs/quick.yaml", "data.frequencies=[500]"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "data.frequencies: [500] at data.fs=1000.0 must be below the Nyquist frequency data.fs / 2 = 500 Hz" in (
+        proc.stderr
+    )
+
+
 def test_markdown_takes_no_config(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--markdown", "configs/base.yaml"])
@@ -413,6 +429,11 @@ def test_overrides_apply_with_yaml_typing():
         ({"data": {"amplitude": [0.8, 1.0, 1.2]}}, "data.amplitude: [0.8, 1.0, 1.2] must have exactly 2 entries"),
         ({"data": {"frequencies": []}}, "data.frequencies: [] must have at least 1 entries"),
         ({"data": {"frequencies": [1.0, 3.0, 1.0]}}, "data.frequencies: [1.0, 3.0, 1.0] must not repeat a frequency"),
+        (  # issue 26: 500 Hz at fs=1000 trained to R2 = -4e21, 600 Hz aliased, both silently
+            {"data": {"fs": 1000, "frequencies": [3.0, 500.0, 600.0]}, "handlers": {"checkpoint": {"monitor": "mse"}}},
+            "data.frequencies: [500.0, 600.0] at data.fs=1000 must be below the Nyquist frequency data.fs / 2 = "
+            "500 Hz (at or above it the samples alias or vanish)",
+        ),
         (
             {"handlers": {"checkpoint": {"monitor": "loss"}}},
             f"handlers.checkpoint.monitor: 'loss' is not a validation metric: choose one of {MONITORS}",

@@ -25,6 +25,7 @@ from handler_helpers import (
 
 from ignite_lstm.app import cli
 from ignite_lstm.app.config.schema import load_config
+from ignite_lstm.app.run.rundir import NothingToDo
 from ignite_lstm.app.task.dataset import split_params
 from ignite_lstm.app.task.h5io import split_filename
 
@@ -207,13 +208,17 @@ def test_resume_auto_without_a_checkpoint_to_continue_starts_a_new_run(tmp_path,
     assert f"resume=auto: no run of this config in {out} has a checkpoint; starting a new run in {new}" in caplog.text
 
 
-def test_resume_auto_on_a_finished_run_without_checkpoints_is_refused(tmp_path):
+def test_resume_auto_on_a_finished_run_without_checkpoints_has_nothing_to_do(tmp_path, capsys):
     finished = tmp_path / "runs" / "done"
     finished.mkdir(parents=True)
     (finished / "model.pt").write_bytes(b"the final model of a run with handlers.checkpoint.enabled=false")
-    cfg = load_config(CONFIG, [*TINY, f"output_dir={tmp_path / 'runs'}", "name=done", "resume=auto"])
-    with pytest.raises(cli.RunDirError, match=f"resume=auto: run folder {finished} holds a finished run "):
-        cli.prepare_run(cfg, "base")
+    overrides = [*TINY, f"output_dir={tmp_path / 'runs'}", "name=done", "resume=auto"]
+    with pytest.raises(NothingToDo, match=f"resume=auto: run folder {finished} holds a finished run "):
+        cli.prepare_run(load_config(CONFIG, overrides), "base")
+    assert (
+        run_cli(tiny_args(tmp_path / "data", tmp_path / "runs", "done", "resume=auto")) == 0
+    )  # a preemption loop ends
+    assert "and no training checkpoint to continue: nothing to do" in capsys.readouterr().out
     assert [p.name for p in finished.iterdir()] == ["model.pt"]
 
 

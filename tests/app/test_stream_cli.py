@@ -182,6 +182,26 @@ def test_a_stream_run_reports_the_metrics_of_its_model_evaluated_on_whole_sequen
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(reported, rel=1e-6, abs=1e-7)
 
 
+def test_eval_warm_up_steps_count_only_the_later_steps_of_every_stream_sequence(reference):
+    """``eval.warm_up_steps``: the stream evaluators (2 sequences per lane, chunks of 60) score every sequence
+    from step 150 on, from the state its first 150 steps leave: as the model run over each sequence by hand."""
+    cfg = load_config(reference / "config.yaml", ["eval.warm_up_steps=150"])
+    model, _ = load_model(reference / "model.pt")
+    data = setup_data(cfg)
+    evaluator = setup_evaluators(cfg, model, torch.device("cpu"))["val"]
+    got = evaluator.run(data["eval_loaders"]["val"]).metrics["mse"]
+    errors = []
+    with torch.no_grad():
+        for x, y in (data["datasets"]["val"][i] for i in range(len(data["datasets"]["val"]))):
+            y_hat, _ = model(x[None])
+            errors.append((y_hat[0, 150:] - y[150:]) ** 2)
+    assert got == pytest.approx(torch.cat(errors).mean().item(), rel=1e-5)
+    assert got != pytest.approx(_metrics(reference)["val/mse"], rel=1e-3)  # guard: the warm-up matters
+    assert "eval.warm_up_steps: 200 must be shorter than a sequence (200 steps" in str(
+        pytest.raises(ConfigError, load_config, reference / "config.yaml", ["eval.warm_up_steps=200"]).value
+    )
+
+
 class _InStreamOrder:
     """Whole-sequence batches of the sequences a ``StreamLoader`` plays, epoch by epoch: batch j holds the
     j-th sequence of every lane, in lane order (the sequences layout, unshuffled, in the stream's order)."""

@@ -133,6 +133,8 @@ def test_a_clearly_worse_trial_is_pruned_at_its_first_validation(tmp_path, data_
     run_dir = Path(second["run_dir"])  # a pruned trial's run folder stays, complete up to the pruned epoch
     assert [e["epoch"] for e in json.loads((run_dir / "history.json").read_text())["epochs"]] == [1]
     assert (run_dir / "checkpoints" / "last_checkpoint_1.pt").is_file() and not (run_dir / "metrics.json").exists()
+    # said once, plainly: not also Ignite's "Engine run is terminating due to exception: Trial was pruned" (issue 26)
+    assert "terminating due to exception" not in (run_dir / "train.log").read_text()
 
 
 def test_a_diverged_trial_fails_and_the_study_goes_on_until_every_trial_fails(tmp_path, data_dir, monkeypatch):
@@ -274,3 +276,61 @@ def test_the_base_study_is_a_valid_definition_on_the_validation_mse():
         "model.hidden_size",
         "data.train.mixtures",
     }
+
+
+def test_every_monitor_of_the_application_is_a_study_metric():
+    from ignite_lstm.app.config.rules import validation_metrics
+    from ignite_lstm.app.tune.settings import load_study
+
+    cfg, _ = load_study(STUDY, SHRINK)
+    for metric in validation_metrics(list(cfg.data.frequencies)):  # the monitors' one list
+        _, settings = load_study(STUDY, [*SHRINK, f"tune.metric={metric}"])
+        assert settings.metric == metric
+    _, settings = load_study(STUDY, [*SHRINK, "tune.metric=mse_worst"])  # issue 26: it was refused
+    assert settings.direction == "minimize"
+
+
+# one batch per epoch: a warm-up of any length is 2 steps, the whole run (setup_lr_scheduler refuses it)
+NO_WARMUP = ["tune.space.handlers.lr_scheduler.warmup_epochs={type: categorical, choices: [0.0]}"]
+
+
+def test_tune_seed_repeats_a_study_and_another_seed_draws_other_points(tmp_path, data_dir):
+    def drawn(name, seed):
+        out = tmp_path / name
+        args = tiny(data_dir, out, "tune.trials=2", "tune.sampler=random", f"tune.seed={seed}", *NO_WARMUP)
+        assert run_tune(args) == 0
+        return [(t["params"], t["value"]) for t in summary(out)["trials"]]
+
+    first = drawn("a", 3)
+    assert drawn("b", 3) == first  # the same points and, trained alike, the same values
+    assert [p for p, _ in drawn("c", 4)] != [p for p, _ in first]
+
+
+def test_ctrl_c_fails_the_running_trial_exits_130_and_the_same_command_continues(tmp_path, data_dir, monkeypatch):
+    out = tmp_path / "runs"
+    args = tiny(data_dir, out, "tune.trials=2", "handlers.extra=[tune_helpers:hold]", *NO_WARMUP)
+    held, release = tmp_path / "held", tmp_path / "release"
+    proc = spawn(args, tmp_path / "tune.log", HOLD_MARKER=str(held), HOLD_RELEASE=str(release))
+    try:
+        wait_for(held, proc, tmp_path / "tune.log")  # trial 0 is in its first epoch
+        proc.send_signal(signal.SIGINT)
+        release.touch()
+        assert proc.wait(timeout=300) == 130, (tmp_path / "tune.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "tune.log").read_text()
+    assert "error: interrupted; the running trial is marked failed. Continue the study with the same command" in log
+    (stopped,) = summary(out)["trials"]
+    assert stopped["state"] == "fail" and stopped["fail_reason"].startswith("_Interrupted")
+    monkeypatch.setenv("HOLD_MARKER", str(tmp_path / "held-again"))
+    monkeypatch.setenv("HOLD_RELEASE", str(release))  # released already: the trials pass
+    assert run_tune(args) == 0  # the same command finishes the study
+    assert summary(out)["counts"] == {"fail": 1, "complete": 2}
+
+
+def test_a_study_on_mse_worst_runs_its_trials_on_it(tmp_path, data_dir):
+    out = tmp_path / "runs"
+    assert run_tune(tiny(data_dir, out, "tune.trials=1", "tune.metric=mse_worst", *NO_WARMUP)) == 0
+    s = summary(out)
+    assert s["metric"] == "val/mse_worst" and s["counts"] == {"complete": 1} and s["trials"][0]["value"] > 0

@@ -93,8 +93,14 @@ def test_resume_with_another_model_shape_is_refused_before_anything_is_written(r
 def test_resume_of_a_finished_run_or_from_a_model_file_is_refused(reference, capsys):
     before = _listing(reference)
     args = tiny_args(reference.parent.parent / "data", reference.parent, "reference")
-    assert run_cli([*args, "resume=auto"]) == 2
+    last = next((reference / "checkpoints").glob("last_checkpoint_*.pt"))
+    assert run_cli([*args, f"resume={last}"]) == 2  # resume=PATH of a finished run: refused as before
     assert "is the end of a finished run (epoch 4 of train.epochs=4); pass train.epochs=N" in capsys.readouterr().err
+    # resume=auto: nothing to do, and the command succeeds (a preemption loop that re-runs it ends; issue 26)
+    assert run_cli([*args, "resume=auto"]) == 0
+    out = capsys.readouterr().out
+    assert f"resume=auto: the run in {reference} has finished, nothing to do (" in out
+    assert "is the end of a finished run (epoch 4 of train.epochs=4)" in out
     best = next((reference / "checkpoints").glob("best_*.pt"))
     assert run_cli([*args, f"resume={best}"]) == 2
     assert "is not a training checkpoint" in capsys.readouterr().err

@@ -9,6 +9,7 @@ the weights, the best file and the files left in the folder.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +110,8 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_a_run_stopped_mid_epoch_resumes_with_one_call_to_the_run_left_alone(tmp_path):
+def test_a_run_stopped_mid_epoch_resumes_with_one_call_to_the_run_left_alone(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ignite_lstm")
     alone = _train(_build(tmp_path / "alone"))
     stop_at = 2 * PER_EPOCH + 2  # 2 of the 3 batches of epoch 3 trained
     stopped = _train(_build(tmp_path / "stopped"), stop_at=stop_at)
@@ -128,8 +130,10 @@ def test_a_run_stopped_mid_epoch_resumes_with_one_call_to_the_run_left_alone(tmp
     best, best_alone = resumed.checkpoints["best"].last_checkpoint, alone.checkpoints["best"].last_checkpoint
     assert best.name == best_alone.name
     assert _same_weights(_loaded(best), _loaded(best_alone))
-    # the files the run left alone keeps, no stale ones (and the interrupted file it resumed from)
-    assert _files(tmp_path / "stopped") == sorted([*_files(tmp_path / "alone"), path.name])
+    # the files the run left alone keeps, no stale ones: the interrupted file it resumed from is gone
+    # once the resumed run saved past it (issue 26: it stayed behind), and the log says so
+    assert _files(tmp_path / "stopped") == _files(tmp_path / "alone")
+    assert f"Removed {path.name}: the resumed run has saved past it." in caplog.text
 
 
 def _loaded(path: Path) -> nn.Module:
@@ -301,3 +305,16 @@ def test_resume_from_checkpoint_keeps_its_signature_and_needs_a_loader_that_skip
     resume_from_checkpoint(checkpoint, fresh.checkpoints.objects, fresh.trainer, data, source="stopped.pt")
     assert data.skip == 1 and fresh.trainer.state.iteration == PER_EPOCH + 1
     assert fresh.checkpoints["best"].last_checkpoint is None  # the savers' lists are resume's
+
+
+def test_without_other_savers_the_interrupted_file_stays_and_the_log_says_why(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ignite_lstm")
+    stopped = _train(_build(tmp_path, enabled=False), stop_at=PER_EPOCH + 1)
+    resumed = _build(tmp_path, seed=123, enabled=False)
+    _train(resumed, resumed.checkpoints.resume(stopped.checkpoints.latest(), resumed.data))
+    name = f"interrupted_checkpoint_{PER_EPOCH + 1}.pt"
+    assert _files(tmp_path) == [name]  # the only file to resume from
+    kept = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Kept ")]
+    assert kept == [
+        f"Kept {name}: checkpoints are off apart from the interrupted one, so it is this run's only file to resume from."
+    ]

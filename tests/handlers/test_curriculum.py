@@ -519,3 +519,15 @@ def test_every_rank_takes_rank_0s_decision_at_the_same_epoch(tmp_path):
     )
     expected = [50, 100, 200, 200]
     assert [torch.load(tmp_path / f"rank-{r}.pt") for r in range(2)] == [expected, expected]
+
+
+def test_a_curriculum_refuses_an_engine_that_carries_its_state():
+    # issue 26: from Python it cut every chunk and carried the state across the dropped steps
+    model = StatefulLSTM(3, 4)
+    carrying = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), carry_state=True)
+    with pytest.raises(ValueError, match=r"Argument trainer carries its state across batches \(carry_state=True\)"):
+        Curriculum([10, 20], epochs_per_stage=1).attach(carrying)
+    plain = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss())
+    with pytest.raises(ValueError, match="Argument val_evaluator carries its state"):
+        Curriculum([10, 20], epochs_per_stage=1).attach(plain, create_evaluator(model, carry_state=True))
+    Curriculum([10, 20], epochs_per_stage=1).attach(plain, create_evaluator(model))

@@ -20,7 +20,7 @@ from ignite_lstm.app.task.generator import sample_count
 from ignite_lstm.app.task.metrics import METRIC_NAMES
 from ignite_lstm.handlers.curriculum import stage_lengths
 
-__all__ = ["MIN_STEPS", "check_cross", "with_defaults"]
+__all__ = ["MIN_STEPS", "check_cross", "with_defaults", "validation_metrics"]
 
 MIN_STEPS = 2  # samples per sequence: the first one of every target is sin(0) = 0
 
@@ -76,9 +76,27 @@ def check_cross(cfg: dict, problems: list[str], *, backends: Sequence[str]) -> N
                 f"(round(fs * duration)); at least {MIN_STEPS} are needed (every target starts at sin(0) = 0 and "
                 f"the metrics need one that varies): use data.duration >= {MIN_STEPS / fs:g}"
             )
+    warm = _section(cfg, "eval").get("warm_up_steps")
+    if (
+        valid("eval.warm_up_steps", "data.fs", "data.duration")
+        and _is_number(warm)
+        and _is_number(fs)
+        and (_is_number(duration) and math.isfinite(fs * duration) and 0 < round(fs * duration) <= warm)
+    ):
+        problems.append(
+            f"eval.warm_up_steps: {warm!r} must be shorter than a sequence ({round(fs * duration)} steps at "
+            f"data.fs={fs!r}, data.duration={duration!r}): no step would count"
+        )
     freqs = data.get("frequencies")  # they name the mse_f<Hz> monitors too
     if isinstance(freqs, list) and len(set(freqs)) != len(freqs):
         problems.append(f"data.frequencies: {freqs!r} must not repeat a frequency")
+    if valid("data.fs", "data.frequencies") and _is_number(fs) and isinstance(freqs, list):
+        high = [f for f in freqs if _is_number(f) and f >= fs / 2]
+        if high:  # at fs/2 a sine is sampled at its zeros (or aliases above it): no signal to extract
+            problems.append(
+                f"data.frequencies: {high!r} at data.fs={fs!r} must be below the Nyquist frequency "
+                f"data.fs / 2 = {fs / 2:g} Hz (at or above it the samples alias or vanish)"
+            )
     handlers = _section(cfg, "handlers")
     _check_monitors(handlers, freqs, problems)
     sched, train = _section(handlers, "lr_scheduler"), _section(cfg, "train")
@@ -154,8 +172,11 @@ def _check_carry_state(train: dict, data: dict, problems: list[str]) -> None:
         )
 
 
-def _validation_metrics(freqs: Any) -> list[str]:
-    """The validation evaluator's metrics: ``METRIC_NAMES``, ``mse_f<Hz>`` of ``freqs`` and ``mse_worst``."""
+def validation_metrics(freqs: Any) -> list[str]:
+    """The validation evaluator's metrics: ``METRIC_NAMES``, ``mse_f<Hz>`` of ``freqs`` and ``mse_worst``.
+
+    The one list of what the application's monitors, the curriculum's rule and ``tune.metric`` may name.
+    """
     allowed = list(METRIC_NAMES)
     if isinstance(freqs, list) and all(isinstance(f, (int, float)) for f in freqs):
         allowed += [f"mse_f{f:g}" for f in freqs] + (["mse_worst"] if len(freqs) > 1 else [])
@@ -164,7 +185,7 @@ def _validation_metrics(freqs: Any) -> list[str]:
 
 def _check_monitors(handlers: dict, freqs: Any, problems: list[str]) -> None:
     """Every ``monitor`` names a validation metric: one of ``METRIC_NAMES`` or ``mse_f<Hz>`` of ``freqs``."""
-    allowed = _validation_metrics(freqs)
+    allowed = validation_metrics(freqs)
     for section in ("checkpoint", "early_stopping", "lr_scheduler"):
         monitor = _section(handlers, section).get("monitor")
         if isinstance(monitor, str) and monitor not in allowed:
@@ -204,8 +225,8 @@ def _check_curriculum(cfg: dict, problems: list[str], valid: Callable[..., bool]
         problems.append(f"{key}.threshold: null: the metric rule ({metric!r}) needs the value to beat")
     elif metric is None and c.get("threshold") is not None:
         problems.append(f"{key}.threshold: {c.get('threshold')!r} needs {key}.metric")
-    if isinstance(metric, str) and metric not in _validation_metrics(data.get("frequencies")):
-        allowed = ", ".join(_validation_metrics(data.get("frequencies")))
+    if isinstance(metric, str) and metric not in validation_metrics(data.get("frequencies")):
+        allowed = ", ".join(validation_metrics(data.get("frequencies")))
         problems.append(f"{key}.metric: {metric!r} is not a validation metric: choose one of {allowed}")
     low, high = c.get("min_epochs"), c.get("max_epochs")
     if per is not None and metric is None and (high is not None or low != 1):

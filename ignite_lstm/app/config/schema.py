@@ -168,6 +168,9 @@ class EvalConfig:
         "auto", "auto/fused: whole sequences in one call; stepwise: model.step per time step", choices=EXECUTIONS
     )
     report: bool = _f(True, "at the end: <run>/report with metrics JSON/Markdown and figures")
+    warm_up_steps: int = _f(
+        0, "the first N steps of every validation and test sequence warm the state up and count in no metric", ge=0
+    )
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 import ignite.distributed as idist
 
 from ignite_lstm._internal.compat import engine_logger_name
-from ignite_lstm.app.run.rundir import RunDirError, discard_unused_run_dir, prepare_run
+from ignite_lstm.app.run.rundir import NothingToDo, RunDirError, discard_unused_run_dir, prepare_run
 from ignite_lstm.app.run.training import Outcome
 from ignite_lstm.app.task.h5io import DataFileError
 from ignite_lstm.checkpoint.files import CheckpointMismatch, find_checkpoint
@@ -69,9 +69,14 @@ def _worker(local_rank: int, cfg: Any, stem: str, plan: dict | None, outcomes: A
                 try:
                     own = prepare_run(cfg, stem)
                     text = json.dumps(own)
+                except NothingToDo as exc:
+                    text = json.dumps({"nothing": str(exc)})
                 except RunDirError as exc:
                     text = json.dumps({"error": str(exc)})
             plan = json.loads(idist.broadcast(text, src=0, safe_mode=True))
+            if "nothing" in plan:  # resume=auto of a finished run: every rank ends with exit status 0
+                outcomes.put((idist.get_rank(), Outcome("nothing", plan["nothing"])))
+                return
             if "error" in plan:
                 raise RunDirError(plan["error"])
         try:

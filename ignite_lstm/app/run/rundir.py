@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 
 from ignite_lstm.app.task.model import model_args
 from ignite_lstm.checkpoint.files import find_checkpoint, read_checkpoint
-from ignite_lstm.checkpoint.resume import check_resumable
+from ignite_lstm.checkpoint.resume import RunFinished, check_resumable
 
-__all__ = ["prepare_run", "discard_unused_run_dir", "read_resumable", "RunDirError", "MIN_FREE_BYTES"]
+__all__ = ["prepare_run", "discard_unused_run_dir", "read_resumable", "RunDirError", "NothingToDo", "MIN_FREE_BYTES"]
 
 logger = logging.getLogger("ignite_lstm")
 MIN_FREE_BYTES = 50 * 2**20  # checkpoints of the default model are well under 1 MB each
@@ -28,6 +28,14 @@ MIN_FREE_BYTES = 50 * 2**20  # checkpoints of the default model are well under 1
 
 class RunDirError(ValueError):
     """The run folder cannot be used (exists, not writable, full, nothing to resume)."""
+
+
+class NothingToDo(RunDirError):
+    """``resume=auto`` found the run finished: the command has nothing to do (the CLI exits 0).
+
+    A preemption loop re-runs the same command until it succeeds; at the end of the run that
+    command must succeed too. ``resume=PATH`` of a finished run is still refused.
+    """
 
 
 def _newest_run_with_checkpoint(candidates: list[Path]) -> tuple[Path, Path] | None:
@@ -130,9 +138,9 @@ def _resume_target(cfg: Any, stem: str, out: Path, run_dir: Path) -> tuple[Path,
             resume_from = str(checkpoint)
         elif cfg.name and candidates and any(run_dir.iterdir()):
             if (run_dir / "model.pt").exists():
-                raise RunDirError(
+                raise NothingToDo(
                     f"resume=auto: run folder {run_dir} holds a finished run ({run_dir / 'model.pt'}) "
-                    f"and no training checkpoint to continue; pass another name=... for a new run."
+                    f"and no training checkpoint to continue: nothing to do (another name=... starts a new run)."
                 )
             restart, where = True, run_dir / "checkpoints"
             note = "resume=auto: no checkpoint in %s yet; starting the run from the beginning in %s"
@@ -168,7 +176,9 @@ def prepare_run(cfg: Any, stem: str) -> dict[str, Any]:
       folder. A checkpoint-less folder of this config is never reused: it may belong to a
       launch that is still starting up.
 
-    ``resume=PATH`` continues from that checkpoint file.
+    ``resume=PATH`` continues from that checkpoint file. A finished run (its last epoch
+    done, or stopped early) is refused with ``resume=PATH``; with ``resume=auto`` it raises
+    ``NothingToDo``, and the command succeeds (a preemption loop ends).
 
     Returns:
         ``{"run_dir": str, "resume_from": str | None, "new": bool, "created": [str, ...]}``:
@@ -184,7 +194,12 @@ def prepare_run(cfg: Any, stem: str) -> dict[str, Any]:
     base = cfg.name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir, resume_from, restart, note, where = _resume_target(cfg, stem, out, out / base)
     if resume_from is not None:
-        read_resumable(resume_from, cfg)  # refused before anything is written
+        try:
+            read_resumable(resume_from, cfg)  # refused before anything is written
+        except RunFinished as exc:
+            if cfg.resume != "auto":
+                raise
+            raise NothingToDo(f"resume=auto: the run in {run_dir} has finished, nothing to do ({exc})") from None
     nearest = run_dir  # free space is checked before anything is created
     while not nearest.exists() and nearest != nearest.parent:
         nearest = nearest.parent

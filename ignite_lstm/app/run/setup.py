@@ -39,6 +39,7 @@ from ignite_lstm.handlers.history import MetricsHistory
 from ignite_lstm.handlers.interrupts import StopOnInterrupt
 from ignite_lstm.handlers.schedules import setup_lr_scheduler, steps_per_epoch
 from ignite_lstm.handlers.tensorboard import attach_tensorboard
+from ignite_lstm.handlers.warmup import SkipFirstSteps
 from ignite_lstm.metrics.directions import metric_direction
 
 __all__ = ["setup_trainer", "setup_evaluators", "attach_handlers", "RunHandlers", "HANDLER_ORDER"]
@@ -88,7 +89,11 @@ def setup_evaluators(
         amp_dtype=AMP_MODES.get(cfg.train.amp),
         carry_state=carry,
     )
-    return {"val": make(("mse",)), "final": make(METRIC_NAMES)}
+    evaluators = {"val": make(("mse",)), "final": make(METRIC_NAMES)}
+    if cfg.eval.warm_up_steps:  # each sequence's first steps warm the state up (streams: counted per lane)
+        for evaluator in evaluators.values():
+            SkipFirstSteps(cfg.eval.warm_up_steps).attach(evaluator)
+    return evaluators
 
 
 @dataclass

@@ -40,7 +40,7 @@ __all__ = ["run", "run_training", "Outcome"]
 
 logger = logging.getLogger("ignite_lstm")
 
-_EXIT = {"done": 0, "disk-full": 1, "refused": 2, "diverged": 3}
+_EXIT = {"done": 0, "nothing": 0, "disk-full": 1, "refused": 2, "diverged": 3}
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Outcome:
 
     ``status``: ``"done"``, ``"interrupted"`` (Ctrl-C or SIGTERM: ``checkpoint`` was saved,
     ``signum`` says which), ``"diverged"`` (NaN/inf loss), or, set by the CLI's worker,
-    ``"refused"`` (bad input) and ``"disk-full"``. A finished run carries its final
+    ``"refused"`` (bad input), ``"disk-full"`` and ``"nothing"`` (``resume=auto`` of a finished run). A finished run carries its final
     ``metrics`` (``{"test/mse_f3": ...}``), ``epochs`` and mean ``epoch_seconds``.
     """
 

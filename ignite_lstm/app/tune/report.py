@@ -3,19 +3,15 @@
 ``best.yaml`` is the best trial's config (its run folder's ``config.yaml``) with
 ``output_dir`` back to the study's and ``name: null``: ``python run.py <study>/best.yaml``
 trains it again and reproduces the trial's validation metric on the same machine with
-the same thread count. Figures are Optuna's matplotlib plots: the optimisation history,
-the parameter importances (PED-ANOVA, numpy only) and the metric against the two most
-important parameters.
+the same thread count. The rows and figures are the library's (``ignite_lstm.search.report``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +20,8 @@ from omegaconf import OmegaConf
 
 from ignite_lstm.app.config.schema import validate_config
 from ignite_lstm.app.tune.settings import target_trials
+from ignite_lstm.search.report import best_trial as _best
+from ignite_lstm.search.report import draw_figures, trial_rows
 
 __all__ = ["write_outputs", "trial_rows"]
 
@@ -44,38 +42,6 @@ def _atomic(path: Path, write: Callable[[str], None]) -> Path:
 
 def _text(path: Path, text: str) -> Path:
     return _atomic(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def _number(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-def trial_rows(study: Any) -> list[dict[str, Any]]:
-    """One plain dict per trial: number, state, value, params, epochs, seconds, run_dir, fail_reason."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        steps = sorted(t.intermediate_values)
-        rows.append(
-            {
-                "number": t.number,
-                "state": t.state.name.lower(),
-                "value": _number(t.value),
-                "params": dict(t.params),
-                "epochs": t.user_attrs.get("epochs", steps[-1] if steps else None),
-                "seconds": round(t.duration.total_seconds(), 2) if t.duration else None,
-                "run_dir": t.user_attrs.get("run_dir"),
-                "fail_reason": t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason"),
-                "worker": t.user_attrs.get("worker"),
-            }
-        )
-    return rows
-
-
-def _best(study: Any) -> Any:
-    try:
-        return study.best_trial
-    except ValueError:  # no complete trial yet
-        return None
 
 
 def _best_config(best: Any, path: Path, output_dir: str, metric: str) -> Path | None:
@@ -139,70 +105,6 @@ def _markdown(summary: dict[str, Any], rows: list[dict[str, Any]], keys: list[st
     return "\n".join(lines) + "\n"
 
 
-def _figures(study: Any, folder: Path, metric: str) -> list[Path]:
-    """History, importances, metric against the two most important parameters (those that can be drawn)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    from matplotlib.ticker import NullFormatter
-    from optuna.importance import PedAnovaImportanceEvaluator
-    from optuna.visualization import matplotlib as vis
-
-    folder.mkdir(exist_ok=True)
-    target = f"val/{metric}"
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    varied = sorted({k for t in complete for k in t.params if len({repr(u.params.get(k)) for u in complete}) > 1})
-    top: list[str] = varied[:2]
-    plots: list[tuple[str, Callable[[], Any]]] = [
-        ("optimization_history.png", lambda: vis.plot_optimization_history(study, target_name=target))
-    ]
-    if len(complete) >= 2 and varied:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ranked = optuna.importance.get_param_importances(
-                    study, evaluator=PedAnovaImportanceEvaluator(), params=varied
-                )
-            top = [k for k in ranked][:2] or top
-            plots.append(
-                (
-                    "param_importances.png",
-                    lambda: vis.plot_param_importances(
-                        study, evaluator=PedAnovaImportanceEvaluator(), params=varied, target_name=target
-                    ),
-                )
-            )
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-            logger.info("No parameter importances yet: %s", exc)
-    if complete and top:
-        plots.append(("top_params.png", lambda: vis.plot_slice(study, params=top, target_name=target)))
-    written = []
-    for name, draw in plots:
-        if not complete:
-            break
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ax = draw()
-        except (ValueError, RuntimeError) as exc:
-            logger.info("Figure %s not drawn: %s", name, exc)
-            continue
-        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-        fig.set_size_inches(4.0 * len(top) + 1.5 if name == "top_params.png" else 7.0, 4.8)
-        for a in fig.axes:
-            if a.get_xscale() == "log":
-                a.xaxis.set_minor_formatter(NullFormatter())  # 2x10^-3, 3x10^-3, ... would overlap
-        if name == "top_params.png":
-            fig.suptitle(f"{target} against the {'two most important parameters' if len(top) > 1 else 'parameter'}")
-        written.append(
-            _atomic(folder / name, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-        )
-        plt.close(fig)
-    return written
-
-
 def write_outputs(study: Any, settings: Any, study_dir: Path, output_dir: str, storage: str) -> dict[str, Path]:
     """Write the study's summary (JSON, Markdown), best config and figures into ``study_dir``.
 
@@ -224,7 +126,7 @@ def write_outputs(study: Any, settings: Any, study_dir: Path, output_dir: str, s
     best_yaml = _best_config(best, study_dir / "best.yaml", output_dir, settings.metric) if best else None
     if best_yaml is not None:
         files["best config"] = best_yaml
-    figures = _figures(study, study_dir / "figures", settings.metric)
+    figures = draw_figures(study, study_dir / "figures", f"val/{settings.metric}")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1

@@ -29,8 +29,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ignite_lstm.app.config.rules import validation_metrics
 from ignite_lstm.app.config.schema import ConfigError, validate_config
-from ignite_lstm.app.task.metrics import METRIC_NAMES
 from ignite_lstm.app.tune.space import Distribution, check_space, is_int, set_key
 from ignite_lstm.metrics.directions import metric_direction
 
@@ -203,8 +203,8 @@ def _check_tune(tune: dict, values: dict, cfg: Any, default_name: str, problems:
             f"tune.storage: {storage!r} is not a storage: use null (an SQLite file in the study folder), "
             f"a database URL such as sqlite:///study.db or postgresql://user@host/db, or journal:PATH"
         )
-    freqs = (cfg.data.frequencies if cfg is not None else []) or []
-    metrics = [*METRIC_NAMES, *(f"mse_f{f:g}" for f in freqs)]
+    freqs = list(cfg.data.frequencies) if cfg is not None else []
+    metrics = validation_metrics(freqs)  # the monitors' list: one owner
     metric = t["metric"]
     _choose(problems, "tune.metric", metric, metrics)
     direction = t["direction"]

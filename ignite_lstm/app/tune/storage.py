@@ -1,28 +1,26 @@
-"""Where a study lives and who works on it: storages, the workers' lock, dead workers, heartbeats.
+"""Where the tune command's study lives: ``tune.storage``, or an SQLite file in the study folder.
 
-The default storage is an SQLite file in the study folder; ``tune.storage`` takes any
-database URL (``postgresql://...``) or ``journal:PATH`` (Optuna's journal file). Workers on
-one machine take a file lock beside a storage file to count the trials and start one
-atomically, so together they stop at exactly ``tune.trials``. Each trial records its
-worker (host, pid, process start time): a trial whose worker on this machine has died is
-marked failed by the next worker that looks; on a database server, a trial whose worker
-(on any machine) has sent no heartbeat for ``GRACE_S`` seconds is.
+Storages, the workers' lock, dead workers and heartbeats are the library's
+(``ignite_lstm.search.storage``); this module names the study's storage from its settings
+and reports problems under the ``tune.`` keys.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import logging
-import os
-import socket
-import threading
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ignite_lstm.app.tune.settings import TuneSettings
+from ignite_lstm.search.storage import (
+    StudyError,
+    create_study,
+    fail_dead_trials,
+    heartbeat,
+    locked,
+    shown_url,
+    tell,
+    worker_id,
+)
 
 __all__ = [
     "StudyError",
@@ -36,68 +34,10 @@ __all__ = [
     "worker_id",
 ]
 
-logger = logging.getLogger("ignite_lstm.app.tune.study")
-HEARTBEAT_S, GRACE_S = 60, 300  # database servers: a trial silent for GRACE_S is failed by other workers
-
-
-class StudyError(ValueError):
-    """The study cannot be opened or continued (storage unreachable, other direction)."""
-
-
-def shown_url(url: str) -> str:
-    """A storage URL fit to print: a database password is shown as ``***``."""
-    if "://" not in url:
-        return url
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
-
 
 def storage_url(settings: TuneSettings, study_dir: Path) -> str:
     """``tune.storage``, or the default SQLite file in the study folder."""
     return settings.storage or f"sqlite:///{study_dir / 'study.db'}"
-
-
-def _open_storage(url: str) -> Any:
-    import optuna
-
-    try:
-        if url.startswith("journal:"):
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-            return JournalStorage(JournalFileBackend(url[len("journal:") :]))
-        if url.startswith("sqlite"):  # one machine: a dead worker's trials are found by their pid
-            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-    except Exception as exc:  # a wrong URL, an unreachable server, a missing driver or folder
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StudyError(f"tune.storage: cannot open {shown_url(url)}: {reason}") from exc
-
-
-def _lock_file(url: str) -> Path | None:
-    """A file lock that makes "count the trials, then start one" atomic among this machine's workers."""
-    if url.startswith("journal:"):
-        return Path(url[len("journal:") :] + ".tune-lock")
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///") :] + ".tune-lock")
-    return None  # a database server: workers may overshoot tune.trials by one in a rare race
-
-
-@contextlib.contextmanager
-def locked(path: Path | None) -> Iterator[None]:
-    """Hold the workers' lock (an exclusive ``flock`` on ``path``); no lock for ``None``."""
-    if path is None:
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def open_study(cfg: Any, settings: TuneSettings) -> tuple[Any, Any, Path | None]:
@@ -109,8 +49,6 @@ def open_study(cfg: Any, settings: TuneSettings) -> tuple[Any, Any, Path | None]
     Raises:
         StudyError: naming the storage URL.
     """
-    import optuna
-
     study_dir = Path(cfg.output_dir) / settings.study_name
     url = storage_url(settings, study_dir)
     if settings.storage is None:
@@ -118,103 +56,4 @@ def open_study(cfg: Any, settings: TuneSettings) -> tuple[Any, Any, Path | None]
             study_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StudyError(f"Study folder {study_dir} cannot be created: {exc.strerror or exc}") from exc
-    lock = _lock_file(url)
-    try:
-        with locked(lock):  # workers started at once would race to create the tables and the study
-            storage = _open_storage(url)
-            study = optuna.create_study(
-                study_name=settings.study_name, storage=storage, direction=settings.direction, load_if_exists=True
-            )
-    except OSError as exc:  # the lock file beside the storage file
-        raise StudyError(f"tune.storage: cannot open {shown_url(url)}: {exc.strerror or exc} ({exc.filename})") from exc
-    if study.direction.name.lower() != settings.direction:
-        raise StudyError(
-            f"tune.direction: study {settings.study_name!r} in {shown_url(url)} was created to "
-            f"{study.direction.name.lower()}, not {settings.direction}; use another tune.study_name"
-        )
-    return study, storage, lock
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of a process (tells a reused pid apart), or None; "Z" for a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return "Z" if fields[0] == "Z" else fields[19]
-
-
-def worker_id() -> str:
-    """``host:pid:start`` of this process, recorded in each trial it runs."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or ''}"
-
-
-def _alive(worker: str) -> bool:
-    host, pid, start = worker.rsplit(":", 2)
-    if host != socket.gethostname():
-        return True  # another machine's worker: the heartbeat tells (database storages)
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    now = _process_start(int(pid))
-    return now != "Z" and (not start or now is None or now == start)
-
-
-def fail_dead_trials(study: Any, storage: Any) -> None:
-    """Mark failed the running trials whose worker has died (this machine) or sent no heartbeat (servers)."""
-    import optuna
-    from optuna.trial import TrialState
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # heartbeats older than GRACE_S (database storages)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
-        if worker and not _alive(worker):
-            trial_id = storage.get_trial_id_from_study_id_trial_number(
-                storage.get_study_id_from_name(study.study_name), t.number
-            )
-            storage.set_trial_user_attr(trial_id, "fail_reason", f"its worker (pid {worker.split(':')[1]}) died")
-            tell(study, t.number, state=TrialState.FAIL, skip_if_finished=True)
-            logger.warning("Trial %d: its worker (pid %s) died; marked failed", t.number, worker.split(":")[1])
-
-
-@contextlib.contextmanager
-def heartbeat(storage: Any, study: Any, number: int) -> Iterator[None]:
-    """While a trial runs, record its heartbeat every ``HEARTBEAT_S`` seconds (database servers only)."""
-    if getattr(storage, "heartbeat_interval", None) is None:  # SQLite and journal files: pids tell
-        yield
-        return
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            storage.record_heartbeat(trial_id)
-            if stop.wait(HEARTBEAT_S):
-                return
-
-    thread = threading.Thread(target=beat, daemon=True, name=f"tune-heartbeat-{number}")
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def tell(study: Any, *args: Any, **kwargs: Any) -> None:
-    """``study.tell``, outside ``Study.optimize``.
-
-    The grid sampler asks the study to stop once its grid is done, which only ``optimize``
-    can; the trial is stored before that, and the workers stop by their own count.
-    """
-    try:
-        study.tell(*args, **kwargs)
-    except RuntimeError as exc:
-        if "Study.stop" not in str(exc):
-            raise
+    return create_study(url, settings.study_name, settings.direction, key="tune.storage")

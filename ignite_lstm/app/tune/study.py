@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import shlex
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,24 +33,18 @@ from ignite_lstm.app.task.h5io import DataFileError
 from ignite_lstm.app.tune.settings import TuneSettings, load_study, target_trials, trial_config
 from ignite_lstm.app.tune.storage import (
     StudyError,
-    fail_dead_trials,
-    heartbeat,
-    locked,
     open_study,
     shown_url,
     storage_url,
-    tell,
-    worker_id,
 )
 from ignite_lstm.checkpoint.files import CheckpointMismatch
+from ignite_lstm.search.pruning import quiet_pruned
+from ignite_lstm.search.worker import StudyFailed, make_pruner
+from ignite_lstm.search.worker import run_worker as search_worker
 
 __all__ = ["main", "run_worker", "StudyFailed"]
 
 logger = logging.getLogger("ignite_lstm.app.tune.study")
-
-
-class StudyFailed(RuntimeError):
-    """As many trials failed as the study wants to finish: something is wrong with every trial."""
 
 
 def _sampler(settings: TuneSettings, seed: int | None) -> Any:
@@ -66,14 +58,7 @@ def _sampler(settings: TuneSettings, seed: int | None) -> Any:
 
 
 def _pruner(settings: TuneSettings) -> Any:
-    import optuna
-
-    first = settings.pruner_warmup_epochs + 1  # the first epoch at which a trial can be pruned
-    if settings.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials, n_warmup_steps=first)
-    if settings.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first)
-    return optuna.pruners.NopPruner()
+    return make_pruner(settings.pruner, settings.pruner_startup_trials, settings.pruner_warmup_epochs)
 
 
 def _suggest(trial: Any, d: Any) -> Any:
@@ -141,7 +126,7 @@ def _train(trial: Any, cfg: Any, settings: TuneSettings, study_dir: Path) -> flo
             if pruned:
                 raise pruned[0]
 
-    with _trial_log(run_dir):
+    with _trial_log(run_dir), quiet_pruned():  # the pruned trial is said once, by the progress line
         outcome = run(0, run_cfg, run_dir, None, attach=[prune])
     if outcome.status == "interrupted":
         raise _Interrupted(outcome.message)
@@ -160,7 +145,7 @@ class _Interrupted(KeyboardInterrupt):
 
 
 def run_worker(cfg: Any, settings: TuneSettings, study: Any, storage: Any, lock: Path | None) -> int:
-    """Run trials until the study has ``tune.trials`` finished (complete or pruned) ones.
+    """Run trials until the study has ``tune.trials`` finished (complete or pruned) ones (the library's loop).
 
     Returns:
         The number of trials this worker ran.
@@ -169,68 +154,25 @@ def run_worker(cfg: Any, settings: TuneSettings, study: Any, storage: Any, lock:
         StudyFailed: ``tune.trials`` trials of this worker failed in a row.
         KeyboardInterrupt: Ctrl-C (the trial is marked failed).
     """
-    import optuna
-    from optuna.trial import TrialState
-
-    study_dir, target, me = Path(cfg.output_dir) / settings.study_name, target_trials(settings), worker_id()
-    ran = failed_in_a_row = 0
+    study_dir = Path(cfg.output_dir) / settings.study_name
     study.pruner, study.sampler = _pruner(settings), _sampler(settings, settings.seed)
-    while True:
-        with locked(lock):
-            fail_dead_trials(study, storage)
-            trials = study.get_trials(deepcopy=False)
-            states = [t.state for t in trials]
-            if sum(s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for s in states) >= target:
-                return ran
-            if failed_in_a_row >= target:  # every point fails (diverges): something is wrong with the study
-                raise StudyFailed(
-                    f"{failed_in_a_row} trials in a row of study {settings.study_name!r} failed: "
-                    f"see their fail_reason in {study_dir / 'summary.md'}"
-                )
-            if settings.sampler != "grid":  # the grid's order is the seed's: one sampler for all trials
-                # seeded by the trial's number: one worker repeats its study, several draw different points
-                study.sampler = _sampler(settings, None if settings.seed is None else settings.seed + len(trials))
-            trial = study.ask()
-            trial.set_user_attr("worker", me)
-        ran += 1
-        started = time.monotonic()
-        try:
-            with heartbeat(storage, study, trial.number):
-                value = _train(trial, cfg, settings, study_dir)
-        except optuna.TrialPruned:
-            tell(study, trial, state=TrialState.PRUNED)
-            outcome, failed_in_a_row = f"pruned at epoch {trial.user_attrs.get('epochs')}", 0
-        except (TrialDiverged, ConfigError) as exc:  # a bad point of the space: the study goes on
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-            tell(study, trial, state=TrialState.FAIL)
-            outcome, failed_in_a_row = f"failed: {exc}", failed_in_a_row + 1
-        except BaseException as exc:
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-            tell(study, trial, state=TrialState.FAIL)
-            raise
-        else:
-            if math.isfinite(value):
-                tell(study, trial, value)
-                outcome, failed_in_a_row = f"complete, val/{settings.metric}={value:.6g}", 0
-            else:  # Optuna fails such a trial anyway
-                trial.set_user_attr("fail_reason", f"val/{settings.metric} is {value}")
-                tell(study, trial, state=TrialState.FAIL)
-                outcome, failed_in_a_row = f"failed: val/{settings.metric} is {value}", failed_in_a_row + 1
-        _progress(study, settings, trial.number, outcome, time.monotonic() - started, target)
 
+    def sampler_for(trials: int) -> Any:
+        if settings.sampler == "grid":  # the grid's order is the seed's: one sampler for all trials
+            return study.sampler
+        return _sampler(settings, None if settings.seed is None else settings.seed + trials)
 
-def _progress(study: Any, settings: TuneSettings, number: int, outcome: str, seconds: float, target: int) -> None:
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    best = ""
-    if complete:
-        pick = min if settings.direction == "minimize" else max
-        b = pick(complete, key=lambda t: t.value)
-        best = f"; best so far: trial {b.number}, val/{settings.metric}={b.value:.6g}"
-    logger.info("Trial %d %s (%.1f s) | %d of %d finished%s", number, outcome, seconds, done, target, best)
+    return search_worker(
+        study,
+        storage,
+        lock,
+        lambda trial: _train(trial, cfg, settings, study_dir),
+        target=target_trials(settings),
+        sampler_for=sampler_for,
+        bad_point=(TrialDiverged, ConfigError),
+        label=f"val/{settings.metric}",
+        failures_where=str(study_dir / "summary.md"),
+    )
 
 
 class _ConsoleFilter(logging.Filter):
@@ -239,7 +181,9 @@ class _ConsoleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("ignite.engine") and "terminating due to exception" in record.getMessage():
             return False  # a pruned trial ends by an exception; the progress line reports it
-        return record.name.startswith("ignite_lstm.app.tune.study") or record.levelno >= logging.WARNING
+        return record.name.startswith(("ignite_lstm.app.tune.study", "ignite_lstm.search")) or (
+            record.levelno >= logging.WARNING
+        )
 
 
 def _setup_logging() -> None:
