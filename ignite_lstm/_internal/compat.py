@@ -19,6 +19,8 @@ __all__ = [
     "quiet_handler_logger",
     "wrap_event_file",
     "close_event_file",
+    "event_handler_count",
+    "attached_metric_names",
     "ONNX_REGISTRATION_LOGGER",
 ]
 
@@ -104,3 +106,34 @@ def close_event_file(events: Any) -> None:
     disk) the file itself (``_py_recordio_writer``) is closed directly.
     """
     getattr(events, "_py_recordio_writer", events).close()
+
+
+def event_handler_count(engine: Any, event: Any) -> int:
+    """How many handlers ``engine`` has for ``event``, filtered ones (``event(every=5)``) included.
+
+    ``Engine`` keeps its handlers in ``_event_handlers``, keyed by the event as attached (a
+    filtered event is a key of its own, with the event's value); Ignite's public
+    ``has_event_handler`` needs the handler itself.
+    """
+    return sum(len(handlers) for key, handlers in engine._event_handlers.items() if key.value == event.value)
+
+
+def attached_metric_names(engine: Any) -> list[str] | None:
+    """The names of the Ignite metrics attached to ``engine`` (``Metric.attach(engine, name)``), or None.
+
+    ``Metric.attach`` registers ``metric.completed`` at ``EPOCH_COMPLETED`` with the name as
+    its argument (``(engine_ref, name)`` in ``_event_handlers``); Ignite keeps no public list.
+    None when that form is not found (the names are then unknown, not absent).
+    """
+    from ignite.engine import Events
+    from ignite.metrics import Metric
+
+    names = []
+    try:
+        for handler, args, _ in engine._event_handlers.get(Events.EPOCH_COMPLETED, []):
+            owner = getattr(handler, "__self__", None)
+            if isinstance(owner, Metric) and getattr(handler, "__name__", "") == "completed":
+                names.append(args[-1])
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    return names

@@ -5,6 +5,7 @@ model one time step per call; the rest of this package is what they are made of.
 """
 
 from ignite_lstm.engine.batches import collate_sequences
+from ignite_lstm.engine.targets import collate_last
 from ignite_lstm.engine.carry import reset_state, set_state
 from ignite_lstm.engine.events import TimeEvents
 from ignite_lstm.engine.execution import select_execution
@@ -16,6 +17,7 @@ __all__ = [
     "select_execution",
     "TimeEvents",
     "collate_sequences",
+    "collate_last",
     "reset_state",
     "set_state",
     "set_tbptt_steps",

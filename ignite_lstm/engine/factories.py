@@ -52,12 +52,12 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 import torch.nn as nn
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.metrics import Average
 
 from ignite_lstm.engine.batches import check_prepared, prepare_batch
 from ignite_lstm.engine.carry import CarryingEngine, check_carry_state, reset_state, set_state
-from ignite_lstm.engine.events import TimeEvents, count_windows
+from ignite_lstm.engine.events import TimeEvents, count_windows, warn_windowless
 from ignite_lstm.engine.execution import (
     amp_context,
     check_amp_dtype,
@@ -69,6 +69,7 @@ from ignite_lstm.engine.execution import (
     unwrap,
 )
 from ignite_lstm.engine.losses import check_loss
+from ignite_lstm.engine.targets import TruncationCheck, check_targets, prepare_targets
 from ignite_lstm.engine.updates import BatchUpdate
 
 __all__ = [
@@ -125,6 +126,7 @@ def create_trainer(
     prepare_batch: Callable = prepare_batch,
     engine: str | None = None,
     carry_state: bool = False,
+    targets: str = "step",
 ) -> Engine:
     """Create an Ignite trainer that steps a stateful model one time step per call.
 
@@ -158,6 +160,10 @@ def create_trainer(
             fresh where a batch's ``reset`` (B,) bool is True, at each epoch start and after
             ``reset_state``; in ``trainer.state.carried_state`` and the ``state_dict``. The
             model needs ``state_batch_dim``. Without it every lane of every batch starts fresh.
+        targets: ``"step"``: y (B, T, O) floats or (B, T) class indices, a target per step;
+            ``"last"``: y (B, O) or (B,), one per sequence, compared with the output at its last
+            counted step (``ignite_lstm.engine.targets``). Warns once when counted steps lie beyond
+            the first window (a window shorter than the sequences truncates their gradient).
 
     Returns:
         An ``Engine`` (a ``CarryingEngine`` with ``carry_state``) whose output is ``{"loss":
@@ -177,6 +183,7 @@ def create_trainer(
     """
     _check_trainer_args(tbptt_steps, chunk_steps, gradient_accumulation_steps, update, grad_clip)
     check_carry_state(carry_state)
+    check_targets(targets)
     check_loss(loss_fn)
     check_amp_dtype(amp_dtype)
     _to_device(model, device, optimizer=True)
@@ -200,9 +207,13 @@ def create_trainer(
         scaler=scaler,
     )
 
+    truncation = TruncationCheck(targets)
+
     def _update(engine: Engine, batch) -> dict[str, float]:
         x, y, mask, reset = check_prepared(prepare_batch(batch, device, non_blocking))
         refuse_outer_autocast(x)
+        x, y, mask = prepare_targets(targets, x, y, mask)
+        truncation(mask, body.tbptt_steps)
         model.train()
         out = body(engine, x, y, mask, engine.begin_batch(x, reset) if carry_state else None)
         if carry_state:
@@ -226,6 +237,7 @@ def create_trainer(
     trainer._window_control = (body, lambda k: select_execution(model, loss_fn, k, update, execution))
     trainer._epoch_loss = epoch_loss = Average(output_transform=lambda o: o["loss"])
     epoch_loss.attach(trainer, "epoch_loss")
+    trainer.add_event_handler(Events.STARTED, lambda e: warn_windowless(e, e.state.execution))
     logger.debug("Trainer execution path: %s", path)
     return trainer
 
@@ -256,6 +268,7 @@ def set_tbptt_steps(trainer: Engine, tbptt_steps: int) -> str:
     path = select(tbptt_steps)
     body.set_window(path, tbptt_steps)
     trainer.state.tbptt_steps, trainer.state.execution, trainer.execution = tbptt_steps, path, path
+    warn_windowless(trainer, path)
     return path
 
 
@@ -297,14 +310,16 @@ def create_evaluator(
     prepare_batch: Callable = prepare_batch,
     engine: str | None = None,
     carry_state: bool = False,
+    targets: str = "step",
 ) -> Engine:
     """Create an Ignite evaluator: every sequence from a reset state through all T steps, or a stream.
 
-    One evaluator serves the train, validation and test splits. The metrics see
-    every time step of every sequence once: the output is
-    ``{"y_pred": (B*T, O), "y": (B*T, O), "x": (B*T, F), "mask": (B*T,) bool}``, the mask
-    True at the steps that count (everywhere for a batch without one); the metrics of
-    ``build_metrics`` keep only those rows.
+    One evaluator serves the train, validation and test splits. The metrics see the
+    counted positions only, N rows: the output is ``{"y_pred": (N, O), "y": (N, O) or (N,),
+    "x": (N, F)}``, the rows of the steps whose mask is True (all B*T without a mask; with
+    ``targets="last"`` one per sequence, at its last counted step), the form Ignite's metrics
+    take: ``Accuracy()``, ``Precision(average=...)``, ``ConfusionMatrix(C)`` on logits (N, C)
+    and class indices (N,), ``MeanSquaredError()`` on (N, O), attached as given.
 
     Args:
         model: a model following the contract of ``create_trainer``.
@@ -323,6 +338,7 @@ def create_evaluator(
             lane i of the previous one (a series in chunks gives the numbers of it whole),
             fresh where ``reset`` says and at each run start, unless ``set_state`` gave a
             state (e.g. ``trainer.state.carried_state``). The model needs ``state_batch_dim``.
+        targets: ``"step"`` or ``"last"``, as in ``create_trainer``.
 
     Returns:
         An ``Engine`` (a ``CarryingEngine`` with ``carry_state``, its state in
@@ -336,6 +352,7 @@ def create_evaluator(
     execution = resolve_execution(execution, engine)
     check_amp_dtype(amp_dtype)
     check_carry_state(carry_state)
+    check_targets(targets)
     _to_device(model, device, optimizer=False)
     net = unwrap(model)  # no gradients here, so no DDP hooks are needed
     step = step_fn(net)
@@ -344,20 +361,22 @@ def create_evaluator(
     def _infer(engine: Engine, batch) -> dict[str, torch.Tensor]:
         x, y, mask, reset = check_prepared(prepare_batch(batch, device, non_blocking))
         refuse_outer_autocast(x)
+        x, y, mask = prepare_targets(targets, x, y, mask)
         net.eval()
         state = engine.begin_batch(x, reset) if carry_state else None
         with amp_context(x, amp_dtype):
             y_pred, state = run_steps(step, x, state) if execution == "stepwise" else net(x, state)
         if carry_state:
             engine.end_batch(state)
+        if amp_dtype is not None:  # back to the precision of the targets (of x for class indices)
+            y_pred = y_pred.to(y.dtype if y.is_floating_point() else x.dtype)
         if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        return {
-            "y_pred": y_pred.reshape(-1, y_pred.shape[-1]).to(y.dtype if amp_dtype else y_pred.dtype),
-            "y": y.reshape(-1, y.shape[-1]),
-            "x": x.reshape(-1, x.shape[-1]),
-            "mask": mask.reshape(-1),
-        }
+            return {
+                "y_pred": y_pred.reshape(-1, y_pred.shape[-1]),
+                "y": y.reshape(-1, *y.shape[2:]),
+                "x": x.reshape(-1, x.shape[-1]),
+            }
+        return {"y_pred": y_pred[mask], "y": y[mask], "x": x[mask]}  # the counted rows
 
     evaluator = CarryingEngine(_infer, model, checkpointed=False) if carry_state else Engine(_infer)
     for name, metric in (metrics or {}).items():

@@ -33,7 +33,7 @@ from ignite_lstm.engine.batches import (
     window_bounds,
 )
 from ignite_lstm.engine.execution import amp_context, run_steps, step_fn, without_grad_sync
-from ignite_lstm.engine.losses import StepLosses, masked_loss
+from ignite_lstm.engine.losses import StepLosses, loss_positions, masked_loss
 from ignite_lstm.engine.state import detach_state
 
 __all__ = ["BatchUpdate", "BatchResult"]
@@ -42,8 +42,8 @@ __all__ = ["BatchUpdate", "BatchResult"]
 class BatchResult(NamedTuple):
     """What ``BatchUpdate`` returns for one batch."""
 
-    total: torch.Tensor  # the loss summed over this process's counted positions (no graph)
-    count: int  # counted positions on all processes
+    total: torch.Tensor  # the loss summed over this process's counted positions (no graph), in the loss's dtype
+    count: float  # counted positions on all processes (with position weights: their sum)
     norm: torch.Tensor | None  # the gradient norm (None: no optimizer step reported one)
     state: Any  # the state after the batch's last step, detached
     padded: bool  # the batch was padded to another process's length (the state stepped through it)
@@ -111,7 +111,8 @@ class BatchUpdate:
         padded = steps > x.shape[1]
         if padded:  # processes with batches of other lengths: pad to the longest, uncounted
             x, y, mask = pad_to_length(x, y, mask, steps)
-        counts = segment_counts(mask, x.shape[0], window_bounds(steps, self.length))
+        mask, weights = loss_positions(self.loss_fn, y, mask)  # ignore_index, class weights
+        counts = segment_counts(mask, x.shape[0], window_bounds(steps, self.length), weights)
         n = sum(counts.total)
         if n == 0:
             raise ValueError("Argument batch should have at least one step that counts; its mask is False everywhere.")
@@ -120,7 +121,9 @@ class BatchUpdate:
         if self.update == "sequence" and (iteration - 1) % self.accumulation == 0:
             self.optimizer.zero_grad(set_to_none=True)
         run = self._detached if self.path == "fused-detached" else self._windows
-        total, norm, state = run(engine, x, y, mask, counts, n, stepping, state)
+        total, norm, state = run(engine, x, y, (mask, weights), counts, n, stepping, state)
+        if total is None:  # no counted position on this process
+            total = x.new_zeros(())
         if self.update == "sequence":
             norm = self._optimizer_step() if stepping else self._grad_norm()
         return BatchResult(total, n, norm, state, padded)
@@ -132,14 +135,15 @@ class BatchUpdate:
         engine: Engine,
         x: torch.Tensor,
         y: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: tuple[torch.Tensor | None, torch.Tensor | None],
         counts: SegmentCounts,
-        n: int,
+        n: float,
         stepping: bool,
         state: Any,
     ):
         sequence = self.update == "sequence"
-        total, norm = y.new_zeros(()), None
+        mask, weights = mask
+        total, norm = None, None
         for w, (start, stop) in enumerate(counts.bounds):
             engine.state.window += 1
             engine.fire_event(self.events.WINDOW_STARTED)
@@ -153,9 +157,9 @@ class BatchUpdate:
             if not sequence and counts.total[w]:
                 norm = self._optimizer_step(report_norm=w == counts.last)
             if loss is None:
-                loss = y.new_full((), float("nan"))  # no counted step in this window (here)
+                loss = x.new_full((), float("nan"))  # no counted step in this window (here)
             else:
-                total += loss * counts.local[w]
+                total = loss * counts.local[w] if total is None else total + loss * counts.local[w]
             engine.state.window_loss = loss
             engine.fire_event(self.events.WINDOW_COMPLETED)
             engine.state.window_losses = loss.reshape(1)
@@ -167,14 +171,15 @@ class BatchUpdate:
         engine: Engine,
         x: torch.Tensor,
         y: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: tuple[torch.Tensor | None, torch.Tensor | None],
         counts: SegmentCounts,
-        n: int,
+        n: float,
         stepping: bool,
         state: Any,
     ):
         # tbptt_steps == 1, update == "sequence": every step is a window, computed a chunk at a time.
-        total = y.new_zeros(())
+        mask, weights = mask
+        total = None
         for c, (start, stop) in enumerate(counts.bounds):
             m = None if mask is None else mask[:, start:stop]
             y_pred, state, loss = self._segment(
@@ -188,8 +193,9 @@ class BatchUpdate:
                 c == counts.last and stepping,
             )
             if loss is not None:
-                total += loss * counts.local[c]
-            engine.state.window_losses = self.step_losses(y_pred.detach(), y[:, start:stop], m)  # (C,)
+                total = loss * counts.local[c] if total is None else total + loss * counts.local[c]
+            w = None if weights is None else weights[:, start:stop]
+            engine.state.window_losses = self.step_losses(y_pred.detach(), y[:, start:stop], m, w)  # (C,)
             engine.state.window += stop - start
             engine.fire_event(self.events.CHUNK_COMPLETED)
         return total, None, state
@@ -204,7 +210,7 @@ class BatchUpdate:
         state: Any,
         counts: SegmentCounts,
         i: int,
-        denominator: int,
+        denominator: float,
         sync: bool,
     ):
         """Forward (and backward) of segment i; returns (y_pred, state, its loss without graph or None)."""
@@ -212,7 +218,7 @@ class BatchUpdate:
         with without_grad_sync(self.model, sync), torch.set_grad_enabled(anywhere > 0):
             with amp_context(x, self.amp_dtype):  # around the forward and the loss only
                 y_pred, state = self._forward(x, state)
-                loss = masked_loss(self.loss_fn, y_pred, y, mask, here)
+                loss = masked_loss(self.loss_fn, y_pred, y, mask, counts.counted[i] if here else 0)
             if anywhere:
                 # A process without a counted position here still takes part in DDP's gradient sync.
                 term = loss * (here * idist.get_world_size() / denominator) if loss is not None else y_pred.sum() * 0.0
