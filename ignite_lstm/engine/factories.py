@@ -205,6 +205,7 @@ def create_trainer(
         amp_dtype=amp_dtype,
         accumulation_steps=gradient_accumulation_steps,
         scaler=scaler,
+        allow_empty=carry_state,
     )
 
     truncation = TruncationCheck(targets)

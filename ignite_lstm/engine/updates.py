@@ -58,6 +58,8 @@ class BatchUpdate:
         path: ``"stepwise"``, ``"fused"`` or ``"fused-detached"``.
         tbptt_steps, update, chunk_steps, grad_clip, amp_dtype, accumulation_steps: as in ``create_trainer``.
         scaler: a ``torch.amp.GradScaler`` (float16) or None.
+        allow_empty: accept a batch without a counted position (the state carried across batches
+            steps through it; no gradient, no optimizer step unless earlier batches accumulated one).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class BatchUpdate:
         amp_dtype: torch.dtype | None,
         accumulation_steps: int,
         scaler: Any,
+        allow_empty: bool = False,
     ) -> None:
         self.model, self.optimizer, self.loss_fn, self.events = model, optimizer, loss_fn, events
         self.update, self.grad_clip, self.chunk_steps = update, grad_clip, chunk_steps
@@ -83,6 +86,7 @@ class BatchUpdate:
         self.step_losses = StepLosses(loss_fn)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.busy = False
+        self.allow_empty = allow_empty  # a carried stream: a chunk may count nothing and only advance the state
         self.set_window(path, tbptt_steps)
 
     def set_window(self, path: str, tbptt_steps: int) -> None:
@@ -114,7 +118,7 @@ class BatchUpdate:
         mask, weights = loss_positions(self.loss_fn, y, mask)  # ignore_index, class weights
         counts = segment_counts(mask, x.shape[0], window_bounds(steps, self.length), weights)
         n = sum(counts.total)
-        if n == 0:
+        if n == 0 and not self.allow_empty:
             raise ValueError("Argument batch should have at least one step that counts; its mask is False everywhere.")
         iteration = engine.state.iteration
         stepping = iteration % self.accumulation == 0  # Ignite's meaning of gradient_accumulation_steps
@@ -234,12 +238,16 @@ class BatchUpdate:
 
     def _grad_norm(self) -> torch.Tensor:
         """The norm of the gradient accumulated so far (an iteration without an optimizer step)."""
+        if all(p.grad is None for p in self.params):
+            return torch.zeros(())
         norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
         return norm / self.scaler.get_scale() if self.scaler is not None else norm
 
     def _optimizer_step(self, report_norm: bool = True) -> torch.Tensor | None:
         # Only the batch's last step reports its norm: without clipping, computing it for
         # every window would add a reduction over all gradients to the per-window loop.
+        if all(p.grad is None for p in self.params):  # nothing counted since the last step (a carried stream)
+            return torch.zeros(())
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip and report the true gradient
         norm = None
