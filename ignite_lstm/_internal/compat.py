@@ -21,6 +21,7 @@ __all__ = [
     "close_event_file",
     "event_handler_count",
     "attached_metric_names",
+    "replay_loader_epoch",
     "ONNX_REGISTRATION_LOGGER",
 ]
 
@@ -137,3 +138,20 @@ def attached_metric_names(engine: Any) -> list[str] | None:
     except (AttributeError, TypeError, ValueError, IndexError):
         return None
     return names
+
+
+def replay_loader_epoch(loader: Any) -> None:
+    """Draw from a ``DataLoader``'s own generators what one whole epoch of it draws, without loading data.
+
+    ``DataLoader.__iter__`` draws its workers' base seed from ``loader.generator`` (one int64,
+    ``_BaseDataLoaderIter.__init__``); the sampler then draws as its indices are taken, and
+    ``RandomSampler`` draws once more when it is exhausted. Only the loader's own generator and a
+    sampler with a ``generator`` of its own are drawn from (never the global one).
+    """
+    if getattr(loader, "generator", None) is not None:
+        torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+    index_sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+    inner = getattr(index_sampler, "sampler", index_sampler)
+    if isinstance(getattr(inner, "generator", None), torch.Generator):
+        for _ in index_sampler:
+            pass

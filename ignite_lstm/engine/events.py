@@ -67,7 +67,9 @@ def warn_windowless(trainer: Engine, path: str) -> bool:
     """
     if path != "fused-detached":
         return False
-    attached = [e.name for e in (TimeEvents.WINDOW_STARTED, TimeEvents.WINDOW_COMPLETED) if event_handler_count(trainer, e)]
+    attached = [
+        e.name for e in (TimeEvents.WINDOW_STARTED, TimeEvents.WINDOW_COMPLETED) if event_handler_count(trainer, e)
+    ]
     if not attached:
         return False
     warnings.warn(

@@ -24,10 +24,9 @@ uncounted targets are never read.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
-
-import warnings
 
 import torch
 
@@ -181,9 +180,7 @@ class TruncationCheck:
         )
 
 
-def collate_last(
-    items: Sequence[Any], padding_value: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate_last(items: Sequence[Any], padding_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad sequences with one target each into a batch for ``targets="last"`` (a ``DataLoader`` ``collate_fn``).
 
     Args:

@@ -172,7 +172,9 @@ def test_accuracy_and_other_ignite_metrics_attached_as_given(execution):
     mse = create_evaluator(model, {"mse": MeanSquaredError()}, execution=execution)
     ys = torch.randn(len(LENGTHS), T, C, dtype=torch.float64)
     out = mse.run([(x, ys, mask)]).metrics["mse"]
-    assert out == pytest.approx(((y_pred[mask] - ys[mask]) ** 2).sum(-1).mean().item(), rel=1e-6)  # Ignite: per row, float32 sums
+    assert out == pytest.approx(
+        ((y_pred[mask] - ys[mask]) ** 2).sum(-1).mean().item(), rel=1e-6
+    )  # Ignite: per row, float32 sums
 
 
 def test_last_targets_without_a_mask_use_the_final_step():

@@ -29,7 +29,9 @@ def test_a_monitor_unknown_at_the_first_validation_lists_the_names_that_exist():
     evaluator = _evaluator(with_metric=False)
     attach_early_stopping(trainer, evaluator, monitor="acuracy", patience=2, mode="max")  # nothing attached yet
     Accuracy().attach(evaluator, "accuracy")
-    with pytest.raises(ValueError, match=r"the metric 'acuracy', which the evaluator did not produce; its metrics are \['accuracy'\]"):
+    with pytest.raises(
+        ValueError, match=r"the metric 'acuracy', which the evaluator did not produce; its metrics are \['accuracy'\]"
+    ):
         evaluator.run([0])
     score = score_function("acuracy", "max")
     evaluator = _evaluator()
