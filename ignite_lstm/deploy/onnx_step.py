@@ -185,14 +185,11 @@ class OnnxStep:
         self.layout = layout
         self.state_names = tuple(layout["names"])
         self.config = model_args if model_args is not None else sizes
-        self.frequencies = (
-            _field(path, props, "frequencies", _frequencies, "a JSON list of frequencies in Hz")
-            if has("frequencies")
-            else None
-        )
-        self.input_scale = (
-            _field(path, props, "input_scale", _finite, "a finite number") if has("input_scale") else None
-        )
+        self.frequencies, self.input_scale = None, None
+        if has("frequencies") or has("input_scale") or model_args is not None and not has("state"):
+            # the signal task's settings: both or neither (files before any-model export always have both)
+            self.frequencies = _field(path, props, "frequencies", _frequencies, "a JSON list of frequencies in Hz")
+            self.input_scale = _field(path, props, "input_scale", _finite, "a finite number")
         self.version = props.get(METADATA_PREFIX + "version", "?")
         self._check_graph(sizes)
         if batch_size is not None and batch_size != self.batch_size:
