@@ -89,7 +89,8 @@ def main(out_dir: Path) -> None:
         set_state(evaluator, end_of_training)
         predictions = []
         evaluator.add_event_handler(
-            Events.ITERATION_COMPLETED, lambda e: predictions.append(e.state.output["y_pred"])  # the counted steps
+            Events.ITERATION_COMPLETED,
+            lambda e: predictions.append(e.state.output["y_pred"]),  # the counted steps
         )
         evaluator.run(StreamLoader([(x[n_train:], y[n_train:])], lanes=1, chunk_steps=chunk_steps))
         return torch.cat(predictions)[:, 0], evaluator.state.metrics["mse"]

@@ -85,7 +85,9 @@ def main(epochs: int = 20) -> float:
     @trainer.on(Events.EPOCH_COMPLETED(every=5))
     def report(engine):
         accuracy = evaluator.run(test_loader).metrics["accuracy"]
-        print(f"epoch {engine.state.epoch}: loss {engine.state.metrics['epoch_loss']:.4f}, test accuracy {accuracy:.3f}")
+        print(
+            f"epoch {engine.state.epoch}: loss {engine.state.metrics['epoch_loss']:.4f}, test accuracy {accuracy:.3f}"
+        )
 
     start = time.perf_counter()
     trainer.run(loader, max_epochs=epochs)
