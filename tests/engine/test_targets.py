@@ -40,9 +40,20 @@ def _data(seed=0):
 
 
 def _step_batch(pad=float("nan")):
+    """Padded by hand (not collate_sequences): the engine alone is under test."""
     xs, steps, _ = _data()
-    x, y, mask = collate_sequences(list(zip(xs, steps)), padding_value=pad)
-    return x, y.masked_fill(~mask, -7), mask  # an out-of-range class in the padding: never read
+    x = nn.utils.rnn.pad_sequence(xs, batch_first=True, padding_value=pad)
+    y = nn.utils.rnn.pad_sequence(steps, batch_first=True, padding_value=-7)  # out of range: never read
+    mask = torch.arange(T)[None, :] < torch.tensor(LENGTHS)[:, None]
+    return x, y, mask
+
+
+def test_collate_sequences_takes_class_indices_per_step():
+    xs, steps, _ = _data()
+    x, y, mask = collate_sequences(list(zip(xs, steps)), padding_value=float("nan"))
+    want = _step_batch()
+    assert torch.equal(y[mask], want[1][mask]) and y.dtype == torch.int64 and torch.equal(mask, want[2])
+    assert torch.equal(x.nan_to_num(), want[0].nan_to_num())
 
 
 def _last_batch(pad=float("nan")):
@@ -77,7 +88,9 @@ def _reference(model, window, targets, loss_fn, data=None):
 
 def _trained_gradient(model, batch, window, execution, targets, loss_fn, **kwargs):
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    trainer = create_trainer(model, opt, loss_fn, tbptt_steps=window, execution=execution, targets=targets, **kwargs)
+    if targets != "step":  # the default: the per-step tests also run on the code before targets= existed
+        kwargs["targets"] = targets
+    trainer = create_trainer(model, opt, loss_fn, tbptt_steps=window, execution=execution, **kwargs)
     grads = []
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED, lambda e: grads.append([p.grad.clone() for p in model.parameters()])
@@ -131,6 +144,21 @@ def test_nan_padding_gives_the_numbers_of_zero_padding(window, execution):
         assert all(torch.isfinite(a).all() for a in with_nan)
 
 
+@pytest.mark.parametrize("window, execution", PATHS)
+def test_nan_padding_of_float_targets_per_step_gives_the_numbers_of_zero_padding(window, execution):
+    xs, _, _ = _data()
+    gen = torch.Generator().manual_seed(3)
+    ys = [torch.randn(len(x), 1, generator=gen, dtype=torch.float64) for x in xs]
+    grads = {}
+    for pad in ("nan", "0"):
+        x, y, mask = collate_sequences(list(zip(xs, ys)), padding_value=float(pad))
+        torch.manual_seed(0)
+        model = StatefulLSTM(F_IN, H, num_layers=2).double()
+        grads[pad], _ = _trained_gradient(model, (x, y, mask), window, execution, "step", nn.MSELoss())
+    assert all(torch.isfinite(g).all() for g in grads["nan"])
+    assert all(torch.equal(a, b) for a, b in zip(grads["nan"], grads["0"]))
+
+
 def test_float_targets_per_sequence_and_nan_in_uncounted_y():
     xs, _, _ = _data()
     gen = torch.Generator().manual_seed(1)
@@ -162,6 +190,7 @@ def test_accuracy_and_other_ignite_metrics_attached_as_given(execution):
     y_pred, _ = model(torch.where(mask[..., None], x, 0.0))
     per_step = create_evaluator(model, metrics(), execution=execution).run([(x, y, mask)]).metrics
     predicted = y_pred.argmax(-1)
+    assert per_step["cm"].sum() == mask.sum()
     assert per_step["accuracy"] == (predicted[mask] == y[mask]).double().mean().item()
     assert per_step["cm"].sum() == mask.sum()
     xl, labels, maskl = _last_batch()
