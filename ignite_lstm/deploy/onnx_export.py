@@ -27,7 +27,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -90,7 +90,7 @@ class _StepGraph(nn.Module):
         self.model, self.layout = model, layout
 
     def forward(self, x_t, *state):
-        y_t, state = self.model.step(x_t, _rebuild(state, self.layout))
+        y_t, state = cast(Any, self.model).step(x_t, _rebuild(state, self.layout))
         return (y_t, *_flatten(state, self.layout))
 
 
@@ -139,6 +139,8 @@ def _trace(graph: nn.Module, example: tuple, names: tuple, model_name: str):
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         graph.train(was_training)
+    if program is None:  # only with an f= file argument, which is not given here
+        raise ValueError(f"Argument model ({model_name}) could not be exported: torch.onnx returned no program.")
     return program.model_proto
 
 
@@ -220,7 +222,7 @@ def export_onnx(
     was_training = model.training
     with torch.no_grad(), native.disabled():
         model.eval()
-        y_t, state = model.step(x_t, None)
+        y_t, state = cast(Any, model).step(x_t, None)
         model.train(was_training)
     layout = state_layout(model, state)
     state = [torch.zeros_like(t) for t in _flatten(state, layout)]

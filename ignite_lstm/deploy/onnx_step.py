@@ -178,10 +178,11 @@ class OnnxStep:
             sizes = {
                 k: _field(path, props, k, _positive_int, "a positive integer") for k in ("input_size", "output_size")
             }
-        else:  # a StatefulLSTM's (h, c), (L, B, H) each
-            shape = [model_args["num_layers"], self.batch_size, model_args["hidden_size"]]
+        else:  # a StatefulLSTM's (h, c), (L, B, H) each; model_args was read above
+            args: dict = model_args or {}
+            shape = [args["num_layers"], self.batch_size, args["hidden_size"]]
             layout = {"kind": "tuple", "names": ["h", "c"], "shapes": [shape, shape]}
-            sizes = {k: model_args[k] for k in ("input_size", "output_size")}
+            sizes = {k: args[k] for k in ("input_size", "output_size")}
         self.layout = layout
         self.state_names = tuple(layout["names"])
         self.config = model_args if model_args is not None else sizes

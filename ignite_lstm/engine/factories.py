@@ -1,8 +1,9 @@
 """Trainer and evaluator factories for stateful one-step-at-a-time models.
 
 A batch is ``(x, y)``, ``(x, y, mask)``, ``(x, y, mask, reset)`` or a mapping with
-those keys: x (B, T, F), y (B, T, O), mask (B, T) bool, reset (B,) bool: B sequences
-or lanes (``ignite_lstm.engine.batches``). The trainer's process function owns the recurrent
+those keys: x (B, T, F), y (B, T, O) floats or (B, T) class indices (with ``targets="last"``
+one per sequence: (B, O) or (B,), ``ignite_lstm.engine.targets``), mask (B, T) bool, reset
+(B,) bool: B sequences or lanes (``ignite_lstm.engine.batches``). The trainer's process function owns the recurrent
 state: it starts every batch from a reset state (every sequence starts at n = 0) or,
 with ``carry_state=True``, from the state the previous batch ended with, lane by lane,
 fresh where the batch's ``reset`` says, at each epoch start and after ``reset_state``
@@ -24,13 +25,15 @@ nowhere: the loss is the mean over the counted positions of the whole batch (on 
 processes: their sum over their count), and so are its gradient, the reported loss
 and each window's loss (NaN for a window without a counted step, which then has no
 weight and, with ``update="window"``, no optimizer step); the evaluator's output
-carries the mask, which ``build_metrics`` honours. ``collate_sequences`` pads
-sequences of different lengths and builds it.
+holds the counted positions only. ``collate_sequences`` (``collate_last``) pads
+sequences of different lengths and builds it. Padding never matters: NaN at an
+uncounted step gives the numbers of zeros there.
 
-Loss contract: ``loss_fn(y_pred, y)`` on (B, K, O) tensors returns the mean over the
-B x K positions of a per-position value (every ``reduction="mean"`` elementwise loss
-does; ``"sum"``/``"none"`` is refused). Every path takes any such loss: a masked
-segment passes its counted positions as one (1, n, O) tensor. The per-step losses of
+Loss contract (``ignite_lstm.engine.losses``): ``loss_fn(y_pred, y)`` receives the counted
+positions flattened, y_pred (N, O) and y (N, O) or (N,) class indices, and returns the mean
+over the N positions of a per-position value (every ``reduction="mean"`` elementwise loss
+and ``nn.CrossEntropyLoss``/``nn.NLLLoss`` as given, their ``weight`` and ``ignore_index``
+included; ``"sum"``/``"none"`` is refused). Every path takes any such loss. The per-step losses of
 ``fused-detached`` use the built-in losses' unreduced forms, else ``torch.func.vmap``
 over the positions, else one call per step (said once in the log, with the cost).
 

@@ -121,7 +121,7 @@ def loss_positions(
     """
     if type(loss_fn) not in _CLASS_LOSSES or y.is_floating_point() or y.dim() != 2:
         return mask, None
-    kept = y != loss_fn.ignore_index
+    kept = y != getattr(loss_fn, "ignore_index", -100)
     if mask is not None:
         kept = kept & mask
     elif bool(kept.all()):

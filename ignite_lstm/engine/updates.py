@@ -139,14 +139,14 @@ class BatchUpdate:
         engine: Engine,
         x: torch.Tensor,
         y: torch.Tensor,
-        mask: tuple[torch.Tensor | None, torch.Tensor | None],
+        masks: tuple[torch.Tensor | None, torch.Tensor | None],  # (mask, position weights)
         counts: SegmentCounts,
         n: float,
         stepping: bool,
         state: Any,
     ):
         sequence = self.update == "sequence"
-        mask, weights = mask
+        mask, _ = masks
         total, norm = None, None
         for w, (start, stop) in enumerate(counts.bounds):
             engine.state.window += 1
@@ -175,14 +175,14 @@ class BatchUpdate:
         engine: Engine,
         x: torch.Tensor,
         y: torch.Tensor,
-        mask: tuple[torch.Tensor | None, torch.Tensor | None],
+        masks: tuple[torch.Tensor | None, torch.Tensor | None],  # (mask, position weights)
         counts: SegmentCounts,
         n: float,
         stepping: bool,
         state: Any,
     ):
         # tbptt_steps == 1, update == "sequence": every step is a window, computed a chunk at a time.
-        mask, weights = mask
+        mask, weights = masks
         total = None
         for c, (start, stop) in enumerate(counts.bounds):
             m = None if mask is None else mask[:, start:stop]

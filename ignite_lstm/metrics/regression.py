@@ -168,7 +168,8 @@ def counted_rows(output: dict, rows: torch.Tensor | None = None) -> tuple[torch.
     every value element-wise.
 
     Args:
-        output: the evaluator's dict ``{"y_pred": (N, O), "y": (N, O), "mask": (N,) bool, ...}``.
+        output: the evaluator's dict ``{"y_pred": (N, O), "y": (N, O), ...}`` (its N counted rows); an
+            optional ``"mask"`` (N,) bool keeps its True rows (an output of one's own).
         rows: an optional (N,) bool selection on top of the mask.
 
     Returns:
