@@ -2,8 +2,8 @@
 
 Workload: 40 sequences of variable length (half to all of ``--steps`` steps, a fixed seed, the
 longest whole), StatefulLSTM(5 -> 64 x 2 layers -> O), one optimizer step per batch. Rows, side
-by side in one process and in turn (best of ``--rounds`` epochs each, so that a busy machine
-slows them alike):
+by side in one process and in turn (the median of ``--rounds`` epochs each, after one warm-up
+epoch, so that a busy machine slows them alike):
 
 - fast path (``tbptt_steps=1``, ``fused-detached``): float targets with ``nn.MSELoss`` per step
   (B, T, 1) against per sequence (B, 1); class targets with ``nn.CrossEntropyLoss`` (9 classes)
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 
 import torch
@@ -52,12 +53,13 @@ def _seconds(steps: int, kind: str, targets: str, window: int, rounds: int) -> t
         model, torch.optim.Adam(model.parameters(), 1e-3), loss, tbptt_steps=window, targets=targets
     )
     batch = _batch(steps, kind, targets)
-    best = float("inf")
+    trainer.run([batch], max_epochs=1)  # warm-up: first calls, allocations
+    times = []
     for _ in range(rounds):
         start = time.perf_counter()
         trainer.run([batch], max_epochs=trainer.state.epoch + 1)
-        best = min(best, time.perf_counter() - start)
-    return best, trainer.state.execution
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), trainer.state.execution
 
 
 def main() -> None:
@@ -69,7 +71,7 @@ def main() -> None:
 
     warnings.simplefilter("ignore")  # the truncation warning of "last" with tbptt_steps=1 is expected here
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}")
-    print(f"{SEQUENCES} sequences of {args.steps // 2}-{args.steps} steps, best of {args.rounds} epochs (seconds)")
+    print(f"{SEQUENCES} sequences of {args.steps // 2}-{args.steps} steps, median of {args.rounds} epochs (seconds)")
     rows = [("float", 1), ("class", 1), ("class", args.steps)]
     for kind, window in rows:
         step, path = _seconds(args.steps, kind, "step", window, args.rounds)
