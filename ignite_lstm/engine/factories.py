@@ -210,7 +210,8 @@ def create_trainer(
             # Every rank reports (and TerminateOnNan stops on) the same loss; the gradient
             # norm already is the same after DDP's averaging.
             total = idist.all_reduce(total)
-        return {"loss": (total / out.count).item(), "grad_norm": float(out.norm)}
+        norm = float("nan") if out.norm is None else float(out.norm)  # None: a carried chunk that counted nothing
+        return {"loss": (total / out.count).item(), "grad_norm": norm}
 
     trainer = CarryingEngine(_update, model, checkpointed=True) if carry_state else Engine(_update)
     count_windows(trainer)

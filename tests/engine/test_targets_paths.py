@@ -128,3 +128,33 @@ def test_last_targets_on_two_processes_give_the_one_process_gradient(tmp_path, w
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert _rel(got["grads"], want) <= 1e-10
         assert got["loss"] == pytest.approx(loss, rel=1e-12)
+
+
+@pytest.mark.parametrize("update", ["sequence", "window"])
+def test_a_carried_chunk_that_counts_nothing_only_advances_the_state(update):
+    xs, labels = _sequences((8, 5, 7))
+    x, y, mask = collate_last(list(zip(xs, labels)))
+    first = {"x": x[:, :4], "y": y, "mask": torch.zeros(3, 4, dtype=torch.bool)}
+    second = {"x": x[:, 4:], "y": y, "mask": mask[:, 4:]}
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = create_trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        nn.CrossEntropyLoss(),
+        tbptt_steps=4,
+        update=update,
+        targets="last",
+        carry_state=True,
+    )
+    outputs = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(dict(e.state.output)))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED(once=1),
+        lambda e: outputs.append(all(torch.equal(a, b) for a, b in zip(before, model.parameters()))),
+    )
+    trainer.run([first, second], max_epochs=1)
+    first_out, unchanged, second_out = outputs
+    assert unchanged  # no optimizer step moved the weights
+    assert first_out["loss"] != first_out["loss"]  # NaN: nothing counted
+    assert second_out["loss"] == second_out["loss"] and second_out["grad_norm"] > 0
