@@ -51,18 +51,18 @@ class LogCosh(nn.Module):
 
 
 class MaxAbsError(Metric):
-    """The largest |y_pred - y| over the counted steps (the evaluator's ``mask``)."""
+    """The largest |y_pred - y| over the counted steps (the evaluator's output holds only those rows)."""
 
-    required_output_keys = ("y_pred", "y", "mask")  # taken from the evaluator's output dict, in this order
+    required_output_keys = ("y_pred", "y")  # taken from the evaluator's output dict, in this order
 
     @reinit__is_reduced
     def reset(self) -> None:
         self._max = torch.tensor(0.0, dtype=torch.float64)
 
     @reinit__is_reduced
-    def update(self, output: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
-        y_pred, y, counted = output  # (N, O), (N, O), (N,): counted is False at the padded steps
-        error = (y_pred[counted] - y[counted]).abs()
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        y_pred, y = output  # (N, O), (N, O): the N counted steps of the batch, padding left out
+        error = (y_pred - y).abs()
         if error.numel():
             self._max = torch.maximum(self._max, error.max().to(torch.float64))
 

@@ -5,7 +5,7 @@ The library, re-exported here, is what a user needs to train any model that foll
 with Ignite engines. Importing it loads torch, ignite and numpy, nothing heavier:
 
 - engines (``ignite_lstm.engine``): `create_trainer`, `create_evaluator`, `select_execution`,
-  `TimeEvents`, `collate_sequences`, `reset_state`, `set_state`;
+  `TimeEvents`, `collate_sequences`, `collate_last`, `reset_state`, `set_state`;
 - models (``ignite_lstm.models``): `StatefulLSTM`, `StatefulGRU`, `load_model`;
 - data (``ignite_lstm.data``): `StreamLoader`, `h5_series`, `forecast_pair`, `DataFileError`;
 - metrics (``ignite_lstm.metrics``): `SignalToNoiseRatio`, `metric_direction`;
@@ -27,6 +27,7 @@ _deprecated.install()
 
 from ignite_lstm.engine import (  # noqa: E402
     TimeEvents,
+    collate_last,
     collate_sequences,
     create_evaluator,
     create_trainer,
@@ -92,6 +93,7 @@ __all__ = [
     "select_execution",
     "TimeEvents",
     "collate_sequences",
+    "collate_last",
     "reset_state",
     "set_state",
     "StatefulLSTM",

@@ -16,10 +16,13 @@ from tensorboardX.proto import event_pb2
 import ignite_lstm
 from ignite_lstm._internal.compat import (
     ONNX_REGISTRATION_LOGGER,
+    attached_metric_names,
     close_event_file,
     engine_logger_name,
+    event_handler_count,
     metric_placement,
     quiet_handler_logger,
+    replay_loader_epoch,
     tensor_version,
     wrap_event_file,
 )
@@ -164,3 +167,52 @@ def test_no_module_but_compat_touches_these_private_attributes():
         if pattern.search(line)
     ]
     assert found == []
+
+
+def test_handlers_of_an_event_are_counted_filtered_ones_included():
+    from ignite.engine import EventEnum, Events
+
+    class Ev(EventEnum):
+        A = "compat_a"
+
+    engine = Engine(lambda e, b: None)
+    engine.register_events(*Ev)
+    assert event_handler_count(engine, Ev.A) == 0
+    engine.add_event_handler(Ev.A, lambda e: None)
+    engine.add_event_handler(Ev.A(every=5), lambda e: None)
+    assert event_handler_count(engine, Ev.A) == 2 and event_handler_count(engine, Events.STARTED) == 0
+
+
+def test_the_names_of_attached_metrics_are_found():
+    from ignite.metrics import Accuracy, MeanSquaredError
+
+    engine = Engine(lambda e, b: None)
+    assert attached_metric_names(engine) == []
+    Accuracy().attach(engine, "accuracy")
+    MeanSquaredError().attach(engine, "mse")
+    assert attached_metric_names(engine) == ["accuracy", "mse"]
+
+
+@pytest.mark.parametrize("kind", ["loader", "sampler", "sequential"])
+def test_replaying_a_loader_epoch_draws_what_an_epoch_of_it_draws(kind):
+    from torch.utils.data import DataLoader, RandomSampler
+
+    def make():
+        data = list(range(10))
+        if kind == "loader":
+            return DataLoader(data, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(0))
+        if kind == "sequential":
+            return DataLoader(data, batch_size=3, generator=torch.Generator().manual_seed(0))
+        sampler = RandomSampler(data, replacement=True, num_samples=40, generator=torch.Generator().manual_seed(0))
+        return DataLoader(data, batch_size=4, sampler=sampler)
+
+    def generator(loader):
+        return loader.generator if loader.generator is not None else loader.sampler.generator
+
+    real, replayed = make(), make()
+    list(real)  # one whole epoch: the iterator made, every batch taken, the sampler exhausted
+    global_before = torch.get_rng_state()
+    replay_loader_epoch(replayed)
+    assert torch.equal(generator(real).get_state(), generator(replayed).get_state())
+    assert torch.equal(torch.get_rng_state(), global_before)  # never the global generator
+    assert [b.tolist() for b in real] == [b.tolist() for b in replayed]  # so the next epochs draw the same orders

@@ -20,6 +20,9 @@ __all__ = [
     "quiet_handler_logger",
     "wrap_event_file",
     "close_event_file",
+    "event_handler_count",
+    "attached_metric_names",
+    "replay_loader_epoch",
     "ONNX_REGISTRATION_LOGGER",
 ]
 
@@ -120,3 +123,51 @@ def close_event_file(events: Any) -> None:
     disk) the file itself (``_py_recordio_writer``) is closed directly.
     """
     getattr(events, "_py_recordio_writer", events).close()
+
+
+def event_handler_count(engine: Any, event: Any) -> int:
+    """How many handlers ``engine`` has for ``event``, filtered ones (``event(every=5)``) included.
+
+    ``Engine`` keeps its handlers in ``_event_handlers``, keyed by the event as attached (a
+    filtered event is a key of its own, with the event's value); Ignite's public
+    ``has_event_handler`` needs the handler itself.
+    """
+    return sum(len(handlers) for key, handlers in engine._event_handlers.items() if key.value == event.value)
+
+
+def attached_metric_names(engine: Any) -> list[str] | None:
+    """The names of the Ignite metrics attached to ``engine`` (``Metric.attach(engine, name)``), or None.
+
+    ``Metric.attach`` registers ``metric.completed`` at ``EPOCH_COMPLETED`` with the name as
+    its argument (``(engine_ref, name)`` in ``_event_handlers``); Ignite keeps no public list.
+    None when that form is not found (the names are then unknown, not absent).
+    """
+    from ignite.engine import Events
+    from ignite.metrics import Metric
+
+    names = []
+    try:
+        for handler, args, _ in engine._event_handlers.get(Events.EPOCH_COMPLETED, []):
+            owner = getattr(handler, "__self__", None)
+            if isinstance(owner, Metric) and getattr(handler, "__name__", "") == "completed":
+                names.append(args[-1])
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    return names
+
+
+def replay_loader_epoch(loader: Any) -> None:
+    """Draw from a ``DataLoader``'s own generators what one whole epoch of it draws, without loading data.
+
+    ``DataLoader.__iter__`` draws its workers' base seed from ``loader.generator`` (one int64,
+    ``_BaseDataLoaderIter.__init__``); the sampler then draws as its indices are taken, and
+    ``RandomSampler`` draws once more when it is exhausted. Only the loader's own generator and a
+    sampler with a ``generator`` of its own are drawn from (never the global one).
+    """
+    if getattr(loader, "generator", None) is not None:
+        torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+    index_sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+    inner = getattr(index_sampler, "sampler", index_sampler)
+    if isinstance(getattr(inner, "generator", None), torch.Generator):
+        for _ in index_sampler:
+            pass

@@ -1,14 +1,17 @@
 """Export a trained model to ONNX: ``ignite-lstm export RUN_OR_CHECKPOINT [--output FILE.onnx] [--batch B]``.
 
-Also ``ignite-lstm export ...``. Further options: ``--sequence T`` (the whole-sequence
-model instead of the step), ``--frequencies`` and ``--input-scale`` (for a bare checkpoint,
-as in ``ignite_lstm.app.run.extract``).
+A model of any task exports: a run of the signal task writes its frequencies and input scale
+into the file too (from its config, or ``--frequencies`` and ``--input-scale`` for a bare
+checkpoint, as in ``ignite_lstm.app.run.extract``); a model file without them (a classifier
+trained from Python with ``attach_checkpoints``, say) exports its graph and arguments only.
+``--sequence T`` exports the whole-sequence model instead of the step. The exporter itself
+is the library's, ``ignite_lstm.deploy.onnx_export.export_onnx`` (any step model).
 
 The default graph is the L = 1 step of the streaming filter with its state explicit and
 every shape fixed: inputs ``x_t`` (B, F), ``h`` and ``c`` (L, B, H); outputs ``y_t`` (B, O),
 ``h_next`` and ``c_next``. ``--sequence T`` exports ``model(x, (h, c))`` over a fixed T
 instead: x (B, T, F), h, c -> y (B, T, O), h_next, c_next (one ONNX LSTM node per layer),
-for batch inference. The model's arguments, frequencies, input scale, batch size and this
+for batch inference. The model's arguments, the task's settings, the batch size and this
 package's version go into the file's metadata (``metadata_props``), so that
 ``ignite_lstm.deploy.onnx_step.OnnxStep`` and ``extract --backend onnxruntime`` need nothing else.
 The model is checked with ``onnx.checker`` (full check) before the file is written.
@@ -34,19 +37,14 @@ import math
 import os
 import sys
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
-from ignite_lstm._internal.compat import ONNX_REGISTRATION_LOGGER
 from ignite_lstm.app.config.schema import ConfigError
-from ignite_lstm.app.run.extract import _settings
-from ignite_lstm.deploy.onnx_step import INPUTS, METADATA_PREFIX, OUTPUTS, require_extra
-from ignite_lstm.models import native
-from ignite_lstm.models.lstm import StatefulLSTM
+from ignite_lstm.app.run.evaluate import load_run
+from ignite_lstm.deploy.onnx_export import export_onnx as _export
 
 __all__ = ["ExportError", "export_onnx", "main"]
 
@@ -55,35 +53,6 @@ logger = logging.getLogger("ignite_lstm")
 
 class ExportError(ValueError):
     """Bad input for an export: the message names the file or value and what is accepted."""
-
-
-class _StepGraph(nn.Module):
-    """``model.step`` with the state as separate tensors: (x_t, h, c) -> (y_t, h_next, c_next)."""
-
-    def __init__(self, model: StatefulLSTM) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x_t, h, c):
-        y_t, (h_next, c_next) = self.model.step(x_t, (h, c))
-        return y_t, h_next, c_next
-
-
-class _SequenceGraph(_StepGraph):
-    """``model(x, (h, c))``: (x, h, c) -> (y, h_next, c_next), x (B, T, F)."""
-
-    def forward(self, x, h, c):
-        y, (h_next, c_next) = self.model(x, (h, c))
-        return y, h_next, c_next
-
-
-def _check_positive(name: str, value: int | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"Argument {name} should be an integer, got {type(value).__name__}.")
-    if value < 1:
-        raise ValueError(f"Argument {name} should be positive, got {value}.")
 
 
 def _check_output(path: Path) -> None:
@@ -101,58 +70,26 @@ def _check_output(path: Path) -> None:
     os.unlink(tmp)
 
 
-# The exporter's chatter: "torchvision is not installed" warnings, the optimizer's INFO lines.
-_QUIET = {ONNX_REGISTRATION_LOGGER: logging.ERROR, "onnxscript": logging.WARNING, "onnx_ir": logging.WARNING}
-
-
-def _trace(graph: nn.Module, example: tuple, names: tuple):
-    """``torch.onnx.export(dynamo=True)`` of ``graph`` on ``example`` from PyTorch code; returns the ModelProto."""
-    levels = {name: logging.getLogger(name).level for name in _QUIET}
-    for name, level in _QUIET.items():
-        logging.getLogger(name).setLevel(level)
-    was_training = graph.training
-    try:
-        with native.disabled(), torch.no_grad(), warnings.catch_warnings():
-            # nn.LSTM re-assigns its flat weights while traced: harmless, the values are the parameters.
-            warnings.filterwarnings("ignore", message=r"The tensor attributes .* were assigned during export")
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-            program = torch.onnx.export(
-                graph.eval(),
-                example,
-                dynamo=True,
-                verbose=False,
-                input_names=list(names[0]),
-                output_names=list(names[1]),
-            )
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-        graph.train(was_training)
-    return program.model_proto
-
-
 def export_onnx(
-    model: StatefulLSTM,
+    model: nn.Module,
     path: str | os.PathLike,
     *,
-    frequencies: Sequence[float],
-    input_scale: float,
+    frequencies: Sequence[float] | None = None,
+    input_scale: float | None = None,
     batch_size: int = 1,
     steps: int | None = None,
     source: str | os.PathLike | None = None,
 ):
-    """Export the model's step (or, with ``steps``, its whole-sequence forward) to an ONNX file.
+    """The library's ``export_onnx`` with the signal task's metadata (frequencies, input scale) when given.
 
-    Step graph: x_t (B, F), h (L, B, H), c (L, B, H) -> y_t (B, O), h_next, c_next.
-    Sequence graph: x (B, T, F), h, c -> y (B, T, O), h_next, c_next. All shapes fixed.
-    The metadata (``ignite_lstm.*`` keys) holds the model's arguments, the frequencies,
-    the input scale, B (and T), the package version and ``source``.
+    Step graph: x_t (B, F), h (L, B, H), c (L, B, H) -> y_t (B, O), h_next, c_next for a
+    ``StatefulLSTM`` (any step model: see ``ignite_lstm.deploy.onnx_export.export_onnx``).
 
     Args:
         model: the float32 model to export (left in the mode it was in).
         path: the ``.onnx`` file, written atomically after ``onnx.checker`` accepts the model.
-        frequencies: the model's frequencies in Hz, F - 1 of them.
-        input_scale: the factor of the mixture in the input.
+        frequencies: the signal task's frequencies in Hz, input_size - 1 of them, or None (another task).
+        input_scale: the factor of the mixture in the input (with ``frequencies``).
         batch_size: B.
         steps: None for the step graph, else T of the sequence graph.
         source: the model file, recorded in the metadata.
@@ -168,66 +105,57 @@ def export_onnx(
     Example:
         >>> export_onnx(model, "model.onnx", frequencies=[1, 3, 5, 7], input_scale=4.0)
     """
-    from ignite_lstm import __version__
-
-    if not isinstance(model, StatefulLSTM):
-        raise TypeError(f"Argument model should be a StatefulLSTM, got {type(model).__name__}.")
-    _check_positive("batch_size", batch_size)
-    _check_positive("steps", steps, allow_none=True)
-    dtype = model.head.weight.dtype
-    if dtype != torch.float32:
-        raise ValueError(f"Argument model should have float32 parameters, got {dtype}.")
-    frequencies = [float(f) for f in frequencies]
-    if len(frequencies) != model.input_size - 1:
+    metadata = None
+    if (frequencies is None) != (input_scale is None):
         raise ValueError(
-            f"Argument frequencies should list input_size - 1 = {model.input_size - 1} "
-            f"frequencies, got {len(frequencies)}."
+            "Arguments frequencies and input_scale should be given together (the signal task) or not at all."
         )
-    if not math.isfinite(input_scale):
-        raise ValueError(f"Argument input_scale should be a finite number, got {input_scale}.")
-    onnx = require_extra("onnx", "ONNX export")
-    require_extra("onnxscript", "ONNX export (torch.onnx.export with dynamo=True)")
+    if frequencies is not None:
+        frequencies = [float(f) for f in frequencies]
+        input_size = getattr(model, "input_size", None)
+        if input_size is not None and len(frequencies) != input_size - 1:
+            raise ValueError(
+                f"Argument frequencies should list input_size - 1 = {input_size - 1} frequencies, got {len(frequencies)}."
+            )
+        if not math.isfinite(input_scale):
+            raise ValueError(f"Argument input_scale should be a finite number, got {input_scale}.")
+        metadata = {"frequencies": json.dumps(frequencies), "input_scale": repr(float(input_scale))}
+    return _export(model, path, batch_size=batch_size, steps=steps, metadata=metadata, source=source)
 
-    device = model.head.weight.device
-    b, f, layers, hidden = batch_size, model.input_size, model.num_layers, model.hidden_size
-    state = (torch.zeros(layers, b, hidden, device=device), torch.zeros(layers, b, hidden, device=device))
-    if steps is None:
-        graph, names = _StepGraph(model), (INPUTS, OUTPUTS)
-        example = (torch.zeros(b, f, device=device), *state)  # (B, F), (L, B, H), (L, B, H)
-    else:
-        graph, names = _SequenceGraph(model), (("x", "h", "c"), ("y", "h_next", "c_next"))
-        example = (torch.zeros(b, steps, f, device=device), *state)  # (B, T, F), ...
-    proto = _trace(graph, example, names)
 
-    metadata = {
-        "graph": "step" if steps is None else "sequence",
-        "model_args": json.dumps(model.config),
-        "frequencies": json.dumps(frequencies),
-        "input_scale": repr(float(input_scale)),
-        "batch_size": str(b),
-        "version": __version__,
-    }
-    if steps is not None:
-        metadata["steps"] = str(steps)
-    if source is not None:
-        metadata["source"] = str(source)
-    onnx.helper.set_model_props(proto, {METADATA_PREFIX + k: v for k, v in metadata.items()})
-    onnx.checker.check_model(proto, full_check=True)
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def _settings(args: argparse.Namespace) -> tuple[nn.Module, list[float] | None, float | None]:
+    """The model and, for a signal-task run, its frequencies and input scale (None, None for another task)."""
+    files = load_run(args.checkpoint, require_config=False)
+    model = files.model
+    signal = files.config is not None and "data" in files.config and "frequencies" in files.config.data
+    if signal:
+        frequencies = [float(f) for f in files.config.data.frequencies]
+        scale = float(files.config.data.input_scale)
+        if args.input_scale is not None and not math.isclose(args.input_scale, scale):
+            logger.warning("--input-scale %g overrides the checkpoint's data.input_scale %g.", args.input_scale, scale)
+            scale = args.input_scale
+        if args.frequencies is not None:
+            logger.warning("--frequencies is ignored: the checkpoint's config lists %s.", frequencies)
+        return model, frequencies, scale
+    if args.frequencies is None:
+        if args.input_scale is not None:
+            raise ExportError(
+                "--input-scale goes with --frequencies (the signal task's settings); pass both or neither."
+            )
+        return model, None, None  # any task: the graph and the model's arguments only
     try:
-        onnx.save_model(proto, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would keep the model from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return proto
+        frequencies = [float(f) for f in args.frequencies.split(",")]
+    except ValueError:
+        raise ExportError(f"--frequencies {args.frequencies!r} should be numbers separated by commas.") from None
+    if args.input_scale is None:
+        raise ExportError("--frequencies needs --input-scale (the training data.input_scale) for the signal task.")
+    if model.input_size != 1 + len(frequencies) or model.output_size != 1:
+        raise ExportError(
+            f"Checkpoint {files.model_file} has input_size {model.input_size} and output_size {model.output_size}; "
+            f"{len(frequencies)} frequencies need input_size {1 + len(frequencies)} and output_size 1 (for a model of "
+            f"another task, leave --frequencies out)."
+        )
+    return model, frequencies, args.input_scale
 
 
 def _default_output(model_file: Path, batch: int, steps: int | None) -> Path:
@@ -278,7 +206,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm export") ->
         help="factor of the mixture in the model input (default: the checkpoint's data.input_scale)",
     )
     parser.add_argument(
-        "--frequencies", help="the model's frequencies, e.g. 1,3,5,7 (only for a checkpoint without config)"
+        "--frequencies",
+        help="the signal task's frequencies, e.g. 1,3,5,7 (only for a checkpoint without config; leave it out "
+        "for a model of another task)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -311,10 +241,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "ignite-lstm export") ->
     o = model.output_size
     y = f"y_t ({b}, {o})" if args.sequence is None else f"y ({b}, {args.sequence}, {o})"
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    task = (
+        f"frequencies {', '.join(f'{v:g}' for v in frequencies)} Hz, input_scale {scale:g}."
+        if frequencies is not None
+        else "no signal-task settings (a model of another task)."
+    )
     print(
         f"Exported the {'step' if args.sequence is None else 'sequence'} model of {model_file} -> {output} "
-        f"(opset {opset}, {output.stat().st_size / 1024:.1f} KiB): {x}, h, c {lh} -> {y}, h_next, c_next; "
-        f"frequencies {', '.join(f'{v:g}' for v in frequencies)} Hz, input_scale {scale:g}."
+        f"(opset {opset}, {output.stat().st_size / 1024:.1f} KiB): {x}, h, c {lh} -> {y}, h_next, c_next; {task}"
     )
     return 0
 

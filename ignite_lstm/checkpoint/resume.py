@@ -24,10 +24,13 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from ignite_lstm.checkpoint.files import ESSENTIAL_KEYS, CheckpointMismatch, FixedState, require_entries
+from ignite_lstm.checkpoint.generators import LoaderGenerators
 
 __all__ = [
     "RunFinished",
     "RNGState",
+    "LoaderGenerators",  # from generators.py
+    "check_not_stopped",
     "SkipBatches",
     "check_model_args",
     "check_resumable",
@@ -74,6 +77,31 @@ class RNGState:
         random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_not_stopped(checkpoint: Mapping[str, Any], to_load: Mapping[str, Any], source: str | Path) -> None:
+    """Refuse to resume a run that early stopping ended, unless this run's patience lets it go on.
+
+    Resuming it as it was would train one more epoch and stop again. The choice here is to refuse
+    with the reason, as the command line does; to train longer, give the ``EarlyStopping`` of
+    ``to_load`` a patience above the checkpoint's counter (a fresh patience: leave it out of ``to_load``).
+
+    Raises:
+        CheckpointMismatch: the checkpoint's counter of an ``EarlyStopping`` in ``to_load`` reached its patience.
+    """
+    from ignite.handlers import EarlyStopping
+
+    for name, obj in to_load.items():
+        saved = checkpoint.get(name)
+        if isinstance(obj, EarlyStopping) and isinstance(saved, Mapping) and saved.get("counter", 0) >= obj.patience:
+            trainer = checkpoint.get("trainer", {})
+            done = trainer.get("iteration", 0) // max(trainer.get("epoch_length") or 1, 1)
+            raise CheckpointMismatch(
+                f"{source} is from a run that stopped early at epoch {done} ({saved['counter']} validations "
+                f"without improvement, patience {obj.patience}): resumed as it is, it would train one more epoch "
+                f"and stop again. To train longer, create its EarlyStopping ({name!r}) with a patience above "
+                f"{saved['counter']}, or leave {name!r} out of the objects to load (a fresh patience)."
+            )
 
 
 class SkipBatches:
@@ -238,14 +266,18 @@ def resume_from_checkpoint(
         source: the file, for messages.
 
     Raises:
-        CheckpointMismatch: a different model shape, or an essential entry missing or
-            not fitting. Entries of optional handlers (LR scheduler, early stopping,
+        CheckpointMismatch: a different model shape, an essential entry missing or not
+            fitting, or a run that early stopping ended (``check_not_stopped``). Entries of optional handlers (LR scheduler, early stopping,
             checkpoint bookkeeping) that the file lacks start fresh, with a warning.
         ValueError: no entry of ``to_load`` is the trainer. TypeError: a mid-epoch checkpoint and
             ``data`` that can neither skip nor restore its position.
     """
     essential = essential_keys(to_load, trainer)
     require_entries(checkpoint, essential, source)
+    check_not_stopped(checkpoint, to_load, source)
+    for obj in to_load.values():
+        if isinstance(obj, LoaderGenerators):
+            obj.bind(data)
     if isinstance(to_load.get("model_args"), FixedState):
         check_model_args(checkpoint["model_args"], to_load["model_args"].value, source)
     for name in essential:

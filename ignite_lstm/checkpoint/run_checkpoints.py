@@ -17,9 +17,15 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from ignite_lstm.checkpoint.files import find_checkpoint, read_checkpoint, require_entries
-from ignite_lstm.checkpoint.resume import RNGState, SkipBatches, essential_keys, resume_from_checkpoint
+from ignite_lstm.checkpoint.resume import (
+    LoaderGenerators,
+    RNGState,
+    SkipBatches,
+    essential_keys,
+    resume_from_checkpoint,
+)
 
-__all__ = ["RunCheckpoints", "EpochStartRNG", "resumable_objects"]
+__all__ = ["RunCheckpoints", "EpochStartRNG", "LoaderGenerators", "resumable_objects"]
 
 
 class EpochStartRNG(RNGState):
@@ -47,13 +53,16 @@ class EpochStartRNG(RNGState):
 
 
 def resumable_objects(objects: Mapping[str, Any], trainer: Engine) -> dict[str, Any]:
-    """A copy of ``objects`` with the random generators (``rng``, ``rng_epoch_start``) where it holds
-    the trainer and no entries of those names (``attach_checkpoints``'s training files)."""
+    """A copy of ``objects`` with the random generators (``rng``, ``rng_epoch_start``, and ``loader_rng``:
+    the data loader's own ``generator=`` and its sampler's) where it holds the trainer and no entries of
+    those names (``attach_checkpoints``'s training files)."""
     out = dict(objects)
     if any(obj is trainer for obj in out.values()):
         out.setdefault("rng", RNGState())
         if "rng_epoch_start" not in out:
             out["rng_epoch_start"] = EpochStartRNG(trainer)
+        if "loader_rng" not in out:
+            out["loader_rng"] = LoaderGenerators(trainer)
     return out
 
 

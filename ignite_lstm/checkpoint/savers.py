@@ -21,7 +21,7 @@ from ignite.handlers import Checkpoint, DiskSaver, global_step_from_engine
 from ignite_lstm._internal.atomic import atomic_write
 from ignite_lstm.checkpoint.files import TRAINING_KINDS, FixedState
 from ignite_lstm.checkpoint.run_checkpoints import RunCheckpoints, resumable_objects
-from ignite_lstm.handlers.common import monitor_mode, score_function
+from ignite_lstm.handlers.common import check_monitor, monitor_mode, score_function
 
 __all__ = ["attach_checkpoints"]
 
@@ -198,6 +198,7 @@ def attach_checkpoints(
         for kind in kinds
     }
     if enabled:
+        check_monitor(val_evaluator, monitor)
         sign = "" if mode == "max" else "neg_"
         checkpoints["best"] = Checkpoint(
             _with_model_args(best_objects),

@@ -9,6 +9,7 @@ from ignite_lstm.engine.carry import reset_state, set_state
 from ignite_lstm.engine.events import TimeEvents
 from ignite_lstm.engine.execution import select_execution
 from ignite_lstm.engine.factories import create_evaluator, create_trainer, set_tbptt_steps
+from ignite_lstm.engine.targets import collate_last
 
 __all__ = [
     "create_trainer",
@@ -16,6 +17,7 @@ __all__ = [
     "select_execution",
     "TimeEvents",
     "collate_sequences",
+    "collate_last",
     "reset_state",
     "set_state",
     "set_tbptt_steps",

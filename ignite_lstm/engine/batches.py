@@ -197,12 +197,13 @@ def collate_sequences(
 
     Args:
         items: ``(x_i, y_i)`` pairs (or mappings with keys ``x``, ``y``), x_i (T_i, F) and
-            y_i (T_i, O) tensors (or arrays), T_i >= 1 steps each.
-        padding_value: the value of x and y at the padded steps. Keep it finite: the
-            model steps through the padding after each sequence's end.
+            y_i (T_i, O) floats or (T_i,) class indices (tensors or arrays), T_i >= 1 steps each.
+            For one target per sequence, see ``ignite_lstm.engine.targets.collate_last``.
+        padding_value: the value of x and y at the padded steps (uncounted: any value works,
+            NaN included; the engines give the numbers of zeros there).
 
     Returns:
-        ``(x, y, mask)``: x (B, T, F) and y (B, T, O) with T = max T_i, mask (B, T) bool,
+        ``(x, y, mask)``: x (B, T, F) and y (B, T, O) or (B, T) with T = max T_i, mask (B, T) bool,
         True at the first T_i steps of sequence i.
 
     Example:
@@ -217,15 +218,19 @@ def collate_sequences(
         if mask is not None or reset is not None:
             raise ValueError(f"Argument items[{i}] should be an (x, y) pair: the mask is built from the lengths.")
         x, y = torch.as_tensor(x), torch.as_tensor(y)
-        if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0] or x.shape[0] < 1:
+        y_dims = (2,) if y.is_floating_point() else (1, 2)
+        if x.dim() != 2 or y.dim() not in y_dims or x.shape[0] != y.shape[0] or x.shape[0] < 1:
             raise ValueError(
-                f"Argument items[{i}] should hold x (T, F) and y (T, O) with the same T >= 1, got "
+                f"Argument items[{i}] should hold x (T, F) and y (T, O) floats or (T,) class indices with the "
+                f"same T >= 1 (one target per sequence: collate_last), got "
                 f"shapes {tuple(x.shape)} and {tuple(y.shape)}."
             )
         pairs.append((x, y))
     lengths = torch.tensor([x.shape[0] for x, _ in pairs])
     x = torch.nn.utils.rnn.pad_sequence([x for x, _ in pairs], batch_first=True, padding_value=padding_value)
-    y = torch.nn.utils.rnn.pad_sequence([y for _, y in pairs], batch_first=True, padding_value=padding_value)
+    ys = [y for _, y in pairs]
+    y_padding = padding_value if ys[0].is_floating_point() else 0  # class indices: a valid one, never read
+    y = torch.nn.utils.rnn.pad_sequence(ys, batch_first=True, padding_value=y_padding)
     mask = torch.arange(x.shape[1])[None, :] < lengths[:, None]
     return x, y, mask
 
@@ -246,43 +251,59 @@ class SegmentCounts:
 
     Attributes:
         bounds: ``[(start, stop), ...]`` of the segments.
-        local: counted positions of each segment on this process.
+        local: the weight of each segment's counted positions on this process (their number, or
+            with position weights their sum, see ``ignite_lstm.engine.losses.loss_positions``).
         total: the same summed over all processes.
+        counted: the number of counted positions of each segment on this process.
         last: index of the last segment with a counted position anywhere (-1: none).
     """
 
-    def __init__(self, bounds: list[tuple[int, int]], local: list[int], total: list[int]) -> None:
+    def __init__(
+        self, bounds: list[tuple[int, int]], local: list, total: list, counted: list[int] | None = None
+    ) -> None:
         self.bounds, self.local, self.total = bounds, local, total
+        self.counted = local if counted is None else counted
         self.last = max((i for i, n in enumerate(total) if n), default=-1)
 
 
-def segment_counts(mask: torch.Tensor | None, batch_size: int, bounds: list[tuple[int, int]]) -> SegmentCounts:
+def _per_segment(per_step: torch.Tensor, bounds: list[tuple[int, int]]) -> list:
+    ends = torch.tensor([stop for _, stop in bounds], device=per_step.device) - 1
+    cumulative = per_step.cumsum(0)[ends]
+    return torch.diff(cumulative, prepend=cumulative.new_zeros(1)).tolist()
+
+
+def segment_counts(
+    mask: torch.Tensor | None,
+    batch_size: int,
+    bounds: list[tuple[int, int]],
+    weights: torch.Tensor | None = None,
+) -> SegmentCounts:
     """Count the positions that count in each segment, all-reduced over processes.
 
     Args:
         mask: (B, T) bool or None (every position counts).
         batch_size: B.
         bounds: the segments' ``(start, stop)`` steps, consecutive from 0 to T.
+        weights: (B, T) float64 position weights, or None (each counted position weighs 1).
 
     Returns:
         A ``SegmentCounts``.
     """
     if mask is None:
-        local = [batch_size * (stop - start) for start, stop in bounds]
+        counted = [batch_size * (stop - start) for start, stop in bounds]
     else:
-        per_step = mask.sum(0)  # (T,)
-        ends = torch.tensor([stop for _, stop in bounds], device=mask.device) - 1
-        cumulative = per_step.cumsum(0)[ends]
-        local = torch.diff(cumulative, prepend=cumulative.new_zeros(1)).tolist()
+        counted = _per_segment(mask.sum(0), bounds)
+    local = counted
+    if weights is not None:
+        kept = weights if mask is None else torch.where(mask, weights, 0.0)
+        local = _per_segment(kept.sum(0), bounds)
     total = local
     if idist.get_world_size() > 1:
-        total = [
-            int(n)
-            for n in cast(
-                torch.Tensor, idist.all_reduce(torch.tensor(local, dtype=torch.float64, device=idist.device()))
-            ).tolist()
-        ]
-    return SegmentCounts(bounds, local, total)
+        summed = cast(
+            torch.Tensor, idist.all_reduce(torch.tensor(local, dtype=torch.float64, device=idist.device()))
+        ).tolist()
+        total = summed if weights is not None else [int(n) for n in summed]
+    return SegmentCounts(bounds, local, total, counted)
 
 
 def window_bounds(steps: int, length: int) -> list[tuple[int, int]]:

@@ -6,11 +6,14 @@ factories' module holds the factories.
 
 from __future__ import annotations
 
+import warnings
+
 from ignite.engine import Engine, EventEnum, Events
 
+from ignite_lstm._internal.compat import event_handler_count
 from ignite_lstm.engine.attributes import run_state
 
-__all__ = ["TimeEvents", "count_windows"]
+__all__ = ["TimeEvents", "count_windows", "warn_windowless"]
 
 
 class TimeEvents(EventEnum):
@@ -51,3 +54,31 @@ def count_windows(trainer: Engine) -> None:
     def _restart(engine: Engine) -> None:
         if engine.state.iteration == 0:  # a fresh run, not a resumed or continued one
             run_state(engine).window = 0
+
+
+def warn_windowless(trainer: Engine, path: str) -> bool:
+    """Warn when a window-event handler is attached on a path that computes no window on its own.
+
+    Args:
+        trainer: a ``create_trainer`` trainer.
+        path: its execution path.
+
+    Returns:
+        Whether it warned.
+    """
+    if path != "fused-detached":
+        return False
+    attached = [
+        e.name for e in (TimeEvents.WINDOW_STARTED, TimeEvents.WINDOW_COMPLETED) if event_handler_count(trainer, e)
+    ]
+    if not attached:
+        return False
+    warnings.warn(
+        f"Handlers are attached to TimeEvents.{' and TimeEvents.'.join(attached)}, which never fire on the "
+        f"fused-detached path (tbptt_steps=1, update='sequence': every step is a window, computed "
+        f"chunk_steps at a time). Listen to TimeEvents.CHUNK_COMPLETED instead (engine.state.window_losses "
+        f"holds the per-step losses), or pass execution='stepwise' to fire them once per step (slower).",
+        UserWarning,
+        stacklevel=2,
+    )
+    return True

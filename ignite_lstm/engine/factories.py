@@ -1,8 +1,9 @@
 """Trainer and evaluator factories for stateful one-step-at-a-time models.
 
 A batch is ``(x, y)``, ``(x, y, mask)``, ``(x, y, mask, reset)`` or a mapping with
-those keys: x (B, T, F), y (B, T, O), mask (B, T) bool, reset (B,) bool: B sequences
-or lanes (``ignite_lstm.engine.batches``). The trainer's process function owns the recurrent
+those keys: x (B, T, F), y (B, T, O) floats or (B, T) class indices (with ``targets="last"``
+one per sequence: (B, O) or (B,), ``ignite_lstm.engine.targets``), mask (B, T) bool, reset
+(B,) bool: B sequences or lanes (``ignite_lstm.engine.batches``). The trainer's process function owns the recurrent
 state: it starts every batch from a reset state (every sequence starts at n = 0) or,
 with ``carry_state=True``, from the state the previous batch ended with, lane by lane,
 fresh where the batch's ``reset`` says, at each epoch start and after ``reset_state``
@@ -24,13 +25,15 @@ nowhere: the loss is the mean over the counted positions of the whole batch (on 
 processes: their sum over their count), and so are its gradient, the reported loss
 and each window's loss (NaN for a window without a counted step, which then has no
 weight and, with ``update="window"``, no optimizer step); the evaluator's output
-carries the mask, which ``build_metrics`` honours. ``collate_sequences`` pads
-sequences of different lengths and builds it.
+holds the counted positions only. ``collate_sequences`` (``collate_last``) pads
+sequences of different lengths and builds it. Padding never matters: NaN at an
+uncounted step gives the numbers of zeros there.
 
-Loss contract: ``loss_fn(y_pred, y)`` on (B, K, O) tensors returns the mean over the
-B x K positions of a per-position value (every ``reduction="mean"`` elementwise loss
-does; ``"sum"``/``"none"`` is refused). Every path takes any such loss: a masked
-segment passes its counted positions as one (1, n, O) tensor. The per-step losses of
+Loss contract (``ignite_lstm.engine.losses``): ``loss_fn(y_pred, y)`` receives the counted
+positions flattened, y_pred (N, O) and y (N, O) or (N,) class indices, and returns the mean
+over the N positions of a per-position value (every ``reduction="mean"`` elementwise loss
+and ``nn.CrossEntropyLoss``/``nn.NLLLoss`` as given, their ``weight`` and ``ignore_index``
+included; ``"sum"``/``"none"`` is refused). Every path takes any such loss. The per-step losses of
 ``fused-detached`` use the built-in losses' unreduced forms, else ``torch.func.vmap``
 over the positions, else one call per step (said once in the log, with the cost).
 
@@ -52,25 +55,23 @@ from typing import Any, cast
 import ignite.distributed as idist
 import torch
 import torch.nn as nn
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.metrics import Average
 
 from ignite_lstm.engine.attributes import run_state
 from ignite_lstm.engine.batches import check_prepared, prepare_batch
 from ignite_lstm.engine.carry import CarryingEngine, check_carry_state, reset_state, set_state
-from ignite_lstm.engine.events import TimeEvents, count_windows
+from ignite_lstm.engine.evaluation import _to_device, create_evaluator
+from ignite_lstm.engine.events import TimeEvents, count_windows, warn_windowless
 from ignite_lstm.engine.execution import (
-    amp_context,
     check_amp_dtype,
     note_amp_ignored,
     refuse_outer_autocast,
     resolve_execution,
-    run_steps,
     select_execution,
-    step_fn,
-    unwrap,
 )
 from ignite_lstm.engine.losses import check_loss
+from ignite_lstm.engine.targets import TruncationCheck, check_targets, prepare_targets
 from ignite_lstm.engine.updates import BatchUpdate
 
 __all__ = [
@@ -82,7 +83,7 @@ __all__ = [
     "set_tbptt_steps",
     "reset_state",
     "set_state",
-]  # select_execution: execution.py; reset/set_state: carry.py
+]  # select_execution: execution.py; reset/set_state: carry.py; create_evaluator: evaluation.py
 
 logger = logging.getLogger(__name__)
 
@@ -94,20 +95,6 @@ def _check_positive_int(name: str, value: Any) -> None:
         raise TypeError(f"Argument {name} should be an integer, got {type(value).__name__}.")
     if value < 1:
         raise ValueError(f"Argument {name} should be positive, got {value}.")
-
-
-def _to_device(model: nn.Module, device: str | torch.device | None, optimizer: bool) -> None:
-    """Move the model to ``device``; with an optimizer, refuse a move that replaced the parameters."""
-    if device is None:
-        return
-    before = list(model.parameters())
-    model.to(device)  # in place where torch can (CPU <-> GPU): an optimizer built on the parameters keeps them
-    if optimizer and any(a is not b for a, b in zip(before, model.parameters())):
-        raise ValueError(
-            f"Argument device is {str(device)!r}: moving the model there replaced its parameters, so the "
-            f"optimizer built on them would not train it; move the model first (model.to(device)), "
-            f"then create the optimizer."
-        )
 
 
 def create_trainer(
@@ -127,6 +114,7 @@ def create_trainer(
     prepare_batch: Callable = prepare_batch,
     engine: str | None = None,
     carry_state: bool = False,
+    targets: str = "step",
 ) -> Engine:
     """Create an Ignite trainer that steps a stateful model one time step per call.
 
@@ -160,6 +148,10 @@ def create_trainer(
             fresh where a batch's ``reset`` (B,) bool is True, at each epoch start and after
             ``reset_state``; in ``trainer.state.carried_state`` and the ``state_dict``. The
             model needs ``state_batch_dim``. Without it every lane of every batch starts fresh.
+        targets: ``"step"``: y (B, T, O) floats or (B, T) class indices, a target per step;
+            ``"last"``: y (B, O) or (B,), one per sequence, compared with the output at its last
+            counted step (``ignite_lstm.engine.targets``). Warns once when counted steps lie beyond
+            the first window (a window shorter than the sequences truncates their gradient).
 
     Returns:
         An ``Engine`` (a ``CarryingEngine`` with ``carry_state``) whose output is ``{"loss":
@@ -179,6 +171,7 @@ def create_trainer(
     """
     _check_trainer_args(tbptt_steps, chunk_steps, gradient_accumulation_steps, update, grad_clip)
     check_carry_state(carry_state)
+    check_targets(targets)
     check_loss(loss_fn)
     check_amp_dtype(amp_dtype)
     note_amp_ignored(model, amp_dtype)
@@ -201,11 +194,16 @@ def create_trainer(
         amp_dtype=amp_dtype,
         accumulation_steps=gradient_accumulation_steps,
         scaler=scaler,
+        allow_empty=carry_state,
     )
+
+    truncation = TruncationCheck(targets)
 
     def _update(engine: Engine, batch) -> dict[str, float]:
         x, y, mask, reset = check_prepared(prepare_batch(batch, device, non_blocking))
         refuse_outer_autocast(x)
+        x, y, mask = prepare_targets(targets, x, y, mask)
+        truncation(mask, body.tbptt_steps)
         model.train()
         out = body(engine, x, y, mask, cast(CarryingEngine, engine).begin_batch(x, reset) if carry_state else None)
         if carry_state:
@@ -215,8 +213,8 @@ def create_trainer(
             # Every rank reports (and TerminateOnNan stops on) the same loss; the gradient
             # norm already is the same after DDP's averaging.
             total = cast(torch.Tensor, idist.all_reduce(total))
-        # a trainer's batch always reports a norm (its last counted window or its optimizer step)
-        return {"loss": (total / out.count).item(), "grad_norm": float(cast(torch.Tensor, out.norm))}
+        norm = float("nan") if out.norm is None else float(out.norm)  # None: a carried chunk that counted nothing
+        return {"loss": (total / out.count).item(), "grad_norm": norm}
 
     trainer = CarryingEngine(_update, model, checkpointed=True) if carry_state else Engine(_update)
     count_windows(trainer)
@@ -231,6 +229,7 @@ def create_trainer(
     extra._window_control = (body, lambda k: select_execution(model, loss_fn, k, update, execution))
     extra._epoch_loss = epoch_loss = Average(output_transform=lambda o: o["loss"])
     epoch_loss.attach(trainer, "epoch_loss")
+    trainer.add_event_handler(Events.STARTED, lambda e: warn_windowless(e, e.state.execution))
     logger.debug("Trainer execution path: %s", path)
     return trainer
 
@@ -262,6 +261,7 @@ def set_tbptt_steps(trainer: Engine, tbptt_steps: int) -> str:
     body.set_window(path, tbptt_steps)
     extra: Any = trainer  # Engine does not declare execution (create_trainer's deprecated alias)
     run_state(trainer).tbptt_steps, run_state(trainer).execution, extra.execution = tbptt_steps, path, path
+    warn_windowless(trainer, path)
     return path
 
 
@@ -290,84 +290,3 @@ def _check_trainer_args(
         raise TypeError(f"Argument grad_clip should be a number or None, got {type(grad_clip).__name__}.")
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"Argument grad_clip should be positive or None, got {grad_clip}.")
-
-
-def create_evaluator(
-    model: nn.Module,
-    metrics: dict | None = None,
-    *,
-    device: str | torch.device | None = None,
-    execution: str = "auto",
-    amp_dtype: torch.dtype | None = None,
-    non_blocking: bool = False,
-    prepare_batch: Callable = prepare_batch,
-    engine: str | None = None,
-    carry_state: bool = False,
-) -> Engine:
-    """Create an Ignite evaluator: every sequence from a reset state through all T steps, or a stream.
-
-    One evaluator serves the train, validation and test splits. The metrics see
-    every time step of every sequence once: the output is
-    ``{"y_pred": (B*T, O), "y": (B*T, O), "x": (B*T, F), "mask": (B*T,) bool}``, the mask
-    True at the steps that count (everywhere for a batch without one); the metrics of
-    ``build_metrics`` keep only those rows.
-
-    Args:
-        model: a model following the contract of ``create_trainer``.
-        metrics: name -> Ignite ``Metric``, attached under that name.
-        device: where batches go; the model is moved there too.
-        execution: ``"auto"``/``"fused"`` (one ``model(x)`` call per batch) or
-            ``"stepwise"`` (one ``model.step`` call per time step).
-        amp_dtype: None, ``torch.bfloat16`` or ``torch.float16``: autocast around the
-            forward (y_pred is returned in y's dtype); autocast around ``evaluator.run``
-            is refused.
-        non_blocking: passed to the batch transfer.
-        prepare_batch: ``(batch, device, non_blocking) -> (x, y)``, ``(x, y, mask)`` or
-            ``(x, y, mask, reset)``.
-        engine: deprecated name of ``execution``.
-        carry_state: stream evaluation (``ignite_lstm.engine.carry``): lane i of a batch continues
-            lane i of the previous one (a series in chunks gives the numbers of it whole),
-            fresh where ``reset`` says and at each run start, unless ``set_state`` gave a
-            state (e.g. ``trainer.state.carried_state``), which the run's first batch continues
-            whatever its ``reset`` flags say. The model needs ``state_batch_dim``.
-
-    Returns:
-        An ``Engine`` (a ``CarryingEngine`` with ``carry_state``, its state in
-        ``evaluator.state.carried_state``); after ``evaluator.run(loader)`` the values
-        are in ``evaluator.state.metrics``.
-
-    Example:
-        >>> evaluator = create_evaluator(model, build_metrics([1.0, 3.0, 5.0, 7.0]))
-        >>> evaluator.run(loader).metrics["mse"]
-    """
-    execution = resolve_execution(execution, engine)
-    check_amp_dtype(amp_dtype)
-    note_amp_ignored(model, amp_dtype)
-    check_carry_state(carry_state)
-    _to_device(model, device, optimizer=False)
-    net = unwrap(model)  # no gradients here, so no DDP hooks are needed
-    step = step_fn(net)
-
-    @torch.no_grad()
-    def _infer(engine: Engine, batch) -> dict[str, torch.Tensor]:
-        x, y, mask, reset = check_prepared(prepare_batch(batch, device, non_blocking))
-        refuse_outer_autocast(x)
-        net.eval()
-        state = cast(CarryingEngine, engine).begin_batch(x, reset) if carry_state else None
-        with amp_context(x, amp_dtype):
-            y_pred, state = run_steps(step, x, state) if execution == "stepwise" else net(x, state)
-        if carry_state:
-            cast(CarryingEngine, engine).end_batch(state)
-        if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        return {
-            "y_pred": y_pred.reshape(-1, y_pred.shape[-1]).to(y.dtype if amp_dtype else y_pred.dtype),
-            "y": y.reshape(-1, y.shape[-1]),
-            "x": x.reshape(-1, x.shape[-1]),
-            "mask": mask.reshape(-1),
-        }
-
-    evaluator = CarryingEngine(_infer, model, checkpointed=False) if carry_state else Engine(_infer)
-    for name, metric in (metrics or {}).items():
-        metric.attach(evaluator, name)
-    return evaluator

@@ -1,12 +1,15 @@
 """The training losses a config can name, their unreduced forms, and the loss contract of the engines.
 
-The contract (``create_trainer``): ``loss_fn(y_pred, y)`` on (B, K, O) tensors returns
-the mean over the B x K (sequence, step) positions of a per-position value
-``l(y_pred[b, k], y[b, k])``. Every built-in loss and every mean-reduced elementwise
-loss follow it. It is what makes the batch loss a step-weighted mean of window
-losses, and a masked loss the same function on the counted positions only
-(``masked_loss``). The per-step losses of the ``fused-detached`` path need the
-per-position values: ``StepLosses`` computes them.
+The contract (``create_trainer``): ``loss_fn(y_pred, y)`` receives the counted positions
+flattened, y_pred (N, O) (logits (N, C) for classes) and y (N, O) floats or (N,) class
+indices, and returns the mean over the N positions of a per-position value
+``l(y_pred[n], y[n])``: every built-in loss, every mean-reduced elementwise loss and
+``nn.CrossEntropyLoss()``/``nn.NLLLoss()`` as given. It is what makes the batch loss a
+weighted mean of window losses. A class-weighted (``weight=``) cross-entropy is a mean
+weighted by ``weight[y_n]``, and positions whose class is its ``ignore_index`` count nowhere
+(``loss_positions`` gives the weights and folds those positions into the mask), so a batch cut
+into windows gives the loss ``loss_fn`` gives on all its counted positions at once. The per-step
+losses of the ``fused-detached`` path need the per-position values: ``StepLosses`` computes them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["LOSSES", "setup_loss", "elementwise_loss", "check_loss", "masked_loss", "StepLosses"]
+__all__ = [
+    "LOSSES",
+    "setup_loss",
+    "elementwise_loss",
+    "check_loss",
+    "masked_loss",
+    "loss_positions",
+    "StepLosses",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +47,12 @@ _ELEMENTWISE: dict[type, Callable] = {
     nn.L1Loss: lambda m, a, b: F.l1_loss(a, b, reduction="none"),
     nn.SmoothL1Loss: lambda m, a, b: F.smooth_l1_loss(a, b, reduction="none", beta=m.beta),
     nn.HuberLoss: lambda m, a, b: F.huber_loss(a, b, reduction="none", delta=m.delta),
+    nn.CrossEntropyLoss: lambda m, a, b: F.cross_entropy(
+        a, b, weight=m.weight, ignore_index=m.ignore_index, reduction="none", label_smoothing=m.label_smoothing
+    ),
+    nn.NLLLoss: lambda m, a, b: F.nll_loss(a, b, weight=m.weight, ignore_index=m.ignore_index, reduction="none"),
 }
+_CLASS_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)  # mean weighted by weight[y], ignore_index counts nowhere
 
 
 def setup_loss(name: str) -> nn.Module:
@@ -50,7 +66,8 @@ def elementwise_loss(loss_fn: Callable) -> Callable[[torch.Tensor, torch.Tensor]
     """The unreduced form of a mean-reduced elementwise loss module, or None.
 
     For these losses the mean over a chunk of C steps equals the mean of the
-    per-step losses, which is what makes chunked evaluation exact.
+    per-step losses (weighted as ``loss_positions`` says), which is what makes chunked
+    evaluation exact. The form takes (N, O) predictions and (N, O) or (N,) targets.
     """
     for cls, fn in _ELEMENTWISE.items():
         if type(loss_fn) is cls and getattr(loss_fn, "reduction", None) == "mean":
@@ -78,15 +95,46 @@ def masked_loss(
 ) -> torch.Tensor | None:
     """The loss over the counted positions of a (B, K, O) segment, ``count`` of them; None if there are none.
 
-    Under the loss contract, ``loss_fn`` on the counted positions alone, gathered into
-    a (1, count, O) tensor, is their mean; a segment where every position counts is
-    passed as it is.
+    ``loss_fn`` receives the counted positions flattened: y_pred (count, O) and y (count, O) or
+    (count,) (y (B, K) class indices). The mask is applied before the loss, so an uncounted
+    value (NaN included) never enters it.
     """
     if count == 0:
         return None
     if mask is None or count == mask.numel():
-        return loss_fn(y_pred, y)
-    return loss_fn(y_pred[mask].unsqueeze(0), y[mask].unsqueeze(0))
+        return loss_fn(y_pred.reshape(-1, y_pred.shape[-1]), y.reshape(-1, *y.shape[2:]))
+    return loss_fn(y_pred[mask], y[mask])
+
+
+def loss_positions(
+    loss_fn: Callable, y: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The positions that count for ``loss_fn`` and their weights in its mean.
+
+    For ``nn.CrossEntropyLoss``/``nn.NLLLoss`` with class indices: a position whose class is
+    ``ignore_index`` counts nowhere (loss, metrics), and with ``weight`` a position weighs
+    ``weight[y]`` (what those losses divide by). Any other loss: the mask as given, weight 1.
+
+    Args:
+        loss_fn: the loss.
+        y: (B, T, ...) per-step targets.
+        mask: (B, T) bool or None.
+
+    Returns:
+        ``(mask, weights)``: the mask (None: all count) and a (B, T) float64 tensor of weights, or None for 1.
+    """
+    if type(loss_fn) not in _CLASS_LOSSES or y.is_floating_point() or y.dim() != 2:
+        return mask, None
+    kept = y != getattr(loss_fn, "ignore_index", -100)
+    if mask is not None:
+        kept = kept & mask
+    elif bool(kept.all()):
+        kept = None
+    weight = getattr(loss_fn, "weight", None)
+    if weight is None:
+        return kept, None
+    weights = weight.detach().to(y.device, torch.float64)[y if kept is None else torch.where(kept, y, 0)]
+    return kept, weights
 
 
 class StepLosses:
@@ -103,23 +151,32 @@ class StepLosses:
         self.elementwise = elementwise_loss(loss_fn)
         self.vectorised = True
 
-    def __call__(self, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """y_pred, y (B, C, O) without graph, mask (B, C) or None -> (C,) losses."""
+    def __call__(
+        self, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """y_pred (B, C, O), y (B, C, ...) without graph, mask (B, C) or None, weights (B, C) or None -> (C,)."""
         with torch.no_grad():
+            if mask is not None and not y.is_floating_point():  # an uncounted class index may be out of range
+                y = torch.where(mask.reshape(*mask.shape, *(1,) * (y.dim() - 2)), y, 0)
             values = self._positions(y_pred, y) if self.elementwise or self.vectorised else None
             if values is None:
                 return self._step_by_step(y_pred, y, mask)
+            if weights is not None:  # a class-weighted loss: sum(w l) / sum(w); its unreduced form is w l
+                kept = weights if mask is None else torch.where(mask, weights, 0.0)
+                values = values if mask is None else torch.where(mask, values, values.new_zeros(()))
+                return (values.sum(0) / kept.sum(0)).to(values.dtype)  # 0 / 0: NaN
             if mask is None:
                 return values.mean(0)
             counted = mask.sum(0)  # (C,)
             return torch.where(mask, values, values.new_zeros(())).sum(0) / counted  # 0 / 0: NaN
 
     def _positions(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        B, C = y_pred.shape[:2]
+        B, C, O = y_pred.shape
+        rows, targets = y_pred.reshape(B * C, O), y.reshape(B * C, *y.shape[2:])
         if self.elementwise is not None:
-            return self.elementwise(y_pred, y).reshape(B, C, -1).mean(-1)
+            return self.elementwise(rows, targets).reshape(B, C, -1).mean(-1)
         try:
-            values = torch.func.vmap(self.loss_fn)(y_pred.reshape(B * C, 1, 1, -1), y.reshape(B * C, 1, 1, -1))
+            values = torch.func.vmap(self.loss_fn)(rows.unsqueeze(1), targets.unsqueeze(1))
             if values.shape != (B * C,):
                 raise ValueError(f"one position's loss has the shape {tuple(values.shape[1:])}, not ()")
         except Exception as exc:  # vmap refuses some operations (data-dependent control flow, .item(), ...)

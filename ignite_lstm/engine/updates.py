@@ -35,7 +35,7 @@ from ignite_lstm.engine.batches import (
 )
 from ignite_lstm.engine.events import TimeEvents
 from ignite_lstm.engine.execution import amp_context, run_steps, step_fn, without_grad_sync
-from ignite_lstm.engine.losses import StepLosses, masked_loss
+from ignite_lstm.engine.losses import StepLosses, loss_positions, masked_loss
 from ignite_lstm.engine.state import detach_state
 
 __all__ = ["BatchUpdate", "BatchResult"]
@@ -44,8 +44,8 @@ __all__ = ["BatchUpdate", "BatchResult"]
 class BatchResult(NamedTuple):
     """What ``BatchUpdate`` returns for one batch."""
 
-    total: torch.Tensor  # the loss summed over this process's counted positions (no graph)
-    count: int  # type: ignore[assignment]  # counted positions on all processes (shadows tuple.count, by design)
+    total: torch.Tensor  # the loss summed over this process's counted positions (no graph), in the loss's dtype
+    count: float  # type: ignore[assignment]  # counted positions on all processes (weighted: their sum); shadows tuple.count
     norm: torch.Tensor | None  # the gradient norm (None: no optimizer step reported one)
     state: Any  # the state after the batch's last step, detached
     padded: bool  # the batch was padded to another process's length (the state stepped through it)
@@ -60,6 +60,8 @@ class BatchUpdate:
         path: ``"stepwise"``, ``"fused"`` or ``"fused-detached"``.
         tbptt_steps, update, chunk_steps, grad_clip, amp_dtype, accumulation_steps: as in ``create_trainer``.
         scaler: a ``torch.amp.GradScaler`` (float16) or None.
+        allow_empty: accept a batch without a counted position (the state carried across batches
+            steps through it; no gradient, no optimizer step unless earlier batches accumulated one).
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class BatchUpdate:
         amp_dtype: torch.dtype | None,
         accumulation_steps: int,
         scaler: Any,
+        allow_empty: bool = False,
     ) -> None:
         self.model, self.optimizer, self.loss_fn, self.events = model, optimizer, loss_fn, events
         self.update, self.grad_clip, self.chunk_steps = update, grad_clip, chunk_steps
@@ -85,6 +88,7 @@ class BatchUpdate:
         self.step_losses = StepLosses(loss_fn)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.busy = False
+        self.allow_empty = allow_empty  # a carried stream: a chunk may count nothing and only advance the state
         self.set_window(path, tbptt_steps)
 
     def set_window(self, path: str, tbptt_steps: int) -> None:
@@ -113,16 +117,19 @@ class BatchUpdate:
         padded = steps > x.shape[1]
         if padded:  # processes with batches of other lengths: pad to the longest, uncounted
             x, y, mask = pad_to_length(x, y, mask, steps)
-        counts = segment_counts(mask, x.shape[0], window_bounds(steps, self.length))
+        mask, weights = loss_positions(self.loss_fn, y, mask)  # ignore_index, class weights
+        counts = segment_counts(mask, x.shape[0], window_bounds(steps, self.length), weights)
         n = sum(counts.total)
-        if n == 0:
+        if n == 0 and not self.allow_empty:
             raise ValueError("Argument batch should have at least one step that counts; its mask is False everywhere.")
         iteration = engine.state.iteration
         stepping = iteration % self.accumulation == 0  # Ignite's meaning of gradient_accumulation_steps
         if self.update == "sequence" and (iteration - 1) % self.accumulation == 0:
             self.optimizer.zero_grad(set_to_none=True)
         run = self._detached if self.path == "fused-detached" else self._windows
-        total, norm, state = run(engine, x, y, mask, counts, n, stepping, state)
+        total, norm, state = run(engine, x, y, (mask, weights), counts, n, stepping, state)
+        if total is None:  # no counted position on this process
+            total = x.new_zeros(())
         if self.update == "sequence":
             norm = self._optimizer_step() if stepping else self._grad_norm()
         return BatchResult(total, n, norm, state, padded)
@@ -134,14 +141,15 @@ class BatchUpdate:
         engine: Engine,
         x: torch.Tensor,
         y: torch.Tensor,
-        mask: torch.Tensor | None,
+        masks: tuple[torch.Tensor | None, torch.Tensor | None],  # (mask, position weights)
         counts: SegmentCounts,
-        n: int,
+        n: float,
         stepping: bool,
         state: Any,
     ):
         sequence = self.update == "sequence"
-        total, norm = y.new_zeros(()), None
+        mask, _ = masks
+        total, norm = None, None
         for w, (start, stop) in enumerate(counts.bounds):
             run_state(engine).window += 1
             engine.fire_event(self.events.WINDOW_STARTED)
@@ -155,9 +163,9 @@ class BatchUpdate:
             if not sequence and counts.total[w]:
                 norm = self._optimizer_step(report_norm=w == counts.last)
             if loss is None:
-                loss = y.new_full((), float("nan"))  # no counted step in this window (here)
+                loss = x.new_full((), float("nan"))  # no counted step in this window (here)
             else:
-                total += loss * counts.local[w]
+                total = loss * counts.local[w] if total is None else total + loss * counts.local[w]
             run_state(engine).window_loss = loss
             engine.fire_event(self.events.WINDOW_COMPLETED)
             run_state(engine).window_losses = loss.reshape(1)
@@ -169,14 +177,15 @@ class BatchUpdate:
         engine: Engine,
         x: torch.Tensor,
         y: torch.Tensor,
-        mask: torch.Tensor | None,
+        masks: tuple[torch.Tensor | None, torch.Tensor | None],  # (mask, position weights)
         counts: SegmentCounts,
-        n: int,
+        n: float,
         stepping: bool,
         state: Any,
     ):
         # tbptt_steps == 1, update == "sequence": every step is a window, computed a chunk at a time.
-        total = y.new_zeros(())
+        mask, weights = masks
+        total = None
         for c, (start, stop) in enumerate(counts.bounds):
             m = None if mask is None else mask[:, start:stop]
             y_pred, state, loss = self._segment(
@@ -190,8 +199,9 @@ class BatchUpdate:
                 c == counts.last and stepping,
             )
             if loss is not None:
-                total += loss * counts.local[c]
-            run_state(engine).window_losses = self.step_losses(y_pred.detach(), y[:, start:stop], m)  # (C,)
+                total = loss * counts.local[c] if total is None else total + loss * counts.local[c]
+            w = None if weights is None else weights[:, start:stop]
+            run_state(engine).window_losses = self.step_losses(y_pred.detach(), y[:, start:stop], m, w)  # (C,)
             run_state(engine).window += stop - start
             engine.fire_event(self.events.CHUNK_COMPLETED)
         return total, None, state
@@ -206,7 +216,7 @@ class BatchUpdate:
         state: Any,
         counts: SegmentCounts,
         i: int,
-        denominator: int,
+        denominator: float,
         sync: bool,
     ):
         """Forward (and backward) of segment i; returns (y_pred, state, its loss without graph or None)."""
@@ -214,7 +224,7 @@ class BatchUpdate:
         with without_grad_sync(self.model, sync), torch.set_grad_enabled(anywhere > 0):
             with amp_context(x, self.amp_dtype):  # around the forward and the loss only
                 y_pred, state = self._forward(x, state)
-                loss = masked_loss(self.loss_fn, y_pred, y, mask, here)
+                loss = masked_loss(self.loss_fn, y_pred, y, mask, counts.counted[i] if here else 0)
             if anywhere:
                 # A process without a counted position here still takes part in DDP's gradient sync.
                 term = loss * (here * idist.get_world_size() / denominator) if loss is not None else y_pred.sum() * 0.0
@@ -230,12 +240,16 @@ class BatchUpdate:
 
     def _grad_norm(self) -> torch.Tensor:
         """The norm of the gradient accumulated so far (an iteration without an optimizer step)."""
+        if all(p.grad is None for p in self.params):
+            return torch.zeros(())
         norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
         return norm / self.scaler.get_scale() if self.scaler is not None else norm
 
     def _optimizer_step(self, report_norm: bool = True) -> torch.Tensor | None:
         # Only the batch's last step reports its norm: without clipping, computing it for
         # every window would add a reduction over all gradients to the per-window loop.
+        if all(p.grad is None for p in self.params):  # nothing counted since the last step (a carried stream)
+            return torch.zeros(())
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip and report the true gradient
         norm = None

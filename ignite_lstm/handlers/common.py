@@ -18,7 +18,7 @@ from typing import Any, Literal, cast
 from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping, ProgressBar, TerminateOnNan
 
-from ignite_lstm._internal.compat import quiet_handler_logger
+from ignite_lstm._internal.compat import attached_metric_names, quiet_handler_logger
 from ignite_lstm.handlers.tensorboard import attach_tensorboard
 from ignite_lstm.metrics.directions import metric_direction
 
@@ -30,6 +30,7 @@ __all__ = [
     "load_extra_handlers",
     "score_function",
     "monitor_mode",
+    "check_monitor",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,10 +64,35 @@ def _monitored(monitor: str, mode: str) -> Callable[[Engine], float]:
     worst = math.inf if mode == "min" else -math.inf
 
     def value(engine: Engine) -> float:
+        if monitor not in engine.state.metrics:
+            raise ValueError(
+                f"Argument monitor names the metric {monitor!r}, which the evaluator did not produce; its metrics "
+                f"are {sorted(engine.state.metrics)}."
+            )
         found = float(engine.state.metrics[monitor])
         return found if math.isfinite(found) else worst
 
     return value
+
+
+def check_monitor(evaluator: Engine, monitor: str) -> None:
+    """Refuse a ``monitor`` that none of the metrics attached to ``evaluator`` produces.
+
+    An evaluator without an attached metric yet is not checked here: the first validation
+    checks it then (``score_function``, ``attach_early_stopping``), listing the names that exist.
+
+    Args:
+        evaluator: the evaluator the monitored metric comes from.
+        monitor: the metric's name.
+    """
+    if not isinstance(monitor, str):
+        raise TypeError(f"Argument monitor should be a string, got {type(monitor).__name__}.")
+    names = attached_metric_names(evaluator)
+    if names and monitor not in names:
+        raise ValueError(
+            f"Argument monitor should name a metric attached to the evaluator, got {monitor!r}; attached: "
+            f"{sorted(names)} (attach the metric before the handler that watches it)."
+        )
 
 
 def score_function(monitor: str, mode: str | None = None) -> Callable[[Engine], float]:
@@ -108,6 +134,8 @@ def attach_early_stopping(
         monitor: its metric name; lower is better for errors (mse, mae, ...), higher for snr, corr, r2.
         patience: validations without improvement before stopping.
         min_delta: the smallest change that counts as an improvement (>= 0).
+            A ``monitor`` that no metric attached to the evaluator produces is refused here
+            (ValueError listing the attached names), or at the first validation if none is attached yet.
         mode: ``"min"`` (lower is better) or ``"max"``; needed for a metric of your own, whose
             direction ``metric_direction`` does not know (None: the metric's own direction).
         event_filter: an Ignite event filter on the evaluator's ``COMPLETED``: a validation it
@@ -120,6 +148,7 @@ def attach_early_stopping(
         >>> stopper = attach_early_stopping(trainer, evaluator, monitor="mse", patience=10, min_delta=1e-4)
         >>> trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(val_loader))
     """
+    check_monitor(val_evaluator, monitor)
     mode = monitor_mode(monitor, mode)
     stopper = EarlyStopping(
         patience=patience,

@@ -167,12 +167,24 @@ def counted_rows(output: dict, rows: torch.Tensor | None = None) -> tuple[torch.
     every value element-wise.
 
     Args:
-        output: the evaluator's dict ``{"y_pred": (N, O), "y": (N, O), "mask": (N,) bool, ...}``.
+        output: the evaluator's dict ``{"y_pred": (N, O), "y": (N, O), ...}`` (its N counted rows); an
+            optional ``"mask"`` (N,) bool keeps its True rows (an output of one's own).
         rows: an optional (N,) bool selection on top of the mask.
 
     Returns:
         ``(y_pred, y)``, each 1-D.
     """
+    y_pred, y = output["y_pred"], output["y"]
+    if y_pred.shape != y.shape:
+        raise ValueError(
+            f"The regression metrics compare y_pred and y element by element, got y_pred of shape "
+            f"{tuple(y_pred.shape)} and y of shape {tuple(y.shape)}"
+            + (
+                " (class indices: attach Ignite's Accuracy(), Precision(), ConfusionMatrix(...) as they are)."
+                if not y.is_floating_point()
+                else "."
+            )
+        )
     mask = output.get("mask")
     if mask is not None:
         rows = mask if rows is None else rows & mask

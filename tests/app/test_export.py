@@ -124,8 +124,16 @@ def test_step_file_passes_the_checker_and_carries_its_metadata(exported):
     assert json.loads(meta.pop("ignite_lstm.frequencies")) == FREQS
     from ignite_lstm import __version__
 
+    assert json.loads(meta.pop("ignite_lstm.state")) == {
+        "kind": "tuple",
+        "names": ["h", "c"],
+        "shapes": [[1, 1, 8]] * 2,
+    }
     assert meta == {
         "ignite_lstm.graph": "step",
+        "ignite_lstm.input_size": "5",
+        "ignite_lstm.output_size": "1",
+        "ignite_lstm.model_class": "StatefulLSTM",
         "ignite_lstm.input_scale": "4.0",
         "ignite_lstm.batch_size": "1",
         "ignite_lstm.version": __version__,
@@ -241,11 +249,47 @@ EXPORT_ERRORS = {
         lambda p: [str(_checkpoint(p, _model())), "--sequence", "-5"],
         "--sequence should be a positive number of steps, got -5.",
     ),
-    "bare checkpoint": (
-        lambda p: [str(_checkpoint(p, _model(), config=False))],
-        "holds no config and no config.yaml was found beside it; pass --frequencies",
+    "frequencies of another model": (
+        lambda p: [str(_checkpoint(p, _model(), config=False)), "--frequencies", "1,3", "--input-scale", "4"],
+        "2 frequencies need input_size 3 and output_size 1 (for a model of another task, leave --frequencies out)",
+    ),
+    "frequencies without the scale": (
+        lambda p: [str(_checkpoint(p, _model(), config=False)), "--frequencies", "1,3,5,7"],
+        "--frequencies needs --input-scale",
     ),
 }
+
+
+def test_a_bare_checkpoint_of_any_task_exports_without_signal_settings(extra, tmp_path, capsys):
+    torch.manual_seed(0)
+    classifier = StatefulLSTM(input_size=12, hidden_size=8, num_layers=2, output_size=9).eval()
+    checkpoint = _checkpoint(tmp_path, classifier, config=False)
+    assert export.main([str(checkpoint)]) == 0
+    assert "no signal-task settings (a model of another task)" in capsys.readouterr().out
+    from ignite_lstm.deploy.onnx_step import OnnxStep
+
+    step = OnnxStep(tmp_path / "model.onnx")
+    assert step.config == classifier.config and step.frequencies is None and step.input_scale is None
+    x = torch.randn(1, 12)
+    y, _ = step.step(x)
+    torch.testing.assert_close(y, classifier.step(x)[0].detach(), rtol=1e-5, atol=1e-5)
+    out = tmp_path / "y.npy"
+    np.save(tmp_path / "x.npy", np.zeros(10, np.float32))
+    code = extract.main(
+        [
+            "--backend",
+            "onnxruntime",
+            "--model",
+            str(tmp_path / "model.onnx"),
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--frequency",
+            "3",
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 2 and "holds no signal-task settings" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", list(EXPORT_ERRORS))

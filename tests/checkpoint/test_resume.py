@@ -51,6 +51,7 @@ def test_the_training_checkpoint_holds_everything_needed_to_continue(reference):
         "history",
         "rng",
         "rng_epoch_start",
+        "loader_rng",  # the DataLoader's own generators (none here: an empty list)
         "epoch_loss",
         "config",
         "checkpointer",

@@ -202,11 +202,11 @@ def test_every_metric_of_a_padded_batch_equals_that_of_the_sequences_alone(execu
         assert padded[name] == pytest.approx(value, rel=RTOL), name
 
 
-def test_the_evaluator_output_carries_the_mask():
+def test_the_evaluator_output_holds_the_counted_rows_only():
     x, y, mask = collate_sequences(_sequences((4, 2)))
     out = create_evaluator(_model()).run([{"x": x, "y": y, "mask": mask}]).output
-    assert torch.equal(out["mask"], mask.reshape(-1))
-    assert out["y_pred"].shape == (8, O)
+    assert set(out) == {"y_pred", "y", "x"}
+    assert out["y_pred"].shape == (6, O) and torch.equal(out["y"], y[mask]) and torch.equal(out["x"], x[mask])
 
 
 # --- the window count with batches of different lengths ------------------------------------------------
@@ -346,7 +346,7 @@ def test_collate_sequences_works_as_a_dataloader_collate_fn():
         ([], "Argument items should be a non-empty sequence of (x, y) sequences."),
         (
             [(torch.zeros(3, 2), torch.zeros(4, 1))],
-            "Argument items[0] should hold x (T, F) and y (T, O) with the same T",
+            "Argument items[0] should hold x (T, F) and y (T, O) floats or (T,) class indices with the same T",
         ),
         ([(torch.zeros(3), torch.zeros(3))], "Argument items[0] should hold x (T, F) and y (T, O)"),
         (

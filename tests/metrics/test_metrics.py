@@ -191,3 +191,16 @@ def test_metric_direction():
     for name in ("acuracy", "mse_", "msef3", "wer", ""):
         with pytest.raises(ValueError, match=re.escape(f"Unknown metric {name!r}; known: ")):
             metric_direction(name)
+
+
+def test_regression_metrics_on_class_logits_say_what_to_attach_instead():
+    evaluator = Engine(
+        lambda e, b: {"y_pred": torch.randn(6, 9), "y": torch.randint(0, 9, (6,)), "x": torch.zeros(6, 3)}
+    )
+    for name, metric in build_metrics(names=("mse",)).items():
+        metric.attach(evaluator, name)
+    with pytest.raises(
+        ValueError,
+        match=r"got y_pred of shape \(6, 9\) and y of shape \(6,\) \(class indices: attach Ignite's Accuracy\(\)",
+    ):
+        evaluator.run([0])

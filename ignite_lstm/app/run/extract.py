@@ -269,6 +269,11 @@ def _onnx_settings(args: argparse.Namespace):
         model = OnnxStep(args.model, batch_size=1)
     except ImportError as exc:
         raise ExtractionError(str(exc)) from None
+    if model.frequencies is None or model.input_scale is None:
+        raise ExtractionError(
+            f"ONNX model {args.model} holds no signal-task settings (frequencies, input scale): it was exported from a "
+            f"model of another task; extract needs a model of the signal task (ignite-lstm export of its run)."
+        )
     if model.config["output_size"] != 1:
         raise ExtractionError(f"ONNX model {args.model} has output_size {model.config['output_size']}; expected 1.")
     scale = model.input_scale

@@ -1,8 +1,9 @@
 """The signal task's metrics: overall, per frequency (from the one-hot selector) and the worst frequency.
 
-The evaluator's ``engine.state.output`` is a dict ``{"y_pred": (N, O), "y": (N, O), "x": (N, F_in),
-"mask": (N,) bool}``; ``x[:, 1:1+F]`` is the one-hot selector of the wanted frequency (the task's input
-layout ``[S, one-hot]``). Every metric keeps the counted rows only and sees y_pred and y flattened.
+The evaluator's ``engine.state.output`` is a dict ``{"y_pred": (N, O), "y": (N, O), "x": (N, F_in)}`` of
+the N counted steps (padding left out by the engine); ``x[:, 1:1+F]`` is the one-hot selector of the
+wanted frequency (the task's input layout ``[S, one-hot]``). Every metric sees y_pred and y flattened
+(an output that still has a ``mask`` key, from an evaluator of one's own, has its counted rows kept).
 """
 
 from collections.abc import Callable, Sequence
@@ -48,8 +49,8 @@ def build_metrics(
 ) -> dict[str, Metric]:
     """Build fresh metric instances for the evaluator's dict output.
 
-    Every metric keeps the rows whose ``mask`` is True (the steps that count; every row of an output
-    without a mask), then flattens y_pred and y, each (n, O), to (n*O,) before updating, so MSE, MAE,
+    Every metric takes the output's rows (the engine's evaluator gives the counted steps only; a ``mask``
+    key, if any, keeps its True rows), then flattens y_pred and y, each (n, O), to (n*O,) before updating, so MSE, MAE,
     RMSE, Pearson correlation, R2 and SNR are all over single elements of counted steps. Per-frequency metrics keep only the
     rows whose selector ``x[:, 1:1+F].argmax(dim=1)`` is that frequency's index (F = len(frequencies)).
 
