@@ -179,9 +179,15 @@ class PredictionCollector:
 
     def _iteration(self, engine: Engine) -> None:
         y_pred, y, mask = self.output_transform(engine.state.output)
-        x, _, _, reset = parse_batch(engine.state.batch)
+        x, _, batch_mask, reset = parse_batch(engine.state.batch)
         lanes, steps = x.shape[0], x.shape[1]
-        y_pred, y = y_pred.detach().cpu().view(lanes, steps, -1), y.detach().cpu().view(lanes, steps, -1)
+        y_pred, y = y_pred.detach().cpu(), y.detach().cpu()
+        if mask is None and batch_mask is not None and y_pred.shape[0] != lanes * steps:
+            # the evaluator's output holds the counted rows only, lane by lane: put them back in place
+            mask = batch_mask.detach().cpu().bool().reshape(-1)
+            y_pred = y_pred.new_zeros(lanes * steps, *y_pred.shape[1:]).index_put_((mask,), y_pred)
+            y = y.new_zeros(lanes * steps, *y.shape[1:]).index_put_((mask,), y)
+        y_pred, y = y_pred.view(lanes, steps, -1), y.view(lanes, steps, -1)
         mask = torch.ones(lanes, steps, dtype=torch.bool) if mask is None else mask.cpu().view(lanes, steps)
         if not self._carrying:
             self._rows.extend((y_pred[i][mask[i]], y[i][mask[i]]) for i in range(lanes))
