@@ -40,7 +40,7 @@ def _build() -> ctypes.CDLL:
                  "gru_forward_work", "gru_backward_work"):
         getattr(lib, name).restype = ctypes.c_longlong
     lib.ignite_lstm_fma_peak.restype = ctypes.c_double
-    lib.ignite_lstm_fma_peak.argtypes = [i, ctypes.c_longlong]
+    lib.ignite_lstm_fma_peak.argtypes = [i, ctypes.c_longlong, i]
     for suffix in _DTYPES.values():
         getattr(lib, f"lstm_pack_{suffix}").argtypes = [i] * 2 + [p] * 5
         getattr(lib, f"lstm_forward_{suffix}").argtypes = [i] * 5 + [p] * 11

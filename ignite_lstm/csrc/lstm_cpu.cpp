@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <ctime>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -890,9 +891,10 @@ inline int64_t backward_ct(int rows, int I, int H) {
 inline int64_t backward_ring(int rows, int I, int H) {
   return backward_ct(rows, I, H) + static_cast<int64_t>(I + H + 1) * round16(4 * H);
 }
+// (the ring: wgrad_steps(r) r < WG_ROWS + r rows for a thread of r <= rows rows)
 template <typename T>
 int64_t backward_work(int rows, int I, int H) {
-  return backward_ring(rows, I, H) + static_cast<int64_t>(wgrad_steps(rows)) * rows * 4 * H;
+  return backward_ring(rows, I, H) + static_cast<int64_t>(WG_ROWS + rows) * 4 * H;
 }
 
 template <typename T>
@@ -1219,25 +1221,41 @@ volatile float probe_sink;
 
 extern "C" {
 
-// FLOP per second of `iters` iterations of the probe on each of `threads` threads (an FMA: 2 FLOP).
-double ignite_lstm_fma_peak(int threads, long long iters) {
+// FLOP per second of `iters` iterations of the probe on each of `threads` threads (an FMA: 2 FLOP):
+// per second of wall clock, or with cpu_time != 0 per second of the threads' own CPU time (a core's
+// peak times the threads, whatever else the machine runs).
+double ignite_lstm_fma_peak(int threads, long long iters, int cpu_time) {
   const auto start = std::chrono::steady_clock::now();
   int used = 1;
+  double busy = 0.0;
+  auto thread_seconds = [] {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+  };
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp single
     used = omp_get_num_threads();
+    const double t0 = thread_seconds();
     const float r = probe_chains(iters, 1.0f + static_cast<float>(omp_get_thread_num()));
+    const double t1 = thread_seconds();
 #pragma omp critical
-    probe_sink = probe_sink + r;
+    {
+      probe_sink = probe_sink + r;
+      busy += t1 - t0;
+    }
   }
 #else
   (void)threads;
+  const double t0 = thread_seconds();
   probe_sink = probe_chains(iters, 1.0f);
+  busy = thread_seconds() - t0;
 #endif
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return static_cast<double>(used) * static_cast<double>(iters) * PROBE_CHAINS * PROBE_WIDTH * 2.0 / seconds;
+  const double flop = static_cast<double>(used) * static_cast<double>(iters) * PROBE_CHAINS * PROBE_WIDTH * 2.0;
+  return flop / (cpu_time ? busy / used : seconds);
 }
 
 // Floats per vector of the build's float code (16: AVX-512, 8: AVX2/FMA, 1: portable C++).
