@@ -1,6 +1,7 @@
-// LSTM recurrences for the CPU, loaded by ignite_lstm/native.py through ctypes.
+// LSTM and GRU recurrences for the CPU, loaded by ignite_lstm/native.py (and native_gru.py)
+// through ctypes; also the FMA peak probe of benchmarks/bench_training.py.
 //
-// A plain C ABI and no PyTorch headers, so the file builds in about a second on
+// A plain C ABI and no PyTorch headers, so the file builds in a few seconds on
 // the machine that runs it. Arrays are dense, row-major and time-major; gates are
 // in PyTorch's order (i, f, g, o). Sequences are independent, so each OpenMP thread
 // takes a range of rows [b0, b1) of the batch for the whole call and never waits for
@@ -13,7 +14,7 @@
 // for the small per-step products. On AVX-512 the forward step is one fused pass per tile of rows
 // and 16 hidden units (the tile's four gates in registers, the cell update in the same pass, see
 // `fused_step`), and the backward computes the weight gradients and the input gradient itself
-// (`wgrad`), on its own 16-wide products, where MKL takes its AVX2 code on AMD processors.
+// (`wgrad_block`), on its own 16-wide products, where MKL takes its AVX2 code on AMD processors.
 // double uses libm and plain loops (the exactness tests run in float64), and the same
 // passes as float on each build: the fused forward's packing aside, every loop structure of
 // the float path is the double path's too.
