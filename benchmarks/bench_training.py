@@ -312,7 +312,8 @@ def _efficiency_rows(steps: int, th: str, rounds: int) -> None:
     peak, peak1, core = r["peak"][str(n)], r["peak"]["1"], r["peak"]["core"]
     print(f"  efficiency ({r['describe']}; FLOP per sequence-step: training {TRAIN_FLOP:,}, forward "
           f"{2 * FORWARD_MACS:,}; median of {rounds} rounds, in one process)")
-    print(f"    FMA peak ({r['width']} floats wide): {peak:.0f} GFLOP/s on {n} threads, {peak1:.0f} on 1; per second of "
+    print(f"    FMA peak ({r['width']} floats wide): {peak:.0f} GFLOP/s on {n} thread{'s' * (n > 1)}, {peak1:.0f} on 1; "
+          f"per second of "
           f"CPU time {core:.0f} (the best probes of the run; medians {r['peak_median'][str(n)]:.0f}, "
           f"{r['peak_median']['1']:.0f}, {r['peak_median']['core']:.0f})")
     print("    rates: wall clock (share of the peak on the thread count used) | per second of the process's CPU time, "

@@ -109,7 +109,8 @@ def describe(device: torch.device | str | None = None) -> str:
     if lib is None:
         return "PyTorch (native kernel off or not built)"
     simd = {2: "AVX-512", 1: "AVX2/FMA"}.get(lib.ignite_lstm_simd(), "portable C++")
-    threads = f"OpenMP, {torch.get_num_threads()} threads" if lib.ignite_lstm_openmp() else "1 thread"
+    n = torch.get_num_threads()
+    threads = f"OpenMP, {n} thread{'s' * (n > 1)}" if lib.ignite_lstm_openmp() else "1 thread"
     return f"native ({simd}, {threads})"
 
 
