@@ -48,7 +48,7 @@ def _build() -> ctypes.CDLL:
         getattr(lib, f"lstm_backward_{suffix}").argtypes = [i] * 6 + [p] * 16
         getattr(lib, f"gru_pack_{suffix}").argtypes = [i] * 2 + [p] * 5
         getattr(lib, f"gru_forward_{suffix}").argtypes = [i] * 5 + [p] * 7
-        getattr(lib, f"gru_backward_{suffix}").argtypes = [i] * 5 + [p] * 9
+        getattr(lib, f"gru_backward_{suffix}").argtypes = [i] * 6 + [p] * 14
     return lib
 
 

@@ -1135,21 +1135,53 @@ void gru_forward(int T_, int B, int I, int H, int b0, int b1, const T* x, const 
   if (h_n) std::memcpy(h_n + static_cast<int64_t>(b0) * H, h_prev, sizeof(T) * rows * H);
 }
 
+// Work of a thread: W_hh and W_ih packed, dh, then for the kernel's own products the two sums
+// (I + 1 and H + 1 rows of round16(3H)) and two rings of WG_ROWS + rows rows of 3H (see backward).
+inline int64_t gru_ct_i(int rows, int I, int H) {
+  return static_cast<int64_t>(3 * H) * (H + I) + static_cast<int64_t>(rows) * H;
+}
+inline int64_t gru_ct_h(int rows, int I, int H) { return gru_ct_i(rows, I, H) + static_cast<int64_t>(I + 1) * round16(3 * H); }
+inline int64_t gru_rings(int rows, int I, int H) { return gru_ct_h(rows, I, H) + static_cast<int64_t>(H + 1) * round16(3 * H); }
 template <typename T>
-int64_t gru_backward_work(int rows, int H) { return static_cast<int64_t>(3 * H) * H + static_cast<int64_t>(rows) * H; }
+int64_t gru_backward_work(int rows, int I, int H) {
+  return gru_rings(rows, I, H) + 2 * static_cast<int64_t>(WG_ROWS + rows) * 3 * H;
+}
 
 // Backward of one GRU layer over T steps, last to first, for rows [b0, b1).
 //   saved: as gru_forward kept it; hs (T, B, H), h0 (B, H): the forward's states; dhs (T, B, H):
 //   dL/dh_t from outside the layer. w_hh (3H, H). recurrent: 1 through h_{t-1} (BPTT within the call),
-//   0: every step's previous state a constant. dgi, dgh (T, B, 3H) out: the gradients of the input-side
-//   pre-activations (W_i. x + b_i.) and of the hidden-side ones (W_h. h + b_h.). dh0 (B, H) out or nullptr.
+//   0: every step's previous state a constant. dh0 (B, H) out or nullptr.
+//   dgi, dgh (T, B, 3H) out: the gradients of the input-side pre-activations (W_i. x + b_i.) and of the
+//   hidden-side ones (W_h. h + b_h.); or nullptr, with x (T, B, I) given: the kernel's own products
+//   instead, as the LSTM's backward does: the weight gradients into the work's two sums (zeroed by
+//   the caller; [x, 1]^T dgi and [h_{t-1}, 1]^T dgh) a block of steps at a time, and with w_ih (3H, I)
+//   and dx (T, B, I) the input gradient dx_t = dgi_t @ W_ih.
 template <typename T>
-void gru_backward(int T_, int B, int H, int b0, int b1, int recurrent, const T* saved, const T* hs, const T* h0,
-                  const T* dhs, const T* w_hh, T* dgi, T* dgh, T* dh0, T* work) {
+void gru_backward(int T_, int B, int I, int H, int b0, int b1, int recurrent, const T* saved, const T* hs,
+                  const T* h0, const T* dhs, const T* w_hh, const T* w_ih, const T* x, T* dgi, T* dgh, T* dx, T* dh0,
+                  T* work, int work_rows) {
   const int G = 3 * H, rows = b1 - b0;
   T* whh = work;  // W_hh (3H x H) packed: dh_{t-1} += dgh_t @ W_hh
   if (recurrent) pack(G, H, w_hh, whh);
-  T* dh = work + static_cast<int64_t>(G) * H;  // dL/dh_{t-1} through the recurrence, for the next step down
+  T* wih = whh + static_cast<int64_t>(G) * H;  // W_ih (3H x I) packed: dx_t = dgi_t @ W_ih
+  if (x && dx) pack(G, I, w_ih, wih);
+  T* dh = work + static_cast<int64_t>(G) * (H + I);  // dL/dh_{t-1} through the recurrence, for the next step down
+  T* ct_i = work + gru_ct_i(work_rows, I, H);
+  T* ct_h = work + gru_ct_h(work_rows, I, H);
+  T* ring_i = work + gru_rings(work_rows, I, H);
+  T* ring_h = ring_i + static_cast<int64_t>(WG_ROWS + work_rows) * G;
+  const int block = wgrad_steps(rows);
+  static const T one[1] = {T(1)};
+  std::vector<const T*> di_p, dg_p, x_p, h_p, one_p;
+  if (x) {
+    const size_t n = static_cast<size_t>(block) * rows;
+    di_p.resize(n);
+    dg_p.resize(n);
+    x_p.resize(n);
+    h_p.resize(n);
+    one_p.assign(n, one);
+  }
+  int pending = 0;
   for (int t = T_ - 1; t >= 0; --t) {
     const int64_t row0 = static_cast<int64_t>(t) * B + b0;
     const T* h_prev = t > 0 ? hs + (row0 - B) * H : h0 + static_cast<int64_t>(b0) * H;
@@ -1160,11 +1192,34 @@ void gru_backward(int T_, int B, int H, int b0, int b1, int recurrent, const T* 
       for (int k = 0; k < rows * H; ++k) dh[k] += d_all[k];
       d_all = dh;
     }
+    T* di = x ? ring_i + static_cast<int64_t>(pending) * rows * G : dgi + row0 * G;
+    T* dg = x ? ring_h + static_cast<int64_t>(pending) * rows * G : dgh + row0 * G;
+    if (t > 0) prefetch_rows(saved + (row0 - B) * 4 * H, static_cast<int64_t>(rows) * 4 * H);  // the next step's
+    if (t > 0) prefetch_rows(dhs + (row0 - B) * H, static_cast<int64_t>(rows) * H);            // rows
     for (int r = 0; r < rows; ++r)  // dh: the direct path h' = ... + z h; the product adds the rest below
       gru_cell_backward<T>(H, d_all + static_cast<int64_t>(r) * H, saved + (row0 + r) * 4 * H,
-                           h_prev + static_cast<int64_t>(r) * H, dgi + (row0 + r) * G, dgh + (row0 + r) * G,
-                           pass ? dh + static_cast<int64_t>(r) * H : nullptr);
-    if (pass) gemm_acc<T>(rows, G, dgh + row0 * G, G, whh, H, dh, H);
+                           h_prev + static_cast<int64_t>(r) * H, di + static_cast<int64_t>(r) * G,
+                           dg + static_cast<int64_t>(r) * G, pass ? dh + static_cast<int64_t>(r) * H : nullptr);
+    if (pass) gemm_acc<T>(rows, G, dg, G, whh, H, dh, H);
+    if (!x) continue;
+    if (dx) {
+      T* dxt = dx + row0 * I;
+      std::memset(dxt, 0, sizeof(T) * rows * I);
+      gemm_acc<T>(rows, G, di, G, wih, I, dxt, I);
+    }
+    for (int r = 0; r < rows; ++r) {
+      const size_t at = static_cast<size_t>(pending) * rows + r;
+      di_p[at] = di + static_cast<int64_t>(r) * G;
+      dg_p[at] = dg + static_cast<int64_t>(r) * G;
+      x_p[at] = x + (row0 + r) * I;
+      h_p[at] = h_prev + static_cast<int64_t>(r) * H;
+    }
+    if (++pending == block || t == 0) {
+      const int kn = pending * rows;
+      wgrad_block<T>(WgradRows<T>{kn, I, 0, di_p.data(), x_p.data(), h_p.data(), one_p.data()}, G, ct_i);
+      wgrad_block<T>(WgradRows<T>{kn, 0, H, dg_p.data(), x_p.data(), h_p.data(), one_p.data()}, G, ct_h);
+      pending = 0;
+    }
   }
   if (recurrent && dh0) std::memcpy(dh0 + static_cast<int64_t>(b0) * H, dh, sizeof(T) * rows * H);
 }
@@ -1337,18 +1392,26 @@ long long lstm_backward_work(int B, int I, int H) { return backward_work<double>
                     gru_forward<T>(T_, B, I, H, b0, b1, x, packed, h0, hs, saved, h_n, reinterpret_cast<T*>(w));  \
                   });                                                                                             \
   }                                                                                                               \
-  void gru_backward_##SUFFIX(int threads, int T_, int B, int H, int recurrent, const T* saved, const T* hs,       \
-                             const T* h0, const T* dhs, const T* w_hh, T* dgi, T* dgh, T* dh0, T* work) {         \
-    parallel_rows(threads, B, gru_backward_work<T>(B, H), reinterpret_cast<double*>(work), sizeof(T),            \
-                  [&](int b0, int b1, char* w) {                                                                  \
-                    gru_backward<T>(T_, B, H, b0, b1, recurrent, saved, hs, h0, dhs, w_hh, dgi, dgh, dh0,         \
-                                    reinterpret_cast<T*>(w));                                                     \
-                  });                                                                                             \
+  void gru_backward_##SUFFIX(int threads, int T_, int B, int I, int H, int recurrent, const T* saved,             \
+                             const T* hs, const T* h0, const T* dhs, const T* w_hh, const T* w_ih, const T* x,   \
+                             T* dgi, T* dgh, T* dx, T* dw_ih, T* dw_hh, T* dh0, T* work) {                        \
+    const int64_t per = gru_backward_work<T>(B, I, H), ci = gru_ct_i(B, I, H), ch = gru_ct_h(B, I, H);            \
+    const int64_t sums = static_cast<int64_t>(I + H + 2) * round16(3 * H);                                         \
+    if (x)                                                                                                        \
+      for (int k = 0; k < std::max(threads, 1); ++k) std::memset(work + k * per + ci, 0, sizeof(T) * sums);      \
+    parallel_rows(threads, B, per, reinterpret_cast<double*>(work), sizeof(T), [&](int b0, int b1, char* w) {     \
+      gru_backward<T>(T_, B, I, H, b0, b1, recurrent, saved, hs, h0, dhs, w_hh, w_ih, x, dgi, dgh, dx, dh0,       \
+                      reinterpret_cast<T*>(w), B);                                                                \
+    });                                                                                                           \
+    if (x) {                                                                                                      \
+      reduce_wgrad<T>(std::max(threads, 1), 3 * H, I + 1, work + ci, per, dw_ih);                                 \
+      reduce_wgrad<T>(std::max(threads, 1), 3 * H, H + 1, work + ch, per, dw_hh);                                 \
+    }                                                                                                             \
   }
 
 long long gru_packed_size(int I, int H) { return GruPacked<double>::size(I, H); }
 long long gru_forward_work(int B, int H) { return gru_forward_work<double>(B, H); }
-long long gru_backward_work(int B, int H) { return gru_backward_work<double>(B, H); }
+long long gru_backward_work(int B, int I, int H) { return gru_backward_work<double>(B, I, H); }
 
 IGNITE_GRU_DEFINE(f32, float)
 IGNITE_GRU_DEFINE(f64, double)
