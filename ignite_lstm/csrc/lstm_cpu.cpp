@@ -1004,6 +1004,112 @@ void parallel_rows(int threads, int B, int64_t per_thread, double* work_base, si
 // gate gradients, from which PyTorch's products give the weight and input gradients.
 
 // W_ih^T (I x 3H), W_hh^T (H x 3H) in gemm_acc's layout, then b_ih, b_hh.
+#ifdef IGNITE_LSTM_AVX512
+// The GRU's fused forward step (float, AVX-512), as the LSTM's (fused_tile): group q of 16 units holds
+// for each input k of x the 48 weights [W_ir, W_iz, W_in] of its units, then for each input of h the
+// 48 weights [W_hr, W_hz, W_hn], then 64 biases [b_ir + b_hr, b_iz + b_hz, b_in, b_hn]; a tile keeps
+// r, z, the input side of n and the hidden side of n (which r multiplies) in registers.
+inline void gru_write_fused(int I, int H, const float* w_ih, const float* w_hh, const float* b_ih,
+                            const float* b_hh, float* mem) {
+  const int K = I + H;
+  for (int q = 0; q < groups16(H); ++q) {
+    float* blk = mem + static_cast<int64_t>(q) * (K * 48 + 64);
+    for (int gate = 0; gate < 3; ++gate)
+      for (int u = 0; u < 16; ++u) {
+        const int j = 16 * q + u;
+        const int64_t row = static_cast<int64_t>(gate) * H + j;
+        for (int k = 0; k < K; ++k)
+          blk[static_cast<int64_t>(k) * 48 + gate * 16 + u] =
+              j >= H ? 0.0f : (k < I ? w_ih[row * I + k] : w_hh[row * H + (k - I)]);
+      }
+    float* bias = blk + static_cast<int64_t>(K) * 48;
+    for (int u = 0; u < 16; ++u) {
+      const int j = 16 * q + u;
+      const bool in = j < H;
+      bias[u] = in ? b_ih[j] + b_hh[j] : 0.0f;
+      bias[16 + u] = in ? b_ih[H + j] + b_hh[H + j] : 0.0f;
+      bias[32 + u] = in ? b_ih[2 * H + j] : 0.0f;
+      bias[48 + u] = in ? b_hh[2 * H + j] : 0.0f;
+    }
+  }
+}
+
+template <int R>
+inline void gru_fused_tile(int I, int H, int q, const float* x, int ldx, const float* h_prev, const float* blk,
+                           float* h, float* saved) {
+  const int K = I + H, j0 = 16 * q;
+  const float* bias = blk + static_cast<int64_t>(K) * 48;
+  __m512 acc[R][4];  // r, z, n (input side), n (hidden side)
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_loadu_ps(bias + 16 * g);
+  for (int k = 0; k < I; ++k) {
+    const float* w = blk + static_cast<int64_t>(k) * 48;
+    const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(x[r * ldx + k]);
+      acc[r][0] = _mm512_fmadd_ps(av, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(av, w1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(av, w2, acc[r][2]);
+    }
+  }
+  for (int k = 0; k < H; ++k) {
+    const float* w = blk + static_cast<int64_t>(I + k) * 48;
+    const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(h_prev[r * H + k]);
+      acc[r][0] = _mm512_fmadd_ps(av, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(av, w1, acc[r][1]);
+      acc[r][3] = _mm512_fmadd_ps(av, w2, acc[r][3]);
+    }
+  }
+  const __mmask16 m = tail_mask(H - j0);
+  const __m512 one = _mm512_set1_ps(1.0f);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const __m512 rr = sigm16(acc[r][0]), z = sigm16(acc[r][1]);
+    const __m512 n = tanh16(_mm512_fmadd_ps(rr, acc[r][3], acc[r][2]));
+    const int64_t at = static_cast<int64_t>(r) * H + j0;
+    const __m512 hp = _mm512_maskz_loadu_ps(m, h_prev + at);
+    _mm512_mask_storeu_ps(h + at, m, _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(one, z), n), _mm512_mul_ps(z, hp)));
+    if (saved) {
+      float* sv = saved + static_cast<int64_t>(r) * 4 * H + j0;
+      _mm512_mask_storeu_ps(sv, m, rr);
+      _mm512_mask_storeu_ps(sv + H, m, z);
+      _mm512_mask_storeu_ps(sv + 2 * H, m, n);
+      _mm512_mask_storeu_ps(sv + 3 * H, m, acc[r][3]);
+    }
+  }
+}
+
+// One GRU step of `rows` rows; h must not alias h_prev.
+inline void gru_fused_step(int I, int H, const float* mem, int rows, const float* x, int ldx, const float* h_prev,
+                           float* h, float* saved) {
+  const int K = I + H;
+  for (int q = 0; q < groups16(H); ++q) {
+    const float* blk = mem + static_cast<int64_t>(q) * (K * 48 + 64);
+    row_tiles(rows, [&](int r0, int n) {
+      const float* xr = x + static_cast<int64_t>(r0) * ldx;
+      const float* hp = h_prev + static_cast<int64_t>(r0) * H;
+      float* hr = h + static_cast<int64_t>(r0) * H;
+      float* sr = saved ? saved + static_cast<int64_t>(r0) * 4 * H : nullptr;
+      switch (n) {
+        case 6: gru_fused_tile<6>(I, H, q, xr, ldx, hp, blk, hr, sr); break;
+        case 5: gru_fused_tile<5>(I, H, q, xr, ldx, hp, blk, hr, sr); break;
+        case 4: gru_fused_tile<4>(I, H, q, xr, ldx, hp, blk, hr, sr); break;
+        case 3: gru_fused_tile<3>(I, H, q, xr, ldx, hp, blk, hr, sr); break;
+        case 2: gru_fused_tile<2>(I, H, q, xr, ldx, hp, blk, hr, sr); break;
+        case 1: gru_fused_tile<1>(I, H, q, xr, ldx, hp, blk, hr, sr); break;
+        default: break;
+      }
+    });
+  }
+}
+#endif
+
 template <typename T>
 struct GruPacked {
   int I, H;
@@ -1011,8 +1117,22 @@ struct GruPacked {
   const T* whh;
   const T* bih;
   const T* bhh;
-  static int64_t size(int I, int H) { return static_cast<int64_t>(I + H + 2) * 3 * H; }
+#ifdef IGNITE_LSTM_AVX512
+  static constexpr bool fused = std::is_same<T, float>::value;
+#else
+  static constexpr bool fused = false;
+#endif
+  // the larger of the two layouts (the fused one: groups of 16 units, see gru_fused_tile)
+  static int64_t size(int I, int H) {
+    return std::max(static_cast<int64_t>(I + H + 2) * 3 * H, static_cast<int64_t>((H + 15) / 16) * ((I + H) * 48 + 64));
+  }
   static void write(int I, int H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh, T* mem) {
+#ifdef IGNITE_LSTM_AVX512
+    if constexpr (fused) {
+      gru_write_fused(I, H, w_ih, w_hh, b_ih, b_hh, mem);
+      return;
+    }
+#endif
     const int G = 3 * H;
     pack_transposed(G, I, w_ih, mem);
     pack_transposed(G, H, w_hh, mem + static_cast<int64_t>(I) * G);
@@ -1119,6 +1239,13 @@ void gru_forward(int T_, int B, int I, int H, int b0, int b1, const T* x, const 
   const T* h_prev = h0 + static_cast<int64_t>(b0) * H;
   for (int t = 0; t < T_; ++t) {
     const int64_t row0 = static_cast<int64_t>(t) * B + b0;
+#ifdef IGNITE_LSTM_AVX512
+    if constexpr (GruPacked<T>::fused) {
+      gru_fused_step(I, H, packed, rows, x + row0 * I, I, h_prev, hs + row0 * H, saved ? saved + row0 * 4 * H : nullptr);
+      h_prev = hs + row0 * H;
+      continue;
+    }
+#endif
     for (int r = 0; r < rows; ++r) {
       std::memcpy(gi + static_cast<int64_t>(r) * G, p.bih, sizeof(T) * G);
       std::memcpy(gh + static_cast<int64_t>(r) * G, p.bhh, sizeof(T) * G);
