@@ -20,7 +20,7 @@ where both forms are the same numbers).
 
 The first section ("efficiency", also alone with ``--efficiency``) states the rates as a share of
 the machine's arithmetic peak, measured in the same process by the kernel's FMA probe
-(``ignite_lstm_fma_peak`` in ``csrc/lstm_cpu.cpp``: 12 independent chains of fused multiply-adds
+(``ignite_lstm_fma_peak`` in ``lstm_cpu.cpp``: 12 independent chains of fused multiply-adds
 at the widest vector width the build uses, 16 floats with AVX-512, 8 with AVX2; on 1 thread and on
 the training's thread count, before every timed round; the highest figure of the run is the
 peak, so a busy machine lowers the shares rather than raises them). It times, in one process and
@@ -249,6 +249,14 @@ MANY_LANES = 1024  # lanes of the native.step_many row
 PROBE_ITERS = 5_000_000  # about 10 ms per probe at 2 x 16-wide FMAs per cycle
 
 
+def _wall_and_cpu(fn, repeats: int = 1) -> tuple[float, float]:
+    """Seconds of wall clock and of this process's CPU time (all its threads) per call of ``fn``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - wall) / repeats, (time.process_time() - cpu) / repeats
+
+
 def worker_efficiency(steps: int, threads: int | None, rounds: int) -> dict:
     """The efficiency section's timings and FMA probes, in one process (see the module docstring)."""
     import statistics
@@ -256,8 +264,7 @@ def worker_efficiency(steps: int, threads: int | None, rounds: int) -> dict:
     import torch
 
     from ignite_lstm.engine.factories import create_evaluator
-    from ignite_lstm.models import native
-    from ignite_lstm.models.lstm import StatefulLSTM
+    from ignite_lstm.models.lstm import StatefulLSTM, native
     from ignite_lstm.models.native import loader as _native_lib
 
     if threads:
@@ -265,116 +272,125 @@ def worker_efficiency(steps: int, threads: int | None, rounds: int) -> dict:
     n = torch.get_num_threads()
     lib = _native_lib.library()
     describe = native.describe()
-    probes: dict[int, list[float]] = {1: [], n: []}
+    probes: dict[str, list[float]] = {"1": [], str(n): [], "core": []}
 
     def probe() -> None:
-        for t, figures in probes.items():
-            figures.append(lib.ignite_lstm_fma_peak(t, PROBE_ITERS) / 1e9)
+        for t in (1, n):
+            probes[str(t)].append(lib.ignite_lstm_fma_peak(t, PROBE_ITERS, 0) / 1e9)
+        probes["core"].append(lib.ignite_lstm_fma_peak(1, PROBE_ITERS, 1) / 1e9)  # per second of the thread's CPU
+
+    timed: dict[str, list[tuple[float, float]]] = {}
+
+    def record(key: str, fn, repeats: int = 1) -> None:
+        timed.setdefault(key, []).append(_wall_and_cpu(fn, repeats))
 
     runs = {
-        (engine, b, cell): _trainer_and_batches(engine, b, steps, "plain", cell=cell)
+        f"{cell}-{engine}-{b}": _trainer_and_batches(engine, b, steps, "plain", cell=cell)
         for cell in ("lstm", "gru")
         for engine, b in (("fused", 8), ("fused", 40), ("stepwise", 8))
     }
-    times: dict[tuple, list[float]] = {key: [] for key in runs}
+    x, y = _data(steps)
+    evaluators = {cell: create_evaluator(_model(cell), {}) for cell in ("lstm", "gru")}
+    for evaluator in evaluators.values():
+        evaluator.run([(x[:8, :50], y[:8, :50])])
+    model = StatefulLSTM(FEATURES, HIDDEN, LAYERS).eval()
+    lanes, state = torch.randn(MANY_LANES, FEATURES), [None]
+
+    def many() -> None:
+        _, state[0] = native.step_many(model, lanes, state[0])
+
     for _ in range(rounds):
         probe()
         for key, (trainer, batches) in runs.items():
-            times[key].append(_epoch_seconds(trainer, batches))
-    x, y = _data(steps)
-    eval_times: dict[str, list[float]] = {"lstm": [], "gru": []}
-    evaluators = {cell: create_evaluator(_model(cell), {}) for cell in eval_times}
-    for evaluator in evaluators.values():
-        evaluator.run([(x[:8, :50], y[:8, :50])])
-    for _ in range(rounds):
-        probe()
+            record(key, lambda trainer=trainer, batches=batches: trainer.run(batches, max_epochs=1))
         for cell, evaluator in evaluators.items():
-            start = time.perf_counter()
-            evaluator.run([(x, y)])
-            eval_times[cell].append(time.perf_counter() - start)
-    model = StatefulLSTM(FEATURES, HIDDEN, LAYERS)
-    model.eval()
-    lanes = torch.randn(MANY_LANES, FEATURES)
-    many_times = []
-    with torch.inference_mode():
-        state = None
-        for _ in range(3):
-            _, state = native.step_many(model, lanes, state)
-        for _ in range(rounds):
-            probe()
-            start = time.perf_counter()
-            for _ in range(100):
-                _, state = native.step_many(model, lanes, state)
-            many_times.append((time.perf_counter() - start) / 100)
+            record(f"eval-{cell}", lambda evaluator=evaluator: evaluator.run([(x, y)]))
+        with torch.inference_mode():
+            many()
+            record("step_many", many, 100)
     torch.set_num_threads(1)
-    samples = 5000
-    step_times = []
+    samples, one = 5000, [None]
+
+    def step(t=[0]) -> None:  # noqa: B006 - the sample counter
+        _, one[0] = model.step(x[:1, t[0] % steps], one[0])
+        t[0] += 1
+
     with torch.inference_mode():
         for _ in range(rounds):
             probe()
-            state = None
-            start = time.perf_counter()
-            for t in range(samples):
-                _, state = model.step(x[:1, t % steps], state)
-            step_times.append((time.perf_counter() - start) / samples)
+            record("step", step, samples)
+    execution = {key: trainer.execution for key, (trainer, _) in runs.items()}
     return {
         "threads": n,
         "describe": describe,
         "width": lib.ignite_lstm_vector_width(),
-        "peak": {str(t): max(v) for t, v in probes.items()},
-        "peak_median": {str(t): statistics.median(v) for t, v in probes.items()},
-        "train": {f"{c}-{e}-{b}": statistics.median(v) for (e, b, c), v in times.items()},
-        "execution": {f"{c}-{e}-{b}": runs[(e, b, c)][0].execution for (e, b, c) in runs},
-        "eval": {c: statistics.median(v) for c, v in eval_times.items()},
-        "step": statistics.median(step_times),
-        "step_many": statistics.median(many_times),
+        "execution": execution,
+        "peak": {t: max(v) for t, v in probes.items()},
+        "peak_median": {t: statistics.median(v) for t, v in probes.items()},
+        "wall": {k: statistics.median(w for w, _ in v) for k, v in timed.items()},
+        "cpu": {k: statistics.median(c for _, c in v) for k, v in timed.items()},
     }
 
 
 def _efficiency_rows(steps: int, th: str, rounds: int) -> None:
     r = _run(["efficiency", str(steps), str(rounds), th])
     n = r["threads"]
-    peak, peak1 = r["peak"][str(n)], r["peak"]["1"]
+    peak, peak1, core = r["peak"][str(n)], r["peak"]["1"], r["peak"]["core"]
     print(
         f"  efficiency ({r['describe']}; FLOP per sequence-step: training {TRAIN_FLOP:,}, forward "
         f"{2 * FORWARD_MACS:,}; median of {rounds} rounds, in one process)"
     )
     print(
-        f"    FMA peak ({r['width']} floats wide): {peak:.0f} GFLOP/s on {n} threads, {peak1:.0f} on 1 "
-        f"(the best probe of the run; medians {r['peak_median'][str(n)]:.0f} and {r['peak_median']['1']:.0f})"
+        f"    FMA peak ({r['width']} floats wide): {peak:.0f} GFLOP/s on {n} thread{'s' * (n > 1)}, {peak1:.0f} on 1; "
+        f"per second of "
+        f"CPU time {core:.0f} (the best probes of the run; medians {r['peak_median'][str(n)]:.0f}, "
+        f"{r['peak_median']['1']:.0f}, {r['peak_median']['core']:.0f})"
     )
-    for cell, flop, fwd in (("lstm", TRAIN_FLOP, FORWARD_MACS), ("gru", GRU_TRAIN_FLOP, GRU_FORWARD_MACS)):
-        for key in ("fused-8", "fused-40", "stepwise-8"):
-            batch = key.split("-")[1]
-            sec = r["train"][f"{cell}-{key}"]
-            rate = SEQUENCES * steps * flop / sec / 1e9
-            print(
-                f"    {cell.upper():<4} train {r['execution'][f'{cell}-{key}']:<14} batch {batch:>2}, {SEQUENCES} x "
-                f"{steps} steps: {sec:7.3f} s/epoch, {rate:6.1f} GFLOP/s, {rate / peak:6.1%} of the peak",
-                flush=True,
+    print(
+        "    rates: wall clock (share of the peak on the thread count used) | per second of the process's CPU time, "
+        "all threads (share of a core's peak; a busy machine slows the wall clock far more)"
+    )
+
+    def row(label: str, key: str, flop: float, peak_wall: float, unit: str = "s/epoch") -> None:
+        wall, cpu = r["wall"][key], r["cpu"][key]
+        shown = f"{wall:8.3f} s/epoch" if unit == "s/epoch" else f"{wall * 1e6:8.1f} us"
+        print(
+            f"    {label}: {shown}, {flop / wall / 1e9:6.1f} GFLOP/s {flop / wall / 1e9 / peak_wall:6.1%} | "
+            f"{flop / cpu / 1e9:6.1f} GFLOP/s {flop / cpu / 1e9 / core:6.1%}",
+            flush=True,
+        )
+
+    for cell, train_flop, fwd in (("lstm", TRAIN_FLOP, FORWARD_MACS), ("gru", GRU_TRAIN_FLOP, GRU_FORWARD_MACS)):
+        for engine, batch in (("fused", 8), ("fused", 40), ("stepwise", 8)):
+            key = f"{cell}-{engine}-{batch}"
+            row(
+                f"{cell.upper():<4} train {r['execution'][key]:<14} batch {batch:>2}, {SEQUENCES} x {steps} steps",
+                key,
+                SEQUENCES * steps * train_flop,
+                peak,
             )
-        ratio = r["train"][f"{cell}-stepwise-8"] / r["train"][f"{cell}-fused-8"]
-        print(
-            f"    {cell.upper():<4} fast path vs the per-step loop at batch 8 (same epochs, timed the same way): "
-            f"{ratio:.1f}x"
+        for clock in ("wall", "cpu"):
+            ratio = r[clock][f"{cell}-stepwise-8"] / r[clock][f"{cell}-fused-8"]
+            print(
+                f"    {cell.upper():<4} fast path vs the per-step loop at batch 8 (same epochs, timed the same way, "
+                f"{clock}): {ratio:.1f}x"
+            )
+        row(
+            f"{cell.upper():<4} evaluation batch 40 ({SEQUENCES * steps / r['wall'][f'eval-{cell}']:,.0f} "
+            f"sequence-steps/s)",
+            f"eval-{cell}",
+            SEQUENCES * steps * 2 * fwd,
+            peak,
+            "us",
         )
-        sec = r["eval"][cell]
-        rate = SEQUENCES * steps * 2 * fwd / sec / 1e9
-        print(
-            f"    {cell.upper():<4} evaluation batch 40: {SEQUENCES * steps / sec:11,.0f} sequence-steps/s, "
-            f"{rate:6.1f} GFLOP/s, {rate / peak:6.1%} of the peak"
-        )
-    rate = MANY_LANES * 2 * FORWARD_MACS / r["step_many"] / 1e9
-    print(
-        f"    native.step_many, {MANY_LANES} lanes: {r['step_many'] * 1e6:7.1f} us per call "
-        f"({MANY_LANES / r['step_many']:11,.0f} lane-steps/s), {rate:6.1f} GFLOP/s, {rate / peak:6.1%} of the peak"
+    row(
+        f"native.step_many, {MANY_LANES} lanes, per call ({MANY_LANES / r['wall']['step_many']:,.0f} lane-steps/s)",
+        "step_many",
+        MANY_LANES * 2 * FORWARD_MACS,
+        peak,
+        "us",
     )
-    rate = 2 * FORWARD_MACS / r["step"] / 1e9
-    print(
-        f"    model.step batch 1, 1 thread: {r['step'] * 1e6:6.1f} us, {rate:6.2f} GFLOP/s, "
-        f"{rate / peak1:6.2%} of the 1-thread peak",
-        flush=True,
-    )
+    row("model.step batch 1, 1 thread, per sample", "step", 2 * FORWARD_MACS, peak1, "us")
 
 
 def _window(args: list[str]) -> tuple:

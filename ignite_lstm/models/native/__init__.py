@@ -6,8 +6,10 @@ step than computing. ``lstm_cpu.cpp`` runs the whole chain in one call (register
 blocked products, fused gate activations), and its backward: one pass from the last
 step to the first, either through time (``recurrent=True``, truncated BPTT inside a
 window) or with the previous state of every step a constant (the literal L = 1
-setting). The large, parallel products (weight gradients, the input gradient) stay
-with PyTorch. Threads (PyTorch's own OpenMP threads) split the batch: sequences are independent.
+setting). The large, parallel products (weight gradients, the input gradient) are the
+kernel's own on AVX-512 builds (where MKL would take its AVX2 code on AMD processors) and
+PyTorch's elsewhere (docs/kernel.md). Threads (PyTorch's own OpenMP threads) split the batch:
+sequences are independent. ``step_many`` steps many independent streams in one call.
 
 The library is compiled on first use with the system C++ compiler (a few seconds)
 into a cache folder (``$IGNITE_LSTM_CACHE``, else ``~/.cache/ignite_lstm``) and reused

@@ -1,17 +1,18 @@
 """The GRU recurrence on the native CPU kernel: the same numbers as ``nn.GRU``, in one call per layer.
 
-``csrc/lstm_cpu.cpp`` (section GRU) runs a GRU layer over T steps, and its backward through
+``lstm_cpu.cpp`` (section GRU) runs a GRU layer over T steps, and its backward through
 time or with the previous state of every step a constant (state detached after every step,
-the literal L = 1 setting), as ``ignite_lstm.models.native`` does for the LSTM. The kernel returns
-the gradients of the gates' pre-activations; the weight and input gradients are PyTorch's
-products of those (large and parallel). Gates in PyTorch's order (r, z, n).
+the literal L = 1 setting), as ``ignite_lstm.models.native`` does for the LSTM, with the weight and
+input gradients on the kernel's own products on AVX-512 builds; elsewhere the kernel returns
+the gradients of the gates' pre-activations and the weight and input gradients are PyTorch's
+products of those. Gates in PyTorch's order (r, z, n).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ignite_lstm.models.native import _loaded, _pack, _ptr, _threads, function
+from ignite_lstm.models.native import _loaded, _own_products, _pack, _ptr, _threads, function
 
 __all__ = ["gru_layer", "gru_layer_inference"]
 
@@ -68,11 +69,27 @@ class _GruLayer(torch.autograd.Function):
             d_hs[-1] += d_hn
         recurrent = ctx.recurrent
         dh0 = hs.new_empty(B, H) if recurrent and ctx.needs_input_grad[1] else None
-        dgi, dgh = hs.new_empty(T, B, 3 * H), hs.new_empty(T, B, 3 * H)
         n = _threads(B, T)
-        work = hs.new_empty(n * _loaded().gru_backward_work(B, H))
-        ptrs = [_ptr(t) for t in (saved, hs, h0, d_hs, w_hh.contiguous(), dgi, dgh, dh0, work)]
-        function("gru_backward", hs.dtype)(n, T, B, H, int(recurrent), *ptrs)
+        work = hs.new_empty(n * _loaded().gru_backward_work(B, I, H))
+        w_ih, w_hh = w_ih.contiguous(), w_hh.contiguous()
+        fn = function("gru_backward", hs.dtype)
+        if _own_products():  # the kernel's own weight and input gradients, as for the LSTM
+            d_x = hs.new_empty(T, B, I) if ctx.needs_input_grad[0] else None
+            dw_ih, dw_hh = hs.new_empty(3 * H, I + 1), hs.new_empty(3 * H, H + 1)  # [dW, db]
+            ptrs = [_ptr(t) for t in (saved, hs, h0, d_hs, w_hh, w_ih, x, None, None, d_x, dw_ih, dw_hh, dh0, work)]
+            fn(n, T, B, I, H, int(recurrent), *ptrs)
+            return (
+                d_x,
+                dh0,
+                dw_ih[:, :I].contiguous(),
+                dw_hh[:, :H].contiguous(),
+                dw_ih[:, I].contiguous(),
+                dw_hh[:, H].contiguous(),
+                None,
+            )
+        dgi, dgh = hs.new_empty(T, B, 3 * H), hs.new_empty(T, B, 3 * H)
+        ptrs = [_ptr(t) for t in (saved, hs, h0, d_hs, w_hh, None, None, dgi, dgh, None, None, None, dh0, work)]
+        fn(n, T, B, I, H, int(recurrent), *ptrs)
         dgi2, dgh2 = dgi.view(T * B, 3 * H), dgh.view(T * B, 3 * H)
         h_prev = torch.cat([h0[None], hs[:-1]]).view(T * B, H)
         d_x = (dgi2 @ w_ih).view(T, B, I) if ctx.needs_input_grad[0] else None

@@ -56,7 +56,7 @@ def _build() -> ctypes.CDLL:
     ):
         getattr(lib, name).restype = ctypes.c_longlong
     lib.ignite_lstm_fma_peak.restype = ctypes.c_double
-    lib.ignite_lstm_fma_peak.argtypes = [i, ctypes.c_longlong]
+    lib.ignite_lstm_fma_peak.argtypes = [i, ctypes.c_longlong, i]
     for suffix in _DTYPES.values():
         getattr(lib, f"lstm_pack_{suffix}").argtypes = [i] * 2 + [p] * 5
         getattr(lib, f"lstm_forward_{suffix}").argtypes = [i] * 5 + [p] * 11
@@ -64,7 +64,7 @@ def _build() -> ctypes.CDLL:
         getattr(lib, f"lstm_backward_{suffix}").argtypes = [i] * 6 + [p] * 16
         getattr(lib, f"gru_pack_{suffix}").argtypes = [i] * 2 + [p] * 5
         getattr(lib, f"gru_forward_{suffix}").argtypes = [i] * 5 + [p] * 7
-        getattr(lib, f"gru_backward_{suffix}").argtypes = [i] * 5 + [p] * 9
+        getattr(lib, f"gru_backward_{suffix}").argtypes = [i] * 6 + [p] * 14
     return lib
 
 
@@ -127,7 +127,8 @@ def describe(device: torch.device | str | None = None) -> str:
     if lib is None:
         return "PyTorch (native kernel off or not built)"
     simd = {2: "AVX-512", 1: "AVX2/FMA"}.get(lib.ignite_lstm_simd(), "portable C++")
-    threads = f"OpenMP, {torch.get_num_threads()} threads" if lib.ignite_lstm_openmp() else "1 thread"
+    n = torch.get_num_threads()
+    threads = f"OpenMP, {n} thread{'s' * (n > 1)}" if lib.ignite_lstm_openmp() else "1 thread"
     return f"native ({simd}, {threads})"
 
 

@@ -1,6 +1,7 @@
-// LSTM recurrences for the CPU, loaded by ignite_lstm/native.py through ctypes.
+// LSTM and GRU recurrences for the CPU, loaded by ignite_lstm/native.py (and native_gru.py)
+// through ctypes; also the FMA peak probe of benchmarks/bench_training.py.
 //
-// A plain C ABI and no PyTorch headers, so the file builds in about a second on
+// A plain C ABI and no PyTorch headers, so the file builds in a few seconds on
 // the machine that runs it. Arrays are dense, row-major and time-major; gates are
 // in PyTorch's order (i, f, g, o). Sequences are independent, so each OpenMP thread
 // takes a range of rows [b0, b1) of the batch for the whole call and never waits for
@@ -13,7 +14,7 @@
 // for the small per-step products. On AVX-512 the forward step is one fused pass per tile of rows
 // and 16 hidden units (the tile's four gates in registers, the cell update in the same pass, see
 // `fused_step`), and the backward computes the weight gradients and the input gradient itself
-// (`wgrad`), on its own 16-wide products, where MKL takes its AVX2 code on AMD processors.
+// (`wgrad_block`), on its own 16-wide products, where MKL takes its AVX2 code on AMD processors.
 // double uses libm and plain loops (the exactness tests run in float64), and the same
 // passes as float on each build: the fused forward's packing aside, every loop structure of
 // the float path is the double path's too.
@@ -21,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <ctime>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -890,9 +892,10 @@ inline int64_t backward_ct(int rows, int I, int H) {
 inline int64_t backward_ring(int rows, int I, int H) {
   return backward_ct(rows, I, H) + static_cast<int64_t>(I + H + 1) * round16(4 * H);
 }
+// (the ring: wgrad_steps(r) r < WG_ROWS + r rows for a thread of r <= rows rows)
 template <typename T>
 int64_t backward_work(int rows, int I, int H) {
-  return backward_ring(rows, I, H) + static_cast<int64_t>(wgrad_steps(rows)) * rows * 4 * H;
+  return backward_ring(rows, I, H) + static_cast<int64_t>(WG_ROWS + rows) * 4 * H;
 }
 
 template <typename T>
@@ -1001,6 +1004,112 @@ void parallel_rows(int threads, int B, int64_t per_thread, double* work_base, si
 // gate gradients, from which PyTorch's products give the weight and input gradients.
 
 // W_ih^T (I x 3H), W_hh^T (H x 3H) in gemm_acc's layout, then b_ih, b_hh.
+#ifdef IGNITE_LSTM_AVX512
+// The GRU's fused forward step (float, AVX-512), as the LSTM's (fused_tile): group q of 16 units holds
+// for each input k of x the 48 weights [W_ir, W_iz, W_in] of its units, then for each input of h the
+// 48 weights [W_hr, W_hz, W_hn], then 64 biases [b_ir + b_hr, b_iz + b_hz, b_in, b_hn]; a tile keeps
+// r, z, the input side of n and the hidden side of n (which r multiplies) in registers.
+inline void gru_write_fused(int I, int H, const float* w_ih, const float* w_hh, const float* b_ih,
+                            const float* b_hh, float* mem) {
+  const int K = I + H;
+  for (int q = 0; q < groups16(H); ++q) {
+    float* blk = mem + static_cast<int64_t>(q) * (K * 48 + 64);
+    for (int gate = 0; gate < 3; ++gate)
+      for (int u = 0; u < 16; ++u) {
+        const int j = 16 * q + u;
+        const int64_t row = static_cast<int64_t>(gate) * H + j;
+        for (int k = 0; k < K; ++k)
+          blk[static_cast<int64_t>(k) * 48 + gate * 16 + u] =
+              j >= H ? 0.0f : (k < I ? w_ih[row * I + k] : w_hh[row * H + (k - I)]);
+      }
+    float* bias = blk + static_cast<int64_t>(K) * 48;
+    for (int u = 0; u < 16; ++u) {
+      const int j = 16 * q + u;
+      const bool in = j < H;
+      bias[u] = in ? b_ih[j] + b_hh[j] : 0.0f;
+      bias[16 + u] = in ? b_ih[H + j] + b_hh[H + j] : 0.0f;
+      bias[32 + u] = in ? b_ih[2 * H + j] : 0.0f;
+      bias[48 + u] = in ? b_hh[2 * H + j] : 0.0f;
+    }
+  }
+}
+
+template <int R>
+inline void gru_fused_tile(int I, int H, int q, const float* x, int ldx, const float* h_prev, const float* blk,
+                           float* h, float* saved) {
+  const int K = I + H, j0 = 16 * q;
+  const float* bias = blk + static_cast<int64_t>(K) * 48;
+  __m512 acc[R][4];  // r, z, n (input side), n (hidden side)
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_loadu_ps(bias + 16 * g);
+  for (int k = 0; k < I; ++k) {
+    const float* w = blk + static_cast<int64_t>(k) * 48;
+    const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(x[r * ldx + k]);
+      acc[r][0] = _mm512_fmadd_ps(av, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(av, w1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(av, w2, acc[r][2]);
+    }
+  }
+  for (int k = 0; k < H; ++k) {
+    const float* w = blk + static_cast<int64_t>(I + k) * 48;
+    const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(h_prev[r * H + k]);
+      acc[r][0] = _mm512_fmadd_ps(av, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(av, w1, acc[r][1]);
+      acc[r][3] = _mm512_fmadd_ps(av, w2, acc[r][3]);
+    }
+  }
+  const __mmask16 m = tail_mask(H - j0);
+  const __m512 one = _mm512_set1_ps(1.0f);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const __m512 rr = sigm16(acc[r][0]), z = sigm16(acc[r][1]);
+    const __m512 n = tanh16(_mm512_fmadd_ps(rr, acc[r][3], acc[r][2]));
+    const int64_t at = static_cast<int64_t>(r) * H + j0;
+    const __m512 hp = _mm512_maskz_loadu_ps(m, h_prev + at);
+    _mm512_mask_storeu_ps(h + at, m, _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(one, z), n), _mm512_mul_ps(z, hp)));
+    if (saved) {
+      float* sv = saved + static_cast<int64_t>(r) * 4 * H + j0;
+      _mm512_mask_storeu_ps(sv, m, rr);
+      _mm512_mask_storeu_ps(sv + H, m, z);
+      _mm512_mask_storeu_ps(sv + 2 * H, m, n);
+      _mm512_mask_storeu_ps(sv + 3 * H, m, acc[r][3]);
+    }
+  }
+}
+
+// One GRU step of `rows` rows; h must not alias h_prev.
+inline void gru_fused_step(int I, int H, const float* mem, int rows, const float* x, int ldx, const float* h_prev,
+                           float* h, float* saved) {
+  const int K = I + H;
+  for (int q = 0; q < groups16(H); ++q) {
+    const float* blk = mem + static_cast<int64_t>(q) * (K * 48 + 64);
+    row_tiles(rows, [&](int r0, int n) {
+      const float* xr = x + static_cast<int64_t>(r0) * ldx;
+      const float* hp = h_prev + static_cast<int64_t>(r0) * H;
+      float* hr = h + static_cast<int64_t>(r0) * H;
+      float* sr = saved ? saved + static_cast<int64_t>(r0) * 4 * H : nullptr;
+      switch (n) {
+        case 6: gru_fused_tile<6>(I, H, q, xr, ldx, hp, blk, hr, sr); break;
+        case 5: gru_fused_tile<5>(I, H, q, xr, ldx, hp, blk, hr, sr); break;
+        case 4: gru_fused_tile<4>(I, H, q, xr, ldx, hp, blk, hr, sr); break;
+        case 3: gru_fused_tile<3>(I, H, q, xr, ldx, hp, blk, hr, sr); break;
+        case 2: gru_fused_tile<2>(I, H, q, xr, ldx, hp, blk, hr, sr); break;
+        case 1: gru_fused_tile<1>(I, H, q, xr, ldx, hp, blk, hr, sr); break;
+        default: break;
+      }
+    });
+  }
+}
+#endif
+
 template <typename T>
 struct GruPacked {
   int I, H;
@@ -1008,8 +1117,22 @@ struct GruPacked {
   const T* whh;
   const T* bih;
   const T* bhh;
-  static int64_t size(int I, int H) { return static_cast<int64_t>(I + H + 2) * 3 * H; }
+#ifdef IGNITE_LSTM_AVX512
+  static constexpr bool fused = std::is_same<T, float>::value;
+#else
+  static constexpr bool fused = false;
+#endif
+  // the larger of the two layouts (the fused one: groups of 16 units, see gru_fused_tile)
+  static int64_t size(int I, int H) {
+    return std::max(static_cast<int64_t>(I + H + 2) * 3 * H, static_cast<int64_t>((H + 15) / 16) * ((I + H) * 48 + 64));
+  }
   static void write(int I, int H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh, T* mem) {
+#ifdef IGNITE_LSTM_AVX512
+    if constexpr (fused) {
+      gru_write_fused(I, H, w_ih, w_hh, b_ih, b_hh, mem);
+      return;
+    }
+#endif
     const int G = 3 * H;
     pack_transposed(G, I, w_ih, mem);
     pack_transposed(G, H, w_hh, mem + static_cast<int64_t>(I) * G);
@@ -1116,6 +1239,13 @@ void gru_forward(int T_, int B, int I, int H, int b0, int b1, const T* x, const 
   const T* h_prev = h0 + static_cast<int64_t>(b0) * H;
   for (int t = 0; t < T_; ++t) {
     const int64_t row0 = static_cast<int64_t>(t) * B + b0;
+#ifdef IGNITE_LSTM_AVX512
+    if constexpr (GruPacked<T>::fused) {
+      gru_fused_step(I, H, packed, rows, x + row0 * I, I, h_prev, hs + row0 * H, saved ? saved + row0 * 4 * H : nullptr);
+      h_prev = hs + row0 * H;
+      continue;
+    }
+#endif
     for (int r = 0; r < rows; ++r) {
       std::memcpy(gi + static_cast<int64_t>(r) * G, p.bih, sizeof(T) * G);
       std::memcpy(gh + static_cast<int64_t>(r) * G, p.bhh, sizeof(T) * G);
@@ -1132,21 +1262,53 @@ void gru_forward(int T_, int B, int I, int H, int b0, int b1, const T* x, const 
   if (h_n) std::memcpy(h_n + static_cast<int64_t>(b0) * H, h_prev, sizeof(T) * rows * H);
 }
 
+// Work of a thread: W_hh and W_ih packed, dh, then for the kernel's own products the two sums
+// (I + 1 and H + 1 rows of round16(3H)) and two rings of WG_ROWS + rows rows of 3H (see backward).
+inline int64_t gru_ct_i(int rows, int I, int H) {
+  return static_cast<int64_t>(3 * H) * (H + I) + static_cast<int64_t>(rows) * H;
+}
+inline int64_t gru_ct_h(int rows, int I, int H) { return gru_ct_i(rows, I, H) + static_cast<int64_t>(I + 1) * round16(3 * H); }
+inline int64_t gru_rings(int rows, int I, int H) { return gru_ct_h(rows, I, H) + static_cast<int64_t>(H + 1) * round16(3 * H); }
 template <typename T>
-int64_t gru_backward_work(int rows, int H) { return static_cast<int64_t>(3 * H) * H + static_cast<int64_t>(rows) * H; }
+int64_t gru_backward_work(int rows, int I, int H) {
+  return gru_rings(rows, I, H) + 2 * static_cast<int64_t>(WG_ROWS + rows) * 3 * H;
+}
 
 // Backward of one GRU layer over T steps, last to first, for rows [b0, b1).
 //   saved: as gru_forward kept it; hs (T, B, H), h0 (B, H): the forward's states; dhs (T, B, H):
 //   dL/dh_t from outside the layer. w_hh (3H, H). recurrent: 1 through h_{t-1} (BPTT within the call),
-//   0: every step's previous state a constant. dgi, dgh (T, B, 3H) out: the gradients of the input-side
-//   pre-activations (W_i. x + b_i.) and of the hidden-side ones (W_h. h + b_h.). dh0 (B, H) out or nullptr.
+//   0: every step's previous state a constant. dh0 (B, H) out or nullptr.
+//   dgi, dgh (T, B, 3H) out: the gradients of the input-side pre-activations (W_i. x + b_i.) and of the
+//   hidden-side ones (W_h. h + b_h.); or nullptr, with x (T, B, I) given: the kernel's own products
+//   instead, as the LSTM's backward does: the weight gradients into the work's two sums (zeroed by
+//   the caller; [x, 1]^T dgi and [h_{t-1}, 1]^T dgh) a block of steps at a time, and with w_ih (3H, I)
+//   and dx (T, B, I) the input gradient dx_t = dgi_t @ W_ih.
 template <typename T>
-void gru_backward(int T_, int B, int H, int b0, int b1, int recurrent, const T* saved, const T* hs, const T* h0,
-                  const T* dhs, const T* w_hh, T* dgi, T* dgh, T* dh0, T* work) {
+void gru_backward(int T_, int B, int I, int H, int b0, int b1, int recurrent, const T* saved, const T* hs,
+                  const T* h0, const T* dhs, const T* w_hh, const T* w_ih, const T* x, T* dgi, T* dgh, T* dx, T* dh0,
+                  T* work, int work_rows) {
   const int G = 3 * H, rows = b1 - b0;
   T* whh = work;  // W_hh (3H x H) packed: dh_{t-1} += dgh_t @ W_hh
   if (recurrent) pack(G, H, w_hh, whh);
-  T* dh = work + static_cast<int64_t>(G) * H;  // dL/dh_{t-1} through the recurrence, for the next step down
+  T* wih = whh + static_cast<int64_t>(G) * H;  // W_ih (3H x I) packed: dx_t = dgi_t @ W_ih
+  if (x && dx) pack(G, I, w_ih, wih);
+  T* dh = work + static_cast<int64_t>(G) * (H + I);  // dL/dh_{t-1} through the recurrence, for the next step down
+  T* ct_i = work + gru_ct_i(work_rows, I, H);
+  T* ct_h = work + gru_ct_h(work_rows, I, H);
+  T* ring_i = work + gru_rings(work_rows, I, H);
+  T* ring_h = ring_i + static_cast<int64_t>(WG_ROWS + work_rows) * G;
+  const int block = wgrad_steps(rows);
+  static const T one[1] = {T(1)};
+  std::vector<const T*> di_p, dg_p, x_p, h_p, one_p;
+  if (x) {
+    const size_t n = static_cast<size_t>(block) * rows;
+    di_p.resize(n);
+    dg_p.resize(n);
+    x_p.resize(n);
+    h_p.resize(n);
+    one_p.assign(n, one);
+  }
+  int pending = 0;
   for (int t = T_ - 1; t >= 0; --t) {
     const int64_t row0 = static_cast<int64_t>(t) * B + b0;
     const T* h_prev = t > 0 ? hs + (row0 - B) * H : h0 + static_cast<int64_t>(b0) * H;
@@ -1157,11 +1319,34 @@ void gru_backward(int T_, int B, int H, int b0, int b1, int recurrent, const T* 
       for (int k = 0; k < rows * H; ++k) dh[k] += d_all[k];
       d_all = dh;
     }
+    T* di = x ? ring_i + static_cast<int64_t>(pending) * rows * G : dgi + row0 * G;
+    T* dg = x ? ring_h + static_cast<int64_t>(pending) * rows * G : dgh + row0 * G;
+    if (t > 0) prefetch_rows(saved + (row0 - B) * 4 * H, static_cast<int64_t>(rows) * 4 * H);  // the next step's
+    if (t > 0) prefetch_rows(dhs + (row0 - B) * H, static_cast<int64_t>(rows) * H);            // rows
     for (int r = 0; r < rows; ++r)  // dh: the direct path h' = ... + z h; the product adds the rest below
       gru_cell_backward<T>(H, d_all + static_cast<int64_t>(r) * H, saved + (row0 + r) * 4 * H,
-                           h_prev + static_cast<int64_t>(r) * H, dgi + (row0 + r) * G, dgh + (row0 + r) * G,
-                           pass ? dh + static_cast<int64_t>(r) * H : nullptr);
-    if (pass) gemm_acc<T>(rows, G, dgh + row0 * G, G, whh, H, dh, H);
+                           h_prev + static_cast<int64_t>(r) * H, di + static_cast<int64_t>(r) * G,
+                           dg + static_cast<int64_t>(r) * G, pass ? dh + static_cast<int64_t>(r) * H : nullptr);
+    if (pass) gemm_acc<T>(rows, G, dg, G, whh, H, dh, H);
+    if (!x) continue;
+    if (dx) {
+      T* dxt = dx + row0 * I;
+      std::memset(dxt, 0, sizeof(T) * rows * I);
+      gemm_acc<T>(rows, G, di, G, wih, I, dxt, I);
+    }
+    for (int r = 0; r < rows; ++r) {
+      const size_t at = static_cast<size_t>(pending) * rows + r;
+      di_p[at] = di + static_cast<int64_t>(r) * G;
+      dg_p[at] = dg + static_cast<int64_t>(r) * G;
+      x_p[at] = x + (row0 + r) * I;
+      h_p[at] = h_prev + static_cast<int64_t>(r) * H;
+    }
+    if (++pending == block || t == 0) {
+      const int kn = pending * rows;
+      wgrad_block<T>(WgradRows<T>{kn, I, 0, di_p.data(), x_p.data(), h_p.data(), one_p.data()}, G, ct_i);
+      wgrad_block<T>(WgradRows<T>{kn, 0, H, dg_p.data(), x_p.data(), h_p.data(), one_p.data()}, G, ct_h);
+      pending = 0;
+    }
   }
   if (recurrent && dh0) std::memcpy(dh0 + static_cast<int64_t>(b0) * H, dh, sizeof(T) * rows * H);
 }
@@ -1219,25 +1404,41 @@ volatile float probe_sink;
 
 extern "C" {
 
-// FLOP per second of `iters` iterations of the probe on each of `threads` threads (an FMA: 2 FLOP).
-double ignite_lstm_fma_peak(int threads, long long iters) {
+// FLOP per second of `iters` iterations of the probe on each of `threads` threads (an FMA: 2 FLOP):
+// per second of wall clock, or with cpu_time != 0 per second of the threads' own CPU time (a core's
+// peak times the threads, whatever else the machine runs).
+double ignite_lstm_fma_peak(int threads, long long iters, int cpu_time) {
   const auto start = std::chrono::steady_clock::now();
   int used = 1;
+  double busy = 0.0;
+  auto thread_seconds = [] {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+  };
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp single
     used = omp_get_num_threads();
+    const double t0 = thread_seconds();
     const float r = probe_chains(iters, 1.0f + static_cast<float>(omp_get_thread_num()));
+    const double t1 = thread_seconds();
 #pragma omp critical
-    probe_sink = probe_sink + r;
+    {
+      probe_sink = probe_sink + r;
+      busy += t1 - t0;
+    }
   }
 #else
   (void)threads;
+  const double t0 = thread_seconds();
   probe_sink = probe_chains(iters, 1.0f);
+  busy = thread_seconds() - t0;
 #endif
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return static_cast<double>(used) * static_cast<double>(iters) * PROBE_CHAINS * PROBE_WIDTH * 2.0 / seconds;
+  const double flop = static_cast<double>(used) * static_cast<double>(iters) * PROBE_CHAINS * PROBE_WIDTH * 2.0;
+  return flop / (cpu_time ? busy / used : seconds);
 }
 
 // Floats per vector of the build's float code (16: AVX-512, 8: AVX2/FMA, 1: portable C++).
@@ -1318,18 +1519,26 @@ long long lstm_backward_work(int B, int I, int H) { return backward_work<double>
                     gru_forward<T>(T_, B, I, H, b0, b1, x, packed, h0, hs, saved, h_n, reinterpret_cast<T*>(w));  \
                   });                                                                                             \
   }                                                                                                               \
-  void gru_backward_##SUFFIX(int threads, int T_, int B, int H, int recurrent, const T* saved, const T* hs,       \
-                             const T* h0, const T* dhs, const T* w_hh, T* dgi, T* dgh, T* dh0, T* work) {         \
-    parallel_rows(threads, B, gru_backward_work<T>(B, H), reinterpret_cast<double*>(work), sizeof(T),            \
-                  [&](int b0, int b1, char* w) {                                                                  \
-                    gru_backward<T>(T_, B, H, b0, b1, recurrent, saved, hs, h0, dhs, w_hh, dgi, dgh, dh0,         \
-                                    reinterpret_cast<T*>(w));                                                     \
-                  });                                                                                             \
+  void gru_backward_##SUFFIX(int threads, int T_, int B, int I, int H, int recurrent, const T* saved,             \
+                             const T* hs, const T* h0, const T* dhs, const T* w_hh, const T* w_ih, const T* x,   \
+                             T* dgi, T* dgh, T* dx, T* dw_ih, T* dw_hh, T* dh0, T* work) {                        \
+    const int64_t per = gru_backward_work<T>(B, I, H), ci = gru_ct_i(B, I, H), ch = gru_ct_h(B, I, H);            \
+    const int64_t sums = static_cast<int64_t>(I + H + 2) * round16(3 * H);                                         \
+    if (x)                                                                                                        \
+      for (int k = 0; k < std::max(threads, 1); ++k) std::memset(work + k * per + ci, 0, sizeof(T) * sums);      \
+    parallel_rows(threads, B, per, reinterpret_cast<double*>(work), sizeof(T), [&](int b0, int b1, char* w) {     \
+      gru_backward<T>(T_, B, I, H, b0, b1, recurrent, saved, hs, h0, dhs, w_hh, w_ih, x, dgi, dgh, dx, dh0,       \
+                      reinterpret_cast<T*>(w), B);                                                                \
+    });                                                                                                           \
+    if (x) {                                                                                                      \
+      reduce_wgrad<T>(std::max(threads, 1), 3 * H, I + 1, work + ci, per, dw_ih);                                 \
+      reduce_wgrad<T>(std::max(threads, 1), 3 * H, H + 1, work + ch, per, dw_hh);                                 \
+    }                                                                                                             \
   }
 
 long long gru_packed_size(int I, int H) { return GruPacked<double>::size(I, H); }
 long long gru_forward_work(int B, int H) { return gru_forward_work<double>(B, H); }
-long long gru_backward_work(int B, int H) { return gru_backward_work<double>(B, H); }
+long long gru_backward_work(int B, int I, int H) { return gru_backward_work<double>(B, I, H); }
 
 IGNITE_GRU_DEFINE(f32, float)
 IGNITE_GRU_DEFINE(f64, double)
