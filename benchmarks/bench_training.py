@@ -442,6 +442,7 @@ def main() -> None:
     parser.add_argument("--efficiency", action="store_true", help="only the efficiency section (shares of the peak)")
     parser.add_argument("--efficiency-steps", type=int, default=2000, help="steps per sequence of that section")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of that section (the median is shown)")
+    parser.add_argument("--skip-targets", action="store_true", help="skip the targets='last' rows (bench_targets.py)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -524,6 +525,10 @@ def main() -> None:
             f"(a plain nn.LSTM call per step: {st['nn_lstm_us_per_sample']:.1f} us/sample)",
             flush=True,
         )
+    if not args.skip_targets:  # one target per sequence against one per step (issue 22's criterion: <= 1.1x)
+        script = Path(__file__).with_name("bench_targets.py")
+        print("  targets='last' against per-step targets (benchmarks/bench_targets.py):", flush=True)
+        subprocess.run([sys.executable, str(script), "--steps", str(min(steps, 2000)), "--rounds", "3"], check=True)
 
 
 if __name__ == "__main__":
