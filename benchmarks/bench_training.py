@@ -526,9 +526,9 @@ def main() -> None:
             flush=True,
         )
     if not args.skip_targets:  # one target per sequence against one per step (issue 22's criterion: <= 1.1x)
-        script = Path(__file__).with_name("bench_targets.py")
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_targets.py")
         print("  targets='last' against per-step targets (benchmarks/bench_targets.py):", flush=True)
-        subprocess.run([sys.executable, str(script), "--steps", str(min(steps, 2000)), "--rounds", "3"], check=True)
+        subprocess.run([sys.executable, script, "--steps", str(min(steps, 2000)), "--rounds", "3"], check=True)
 
 
 if __name__ == "__main__":
