@@ -12,7 +12,7 @@ weights do not change inside the batch, so
 The cell state, which ``nn.LSTM`` does not return per step, follows from the
 cheap elementwise recurrence c_t = f_t * c_{t-1} + i_t * g_t once h is known.
 This is the gradient of the per-step loop, computed with a few large matrix
-products instead of C small ones; tests/test_fused.py proves the equality.
+products instead of C small ones; tests/engine/test_fused.py proves the equality.
 
 This is the PyTorch implementation, used by ``StatefulLSTM`` where the native
 kernel cannot run (``ignite_lstm.models.native``, whose backward with the state detached

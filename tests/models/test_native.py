@@ -140,12 +140,11 @@ def test_threads_split_the_batch_without_changing_the_kernels_bits():
 
     Each thread takes whole rows (sequences) and runs the recurrence exactly as one thread
     would, so the state it computes (every layer's h and c at the end) is the same bits.
-    Every gradient and the read-out pass through BLAS products as well (the input and
-    weight gradients, a layer's input gradient into the layer below, ``native.py``,
-    ``models.py``), and the BLAS library may split those by thread count in a way that
-    depends on the processor and its instruction set (weight gradients differ in the last
-    bits on AVX-512 Intel; with MKL limited to AVX2, the input gradients too): they are
-    asserted to float32 rounding, not bit for bit.
+    Every gradient and the read-out pass through sums split by thread as well: BLAS products
+    (the read-out; on AVX2 builds the input and weight gradients, ``native.py``, ``models.py``),
+    which the BLAS library may split by thread count in a way that depends on the processor
+    and its instruction set, and on AVX-512 builds the kernel's own weight gradients, summed
+    per thread and then added: they are asserted to float32 rounding, not bit for bit.
     """
     model = _model(2, hidden=32, dtype=torch.float32)
     x = _data(40, 50, dtype=torch.float32)
