@@ -255,6 +255,11 @@ def test_doc_block(block, tmp_path, monkeypatch, request):
         shutil.copytree(request.getfixturevalue("example_run"), tmp_path / EXAMPLE_RUN)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))  # a block may put its folder on the path
+    # a block may declare a metric's direction (register_metric_direction): the process's registry is
+    # restored after it, so no later test in this worker sees the page's names
+    from ignite_lstm.metrics import directions
+
+    monkeypatch.setattr(directions, "_DIRECTIONS", dict(directions._DIRECTIONS))
     modules, printed = set(sys.modules), io.StringIO()
     try:  # the file name makes a traceback point at the page's line
         with contextlib.redirect_stdout(printed), warnings.catch_warnings(record=True) as caught:
