@@ -11,7 +11,7 @@ the per-step loop itself (detached; exact, not fast) and ``torch.gru_cell`` (one
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from ignite_lstm.models import native
 from ignite_lstm.models.lstm import _LSTMLayer
 from ignite_lstm.models.native.gru import gru_layer, gru_layer_inference
+from ignite_lstm.models.stacked import StackedRNN
 
 __all__ = ["StatefulGRU"]
 
 
-class StatefulGRU(nn.Module):
+class StatefulGRU(StackedRNN):
     """A stack of single-layer GRUs with a linear read-out, stepped one sample at a time.
 
     Args:
@@ -42,41 +43,7 @@ class StatefulGRU(nn.Module):
 
     supports_detach_every_step = True
     state_batch_dim = 1  # h (num_layers, B, H)
-
-    def __init__(
-        self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, output_size: int = 1
-    ) -> None:
-        super().__init__()
-        for name, value in (
-            ("input_size", input_size),
-            ("hidden_size", hidden_size),
-            ("num_layers", num_layers),
-            ("output_size", output_size),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"Argument {name} should be an integer, got {type(value).__name__}.")
-            if value < 1:
-                raise ValueError(f"Argument {name} should be positive, got {value}.")
-        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool):
-            raise TypeError(f"Argument dropout should be a float, got {type(dropout).__name__}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"Argument dropout should be in [0, 1), got {dropout}.")
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.dropout, self.output_size = float(dropout), output_size
-        sizes = [input_size] + [hidden_size] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.GRU(n_in, hidden_size, batch_first=True) for n_in in sizes)
-        self.head = nn.Linear(hidden_size, output_size)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments: ``StatefulGRU(**model.config)`` rebuilds the model."""
-        return {
-            "input_size": self.input_size,
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "dropout": self.dropout,
-            "output_size": self.output_size,
-        }
+    cell = nn.GRU
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
         """Zero state h (num_layers, B, H)."""

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 import torch
 import torch.nn as nn
@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from ignite_lstm.checkpoint.files import UnreadableFile, load_torch_file
 from ignite_lstm.models import native
 from ignite_lstm.models.detached import detached_steps_forward
+from ignite_lstm.models.stacked import StackedRNN
 
 __all__ = ["StatefulLSTM", "LSTMState", "load_model"]
 
@@ -62,7 +63,7 @@ class _LSTMLayer(Protocol):
     bias_hh_l0: torch.Tensor
 
 
-class StatefulLSTM(nn.Module):
+class StatefulLSTM(StackedRNN):
     """A stack of single-layer LSTMs with a linear read-out, stepped one sample at a time.
 
     Each layer is its own ``nn.LSTM`` so that every layer's hidden sequence is
@@ -84,51 +85,9 @@ class StatefulLSTM(nn.Module):
 
     supports_detach_every_step = True  # see the module docstring
     state_batch_dim = 1  # (h, c), each (num_layers, B, H): the lanes that carry_state=True carries
+    cell = nn.LSTM
     computes_in_float32_under_autocast = True  # see the module docstring: amp_dtype changes only the loss
     native_chunk_steps = 512  # steps per native call without gradients: memory does not grow with T
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        output_size: int = 1,
-    ) -> None:
-        super().__init__()
-        for name, value in (
-            ("input_size", input_size),
-            ("hidden_size", hidden_size),
-            ("num_layers", num_layers),
-            ("output_size", output_size),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"Argument {name} should be an integer, got {type(value).__name__}.")
-            if value < 1:
-                raise ValueError(f"Argument {name} should be positive, got {value}.")
-        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool):
-            raise TypeError(f"Argument dropout should be a float, got {type(dropout).__name__}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"Argument dropout should be in [0, 1), got {dropout}.")
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.dropout = float(dropout)
-        self.output_size = output_size
-        sizes = [input_size] + [hidden_size] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.LSTM(n_in, hidden_size, batch_first=True) for n_in in sizes)
-        self.head = nn.Linear(hidden_size, output_size)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments: ``StatefulLSTM(**model.config)`` rebuilds the model."""
-        return {
-            "input_size": self.input_size,
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "dropout": self.dropout,
-            "output_size": self.output_size,
-        }
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> LSTMState:
         """Zero state (h, c), each (num_layers, B, H)."""
