@@ -4,6 +4,7 @@ import logging
 import os
 import stat
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -321,3 +322,29 @@ def test_built_library_follows_the_umask(tmp_path, monkeypatch):
     built = list((tmp_path / "cache").iterdir())
     assert len(built) == 1 and built[0].suffix == ".so"
     assert stat.S_IMODE(built[0].stat().st_mode) == 0o750  # 0777 & ~umask, as a compiler writes it (mkstemp gave 0710)
+
+
+def test_isa_avx2_builds_without_avx512(tmp_path, monkeypatch):
+    # the macro the kernel's AVX-512 paths test: defined in the native build on an AVX-512
+    # machine, never in the avx2 build (which also goes to a file of its own in the cache)
+    source = tmp_path / "probe.cpp"
+    source.write_text(
+        'extern "C" int has_avx512() {\n#ifdef __AVX512F__\nreturn 1;\n#else\nreturn 0;\n#endif\n}\n'
+        'extern "C" int has_avx2() {\n#ifdef __AVX2__\nreturn 1;\n#else\nreturn 0;\n#endif\n}\n'
+    )
+    monkeypatch.setenv("IGNITE_LSTM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("IGNITE_LSTM_ISA", "avx2")
+    lib = build_library(source)
+    assert lib.has_avx512() == 0
+    monkeypatch.setenv("IGNITE_LSTM_ISA", "native")
+    native = build_library(source)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    if "avx512f" in Path("/proc/cpuinfo").read_text():
+        assert native.has_avx512() == 1
+    assert native.has_avx2() == lib.has_avx2()
+
+
+def test_isa_unknown_value_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("IGNITE_LSTM_ISA", "sse")
+    with pytest.raises(ValueError, match="IGNITE_LSTM_ISA should be one of \\['avx2', 'native'\\], got 'sse'"):
+        build_library(tmp_path / "none.cpp")

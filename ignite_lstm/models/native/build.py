@@ -2,7 +2,10 @@
 
 The library is built on the machine that runs it (``-march=native``) with the system
 compiler (``$CXX``, else ``c++``/``g++``), into a cache folder keyed by the source, the
-compiler, the flags and the machine, and reused from there. Each build goes to a
+compiler, the flags and the machine, and reused from there. ``IGNITE_LSTM_ISA=avx2`` builds
+without AVX-512 (``-mno-avx512f`` after ``-march=native``): the code a processor with AVX2
+only runs, on any machine, to see what results depend on (with ``MKL_ENABLE_INSTRUCTIONS=AVX2``
+for torch's MKL; ``ignite-lstm matrix --isa avx2`` sets both). Each build goes to a
 temporary file first and is renamed into place, so processes that build at the same
 time (the ranks of a distributed run) each find a whole file.
 """
@@ -20,12 +23,26 @@ from pathlib import Path
 
 from ignite_lstm._internal.atomic import atomic_write
 
-__all__ = ["build_library", "cache_dirs"]
+__all__ = ["ISA_FLAGS", "build_library", "cache_dirs", "isa"]
 
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC"]
 # -march=native: AVX2/FMA where the CPU has them; -fopenmp: PyTorch's OpenMP threads (see the .cpp).
 # Each later set drops what an earlier one may have failed on.
 _FLAG_SETS = (_FLAGS + ["-march=native", "-fopenmp"], _FLAGS + ["-march=native"], _FLAGS)
+# IGNITE_LSTM_ISA: which instruction sets the build may use beyond the baseline.
+ISA_FLAGS = {"native": [], "avx2": ["-mno-avx512f"]}
+
+
+def isa() -> str:
+    """The instruction-set choice of this process's builds: ``$IGNITE_LSTM_ISA``, else ``"native"``.
+
+    Raises:
+        ValueError: an unknown value (the known ones are named).
+    """
+    value = os.environ.get("IGNITE_LSTM_ISA", "native") or "native"
+    if value not in ISA_FLAGS:
+        raise ValueError(f"IGNITE_LSTM_ISA should be one of {sorted(ISA_FLAGS)}, got {value!r}.")
+    return value
 
 
 def cache_dirs() -> list[Path]:
@@ -77,9 +94,11 @@ def build_library(source: Path) -> ctypes.CDLL:
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if not cxx:
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+    extra = ISA_FLAGS[isa()]
     text = source.read_bytes()
     last: Exception = RuntimeError("nothing tried")
     for flags in _FLAG_SETS:
+        flags = flags + extra if "-march=native" in flags else flags
         key = hashlib.sha256(text + " ".join([cxx, *flags, platform.machine(), platform.node()]).encode())
         for folder in cache_dirs():
             path = folder / f"{source.stem}-{key.hexdigest()[:16]}.so"
