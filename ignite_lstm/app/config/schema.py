@@ -97,6 +97,12 @@ class ModelConfig:
     hidden_size: int = _f(128, "LSTM units per layer", ge=1)
     num_layers: int = _f(1, "stacked LSTM layers", ge=1)
     dropout: float = _f(0.0, "dropout between layers (needs num_layers > 1)", ge=0.0, lt=1.0)
+    init: str = _f(
+        "default",
+        "gate biases: default (torch's) or chrono (each unit its own memory, 1 to chrono_t_max steps)",
+        choices=("default", "chrono"),
+    )
+    chrono_t_max: float = _f(1000.0, "chrono: the longest memory in steps (1 Hz at 1 kHz: 1000)", gt=2.0)
 
 
 @dataclass

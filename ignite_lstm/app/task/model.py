@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ignite_lstm.models.init import chrono_init
 from ignite_lstm.models.lstm import StatefulLSTM
 
 __all__ = ["model_args", "setup_model"]
@@ -41,6 +42,10 @@ def setup_model(cfg: Any) -> StatefulLSTM:
         cfg: a validated config.
 
     Returns:
-        A new model, initialised from torch's current random state.
+        A new model, initialised from torch's current random state (``model.init: chrono``:
+        then its gate biases by ``chrono_init``, from the same state).
     """
-    return StatefulLSTM(**model_args(cfg))
+    model = StatefulLSTM(**model_args(cfg))
+    if cfg.model.init == "chrono":
+        chrono_init(model, float(cfg.model.chrono_t_max))
+    return model
