@@ -65,7 +65,7 @@ BASE_RESOLVED = {
         "layout": "sequences",
         "stream": {"chunk_steps": None, "shuffle": True},
     },
-    "model": {"hidden_size": 128, "num_layers": 1, "dropout": 0.0},
+    "model": {"hidden_size": 128, "num_layers": 1, "dropout": 0.0, "init": "default", "chrono_t_max": 1000.0},
     "train": {
         "epochs": 200,
         "batch_size": 40,
@@ -383,7 +383,7 @@ def test_overrides_apply_with_yaml_typing():
     "values, problem",
     [
         ({"foo": 1}, f"foo: unknown key; allowed here: {TOP_KEYS}"),
-        ({"model": {"hidden": 3}}, "model.hidden: unknown key; allowed here: hidden_size, num_layers, dropout"),
+        ({"model": {"hidden": 3}}, "model.hidden: unknown key; allowed here: hidden_size, num_layers, dropout, init, chrono_t_max"),
         ({"data": {"train": {"seeds": 3}}}, "data.train.seeds: unknown key; allowed here: seed, mixtures"),
         ({"model": 3}, "model: 3 has the wrong type: expected a section (mapping)"),
         ({"model": {"hidden_size": "8"}}, "model.hidden_size: '8' has the wrong type: expected int"),

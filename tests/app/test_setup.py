@@ -188,3 +188,21 @@ def test_the_user_handlers_come_after_the_built_in_ones_and_the_interrupt_check_
     assert [e["epoch"] for e in seen["history"]] == [1]  # the user's handler finds this epoch's checkpoint
     # and a stop asked for there is taken at this epoch's end, not one iteration later
     assert (s.trainer.state.epoch, s.trainer.state.iteration) == (1, 2)
+
+
+def test_model_init_chrono_sets_every_units_memory_from_the_config(folder):
+    default = _cfg(folder)
+    chrono = _cfg(folder, "model.init=chrono", "model.chrono_t_max=50")
+    torch.manual_seed(0)
+    plain = setup_model(default)
+    torch.manual_seed(0)
+    model = setup_model(chrono)
+    h = model.hidden_size
+    lstm = model.layers[0]
+    forget = torch.sigmoid(lstm.bias_ih_l0[h : 2 * h] + lstm.bias_hh_l0[h : 2 * h]).detach().double()
+    steps = 1 / (1 - forget)  # 1 + u, u ~ U(1, t_max - 1)
+    assert steps.min() >= 2 - 1e-4 and steps.max() <= 50 + 1e-3
+    # torch's default keeps forget gates near 0.5 (about 2 steps); the weights are the same draws
+    plain_forget = torch.sigmoid(plain.layers[0].bias_ih_l0[h : 2 * h] + plain.layers[0].bias_hh_l0[h : 2 * h])
+    assert (1 / (1 - plain_forget)).max() < 3
+    assert torch.equal(lstm.weight_hh_l0, plain.layers[0].weight_hh_l0)
