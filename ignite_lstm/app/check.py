@@ -70,8 +70,9 @@ def side_by_side(table: dict[str, Any]) -> str:
         finite = [v for v in values if not math.isnan(v)]
         spread = f"{max(finite) - min(finite):{digits}}" if len(finite) == len(values) and finite else "-"
         lines.append(f"{name:<12}" + "".join(f"{c:>{width}}" for c in cells) + f"{spread:>{width}}")
-    worst = max(
+    worst = max(  # the first run's on a tie
         ((v, f, _label(r)) for r in rows if r["status"] == "done" for f, v in r["test_mse_f"].items()),
+        key=lambda item: item[0],
         default=None,
     )
     if worst is not None:

@@ -125,8 +125,8 @@ def combinations(seeds: Sequence[int], threads: Sequence[int], isas: Sequence[st
     """Every combination seed x threads x isa, in that order, each once.
 
     Example:
-        >>> [c.name("quick") for c in combinations([0, 1], [1], ["native"])]
-        ['quick-s0-t1', 'quick-s1-t1']
+        >>> " ".join(c.name("quick") for c in combinations([0, 1], [1], ["native", "avx2"]))
+        'quick-s0-t1 quick-s0-t1-avx2 quick-s1-t1 quick-s1-t1-avx2'
     """
     unique = lambda values: list(dict.fromkeys(values))  # noqa: E731
     return [Combination(s, t, i) for s in unique(seeds) for t in unique(threads) for i in unique(isas)]
