@@ -258,12 +258,12 @@ def run_matrix(
             changed = _config_differences(result.run_dir, expected)
             if changed:
                 result.message = (
-                    f"{result.run_dir} holds a run of another config (differs in {', '.join(changed[:5])}); "
+                    f"not trained: {result.run_dir} holds a run of another config (differs in {', '.join(changed[:5])}); "
                     f"remove it or choose another --out"
                 )
                 continue
             if changed is None:
-                result.message = f"{result.run_dir}/config.yaml is not a readable config; remove the folder"
+                result.message = f"not trained: {result.run_dir}/config.yaml is not a readable config; remove it"
                 continue
             if _finished(result):
                 _read_results(result)
@@ -509,7 +509,7 @@ def format_markdown(table: dict[str, Any]) -> str:
     for row in table["rows"]:
         done = row["status"] == "done"
         cells = [str(row["seed"]), str(row["threads"]), row["isa"]]
-        cells += numbers(row) if done else ["-"] * (len(freqs) + 5)
+        cells += numbers(row) if done else ["-"] * (len(freqs) + 4)
         lines.append("| " + " | ".join(cells + verdict(row) + [row["status"] if done else row["message"]]) + " |")
     n = len(table["rows"]) - table["failed"]
     for label in ("worst", "mean"):
@@ -519,13 +519,26 @@ def format_markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _no_nan(tree: Any) -> Any:
+    """``tree`` with every NaN (a failed run's numbers) as None: matrix.json is strict JSON."""
+    if isinstance(tree, dict):
+        return {k: _no_nan(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_no_nan(v) for v in tree]
+    return None if isinstance(tree, float) and math.isnan(tree) else tree
+
+
 def write_matrix(table: dict[str, Any], out: str | Path, title: str) -> str:
-    """Write ``out/matrix.md`` (titled ``title``) and ``out/matrix.json``; return the Markdown."""
+    """Write ``out/matrix.md`` (titled ``title``) and ``out/matrix.json`` (a failed run's numbers null).
+
+    Returns:
+        The Markdown.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     text = f"# {title}\n\n{format_markdown(table)}\n"
     (out / "matrix.md").write_text(text)
-    (out / "matrix.json").write_text(json.dumps(table, indent=2) + "\n")
+    (out / "matrix.json").write_text(json.dumps(_no_nan(table), indent=2) + "\n")
     return text
 
 

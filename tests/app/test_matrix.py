@@ -145,7 +145,8 @@ def test_a_deleted_run_is_trained_again_and_a_failing_child_is_reported(remade):
     log = out / "runs" / "quick-s0-t0-avx2.log"
     assert failed["status"] == "failed" and failed["message"] == f"failed (exit 2), log {log}"
     assert "error: Invalid configuration" in log.read_text() and "threads" in log.read_text()
-    assert "| 0 | 0 | avx2 | - |" in stdout and f"failed (exit 2), log {log} |" in stdout
+    assert f"| 0 | 0 | avx2 | {' | '.join(['-'] * 8)} | failed (exit 2), log {log} |" in stdout
+    assert len({line.count("|") for line in _table_lines(stdout)}) == 1  # a failed row has every cell
     assert "2 of 3 runs |" in stdout  # the worst and mean rows count the finished runs only
     assert (out / "runs" / RUNS[1] / "metrics.json").stat().st_mtime_ns == kept  # not asked for
 
