@@ -1,4 +1,4 @@
-"""The command line: ``ignite-lstm train|evaluate|extract|export|tune|config|serve``; ``python run.py CONFIG``.
+"""The command line: ``ignite-lstm train|evaluate|extract|export|tune|config|serve|matrix|check``; ``python run.py CONFIG``.
 
 Training (``main``): ``python run.py CONFIG [key=value ...]`` = ``ignite-lstm train CONFIG ...``.
 
@@ -130,8 +130,10 @@ SUBCOMMANDS = {
     "tune": "ignite_lstm.app.tune.study",
     "config": "ignite_lstm.app.config.command",
     "serve": "ignite_lstm.app.serve",
+    "matrix": "ignite_lstm.app.matrix",
+    "check": "ignite_lstm.app.check",
 }
-_USAGE = """usage: ignite-lstm {train,evaluate,extract,export,tune,config,serve} ...
+_USAGE = """usage: ignite-lstm {train,evaluate,extract,export,tune,config,serve,matrix,check} ...
 
   train CONFIG [key=value ...]     train a model (also: ignite-lstm CONFIG ..., python run.py CONFIG ...)
   evaluate RUN_OR_CHECKPOINT       metrics and figures of a trained model on a split
@@ -140,6 +142,8 @@ _USAGE = """usage: ignite-lstm {train,evaluate,extract,export,tune,config,serve}
   tune STUDY.yaml [key=value ...]  hyperparameter search with Optuna
   config [CONFIG] [--markdown]     print a config resolved against the schema
   serve MODEL                      serve a trained filter to live streams over HTTP and WebSocket
+  matrix CONFIG --seeds S.. ...    train seeds x threads (x isa), each its own run: a recipe's spread
+  check CONFIG [key=value ...]     does a recipe hold on this machine: 1 and 2 threads side by side
 
 Run ignite-lstm COMMAND --help for a command's options."""
 

@@ -171,7 +171,7 @@ def test_the_reported_test_metrics_equal_an_independent_evaluation_of_model_pt(f
     assert json.loads((run / "report" / "metrics.json").read_text())["test/mse"] == reported["test/mse"]
 
 
-@pytest.mark.parametrize("command", ["evaluate", "extract", "export", "tune", "config"])
+@pytest.mark.parametrize("command", ["evaluate", "extract", "export", "tune", "config", "matrix", "check"])
 def test_each_subcommand_of_the_one_command_line_answers_help(command, capsys):
     from ignite_lstm.app.cli import dispatch
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ __all__ = ["run", "run_training", "Outcome"]
 
 logger = logging.getLogger("ignite_lstm")
 
+_ROUNDING_ENV = ("IGNITE_LSTM_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _EXIT = {"done": 0, "nothing": 0, "disk-full": 1, "refused": 2, "diverged": 3}
 
 
@@ -162,6 +164,10 @@ def setup(
         t["update"],
         native.describe(device),
     )
+    # what else decides the rounding of the float sums (ignite-lstm matrix --isa sets the first two)
+    rounding = [f"{k}={os.environ[k]}" for k in _ROUNDING_ENV if os.environ.get(k)]
+    if rounding:
+        logger.info("Instruction sets and threads from the environment: %s", " ".join(rounding))
     handlers = attach_handlers(
         trainer,
         evaluators["val"],
