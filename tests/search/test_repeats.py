@@ -64,7 +64,7 @@ def test_repeats_are_an_int_or_a_list_of_variants_and_their_labels_name_them():
 def test_a_trial_good_in_its_first_repeat_is_pruned_on_the_aggregate_in_its_second(tmp_path):
     curves = {  # (trial, seed): the validation mse of epochs 1, 2
         (0, 0): (0.2, 0.1),
-        (0, 1): (0.2, 0.1),
+        (0, 1): (0.1, 0.05),  # better than its first repeat: the worst at each epoch is the first's
         (1, 0): (0.15, 0.05),  # better than trial 0...
         (1, 1): (0.9, 0.8),  # ...until its second repeat
     }
@@ -78,9 +78,9 @@ def test_a_trial_good_in_its_first_repeat_is_pruned_on_the_aggregate_in_its_seco
         pruner_startup_trials=1,
     )
     first, second = study.trials
-    assert first.state.name == "COMPLETE" and first.value == pytest.approx(np.max([0.1, 0.1]))
+    assert first.state.name == "COMPLETE" and first.value == pytest.approx(np.max([0.1, 0.05]))
     # step r * 2 + e: the worst over repeats 0..r at epoch e
-    assert first.intermediate_values == pytest.approx({1: 0.2, 2: 0.1, 3: np.max([0.2, 0.2]), 4: np.max([0.1, 0.1])})
+    assert first.intermediate_values == pytest.approx({1: 0.2, 2: 0.1, 3: np.max([0.2, 0.1]), 4: np.max([0.1, 0.05])})
     assert second.state.name == "PRUNED" and second.user_attrs["epochs"] == 1
     assert second.intermediate_values == pytest.approx({1: 0.15, 2: 0.05, 3: np.max([0.15, 0.9])})
     assert [(r["variant"], r["value"]) for r in second.user_attrs["repeats"]] == [("s0", pytest.approx(0.05))]
