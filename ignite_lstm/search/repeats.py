@@ -16,7 +16,8 @@ kept), so the pruner compares trials at equal steps on the same aggregate, and a
 first repeat is good but whose second is bad is pruned in its second. Each finished repeat is
 recorded at once in the trial's user attribute ``repeats`` (its variant, value, epochs and
 validations); a trial whose worker died with finished repeats is enqueued again with its
-parameters (``retry_failed``), and its retry reuses those repeats instead of training them again.
+parameters (``ignite_lstm.search.storage.retry_failed``), and its retry reuses those repeats
+instead of training them again.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ __all__ = [
     "Variant",
     "aggregate",
     "check_aggregate",
-    "retry_failed",
     "run_repeats",
     "variant_grid",
 ]
@@ -461,16 +461,3 @@ class CurrentStepPruner:
         current = copy.copy(trial)
         current.intermediate_values = {step: trial.intermediate_values[step]}
         return bool(self.base.prune(study, current))
-
-
-def retry_failed(study: Any, trial: Any) -> bool:
-    """Enqueue again the parameters of a failed ``trial`` that has finished repeats, for them to be reused.
-
-    Returns:
-        True when it was enqueued (the next ``study.ask()`` takes it, with ``retry_of`` set).
-    """
-    if not [r for r in trial.user_attrs.get("repeats", []) if r.get("value") is not None] or not trial.params:
-        return False
-    study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
-    logger.info("Trial %d: its parameters are enqueued again, to reuse its finished repeats", trial.number)
-    return True

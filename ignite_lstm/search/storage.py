@@ -31,6 +31,7 @@ __all__ = [
     "lock_file",
     "locked",
     "open_storage",
+    "retry_failed",
     "shown_url",
     "tell",
     "worker_id",
@@ -193,8 +194,6 @@ def fail_dead_trials(study: Any, storage: Any) -> None:
     import optuna
     from optuna.trial import TrialState
 
-    from ignite_lstm.search.repeats import retry_failed
-
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -249,3 +248,16 @@ def tell(study: Any, *args: Any, **kwargs: Any) -> None:
     except RuntimeError as exc:
         if "Study.stop" not in str(exc):
             raise
+
+
+def retry_failed(study: Any, trial: Any) -> bool:
+    """Enqueue again the parameters of a failed ``trial`` that has finished repeats, for them to be reused.
+
+    Returns:
+        True when it was enqueued (the next ``study.ask()`` takes it, with ``retry_of`` set).
+    """
+    if not [r for r in trial.user_attrs.get("repeats", []) if r.get("value") is not None] or not trial.params:
+        return False
+    study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+    logger.info("Trial %d: its parameters are enqueued again, to reuse its finished repeats", trial.number)
+    return True

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ignite_lstm.search.repeats import CurrentStepPruner, retry_failed
-from ignite_lstm.search.storage import fail_dead_trials, heartbeat, locked, tell, worker_id
+from ignite_lstm.search.repeats import CurrentStepPruner
+from ignite_lstm.search.storage import fail_dead_trials, heartbeat, locked, retry_failed, tell, worker_id
 
 __all__ = ["StudyFailed", "run_worker", "make_sampler", "make_pruner", "SAMPLERS", "PRUNERS"]
 
