@@ -75,3 +75,53 @@ def interrupted_once(trial, *, flag: str) -> TrialRun:
             raise KeyboardInterrupt
 
     return run
+
+
+def scripted_repeats(trial, *, curves: dict, epochs: int = 2) -> TrialRun:
+    """``build`` whose validation mse at epoch e is ``curves[(trial.number, seed)][e - 1]``, the seed being the
+    repeat's (``torch.initial_seed()``: the search seeds torch before each build)."""
+    run = build(trial, epochs=epochs)
+    curve = curves[(trial.number, torch.initial_seed())]
+    run.evaluator.add_event_handler(
+        Events.COMPLETED, lambda e: e.state.metrics.__setitem__("mse", curve[run.trainer.state.epoch - 1])
+    )
+    return run
+
+
+def recording_environment(trial) -> TrialRun:
+    """``build`` that records, in the trial's user attribute ``env s<seed>``, the process's instruction-set
+    variables, torch threads and the native kernel's ``describe()``."""
+    from ignite_lstm.models.native import describe
+
+    trial.set_user_attr(
+        f"env s{torch.initial_seed()}",
+        {
+            "pid": os.getpid(),
+            "IGNITE_LSTM_ISA": os.environ.get("IGNITE_LSTM_ISA"),
+            "MKL_ENABLE_INSTRUCTIONS": os.environ.get("MKL_ENABLE_INSTRUCTIONS"),
+            "threads": torch.get_num_threads(),
+            "kernel": describe(),
+        },
+    )
+    return build(trial, epochs=1)
+
+
+def counted_and_held(trial, *, log: str, marker: str, release: str) -> TrialRun:
+    """``build`` that appends ``<trial> s<seed>`` to ``log`` at every training; a repeat of seed 1 waits in its
+    first iteration (after writing ``marker``) until ``release`` exists."""
+    seed = torch.initial_seed()
+    with open(log, "a") as f:
+        f.write(f"{trial.number} s{seed}\n")
+    run = build(trial, epochs=1)
+    if seed == 1 and not Path(release).exists():
+
+        @run.trainer.on(Events.ITERATION_COMPLETED(once=1))
+        def _hold(_):
+            Path(marker).touch()
+            deadline = time.monotonic() + 300
+            while not Path(release).exists():
+                if time.monotonic() > deadline:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(0.01)
+
+    return run

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ignite.engine import Engine, Events
@@ -51,9 +51,17 @@ class Pruning:
         pruned_at: the trainer's epoch at which the pruner stopped the trial, or None.
     """
 
-    def __init__(self, trial: Any, trainer: Engine, evaluator: Engine, metric: str, step_offset: int) -> None:
+    def __init__(
+        self,
+        trial: Any,
+        trainer: Engine,
+        evaluator: Engine,
+        metric: str,
+        step_offset: int,
+        report: Callable[[int, float], bool] | None = None,
+    ) -> None:
         self.trial, self.trainer, self.evaluator, self.metric = trial, trainer, evaluator, metric
-        self.offset = step_offset
+        self.offset, self.report = step_offset, report
         self.values: dict[int, float] = {}
         self.pruned_at: int | None = None
         self._validated = False
@@ -74,12 +82,17 @@ class Pruning:
             )
         value, step = float(metrics[self.metric]), self.offset + trainer.state.epoch
         self.values[step] = value
-        if math.isfinite(value):
+        if self.report is not None:
+            prune = self.report(trainer.state.epoch, value)
+        elif math.isfinite(value):
             self.trial.report(value, step)
-            if self.trial.should_prune():
-                self.pruned_at = trainer.state.epoch
-                self.trial.set_user_attr("epochs", trainer.state.epoch)
-                trainer.terminate()
+            prune = self.trial.should_prune()
+        else:
+            prune = False
+        if prune:
+            self.pruned_at = trainer.state.epoch
+            self.trial.set_user_attr("epochs", trainer.state.epoch)
+            trainer.terminate()
 
     @property
     def last(self) -> float | None:
@@ -94,7 +107,15 @@ class Pruning:
             raise optuna.TrialPruned(f"pruned at epoch {self.pruned_at}: {self.metric}={self.last:.6g}")
 
 
-def attach_pruning(trial: Any, trainer: Engine, evaluator: Engine, metric: str, *, step_offset: int = 0) -> Pruning:
+def attach_pruning(
+    trial: Any,
+    trainer: Engine,
+    evaluator: Engine,
+    metric: str,
+    *,
+    step_offset: int = 0,
+    report: Callable[[int, float], bool] | None = None,
+) -> Pruning:
     """Report ``evaluator``'s ``metric`` to ``trial`` after each validated epoch; prune by ending the run.
 
     Attach it after the handler that runs the validation at ``EPOCH_COMPLETED``, so that the
@@ -106,8 +127,10 @@ def attach_pruning(trial: Any, trainer: Engine, evaluator: Engine, metric: str, 
         evaluator: the validation evaluator (``evaluator.state.metrics[metric]``).
         metric: the metric's name.
         step_offset: added to the epoch (repeats of a trial report after one another).
+        report: ``(epoch, value) -> prune now?`` instead of reporting ``value`` at ``step_offset + epoch``
+            (``ignite_lstm.search.repeats`` reports the aggregate over a trial's repeats so far).
 
     Returns:
         The ``Pruning``: after ``trainer.run``, ``raise_if_pruned()``.
     """
-    return Pruning(trial, trainer, evaluator, metric, step_offset)
+    return Pruning(trial, trainer, evaluator, metric, step_offset, report)

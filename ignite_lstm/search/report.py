@@ -19,7 +19,7 @@ from typing import Any
 
 from ignite_lstm._internal.atomic import atomic_write
 
-__all__ = ["trial_rows", "best_trial", "draw_figures", "write_report"]
+__all__ = ["trial_rows", "best_trial", "draw_figures", "draw_repeats", "repeat_cells", "repeat_labels", "write_report"]
 
 logger = logging.getLogger("ignite_lstm.search")
 
@@ -44,9 +44,57 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
                 "run_dir": t.user_attrs.get("run_dir"),
                 "fail_reason": t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason"),
                 "worker": t.user_attrs.get("worker"),
+                "repeats": [
+                    {"variant": r["variant"], "value": _number(r.get("value")), "trial": r.get("trial", t.number)}
+                    for r in t.user_attrs.get("repeats", [])
+                    if isinstance(r, dict)
+                ],
             }
         )
     return rows
+
+
+def repeat_labels(rows: list[dict[str, Any]]) -> list[str]:
+    """The repeats' variants of a study's rows, in their first order; none when every trial ran one alike."""
+    labels = list(dict.fromkeys(r["variant"] for row in rows for r in row.get("repeats", [])))
+    return labels if len(labels) > 1 else []
+
+
+def repeat_cells(row: dict[str, Any], labels: list[str]) -> list[float | None]:
+    """A row's value of each repeat variant (None: not trained, e.g. after the trial was pruned)."""
+    values = {r["variant"]: r["value"] for r in row.get("repeats", [])}
+    return [values.get(label) for label in labels]
+
+
+def draw_repeats(study: Any, folder: Path, target: str) -> Path | None:
+    """``repeats.png``: each repeat's value (small markers, one colour per variant) and each trial's aggregate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = trial_rows(study)
+    labels = repeat_labels(rows)
+    if not labels:
+        return None
+    folder.mkdir(exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    for i, label in enumerate(labels):
+        points = [(row["number"], v) for row in rows for v in repeat_cells(row, [label]) if v is not None]
+        if points:
+            xs, ys = zip(*points)
+            ax.scatter(xs, ys, s=12, color=f"C{i % 10}", alpha=0.8, label=label, zorder=2)
+    agg = [(row["number"], row["value"]) for row in rows if row["state"] == "complete" and row["value"] is not None]
+    if agg:
+        xs, ys = zip(*agg)
+        ax.scatter(xs, ys, s=60, marker="_", linewidths=2.0, color="black", label="the trial's value", zorder=3)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(target)
+    ax.set_title(f"{target} of each repeat and of the trial")
+    ax.legend(fontsize="small", loc="best")
+    path = atomic_write(folder / "repeats.png", lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
 
 
 def best_trial(study: Any) -> Any:
@@ -116,7 +164,8 @@ def draw_figures(study: Any, folder: Path, target: str) -> list[Path]:
             atomic_write(folder / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
         )
         plt.close(fig)
-    return written
+    repeats = draw_repeats(study, folder, target)
+    return written if repeats is None else [*written, repeats]
 
 
 def write_report(study: Any, folder: str | Path, *, label: str, storage: str, target: int) -> dict[str, Path]:
@@ -160,10 +209,12 @@ def write_report(study: Any, folder: str | Path, *, label: str, storage: str, ta
     ]
     if best is not None:
         lines += [f"Best: trial {best.number}, `{label}` = {best.value:.6g}, params {dict(best.params)}.", ""]
-    lines += ["| trial | state | " + label + " | epochs | seconds | " + " | ".join(keys) + " | note |"]
-    lines += ["|" + "---|" * (6 + len(keys))]
+    labels = repeat_labels(rows)
+    head = ["trial", "state", label, *labels, "epochs", "seconds", *keys, "note"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["number"], r["state"], r["value"], r["epochs"], r["seconds"], *(r["params"].get(k) for k in keys)]
+        cells = [r["number"], r["state"], r["value"], *repeat_cells(r, labels), r["epochs"], r["seconds"]]
+        cells += [r["params"].get(k) for k in keys]
         text = ["-" if c is None else (f"{c:.4g}" if isinstance(c, float) else str(c)) for c in cells]
         lines.append("| " + " | ".join([*text, (r["fail_reason"] or "").replace("|", "/")]) + " |")
     lines += ["", *(f"![{f.stem}](figures/{f.name})" for f in figures)]

@@ -6,7 +6,8 @@ one machine take a file lock beside a storage file to count the trials and start
 atomically, so together they stop at exactly ``tune.trials``. Each trial records its
 worker (host, pid, process start time): a trial whose worker on this machine has died is
 marked failed by the next worker that looks; on a database server, a trial whose worker
-(on any machine) has sent no heartbeat for ``GRACE_S`` seconds is.
+(on any machine) has sent no heartbeat for ``GRACE_S`` seconds is. Such a trial's finished
+repeats are not lost: its parameters are enqueued again, and the retry reuses them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "lock_file",
     "locked",
     "open_storage",
+    "retry_failed",
     "shown_url",
     "tell",
     "worker_id",
@@ -184,13 +186,21 @@ def _alive(worker: str) -> bool:
 
 
 def fail_dead_trials(study: Any, storage: Any) -> None:
-    """Mark failed the running trials whose worker has died (this machine) or sent no heartbeat (servers)."""
+    """Mark failed the running trials whose worker has died (this machine) or sent no heartbeat (servers).
+
+    Such a trial with finished repeats is enqueued again with its parameters (``retry_failed``):
+    the next trial the workers start retries it and reuses those repeats.
+    """
     import optuna
     from optuna.trial import TrialState
 
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # heartbeats older than GRACE_S (database storages)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.number in running:  # stale: its finished repeats are reused by a retry of its parameters
+            retry_failed(study, t)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
         if worker and not _alive(worker):
@@ -200,6 +210,7 @@ def fail_dead_trials(study: Any, storage: Any) -> None:
             storage.set_trial_user_attr(trial_id, "fail_reason", f"its worker (pid {worker.split(':')[1]}) died")
             tell(study, t.number, state=TrialState.FAIL, skip_if_finished=True)
             logger.warning("Trial %d: its worker (pid %s) died; marked failed", t.number, worker.split(":")[1])
+            retry_failed(study, t)
 
 
 @contextlib.contextmanager
@@ -237,3 +248,16 @@ def tell(study: Any, *args: Any, **kwargs: Any) -> None:
     except RuntimeError as exc:
         if "Study.stop" not in str(exc):
             raise
+
+
+def retry_failed(study: Any, trial: Any) -> bool:
+    """Enqueue again the parameters of a failed ``trial`` that has finished repeats, for them to be reused.
+
+    Returns:
+        True when it was enqueued (the next ``study.ask()`` takes it, with ``retry_of`` set).
+    """
+    if not [r for r in trial.user_attrs.get("repeats", []) if r.get("value") is not None] or not trial.params:
+        return False
+    study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+    logger.info("Trial %d: its parameters are enqueued again, to reuse its finished repeats", trial.number)
+    return True

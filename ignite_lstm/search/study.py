@@ -3,7 +3,8 @@
 The user's ``build(trial)`` makes a trial's model, data and engines from its parameters
 (``trial.suggest_*``) and returns a ``TrialRun`` (``ignite_lstm.search.objective``); the
 search validates and prunes every epoch, shares the study among ``workers`` processes on one
-storage, repeats a trial ``repeats`` times, and writes the study's report. Optuna is imported
+storage, repeats a trial over seeds and numeric variants (thread counts, instruction sets) and
+selects on the aggregate of its repeats, and writes the study's report. Optuna is imported
 when a search runs (the ``tune`` extra), never by ``import ignite_lstm``.
 
 With ``workers`` > 1 the workers are new processes (``spawn``): ``build`` must be picklable,
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ignite_lstm.metrics.directions import metric_direction
-from ignite_lstm.search.objective import TrialRun, run_trial
+from ignite_lstm.search.objective import TrialRun, resolve_repeats, run_trial
+from ignite_lstm.search.repeats import Variant, check_aggregate
 from ignite_lstm.search.storage import create_study, shown_url
 from ignite_lstm.search.worker import PRUNERS, SAMPLERS, make_pruner, make_sampler, run_worker
 
@@ -29,8 +31,8 @@ __all__ = ["search"]
 logger = logging.getLogger("ignite_lstm.search")
 
 
-def _check(trials: int, repeats: int, workers: int, sampler: str, pruner: str, metric: str, direction: Any) -> str:
-    for name, value in (("trials", trials), ("repeats", repeats), ("workers", workers)):
+def _check(trials: int, workers: int, sampler: str, pruner: str, metric: str, direction: Any) -> str:
+    for name, value in (("trials", trials), ("workers", workers)):
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"Argument {name} should be an integer, got {type(value).__name__}.")
         if value < 1:
@@ -49,10 +51,23 @@ def _check(trials: int, repeats: int, workers: int, sampler: str, pruner: str, m
 def _worker(options: dict[str, Any]) -> int:
     """One worker: open the study, run trials until it has its target."""
     study, storage, lock = create_study(options["storage"], options["study_name"], options["direction"])
-    study.pruner = make_pruner(options["pruner"], options["pruner_startup_trials"], options["pruner_warmup_epochs"])
+    study.pruner = make_pruner(
+        options["pruner"],
+        options["pruner_startup_trials"],
+        options["pruner_warmup_epochs"],
+        repeats=len(options["repeats"]),
+    )
     seed = options["seed"]
     objective = partial(
-        run_trial, build=options["build"], metric=options["metric"], repeats=options["repeats"], seed=seed or 0
+        run_trial,
+        build=options["build"],
+        metric=options["metric"],
+        repeats=options["repeats"],
+        seed=seed or 0,
+        aggregate=options["aggregate"],
+        q=options["q"],
+        direction=options["direction"],
+        storage=options["storage"],
     )
     return run_worker(
         study,
@@ -85,7 +100,9 @@ def search(
     pruner: str = "median",
     pruner_startup_trials: int = 5,
     pruner_warmup_epochs: int = 0,
-    repeats: int = 1,
+    repeats: int | Sequence[Variant | dict[str, Any]] = 1,
+    aggregate: str = "mean",
+    q: float = 0.5,
     workers: int = 1,
     report_dir: str | Path | None = None,
 ) -> Any:
@@ -106,7 +123,16 @@ def search(
         pruner: ``"median"``, ``"successive_halving"`` or ``"none"``.
         pruner_startup_trials, pruner_warmup_epochs: the median pruner's trials before it prunes,
             and the epochs of a trial that are never pruned.
-        repeats: trainings per trial; its value is their mean.
+        repeats: trainings per trial: an int R (torch seeded ``seed + r``), or a list of variants,
+            dicts with ``seed``, ``threads`` (``torch.set_num_threads``, restored after) and ``isa``
+            (``"native"``, or ``"avx2"``: a child process with ``IGNITE_LSTM_ISA=avx2`` and
+            ``MKL_ENABLE_INSTRUCTIONS=AVX2``; ``build`` must then be picklable), e.g.
+            ``variant_grid(seeds=[0, 1], threads=[1, 2])``. Each repeat's value and variant are in the
+            trial's user attribute ``repeats``; after each epoch the aggregate of the repeats so far is
+            reported (step ``r * max_epochs + epoch``), so a repeat that goes badly is pruned.
+        aggregate: the trial's value from its repeats: ``"worst"`` (max of a minimised metric,
+            min of a maximised one), ``"mean"`` or ``"quantile"``.
+        q: ``"quantile"``'s quantile, from the best repeat (0) to the worst (1).
         workers: processes working on the study together (``build`` picklable when > 1).
         report_dir: where ``summary.md``, ``summary.json`` and figures are written; None: no report.
 
@@ -121,7 +147,9 @@ def search(
         ...                     train_loader, max_epochs=20, val_data=val_loader)
         >>> study = search(build, storage="sqlite:///study.db", trials=40, metric="mse", workers=2)
     """
-    direction = _check(trials, repeats, workers, sampler, pruner, metric, direction)
+    direction = _check(trials, workers, sampler, pruner, metric, direction)
+    repeats = resolve_repeats(repeats, seed)  # refused here, before any worker starts
+    check_aggregate(aggregate, q)
     options = {
         "build": build,
         "storage": storage,
@@ -135,6 +163,8 @@ def search(
         "pruner_startup_trials": pruner_startup_trials,
         "pruner_warmup_epochs": pruner_warmup_epochs,
         "repeats": repeats,
+        "aggregate": aggregate,
+        "q": q,
         "report_dir": None if report_dir is None else str(report_dir),
     }
     study, _, _ = create_study(storage, study_name, direction)  # refused here, before any worker starts

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ignite_lstm.search.storage import fail_dead_trials, heartbeat, locked, tell, worker_id
+from ignite_lstm.search.repeats import CurrentStepPruner
+from ignite_lstm.search.storage import fail_dead_trials, heartbeat, locked, retry_failed, tell, worker_id
 
 __all__ = ["StudyFailed", "run_worker", "make_sampler", "make_pruner", "SAMPLERS", "PRUNERS"]
 
@@ -43,13 +44,18 @@ def make_sampler(name: str, seed: int | None) -> Any:
     raise ValueError(f"Argument sampler should be one of {SAMPLERS}, got {name!r}.")
 
 
-def make_pruner(name: str, startup_trials: int = 5, warmup_epochs: int = 0) -> Any:
-    """Optuna's pruner: ``"median"``, ``"successive_halving"`` or ``"none"``; no pruning before ``warmup_epochs + 1``."""
+def make_pruner(name: str, startup_trials: int = 5, warmup_epochs: int = 0, *, repeats: int = 1) -> Any:
+    """Optuna's pruner: ``"median"``, ``"successive_halving"`` or ``"none"``; no pruning before ``warmup_epochs + 1``.
+
+    With ``repeats`` > 1 the median pruner judges a trial on its last step's value (the
+    aggregate of its repeats so far, ``CurrentStepPruner``), not its best step so far.
+    """
     import optuna
 
     first = warmup_epochs + 1  # the first epoch at which a trial can be pruned
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=first)
+        median = optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=first)
+        return median if repeats == 1 else CurrentStepPruner(median)
     if name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=first)
     if name == "none":
@@ -123,6 +129,9 @@ def run_worker(
         except BaseException as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             tell(study, trial, state=TrialState.FAIL)
+            if isinstance(exc, KeyboardInterrupt):  # the same command continues: its finished repeats are kept
+                with locked(lock):
+                    retry_failed(study, study.get_trials(deepcopy=False)[trial.number])
             raise
         else:
             if math.isfinite(value):

@@ -63,8 +63,10 @@ def test_a_worse_trial_is_pruned_and_said_once_plainly(tmp_path, caplog):
 def test_repeats_train_a_trial_several_times_and_take_the_mean(tmp_path):
     study = search(partial(build, epochs=1), storage=f"sqlite:///{tmp_path / 'study.db'}", trials=1, repeats=2)
     (trial,) = study.trials
-    assert len(trial.user_attrs["repeats"]) == 2 and trial.user_attrs["repeats"][0] != trial.user_attrs["repeats"][1]
-    assert trial.value == pytest.approx(sum(trial.user_attrs["repeats"]) / 2)
+    values = [r["value"] for r in trial.user_attrs["repeats"]]
+    assert [r["variant"] for r in trial.user_attrs["repeats"]] == ["s0", "s1"]  # seeds seed + r
+    assert len(values) == 2 and values[0] != values[1]
+    assert trial.value == pytest.approx(sum(values) / 2)
 
 
 def test_the_seed_makes_a_search_repeat_itself(tmp_path):

@@ -3,7 +3,9 @@
 ``best.yaml`` is the best trial's config (its run folder's ``config.yaml``) with
 ``output_dir`` back to the study's and ``name: null``: ``python run.py <study>/best.yaml``
 trains it again and reproduces the trial's validation metric on the same machine with
-the same thread count. The rows and figures are the library's (``ignite_lstm.search.report``).
+the same thread count; with ``tune.repeats``, the config of the best trial's first repeat (its
+seed and threads). The rows and figures are the library's (``ignite_lstm.search.report``): with
+several repeats, a column per repeat variant and ``figures/repeats.png``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from omegaconf import OmegaConf
 from ignite_lstm.app.config.schema import validate_config
 from ignite_lstm.app.tune.settings import target_trials
 from ignite_lstm.search.report import best_trial as _best
-from ignite_lstm.search.report import draw_figures, trial_rows
+from ignite_lstm.search.report import draw_figures, repeat_cells, repeat_labels, trial_rows
 
 __all__ = ["write_outputs", "trial_rows"]
 
@@ -80,19 +82,21 @@ def _markdown(summary: dict[str, Any], rows: list[dict[str, Any]], keys: list[st
             f"Its config: `{best['config']}` (train it again: `python run.py {best['config']}`).",
             "",
         ]
-    lines += [
-        "| trial | state | "
-        + m
-        + " | epochs | seconds | "
-        + " | ".join(f"`{k}`" for k in keys)
-        + " | run folder | note |",
-        "|" + "---|" * (7 + len(keys)),
-    ]
+    labels = repeat_labels(rows)
+    if labels:
+        lines += [
+            f"Each trial trains {len(labels)} repeats (seed, torch threads, instruction set); its value is the "
+            f"{summary['aggregate']} of theirs. A repeat not trained (the trial was pruned first) is `-`.",
+            "",
+        ]
+    head = ["trial", "state", m, *labels, "epochs", "seconds", *(f"`{k}`" for k in keys), "run folder", "note"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
             r["number"],
             r["state"],
             _cell(r["value"]),
+            *(_cell(v) for v in repeat_cells(r, labels)),
             _cell(r["epochs"]),
             _cell(r["seconds"]),
             *(_cell(r["params"].get(k)) for k in keys),
@@ -136,6 +140,8 @@ def write_outputs(study: Any, settings: Any, study_dir: Path, output_dir: str, s
         "metric": f"val/{settings.metric}",
         "direction": settings.direction,
         "trials_target": target_trials(settings),
+        "repeats": [v.label for v in settings.repeats],
+        "aggregate": settings.aggregate + (f" (q={settings.q:g})" if settings.aggregate == "quantile" else ""),
         "counts": counts,
         "best": None
         if best is None

@@ -11,6 +11,8 @@ reports every problem at once:
       base: quick.yaml
       trials: 8
       metric: mse                      # a validation metric; direction from the metric
+      repeats: {seeds: [0, 1], threads: [1, 2]}   # 4 trainings per trial (default: one, the config's)
+      aggregate: worst                 # the trial's value: worst | mean | quantile (with q)
       space:
         train.lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}
         model.hidden_size: {type: categorical, choices: [8, 16, 32]}
@@ -33,13 +35,29 @@ from ignite_lstm.app.config.rules import validation_metrics
 from ignite_lstm.app.config.schema import ConfigError, validate_config
 from ignite_lstm.app.tune.space import Distribution, check_space, is_int, set_key
 from ignite_lstm.metrics.directions import metric_direction
+from ignite_lstm.search.repeats import AGGREGATES, ISAS, Variant, variant_grid
 
 __all__ = ["Distribution", "TuneSettings", "load_study", "target_trials", "trial_config"]
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "successive_halving", "none")
-_TUNE_KEYS = ("base", "study_name", "storage", "trials", "metric", "direction", "sampler", "seed", "pruner", "space")
+_TUNE_KEYS = (
+    "base",
+    "study_name",
+    "storage",
+    "trials",
+    "metric",
+    "direction",
+    "sampler",
+    "seed",
+    "pruner",
+    "repeats",
+    "aggregate",
+    "q",
+    "space",
+)
 _PRUNER_KEYS = {"name": "median", "startup_trials": 5, "warmup_epochs": 0}
+_REPEAT_KEYS = ("seeds", "threads", "isa")
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,9 @@ class TuneSettings:
     pruner: str
     pruner_startup_trials: int
     pruner_warmup_epochs: int
+    repeats: tuple[Variant, ...] = (Variant(),)  # Variant(): the config's own seed and threads
+    aggregate: str = "mean"
+    q: float = 0.5
 
 
 def _read_yaml(path: Path, what: str) -> DictConfig:
@@ -213,6 +234,15 @@ def _check_tune(tune: dict, values: dict, cfg: Any, default_name: str, problems:
     elif direction is not None:
         _choose(problems, "tune.direction", direction, ("minimize", "maximize", None))
     space = check_space(t.get("space"), values, cfg, t["sampler"], problems)
+    repeats = _check_repeats(t.get("repeats"), cfg, problems)
+    how, q = t.get("aggregate", "mean"), t.get("q", 0.5)
+    _choose(problems, "tune.aggregate", how, AGGREGATES)
+    if not isinstance(q, (int, float)) or isinstance(q, bool):
+        problems.append(f"tune.q: {q!r} has the wrong type: expected a number in [0, 1]")
+    elif not 0.0 <= q <= 1.0:
+        problems.append(f"tune.q: {q!r} is out of range: must be in [0, 1] (0 the best repeat, 1 the worst)")
+    elif "q" in t and how != "quantile":
+        problems.append(f"tune.q: {q!r} is only read with tune.aggregate: quantile (it is {how!r})")
     if problems:
         return None
     return TuneSettings(
@@ -227,7 +257,45 @@ def _check_tune(tune: dict, values: dict, cfg: Any, default_name: str, problems:
         pruner=pruner["name"],
         pruner_startup_trials=pruner["startup_trials"],
         pruner_warmup_epochs=pruner["warmup_epochs"],
+        repeats=repeats,
+        aggregate=how,
+        q=float(q),
     )
+
+
+def _check_repeats(section: Any, cfg: Any, problems: list[str]) -> tuple[Variant, ...]:
+    """``tune.repeats``: the cross product of its seeds, threads and isa (defaults: the config's own)."""
+    if section is None:
+        return (Variant(),)
+    if not isinstance(section, dict):
+        problems.append(
+            f"tune.repeats: {section!r} has the wrong type: expected a section with {', '.join(_REPEAT_KEYS)} "
+            f"(lists; their cross product is the repeats)"
+        )
+        return (Variant(),)
+    for key in section:
+        if key not in _REPEAT_KEYS:
+            problems.append(f"tune.repeats.{key}: unknown key; allowed here: {', '.join(_REPEAT_KEYS)}")
+    own = {"seeds": [cfg.seed if cfg is not None else 0], "threads": [cfg.threads if cfg is not None else None]}
+    lists: dict[str, list] = {}
+    for key, low in (("seeds", 0), ("threads", 1), ("isa", None)):
+        value = section.get(key, own.get(key, ["native"]))
+        if not isinstance(value, list):
+            problems.append(f"tune.repeats.{key}: {value!r} has the wrong type: expected a list")
+            value = []
+        elif not value:
+            problems.append(f"tune.repeats.{key}: the list is empty: give one value at least")
+        elif len(set(map(repr, value))) < len(value):
+            problems.append(f"tune.repeats.{key}: {value!r} repeats a value")
+        for i, v in enumerate(value):
+            if key == "isa":
+                _choose(problems, f"tune.repeats.isa[{i}]", v, ISAS)
+            elif not (v is None and key == "threads" and key not in section):
+                _count(problems, f"tune.repeats.{key}[{i}]", v, low if low is not None else 0)
+        lists[key] = value
+    if problems:
+        return (Variant(),)
+    return tuple(variant_grid(lists["seeds"], lists["threads"], lists["isa"]))
 
 
 def trial_config(cfg: Any, params: dict[str, Any], **top: Any) -> DictConfig:

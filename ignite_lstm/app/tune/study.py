@@ -1,9 +1,10 @@
 """Hyperparameter search with Optuna: ``ignite-lstm tune STUDY.yaml [key=value ...]``.
 
 Also ``ignite-lstm tune ...``. The study file is a config with a ``tune:`` section
-(``ignite_lstm.app.tune.settings``). Each trial is a real run of ``training.run`` in its own run
-folder, ``<output_dir>/<study>/trials/trial-NNNN``, pruned by Optuna's Ignite pruning handler
-on the validation evaluator's metric; its value is the final ``val/<metric>``. Workers share the study
+(``ignite_lstm.app.tune.settings``). Each trial is a real run of ``training.run`` per repeat
+(``ignite_lstm.app.tune.trial``), in its own run folder, ``<output_dir>/<study>/trials/trial-NNNN``,
+pruned on the validation evaluator's metric (the aggregate of the repeats so far); its value is
+the final ``val/<metric>`` (the aggregate of the repeats'). Workers share the study
 through its storage (an SQLite file in the study folder by default): start the command
 several times, or once with ``--workers N``; together they stop at ``tune.trials`` finished
 (complete or pruned) trials. A trial whose worker died is marked failed by the next worker
@@ -17,32 +18,31 @@ command again to continue the study).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import shlex
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ignite_lstm.app.config.schema import ConfigError
-from ignite_lstm.app.run.rundir import RunDirError, prepare_run
+from ignite_lstm.app.run.rundir import RunDirError
 from ignite_lstm.app.task.h5io import DataFileError
-from ignite_lstm.app.tune.settings import TuneSettings, load_study, target_trials, trial_config
+from ignite_lstm.app.tune.settings import TuneSettings, load_study, target_trials
 from ignite_lstm.app.tune.storage import (
     StudyError,
     open_study,
     shown_url,
     storage_url,
 )
+from ignite_lstm.app.tune.trial import TrialDiverged, train_trial
 from ignite_lstm.checkpoint.files import CheckpointMismatch
-from ignite_lstm.search.pruning import quiet_pruned
 from ignite_lstm.search.worker import StudyFailed, make_pruner
 from ignite_lstm.search.worker import run_worker as search_worker
 
-__all__ = ["main", "run_worker", "StudyFailed"]
+__all__ = ["main", "run_worker", "StudyFailed", "TrialDiverged"]
 
 logger = logging.getLogger("ignite_lstm.app.tune.study")
 
@@ -58,90 +58,9 @@ def _sampler(settings: TuneSettings, seed: int | None) -> Any:
 
 
 def _pruner(settings: TuneSettings) -> Any:
-    return make_pruner(settings.pruner, settings.pruner_startup_trials, settings.pruner_warmup_epochs)
-
-
-def _suggest(trial: Any, d: Any) -> Any:
-    if d.type == "float":
-        return trial.suggest_float(d.key, d.low, d.high, log=d.log, step=d.step)
-    if d.type == "int":
-        return trial.suggest_int(d.key, int(d.low), int(d.high), step=int(d.step or 1), log=d.log)
-    return trial.suggest_categorical(d.key, list(d.choices))
-
-
-@contextlib.contextmanager
-def _trial_log(run_dir: str) -> Iterator[None]:
-    """The trial's ``train.log`` in its run folder, as ``run.py`` writes one."""
-    handler = logging.FileHandler(Path(run_dir) / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    logging.getLogger().addHandler(handler)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-
-
-def _train(trial: Any, cfg: Any, settings: TuneSettings, study_dir: Path) -> float:
-    """One trial: a run of ``training.run`` in ``trials/trial-NNNN``, pruned on the validation metric."""
-    import optuna
-    from ignite.engine import Events
-    from optuna_integration import PyTorchIgnitePruningHandler
-
-    from ignite_lstm.app.run.training import run
-
-    params = {d.key: _suggest(trial, d) for d in settings.space}
-    logger.info(
-        "Trial %d started: %s",
-        trial.number,
-        ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()),
+    return make_pruner(
+        settings.pruner, settings.pruner_startup_trials, settings.pruner_warmup_epochs, repeats=len(settings.repeats)
     )
-    run_cfg = trial_config(
-        cfg, params, output_dir=str(study_dir / "trials"), name=f"trial-{trial.number:04d}", resume=None
-    )
-    run_dir = prepare_run(run_cfg, "trial")["run_dir"]
-    trial.set_user_attr("run_dir", run_dir)
-
-    def prune(trainer: Any, evaluator: Any, _: Any) -> None:
-        # Optuna's handler reads the validation evaluator's metrics. It is called at the end of a validated
-        # epoch, after the epoch's history and checkpoints are written; a pruned trial ends the trainer's run
-        # (terminate: its COMPLETED handlers close TensorBoard's files) and TrialPruned leaves training.run
-        # from the trainer's last COMPLETED handler, before any final evaluation.
-        handler, validated, pruned = PyTorchIgnitePruningHandler(trial, settings.metric, trainer), [], []
-        evaluator.add_event_handler(Events.COMPLETED, lambda _: validated.append(True))
-
-        @trainer.on(Events.EPOCH_COMPLETED)
-        def _report(engine: Any) -> None:
-            if validated:
-                validated.clear()
-                try:
-                    handler(evaluator)
-                except optuna.TrialPruned as exc:
-                    pruned.append(exc)
-                    trial.set_user_attr("epochs", engine.state.epoch)
-                    engine.terminate()
-
-        @trainer.on(Events.COMPLETED)
-        def _raise(_: Any) -> None:
-            if pruned:
-                raise pruned[0]
-
-    with _trial_log(run_dir), quiet_pruned():  # the pruned trial is said once, by the progress line
-        outcome = run(0, run_cfg, run_dir, None, attach=[prune])
-    if outcome.status == "interrupted":
-        raise _Interrupted(outcome.message)
-    if outcome.status != "done":  # diverged: a bad point of the space
-        raise TrialDiverged(outcome.message)
-    trial.set_user_attr("epochs", outcome.epochs)
-    return outcome.metrics[f"val/{settings.metric}"]
-
-
-class TrialDiverged(RuntimeError):
-    """The trial's loss became NaN or infinite."""
-
-
-class _Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped the trial's training (its checkpoint is in the trial's folder)."""
 
 
 def run_worker(cfg: Any, settings: TuneSettings, study: Any, storage: Any, lock: Path | None) -> int:
@@ -166,7 +85,7 @@ def run_worker(cfg: Any, settings: TuneSettings, study: Any, storage: Any, lock:
         study,
         storage,
         lock,
-        lambda trial: _train(trial, cfg, settings, study_dir),
+        lambda trial: train_trial(trial, cfg, settings, study_dir),
         target=target_trials(settings),
         sampler_for=sampler_for,
         bad_point=(TrialDiverged, ConfigError),
