@@ -263,18 +263,23 @@ def test_ignite_lstm_tune_is_a_subcommand_of_the_console_script(tmp_path, capsys
     assert exc.value.code == 2 and "the config file does not exist" in capsys.readouterr().err
 
 
-def test_the_base_study_is_a_valid_definition_on_the_validation_mse():
+def test_the_base_study_selects_on_the_worst_repeat_of_the_worst_validation_frequency():
     from ignite_lstm.app.tune.settings import load_study
 
     cfg, settings = load_study(REPO / "configs" / "tune-base.yaml")
-    assert (settings.metric, settings.direction, cfg.train.epochs) == ("mse", "minimize", 200)
+    assert (settings.metric, settings.direction, settings.aggregate) == ("mse_worst", "minimize", "worst")
+    assert cfg.model.init == "chrono"
+    assert [(v.seed, v.threads, v.isa) for v in settings.repeats] == [
+        (0, 1, "native"),
+        (0, 2, "native"),
+        (1, 1, "native"),
+        (1, 2, "native"),
+    ]
     assert {d.key for d in settings.space} == {
         "train.epochs",
         "train.lr",
-        "train.tbptt_steps",
         "handlers.lr_scheduler.warmup_epochs",
-        "model.hidden_size",
-        "data.train.mixtures",
+        "model.chrono_t_max",
     }
 
 
