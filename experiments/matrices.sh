@@ -15,9 +15,11 @@
 # run failed (its row says where its log is).
 #
 # How long (estimates from the runs in docs/application/results.md, 2 x86-64 cores):
-# - base.yaml: 200 epochs, 2.0-2.7 min of training per run with 2 threads alone on the
-#   Intel machine, 3-4 min from start to report; 1 thread roughly 1.5x that. The six runs
-#   one at a time: about 25-35 minutes (the first run also generates the data, seconds).
+# - base.yaml: 100 epochs; on the 2-core AMD EPYC with AVX-512, alone, 0.6 min of training per
+#   run with 2 threads, 1.0 min with one, about 1.3 min per run from start to report. The six
+#   runs one at a time: about 8 minutes (the first run also generates the data, seconds).
+#   Never run a 2-thread run beside another job on 2 cores: OpenMP's threads wait for each
+#   other and the run takes 5-10x longer (same numbers, though).
 # - assignment.yaml: curriculum with early stopping, 500-1050 epochs; 8-33 min of training
 #   per run with 1 thread (22.6 min for seed 1 alone), 2 threads somewhat less. The six runs
 #   one at a time: about 1.5-3 hours. JOBS=2 on two cores saves little wall time (the runs
