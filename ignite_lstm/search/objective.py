@@ -103,6 +103,7 @@ def run_trial(
     q: float = 0.5,
     direction: str | None = None,
     storage: str | None = None,
+    warmup_epochs: int = 0,
 ) -> float:
     """Train one trial (once per repeat) and return its metric: the aggregate of the repeats' last validations.
 
@@ -117,6 +118,7 @@ def run_trial(
         q: the quantile, from the best value (0) to the worst (1).
         direction: the study's direction; None: ``trial.study``'s.
         storage: the study's storage URL, for a repeat in a child process (``isa: avx2``).
+        warmup_epochs: epochs at the start of every repeat in which the trial is not pruned.
 
     Raises:
         optuna.TrialPruned: the pruner stopped it (the run ended normally first).
@@ -127,5 +129,14 @@ def run_trial(
     if direction is None:
         direction = trial.study.direction.name.lower()
     train = partial(_train_built, build=build, metric=metric)
-    value = run_repeats(trial, variants, train, how=aggregate, q=q, direction=str(direction), storage=storage)
+    value = run_repeats(
+        trial,
+        variants,
+        train,
+        how=aggregate,
+        q=q,
+        direction=str(direction),
+        storage=storage,
+        warmup_epochs=warmup_epochs,
+    )
     return value if math.isfinite(value) else float("nan")

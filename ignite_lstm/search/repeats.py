@@ -183,11 +183,26 @@ TrainRepeat = Callable[[Any, Variant, Report], float]
 
 
 class _Reporter:
-    """Reports the aggregate over the repeats so far, at step ``index * max_epochs + epoch``."""
+    """Reports the aggregate over the repeats so far, at step ``index * max_epochs + epoch``.
 
-    def __init__(self, trial: Any, index: int, earlier: list[dict[int, float]], how: str, q: float, direction: str):
+    No repeat is pruned in its first ``warmup_epochs`` epochs (they are reported all the same):
+    early in a later repeat the aggregate is that repeat's untrained start, as bad for every
+    trial, and a median of such values would prune at random.
+    """
+
+    def __init__(
+        self,
+        trial: Any,
+        index: int,
+        earlier: list[dict[int, float]],
+        how: str,
+        q: float,
+        direction: str,
+        warmup_epochs: int = 0,
+    ):
         self.trial, self.index, self.earlier = trial, index, earlier
         self.how, self.q, self.direction = how, q, direction
+        self.warmup_epochs = warmup_epochs
         self.curve: dict[int, float] = {}
         self.max_epochs = 0
 
@@ -199,7 +214,7 @@ class _Reporter:
         if not math.isfinite(reported):
             return False
         self.trial.report(reported, self.index * max_epochs + epoch)
-        return bool(self.trial.should_prune())
+        return epoch > self.warmup_epochs and bool(self.trial.should_prune())
 
 
 def _record(variant: Variant, value: float, reporter: _Reporter, trial: int) -> dict[str, Any]:
@@ -278,7 +293,15 @@ def _child(payload: dict[str, Any], conn: Any) -> None:
             storage.get_study_id_from_name(payload["study"]), payload["number"]
         )
         trial = optuna.trial.Trial(study, trial_id)
-        reporter = _Reporter(trial, payload["index"], payload["earlier"], payload["how"], payload["q"], payload["dir"])
+        reporter = _Reporter(
+            trial,
+            payload["index"],
+            payload["earlier"],
+            payload["how"],
+            payload["q"],
+            payload["dir"],
+            payload["warmup_epochs"],
+        )
         try:
             value = _train_here(trial, payload["variant"], payload["train"], reporter)
             message: tuple[str, Any] = ("done", value)
@@ -320,6 +343,7 @@ def _train_in_child(
         "how": reporter.how,
         "q": reporter.q,
         "dir": reporter.direction,
+        "warmup_epochs": reporter.warmup_epochs,
         "log_level": logging.getLogger().level,
     }
     proc = context.Process(target=_child, args=(payload, send), name=f"repeat-{trial.number}-{variant.label}")
@@ -389,6 +413,7 @@ def run_repeats(
     q: float = 0.5,
     direction: str = "minimize",
     storage: str | None = None,
+    warmup_epochs: int = 0,
 ) -> float:
     """Train ``trial`` once per variant, one after the other; return the aggregate of their final values.
 
@@ -402,6 +427,8 @@ def run_repeats(
         how, q: the aggregate (``aggregate``).
         direction: the study's.
         storage: the study's storage URL (a child process opens the trial there).
+        warmup_epochs: epochs at the start of every repeat in which the trial is not pruned (the
+            pruner's own warm-up counts steps, so it covers the first repeat only).
 
     Returns:
         The aggregate (NaN when a repeat's value is not finite).
@@ -418,7 +445,7 @@ def run_repeats(
     records: list[dict[str, Any]] = []
     curves: list[dict[int, float]] = []
     for r, variant in enumerate(variants):
-        reporter = _Reporter(trial, r, list(curves), how, q, direction)
+        reporter = _Reporter(trial, r, list(curves), how, q, direction, warmup_epochs)
         old = reusable.get(variant.label)
         if old is not None:  # trained by the trial this one retries: its validations are reported again
             logger.info("Trial %d: repeat %s reused from trial %d", trial.number, variant.label, old["trial"])

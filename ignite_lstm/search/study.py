@@ -68,6 +68,7 @@ def _worker(options: dict[str, Any]) -> int:
         q=options["q"],
         direction=options["direction"],
         storage=options["storage"],
+        warmup_epochs=options["pruner_warmup_epochs"],
     )
     return run_worker(
         study,

@@ -65,7 +65,13 @@ def test_the_training_checkpoint_holds_everything_needed_to_continue(reference):
     assert last["early_stopping"]["counter"] == 0  # val mse improved every epoch
     assert set(last["rng"]) >= {"torch", "numpy", "python"}
     assert [e["epoch"] for e in last["history"]["epochs"]] == [1, 2, 3, 4]
-    assert last["config"]["model"] == {"hidden_size": 8, "num_layers": 2, "dropout": 0.3}  # the resolved config
+    assert last["config"]["model"] == {  # the resolved config
+        "hidden_size": 8,
+        "num_layers": 2,
+        "dropout": 0.3,
+        "init": "chrono",
+        "chrono_t_max": 1000.0,
+    }
     assert last["config"]["train"]["epochs"] == 4 and last["config"]["data"]["dir"].endswith("data")
     best = next(checkpoints.glob("best_*.pt"))
     model, rest = load_model(best)

@@ -86,6 +86,34 @@ def test_a_trial_good_in_its_first_repeat_is_pruned_on_the_aggregate_in_its_seco
     assert [(r["variant"], r["value"]) for r in second.user_attrs["repeats"]] == [("s0", pytest.approx(0.05))]
 
 
+def test_no_repeat_is_pruned_in_its_own_warm_up_epochs(tmp_path):
+    # every repeat starts untrained: a later repeat's first epochs are bad in every trial, and the
+    # median of such values would prune at random; warm-up epochs count in every repeat
+    curves = {
+        (0, 0): (0.2, 0.1, 0.05),
+        (0, 1): (0.5, 0.1, 0.05),
+        (1, 0): (0.15, 0.05, 0.03),
+        (1, 1): (0.9, 0.04, 0.02),  # its second repeat starts worse than trial 0's, then learns
+        (2, 0): (0.1, 0.05, 0.02),
+        (2, 1): (0.9, 0.9, 0.9),  # its second repeat never learns
+    }
+    study = search(
+        partial(scripted_repeats, curves=curves, epochs=3),
+        storage=f"sqlite:///{tmp_path / 'study.db'}",
+        trials=3,
+        repeats=2,
+        aggregate="worst",
+        pruner="median",
+        pruner_startup_trials=1,
+        pruner_warmup_epochs=1,
+    )
+    first, second, third = study.trials
+    assert second.state.name == "COMPLETE" and second.value == pytest.approx(np.max([0.03, 0.02]))
+    assert second.intermediate_values[4] == pytest.approx(np.max([0.15, 0.9]))  # reported, not judged
+    assert third.state.name == "PRUNED" and third.user_attrs["epochs"] == 2  # judged after the warm-up
+    assert third.intermediate_values[5] == pytest.approx(np.max([0.05, 0.9]))
+
+
 def test_a_maximised_metric_takes_the_least_of_its_repeats_as_worst(tmp_path):
     curves = {(0, 0): (0.7,), (0, 3): (0.4,), (0, 4): (0.6,)}
     study = search(

@@ -155,4 +155,5 @@ def train_trial(trial: Any, cfg: Any, settings: TuneSettings, study_dir: Path) -
         q=settings.q,
         direction=settings.direction,
         storage=storage_url(settings, study_dir),
+        warmup_epochs=settings.pruner_warmup_epochs,
     )
