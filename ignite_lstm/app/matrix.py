@@ -46,6 +46,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from ignite_lstm._internal.trees import flatten
 from ignite_lstm.app.config.schema import ConfigError, load_config
 from ignite_lstm.models.native.build import ISA_FLAGS
 
@@ -132,15 +133,6 @@ def combinations(seeds: Sequence[int], threads: Sequence[int], isas: Sequence[st
     return [Combination(s, t, i) for s in unique(seeds) for t in unique(threads) for i in unique(isas)]
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat.update(_flat(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: tree}
-
-
 # Where a run is, not what it computes: a matrix folder that was moved still holds its runs.
 _PLACE_KEYS = ("resume", "output_dir", "name")
 
@@ -151,7 +143,7 @@ def _config_differences(run_dir: Path, expected: Any) -> list[str] | None:
         stored = load_config(run_dir / "config.yaml")
     except ConfigError:
         return None
-    have, want = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (stored, expected))
+    have, want = (flatten(OmegaConf.to_container(c, resolve=True)) for c in (stored, expected))
     return sorted(k for k in have.keys() | want.keys() if k not in _PLACE_KEYS and have.get(k) != want.get(k))
 
 

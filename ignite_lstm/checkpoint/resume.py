@@ -23,6 +23,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
+from ignite_lstm._internal.trees import flatten
 from ignite_lstm.checkpoint.files import ESSENTIAL_KEYS, CheckpointMismatch, FixedState, require_entries
 from ignite_lstm.checkpoint.generators import LoaderGenerators
 
@@ -190,18 +191,9 @@ def check_resumable(
         )
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``key: old -> new`` for every setting that differs (``resume`` itself ignored)."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     return [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
         for k in sorted(set(old) | set(new))
