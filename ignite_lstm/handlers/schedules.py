@@ -120,8 +120,18 @@ def setup_lr_scheduler(
     event: CallableEventWithFilter = TimeEvents.WINDOW_STARTED if update == "window" else Events.ITERATION_STARTED
     total = epochs * steps_per_epoch
     warmup = warmup_steps(warmup_epochs, steps_per_epoch)
-    if warmup >= total:
+    if warmup_epochs >= epochs:
         raise ValueError(f"Argument warmup_epochs ({warmup_epochs}) should be shorter than the run ({epochs} epochs).")
+    if warmup >= total:  # shorter in epochs, not in steps: a warm-up takes 2 steps at least
+        fitted = total - 1 if total - 1 >= 2 else 0
+        logger.warning(
+            "A warm-up of %g epochs is %d optimizer steps, as long as the whole run (%d): warming up over %d steps.",
+            warmup_epochs,
+            warmup,
+            total,
+            fitted,
+        )
+        warmup = fitted
     start = lr * WARMUP_START_FACTOR
     if name == "plateau":
         if val_evaluator is None:

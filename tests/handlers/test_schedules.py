@@ -244,6 +244,23 @@ def test_schedule_state_survives_a_weights_only_checkpoint_and_continues_exactly
     assert len(set(whole)) > 3  # the schedule did move in both halves
 
 
+@pytest.mark.parametrize("name", ["cosine", "step", "onecycle"])
+def test_a_warmup_shorter_than_the_run_in_epochs_but_not_in_steps_is_fitted_with_a_warning(name, caplog):
+    # one optimizer step per epoch, 2 epochs: a warm-up of 1.5 epochs would take both steps (2 at least);
+    # a study drew such a trial and the ValueError ended the whole study
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR)
+    trainer = Engine(lambda e, b: None)
+    with caplog.at_level("WARNING", logger="ignite_lstm.handlers.schedules"):
+        setup_lr_scheduler(
+            trainer, optimizer, name=name, lr=LR, epochs=2, steps_per_epoch=1, update="sequence", warmup_epochs=1.5
+        )
+    assert "as long as the whole run (2): warming up over 0 steps" in caplog.text
+    lrs = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: lrs.append(optimizer.param_groups[0]["lr"]))
+    trainer.run(range(1), max_epochs=2)
+    assert len(lrs) == 2 and all(0 < lr <= LR for lr in lrs)
+
+
 def test_warmup_must_be_shorter_than_the_run():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR)
     with pytest.raises(ValueError, match=r"Argument warmup_epochs \(2.0\) should be shorter than the run \(2 epochs\)"):
