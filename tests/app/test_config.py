@@ -387,7 +387,10 @@ def test_overrides_apply_with_yaml_typing():
     "values, problem",
     [
         ({"foo": 1}, f"foo: unknown key; allowed here: {TOP_KEYS}"),
-        ({"model": {"hidden": 3}}, "model.hidden: unknown key; allowed here: hidden_size, num_layers, dropout, init, chrono_t_max"),
+        (
+            {"model": {"hidden": 3}},
+            "model.hidden: unknown key; allowed here: hidden_size, num_layers, dropout, init, chrono_t_max",
+        ),
         ({"data": {"train": {"seeds": 3}}}, "data.train.seeds: unknown key; allowed here: seed, mixtures"),
         ({"model": 3}, "model: 3 has the wrong type: expected a section (mapping)"),
         ({"model": {"hidden_size": "8"}}, "model.hidden_size: '8' has the wrong type: expected int"),

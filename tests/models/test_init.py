@@ -39,7 +39,7 @@ def test_lstm_forget_gate_keeps_u_over_1_plus_u_of_the_cell():
         c0 = torch.ones(2, 4, H, dtype=torch.float64)
         _, (_, c1) = model.step(torch.zeros(4, 3, dtype=torch.float64), (h0, c0))
     for layer, u in enumerate(_draws(7, 2)):
-        assert 1 <= u.min() and u.max() <= T_MAX - 1
+        assert u.min() >= 1 and u.max() <= T_MAX - 1
         keep = u / (1 + u)  # sigmoid(log u)
         torch.testing.assert_close(c1[layer], keep.expand(4, H), rtol=1e-12, atol=0)
         # the input gate is the forget gate's mirror: sigmoid(-log u) = 1 / (1 + u)
