@@ -65,7 +65,7 @@ import sys
 import time
 
 SEQUENCES, FEATURES, HIDDEN, LAYERS = 40, 5, 64, 2
-STREAM_CHUNK = 250  # steps per chunk of the stream rows (the default chunk_steps of fused-detached)
+STREAM_CHUNK = 250  # steps per chunk of the stream rows (the app's default train.chunk_steps)
 STREAM_ROUNDS = 7  # epochs per variant of the stream rows, the best kept: their differences are small
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "pad_to_length",
     "window_bounds",
     "global_steps",
+    "global_max",
 ]
 
 _KEYS = ("x", "y", "mask", "reset")
@@ -316,3 +317,17 @@ def global_steps(steps: int) -> int:
     if idist.get_world_size() == 1:
         return steps
     return int(cast(torch.Tensor, idist.all_reduce(torch.tensor(float(steps), device=idist.device()), op="MAX")).item())
+
+
+def global_max(value: int) -> int:
+    """The largest of ``value`` over all processes (``value`` itself without several processes).
+
+    Args:
+        value: this process's number (a batch size).
+
+    Returns:
+        The maximum over the processes.
+    """
+    if idist.get_world_size() == 1:
+        return value
+    return int(cast(torch.Tensor, idist.all_reduce(torch.tensor(float(value), device=idist.device()), op="MAX")).item())

@@ -107,7 +107,7 @@ def create_trainer(
     grad_clip: float | None = None,
     device: str | torch.device | None = None,
     execution: str = "auto",
-    chunk_steps: int = 250,
+    chunk_steps: int | None = None,
     amp_dtype: torch.dtype | None = None,
     gradient_accumulation_steps: int = 1,
     non_blocking: bool = False,
@@ -135,7 +135,10 @@ def create_trainer(
         device: where batches go; the model is moved there too, in place (a move that
             would replace its parameters, and so leave the optimizer behind, is refused).
         execution: ``"auto"``, ``"fused"`` or ``"stepwise"``, see ``select_execution``.
-        chunk_steps: steps per chunk of the ``fused-detached`` path (bounds memory).
+        chunk_steps: steps per chunk of the ``fused-detached`` path (bounds memory), or None: sized for each
+            batch by the model, as many steps as keep a chunk's saved arrays within its budget
+            (``StatefulLSTM.detached_chunk_steps``; 250 for a model without that method,
+            ``ignite_lstm.engine.updates.chunk_length``). The numbers do not depend on it beyond rounding.
         amp_dtype: None, ``torch.bfloat16`` or ``torch.float16``: autocast around each
             forward and loss only; float16 adds a ``GradScaler`` (``trainer.state.scaler``).
         gradient_accumulation_steps: N: Ignite's meaning: each batch's loss scaled by 1/N,
@@ -274,10 +277,11 @@ def epoch_loss_metric(trainer: Engine) -> Average:
 
 
 def _check_trainer_args(
-    tbptt_steps: int, chunk_steps: int, accumulation_steps: int, update: str, grad_clip: float | None
+    tbptt_steps: int, chunk_steps: int | None, accumulation_steps: int, update: str, grad_clip: float | None
 ) -> None:
     _check_positive_int("tbptt_steps", tbptt_steps)
-    _check_positive_int("chunk_steps", chunk_steps)
+    if chunk_steps is not None:
+        _check_positive_int("chunk_steps", chunk_steps)
     _check_positive_int("gradient_accumulation_steps", accumulation_steps)
     if update not in UPDATES:
         raise ValueError(f"Argument update should be one of {UPDATES}, got {update!r}.")

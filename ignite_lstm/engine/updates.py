@@ -28,17 +28,49 @@ from ignite.engine import Engine
 from ignite_lstm.engine.attributes import run_state
 from ignite_lstm.engine.batches import (
     SegmentCounts,
+    global_max,
     global_steps,
     pad_to_length,
     segment_counts,
     window_bounds,
 )
 from ignite_lstm.engine.events import TimeEvents
-from ignite_lstm.engine.execution import amp_context, run_steps, step_fn, without_grad_sync
+from ignite_lstm.engine.execution import amp_context, run_steps, step_fn, unwrap, without_grad_sync
 from ignite_lstm.engine.losses import StepLosses, loss_positions, masked_loss
 from ignite_lstm.engine.state import detach_state
 
-__all__ = ["BatchUpdate", "BatchResult"]
+__all__ = ["BatchUpdate", "BatchResult", "DEFAULT_CHUNK_STEPS", "chunk_length"]
+
+DEFAULT_CHUNK_STEPS = 250
+"""Steps per chunk of ``fused-detached`` for a model that does not size its own chunks (``chunk_length``)."""
+
+
+def chunk_length(model: nn.Module, steps: int, batch_size: int, element_size: int) -> int:
+    """Steps per chunk of the ``fused-detached`` path when the user gave no ``chunk_steps``.
+
+    A model with ``detached_chunk_steps(batch_size, element_size)`` (``StatefulLSTM``, ``StatefulGRU``:
+    as many steps as keep what a chunk's forward saves for its backward within a byte budget) sizes its
+    own chunks; any other model gets ``DEFAULT_CHUNK_STEPS``. The batch's steps are then cut into as
+    few chunks as that allows, of equal length (the last one shorter by less than one step per chunk),
+    rather than full chunks and a short rest that would cost a chunk's overhead for a few steps.
+
+    Args:
+        model: the trained model (a DDP wrapper is looked through).
+        steps: T, the batch's steps (the longest over the processes).
+        batch_size: B, the largest over the processes (they must cut their batches alike).
+        element_size: bytes per value of the inputs (4: float32).
+
+    Returns:
+        The chunk length, >= 1.
+
+    Example:
+        >>> chunk_length(StatefulLSTM(5, 64, num_layers=2), 2000, 40, 4)  # 5 chunks, the most 465 steps each
+        400
+    """
+    size = getattr(unwrap(model), "detached_chunk_steps", None)
+    most = max(1, int(size(batch_size, element_size))) if callable(size) else DEFAULT_CHUNK_STEPS
+    chunks = max(1, -(-steps // most))
+    return max(1, -(-steps // chunks))
 
 
 class BatchResult(NamedTuple):
@@ -58,7 +90,8 @@ class BatchUpdate:
         model, optimizer, loss_fn: as given to ``create_trainer``.
         events: the ``TimeEvents`` enum to fire.
         path: ``"stepwise"``, ``"fused"`` or ``"fused-detached"``.
-        tbptt_steps, update, chunk_steps, grad_clip, amp_dtype, accumulation_steps: as in ``create_trainer``.
+        tbptt_steps, update, chunk_steps, grad_clip, amp_dtype, accumulation_steps: as in ``create_trainer``
+            (``chunk_steps`` None: ``chunk_length`` per batch).
         scaler: a ``torch.amp.GradScaler`` (float16) or None.
         allow_empty: accept a batch without a counted position (the state carried across batches
             steps through it; no gradient, no optimizer step unless earlier batches accumulated one).
@@ -74,7 +107,7 @@ class BatchUpdate:
         path: str,
         tbptt_steps: int,
         update: str,
-        chunk_steps: int,
+        chunk_steps: int | None,
         grad_clip: float | None,
         amp_dtype: torch.dtype | None,
         accumulation_steps: int,
@@ -118,7 +151,10 @@ class BatchUpdate:
         if padded:  # processes with batches of other lengths: pad to the longest, uncounted
             x, y, mask = pad_to_length(x, y, mask, steps)
         mask, weights = loss_positions(self.loss_fn, y, mask)  # ignore_index, class weights
-        counts = segment_counts(mask, x.shape[0], window_bounds(steps, self.length), weights)
+        length = self.length
+        if length is None:  # fused-detached, chunks sized for the batch: the same bounds on every process
+            length = chunk_length(self.model, steps, global_max(x.shape[0]), x.element_size())
+        counts = segment_counts(mask, x.shape[0], window_bounds(steps, length), weights)
         n = sum(counts.total)
         if n == 0 and not self.allow_empty:
             raise ValueError("Argument batch should have at least one step that counts; its mask is False everywhere.")

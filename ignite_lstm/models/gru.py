@@ -44,6 +44,7 @@ class StatefulGRU(StackedRNN):
     supports_detach_every_step = True
     state_batch_dim = 1  # h (num_layers, B, H)
     cell = nn.GRU
+    detached_saved_per_unit = 5  # per step: h and the four saved values (r, z, n, W_hn h + b_hn)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
         """Zero state h (num_layers, B, H)."""

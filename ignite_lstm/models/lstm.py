@@ -188,6 +188,10 @@ class StatefulLSTM(StackedRNN):
         if detach_every_step:
             h0, c0 = h0.detach(), c0.detach()
         masks = self._dropout_masks(x.shape[1], x.shape[0], x)
+        if detach_every_step and all(m is None for m in masks):  # the whole stack and read-out in one node
+            head = (self.head.weight, self.head.bias)
+            y, h, c = native.detached_stack(self, x, h0, c0, self._weights(), head)
+            return y, (h, c)
         inp = x.transpose(0, 1)  # (T, B, F): the kernel walks time-major rows
         hs, cs = [], []
         for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._weights()):

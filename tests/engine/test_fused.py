@@ -275,3 +275,44 @@ class _MyMSE(nn.MSELoss):
 )
 def test_elementwise_loss_refuses_other_losses(loss_fn):
     assert elementwise_loss(loss_fn) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_default_chunks_are_sized_by_the_model_and_give_the_per_step_numbers(dtype):
+    """Without chunk_steps the model sizes the chunks (``detached_chunk_steps``: here at most 3 steps of the
+    batch fit its budget), cut evenly (10 steps: 3, 3, 3, 1); loss, per-step losses, gradients and weights are
+    those of the per-step loop."""
+    model = _model(2, dtype)
+    per_step = B * torch.empty((), dtype=dtype).element_size() * ((2 * 6 + 2) * H + F_IN + O)
+    model.detached_chunk_bytes = 3 * per_step + per_step // 2  # 3.5 steps: at most 3
+    assert model.detached_chunk_steps(B, torch.empty((), dtype=dtype).element_size()) == 3
+    stepwise_model = copy.deepcopy(model)
+    batches = _batches(2, dtype)
+    fused = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss())
+    sizes = []
+    fused.add_event_handler(TimeEvents.CHUNK_COMPLETED, lambda e: sizes.append(len(e.state.window_losses)))
+    fused.run(batches, max_epochs=1)
+    assert fused.execution == "fused-detached" and sizes == [3, 3, 3, 1] * 2
+    stepwise = create_trainer(
+        stepwise_model, torch.optim.SGD(stepwise_model.parameters(), lr=0.1), nn.MSELoss(), execution="stepwise"
+    )
+    stepwise.run(batches, max_epochs=1)
+    tol = TOL[dtype]
+    assert fused.state.output["loss"] == pytest.approx(stepwise.state.output["loss"], rel=tol)
+    assert _rel_all([p.grad for p in model.parameters()], [p.grad for p in stepwise_model.parameters()]) <= tol
+    for a, b in zip(model.parameters(), stepwise_model.parameters()):
+        assert _rel(a, b) <= tol
+
+
+def test_chunk_length_cuts_the_batch_evenly_within_the_models_size():
+    from ignite_lstm.engine.updates import DEFAULT_CHUNK_STEPS, chunk_length
+
+    model = StatefulLSTM(5, 64, num_layers=2)
+    most = model.detached_chunk_steps(40, 4)
+    assert most == 64 * 2**20 // (40 * 4 * ((2 * 6 + 2) * 64 + 5 + 1)) == 465
+    assert chunk_length(model, 2000, 40, 4) == 400  # 5 chunks of 400, not 4 of 465 and one of 140
+    assert chunk_length(model, most, 40, 4) == most  # one chunk
+    assert chunk_length(model, 2000, 8, 4) == 2000  # a small batch: one chunk
+    assert model.detached_chunk_steps(8, 4) >= 5 * most  # the same bytes per chunk
+    assert chunk_length(nn.Linear(2, 2), 1000, 40, 4) == DEFAULT_CHUNK_STEPS  # a model that does not size them
+    assert chunk_length(nn.Linear(2, 2), 260, 40, 4) == 130  # two even chunks, not 250 and 10

@@ -162,10 +162,12 @@ def test_stateful_lstm_computes_in_float32_under_autocast_on_the_native_kernel_a
     kernel, tbptt_steps, monkeypatch
 ):
     # bf16 training of StatefulLSTM gives the float32 numbers bit for bit, on the native kernel
-    # (counted: its layer function is called, under autocast too) and on PyTorch's code.
+    # (counted: its layer function, or on the detached path its stack function, is called, under autocast
+    # too) and on PyTorch's code.
     calls = []
-    real = native.lstm_layer
-    monkeypatch.setattr(native, "lstm_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for name in ("lstm_layer", "detached_stack"):
+        real = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
     x, y, mask = _batch(dtype=torch.float32)
     runs = {}
     for amp_dtype in (None, torch.bfloat16):

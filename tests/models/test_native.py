@@ -71,6 +71,83 @@ def test_forward_and_gradients_equal_pytorch_in_float64(num_layers, detach):
         assert all(g.abs().max() > 0 for g in got[4][1:])
 
 
+def _literal_detached(model, x, state):
+    """The literal L = 1 loop: the state detached before every step, one torch.lstm_cell per layer and step."""
+    hs, cs = list(state[0]), list(state[1])
+    ys = []
+    for t in range(x.shape[1]):
+        inp = x[:, t]
+        for i, lstm in enumerate(model.layers):
+            hs[i], cs[i] = torch.lstm_cell(
+                inp,
+                (hs[i].detach(), cs[i].detach()),
+                *(lstm.weight_ih_l0, lstm.weight_hh_l0),
+                *(lstm.bias_ih_l0, lstm.bias_hh_l0),
+            )
+            inp = hs[i]
+        ys.append(model.head(inp))
+    return torch.stack(ys, 1), (torch.stack(hs).detach(), torch.stack(cs).detach())
+
+
+def _chunk_grads(model, x, state, weights, run):
+    """Outputs, final state and the gradients of every parameter and of x, for a loss (y * weights).sum()."""
+    model.zero_grad()
+    x = x.clone().requires_grad_(True)
+    y, (h, c) = run(model, x, state)
+    (y * weights).sum().backward()
+    return [y.detach(), h, c, x.grad] + [p.grad.clone() for p in model.parameters()]
+
+
+def _native_detached(model, x, state):
+    return model(x, state, detach_every_step=True)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+def test_detached_stack_equals_the_per_step_loop_in_float64(num_layers):
+    """``native.detached_stack`` (one autograd node per chunk, arrays reused from chunk to chunk) against the
+    literal loop: outputs, final state, the read-out's, every layer's and the input's gradients; over a chunk of
+    9 steps, then one of 4 (a prefix of the reused arrays), then two chunks whose graphs are both held before
+    either backward (the second gets arrays of its own)."""
+    model = _model(num_layers, hidden=5, outputs=2)
+    gen = torch.Generator().manual_seed(3)
+    xs = [_data(4, steps, seed=s) for s, steps in ((10, 9), (11, 4), (12, 6), (13, 6))]
+    ws = [torch.randn(4, x.shape[1], 2, generator=gen, dtype=torch.float64) for x in xs]
+    state = _state(model, 4, torch.float64)
+    for x, w in zip(xs[:2], ws[:2]):
+        got = _chunk_grads(model, x, state, w, _native_detached)
+        want = _chunk_grads(model, x, state, w, _literal_detached)
+        for a, b in zip(got, want):
+            assert _rel(a, b) <= 1e-12
+        state = got[1:3]
+    # two graphs held at once: the second forward may not write the first one's arrays
+    model.zero_grad()
+    inputs = [x.clone().requires_grad_(True) for x in xs[2:]]
+    y_a, s_a = model(inputs[0], state, detach_every_step=True)
+    y_b, _ = model(inputs[1], s_a, detach_every_step=True)
+    ((y_b * ws[3]).sum() + (y_a * ws[2]).sum()).backward()
+    got = [inputs[0].grad, inputs[1].grad] + [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    refs = [x.clone().requires_grad_(True) for x in xs[2:]]
+    r_a, rs_a = _literal_detached(model, refs[0], state)
+    r_b, _ = _literal_detached(model, refs[1], rs_a)
+    ((r_b * ws[3]).sum() + (r_a * ws[2]).sum()).backward()
+    want = [refs[0].grad, refs[1].grad] + [p.grad.clone() for p in model.parameters()]
+    for a, b in [(y_a, r_a), (y_b, r_b), *zip(got, want)]:
+        assert _rel(a.detach(), b.detach()) <= 1e-12
+
+
+def test_detached_stack_refuses_a_retained_graph_whose_arrays_a_later_chunk_wrote():
+    """A graph kept with retain_graph=True and backpropagated again after the next chunk's forward (which reuses
+    the arrays) raises autograd's error instead of reading the later chunk's numbers."""
+    model = _model(2)
+    x = _data(3, 5)
+    y, state = model(x, None, detach_every_step=True)
+    y.sum().backward(retain_graph=True)
+    model(x, state, detach_every_step=True)[0].sum().backward()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
 def test_gradcheck_through_time():
     model = _model(2, hidden=4)
     x = _data(3, 5)

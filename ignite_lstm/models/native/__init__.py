@@ -15,7 +15,10 @@ The library is compiled on first use with the system C++ compiler (a few seconds
 into a cache folder (``$IGNITE_LSTM_CACHE``, else ``~/.cache/ignite_lstm``) and reused
 (``_native_lib``: building, loading, switching off). Without a compiler, on a GPU, or with
 ``IGNITE_LSTM_NATIVE=0``, the models fall back to their PyTorch code; ``available()`` tells
-which. Here: the weights packed for the kernel, the calls, and the autograd function.
+which. Here: the weights packed for the kernel, the calls, and the autograd functions: one layer
+(``lstm_layer``), and the stack with its read-out with the state detached after every step
+(``detached_stack``, the trainer's ``fused-detached`` chunks: one autograd node per chunk, its arrays
+reused from chunk to chunk).
 """
 
 from __future__ import annotations
@@ -29,7 +32,16 @@ import torch
 from ignite_lstm._internal.compat import tensor_version
 from ignite_lstm.models.native.loader import available, describe, disabled, function, library
 
-__all__ = ["available", "describe", "disabled", "lstm_layer", "lstm_layer_inference", "stack_runner", "step_many"]
+__all__ = [
+    "available",
+    "describe",
+    "detached_stack",
+    "disabled",
+    "lstm_layer",
+    "lstm_layer_inference",
+    "stack_runner",
+    "step_many",
+]
 
 _MIN_ROWS_PER_THREAD = 4  # below this, a thread's share of a step costs less than handing it over
 _MIN_ROWS_PER_STEP_THREAD = 16  # the same for a call of one step (a fork and join per call, not per chunk)
@@ -299,6 +311,185 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, recurrent: bool = True):
         >>> hs, h, c = lstm_layer(x, h0, c0, *lstm.parameters(), recurrent=False)
     """
     return _Layer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, recurrent)
+
+
+class _StackBuffers:
+    """The arrays of ``detached_stack`` for chunks of up to ``C`` steps of ``B`` rows, reused from chunk to chunk.
+
+    Per layer the forward's hidden states, cells and activated gates (and, where PyTorch's products run the
+    backward, the rows ``[x_t, h_{t-1}, 1]``), the chunk's inputs time-major, and the backward's gradients
+    into the layers' outputs (two, used in turn down the stack) and, on builds without the kernel's own
+    products, the gate gradients. A chunk of fewer steps uses the first steps of each (time-major: a
+    contiguous prefix). Allocating them afresh for every chunk (tens of MB at batch 40 and 250 steps)
+    costs page faults and first-touch work that the kernel then pays for.
+
+    One forward borrows them until its backward has run (``lent``); a forward while they are lent gets
+    arrays of its own. A reuse bumps the arrays' version counters, so that a retained graph of an earlier
+    chunk, backpropagated again after a later forward, raises autograd's error about tensors modified in
+    place instead of reading the later chunk's numbers.
+    """
+
+    def __init__(self, C: int, B: int, I0: int, H: int, L: int, dtype: torch.dtype, own: bool) -> None:
+        self.shape = (B, I0, H, L, dtype, own)
+        self.C = C
+        new = torch.empty
+        self.x = new(C, B, I0, dtype=dtype)
+        self.hs = [new(C, B, H, dtype=dtype) for _ in range(L)]
+        self.cs = [new(C, B, H, dtype=dtype) for _ in range(L)]
+        self.gates = [new(C, B, 4 * H, dtype=dtype) for _ in range(L)]
+        self.xh = None if own else [new(C, B, (I0 if i == 0 else H) + H + 1, dtype=dtype) for i in range(L)]
+        self.dh = [new(C, B, H, dtype=dtype) for _ in range(2 if L > 1 else 1)]
+        self.dz = None if own else new(C, B, 4 * H, dtype=dtype)
+        self.lent = False
+
+    def fits(self, C: int, B: int, I0: int, H: int, L: int, dtype: torch.dtype, own: bool) -> bool:
+        return C <= self.C and self.shape == (B, I0, H, L, dtype, own)
+
+    def saved(self) -> list[torch.Tensor]:
+        """The arrays a forward leaves for its backward (whose version counters a reuse bumps)."""
+        return [self.x, *self.hs, *self.cs, *self.gates, *(self.xh or [])]
+
+
+_buffers: dict[int, _StackBuffers] = {}
+
+
+def _borrow(owner, C: int, B: int, I0: int, H: int, L: int, dtype: torch.dtype, own: bool) -> _StackBuffers:
+    """``owner``'s buffers when they fit and are free (lent to the caller until its backward), else new ones."""
+    key = id(owner)
+    hit = _buffers.get(key)
+    if hit is not None and hit.lent:
+        return _StackBuffers(C, B, I0, H, L, dtype, own)  # a graph not yet backpropagated holds them
+    if hit is not None and hit.fits(C, B, I0, H, L, dtype, own):
+        for t in hit.saved():
+            torch.autograd.graph.increment_version(t)
+    else:
+        if hit is None:
+            weakref.finalize(owner, _buffers.pop, key, None)
+        hit = _buffers[key] = _StackBuffers(C, B, I0, H, L, dtype, own)
+    hit.lent = True
+    return hit
+
+
+class _DetachedStack(torch.autograd.Function):
+    """A stack of LSTM layers and its linear read-out over C steps, every step from its detached previous state.
+
+    One autograd node per chunk: the forward runs each layer's kernel over the chunk and the read-out;
+    the backward the read-out's gradients, then each layer's kernel backward from the last layer to the
+    first, the gradient into a layer's input being the gradient into the outputs of the layer below.
+    The same kernel calls and products as ``lstm_layer`` per layer followed by ``nn.Linear``.
+    """
+
+    @staticmethod
+    def forward(ctx, owner, x, h0, c0, head_w, head_b, *params):
+        B, C, I0 = x.shape
+        L, H = len(params) // 4, params[1].shape[1]
+        own = _own_products()
+        buf = _borrow(owner, C, B, I0, H, L, x.dtype, own)
+        x_tm = buf.x[:C]
+        h0, c0 = h0.contiguous(), c0.contiguous()
+        h_n, c_n = x.new_empty(L, B, H), x.new_empty(L, B, H)
+        try:
+            x_tm.copy_(x.transpose(0, 1))
+            inp = x_tm
+            for i in range(L):
+                w_ih, w_hh, b_ih, b_hh = params[4 * i : 4 * i + 4]
+                hs, cs, gates = buf.hs[i][:C], buf.cs[i][:C], buf.gates[i][:C]
+                xh = None if buf.xh is None else buf.xh[i][:C]
+                _forward(inp, _pack(w_ih, w_hh, b_ih, b_hh), H, h0[i], c0[i], hs, cs, gates, xh, h_n[i], c_n[i])
+                inp = hs
+            rows = inp.view(C * B, H)
+            y = rows @ head_w.t() if head_b is None else torch.addmm(head_b, rows, head_w.t())
+        except BaseException:
+            buf.lent = False  # no graph holds them
+            raise
+        ctx.buf, ctx.has_bias, ctx.L = buf, head_b is not None, L
+        saved = [x_tm, c0, head_w, *buf.hs, *buf.cs, *buf.gates, *params[0::4], *params[1::4]]
+        ctx.save_for_backward(h0, *saved, *(buf.xh or []))
+        ctx.mark_non_differentiable(h_n, c_n)  # the carried state is detached
+        return y.view(C, B, -1).transpose(0, 1), h_n, c_n
+
+    @staticmethod
+    def backward(ctx, dy, _dh, _dc):
+        buf, L = ctx.buf, ctx.L
+        h0, x_tm, c0, head_w, *rest = ctx.saved_tensors
+        hs_all, cs_all, gates_all = rest[:L], rest[L : 2 * L], rest[2 * L : 3 * L]
+        w_ih_all, w_hh_all, xh_all = rest[3 * L : 4 * L], rest[4 * L : 5 * L], rest[5 * L :]
+        C, B, I0 = x_tm.shape
+        H = c0.shape[-1]
+        dy_rows = dy.transpose(0, 1).reshape(C * B, -1)
+        d_head_w = dy_rows.t() @ hs_all[L - 1][:C].view(C * B, H)
+        d_head_b = dy_rows.sum(0) if ctx.has_bias else None
+        dh = buf.dh[0][:C]
+        torch.mm(dy_rows, head_w, out=dh.view(C * B, H))
+        grads: list[torch.Tensor | None] = [None] * (4 * L)
+        d_x = None
+        for i in reversed(range(L)):
+            w_ih, w_hh = w_ih_all[i].contiguous(), w_hh_all[i].contiguous()
+            I = w_ih.shape[1]
+            cs, gates = cs_all[i][:C], gates_all[i][:C]
+            if i > 0:
+                d_in = buf.dh[(L - i) % 2][:C]
+            else:
+                d_in = x_tm.new_empty(C, B, I) if ctx.needs_input_grad[1] else None
+            if buf.dz is None:  # the kernel's own products, from the rows x, h0, hs
+                inp = x_tm if i == 0 else hs_all[i - 1][:C]
+                d_w = cs.new_empty(4 * H, I + H + 1)  # [dW_ih, dW_hh, db]
+                _backward(
+                    False,
+                    gates,
+                    cs,
+                    c0[i],
+                    dh,
+                    w_hh,
+                    w_ih,
+                    (inp, hs_all[i][:C], h0[i]),
+                    None,
+                    None,
+                    d_in,
+                    d_w,
+                    None,
+                    None,
+                )
+            else:
+                dz = buf.dz[:C]
+                _backward(False, gates, cs, c0[i], dh, w_hh, w_ih, None, None, dz, None, None, None, None)
+                dz2 = dz.view(C * B, 4 * H)
+                if d_in is not None:
+                    torch.mm(dz2, w_ih, out=d_in.view(C * B, I))
+                d_w = dz2.t() @ xh_all[i][:C].view(C * B, I + H + 1)
+            d_b = d_w[:, I + H].contiguous()
+            grads[4 * i : 4 * i + 4] = [d_w[:, :I].contiguous(), d_w[:, I : I + H].contiguous(), d_b, d_b.clone()]
+            if i > 0:
+                dh = d_in
+            else:
+                d_x = d_in
+        buf.lent = False  # the next chunk's forward may write them
+        if d_x is not None:
+            d_x = d_x.transpose(0, 1)
+        return (None, d_x, None, None, d_head_w, d_head_b, *grads)
+
+
+def detached_stack(owner, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, layers, head):
+    """A stack of LSTM layers and its read-out over C steps with the state detached after every step.
+
+    The gradient is that of the literal loop that detaches the state before every step (and of
+    ``lstm_layer(..., recurrent=False)`` per layer followed by the read-out), in one autograd node
+    whose forward and backward reuse ``owner``'s arrays from one chunk to the next.
+
+    Args:
+        owner: the object the reused arrays belong to (the model; they go with it).
+        x: (B, C, I) inputs, batch-first. h0, c0: (L, B, H) the state before the first step (constants).
+        layers: ``(w_ih, w_hh, b_ih, b_hh)`` per layer, as in ``nn.LSTM``.
+        head: ``(weight (O, H), bias (O) or None)`` of the linear read-out.
+
+    Returns:
+        (y (B, C, O), h (L, B, H), c (L, B, H)): the outputs with their graph, the final state detached.
+
+    Example:
+        >>> y, h, c = detached_stack(model, x, h0, c0, model._weights(), (model.head.weight, model.head.bias))
+    """
+    params = [t for p in layers for t in p]
+    return _DetachedStack.apply(owner, x, h0.detach(), c0.detach(), head[0], head[1], *params)
 
 
 def step_many(model, x_t: torch.Tensor, state=None):
