@@ -313,10 +313,8 @@ def window_bounds(steps: int, length: int) -> list[tuple[int, int]]:
 
 
 def global_steps(steps: int) -> int:
-    """The longest batch length over all processes (this one's without several processes)."""
-    if idist.get_world_size() == 1:
-        return steps
-    return int(cast(torch.Tensor, idist.all_reduce(torch.tensor(float(steps), device=idist.device()), op="MAX")).item())
+    """The longest batch length over all processes (this one's without several processes): ``global_max``."""
+    return global_max(steps)
 
 
 def global_max(value: int) -> int:
