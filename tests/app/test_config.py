@@ -401,6 +401,8 @@ def test_overrides_apply_with_yaml_typing():
         ({"model": {"hidden_size": -4}}, "model.hidden_size: -4 is out of range: must be >= 1"),
         ({"train": {"lr": 0}}, "train.lr: 0 is out of range: must be > 0.0"),
         ({"model": {"dropout": 1.0}}, "model.dropout: 1.0 is out of range: must be < 1.0"),
+        ({"model": {"chrono_t_max": 2}}, "model.chrono_t_max: 2 is out of range: must be > 2.0"),
+        ({"model": {"init": "xavier"}}, "model.init: 'xavier' is not allowed: choose one of 'default', 'chrono'"),
         ({"data": {"frequencies": [1.0, -3.0]}}, "data.frequencies[1]: -3.0 is out of range: must be > 0.0"),
         (
             {"train": {"optimizer": "adagrad"}},
