@@ -14,6 +14,15 @@ A stage ends by one of two rules:
   epochs, whose ``metric`` (computed on the first L steps) beats ``threshold``, or
   after ``max_epochs`` epochs at the latest.
 
+With the metric rule, a longer stage can fail where the shorter one passed: the first
+steps at the new length pull the model into a solution it does not leave (in the
+signal task, the slowest oscillator's output falls to zero and stays there for
+thousands of epochs). ``retry_after`` and ``retries`` undo that: a stage after the
+first that has not passed within ``retry_after`` epochs starts again from the model
+and optimizer state it started with (a snapshot taken at every stage change), with the
+batch order of the epochs to come, up to ``retries`` times; then ``max_epochs``, if
+any, ends it. The first stage is not retried: it starts from the initial weights.
+
 The decision for epoch E is taken when epoch E + 1 starts, from what the end of
 epoch E recorded (the stage, its epochs, that epoch's validation score). Every
 checkpoint written at the end of epoch E holds exactly that, so a resumed run takes
@@ -33,10 +42,11 @@ the last stage's validations only (``trainers.attach_handlers`` does).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
@@ -50,6 +60,8 @@ from ignite_lstm.handlers.common import monitor_mode
 __all__ = ["Curriculum", "check_lengths", "cut_batch", "final_tbptt_steps", "setup_curriculum", "stage_lengths"]
 
 logger = logging.getLogger("ignite_lstm")
+
+_STAY, _ADVANCE, _RETRY = 0, 1, 2  # what an epoch starts with (broadcast from rank 0 as a float)
 
 
 def stage_lengths(
@@ -165,6 +177,16 @@ class Curriculum:
             surface; a smaller step keeps what the shorter stages learned. It lives in
             the optimizer's ``param_groups``, so an optimizer checkpoint resumes it; a
             schedule that sets the rate every step (cosine, onecycle, ...) would undo it.
+        retry_after: metric rule: a stage after the first that has not passed after this
+            many epochs starts again from the state it started with (None: never;
+            ``attach`` then needs the model and the optimizer). Counted from the stage's
+            (or the retry's) first epoch; ``min_epochs`` <= ``retry_after``.
+        retries: how many times each stage may start again (``retry_after``); then the stage
+            goes on until it passes or ``max_epochs`` ends it.
+
+    The snapshot of a stage's start (the model's and the optimizer's ``state_dict``, copied)
+    is part of ``state_dict``, so a checkpoint resumes it: retries cost one copy of the
+    model and its optimizer state in memory and in every checkpoint.
 
     Example:
         >>> curriculum = Curriculum(stage_lengths(1000, start=100), metric="mse", threshold=0.01, max_epochs=50,
@@ -174,6 +196,7 @@ class Curriculum:
     """
 
     optimizer: Any  # attach's optimizer (None before attach, or when none was given)
+    model: Any  # attach's model (what a retry restores; None when none was given)
     score: float | None  # the metric of the stage's last validation (None: none yet)
 
     def __init__(
@@ -188,6 +211,8 @@ class Curriculum:
         max_epochs: int | None = None,
         follow_tbptt: bool = False,
         lr_factor: float = 1.0,
+        retry_after: int | None = None,
+        retries: int = 0,
     ) -> None:
         self.lengths = check_lengths(lengths)
         if (epochs_per_stage is None) == (metric is None):
@@ -198,6 +223,7 @@ class Curriculum:
             ("epochs_per_stage", epochs_per_stage),
             ("min_epochs", min_epochs),
             ("max_epochs", max_epochs),
+            ("retry_after", retry_after),
         ):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"Argument {name} should be a positive integer or None, got {value!r}.")
@@ -206,8 +232,24 @@ class Curriculum:
         if not (isinstance(lr_factor, (int, float)) and 0 < lr_factor <= 1):
             raise ValueError(f"Argument lr_factor should be in (0, 1], got {lr_factor!r}.")
         self.min_epochs, self.max_epochs, self.follow_tbptt = min_epochs, max_epochs, follow_tbptt
-        self.lr_factor, self.optimizer = float(lr_factor), None
+        self.lr_factor, self.optimizer, self.model = float(lr_factor), None, None
+        if not (isinstance(retries, int) and retries >= 0):
+            raise ValueError(f"Argument retries should be a non-negative integer, got {retries!r}.")
+        if retry_after is not None:
+            if metric is None:
+                raise ValueError("Argument retry_after belongs to the metric rule: give metric and threshold.")
+            if retry_after < min_epochs:
+                raise ValueError(f"Argument retry_after ({retry_after}) should be >= min_epochs ({min_epochs}).")
+            if max_epochs is not None and retries > 0 and max_epochs <= retry_after:
+                raise ValueError(
+                    f"Argument max_epochs ({max_epochs}) should be greater than retry_after ({retry_after}): "
+                    f"it would end every stage before its first retry."
+                )
+        self.retry_after, self.retries = retry_after, retries
         self.stage, self.epochs_in_stage, self.score = 0, 0, None
+        self.retried = [0] * len(self.lengths)  # how many times each stage started again
+        self.best: float | None = None  # the stage's best score since it (re)started, for the log
+        self.snapshot: dict[str, Any] | None = None  # the model and optimizer at the current stage's start
 
     @property
     def length(self) -> int:
@@ -223,10 +265,13 @@ class Curriculum:
         """Ignite event filter: True in the last stage only (for ``Events.COMPLETED(event_filter=...)``)."""
         return self.final
 
-    def attach(self, trainer: Engine, val_evaluator: Engine | None = None, optimizer: Any = None) -> None:
+    def attach(
+        self, trainer: Engine, val_evaluator: Engine | None = None, optimizer: Any = None, model: Any = None
+    ) -> None:
         """Cut the batches of ``trainer`` (and of ``val_evaluator``, whose metric decides) to the current L.
 
         ``optimizer``: the one whose learning rate ``lr_factor`` scales at each stage change.
+        ``model`` and ``optimizer``: what a retry (``retry_after``) restores to the stage's start.
         An engine that carries its state across batches (``carry_state=True``) is refused: the
         cut would drop the steps between a chunk's first L and the next chunk, which its lanes
         continue as if the series were contiguous.
@@ -243,7 +288,12 @@ class Curriculum:
                 f"Argument optimizer is needed: lr_factor={self.lr_factor} scales its learning rate at "
                 f"every stage change."
             )
-        self.optimizer = optimizer
+        if self.retry_after is not None and self.retries > 0 and (model is None or optimizer is None):
+            raise ValueError(
+                f"Arguments model and optimizer are needed: retry_after={self.retry_after} restores them to "
+                f"a stage's start."
+            )
+        self.optimizer, self.model = optimizer, model
         run_state(trainer).curriculum_length = self.length
         trainer.add_event_handler(Events.STARTED, self._apply, True)  # after a resume loaded the state
         trainer.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
@@ -263,38 +313,75 @@ class Curriculum:
     def _record(self, evaluator: Engine) -> None:
         assert self.metric is not None  # attach adds this handler only with a metric
         self.score = float(evaluator.state.metrics[self.metric])
+        if math.isfinite(self.score) and (self.best is None or self._beats(self.score, self.best)):
+            self.best = self.score
+
+    def _beats(self, score: float, other: float) -> bool:
+        return score < other if self.mode == "min" else score > other
 
     def _epoch_completed(self, _: Engine) -> None:
         self.epochs_in_stage += 1
 
     def _epoch_started(self, trainer: Engine) -> None:
-        advance = self._due()
+        decision = self._due()
         if idist.get_world_size() > 1 and not self.final:  # rank 0's decision, on every rank
-            advance = bool(idist.broadcast(float(advance), src=0))
+            decision = int(cast(float, idist.broadcast(float(decision), src=0)))
         self.score = None
-        if advance:
-            self.stage, self.epochs_in_stage = self.stage + 1, 0
+        if decision == _ADVANCE:
+            self.stage, self.epochs_in_stage, self.best = self.stage + 1, 0, None
             if self.lr_factor != 1.0:
                 for group in self.optimizer.param_groups:
                     group["lr"] *= self.lr_factor
-        self._apply(trainer, advance)
+            self.snapshot = None  # the last stage is not retried
+            if self.retry_after is not None and self.retries > 0 and not self.final:
+                self.snapshot = {
+                    "model": copy.deepcopy(self.model.state_dict()),
+                    "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                }
+        elif decision == _RETRY:
+            self._retry()
+        self._apply(trainer, decision == _ADVANCE)
 
-    def _due(self) -> bool:
+    def _due(self) -> int:
+        """What epoch E + 1 starts with: ``_STAY``, ``_ADVANCE`` or ``_RETRY`` (from what epoch E recorded)."""
         k = self.epochs_in_stage
         if self.final or k == 0:
-            return False
+            return _STAY
         if self.epochs_per_stage is not None:
-            return k >= self.epochs_per_stage
+            return _ADVANCE if k >= self.epochs_per_stage else _STAY
         if self.max_epochs is not None and k >= self.max_epochs:
-            return True
+            return _ADVANCE
         score = self.score
         assert self.threshold is not None  # the metric rule: __init__ takes metric and threshold together
-        passed = (
-            score is not None
-            and math.isfinite(score)
-            and (score < self.threshold if self.mode == "min" else score > self.threshold)
+        passed = score is not None and math.isfinite(score) and self._beats(score, self.threshold)
+        if k >= self.min_epochs and passed:
+            return _ADVANCE
+        can_retry = self.snapshot is not None and self.retried[self.stage] < self.retries
+        if self.retry_after is not None and can_retry and k >= self.retry_after:
+            return _RETRY
+        return _STAY
+
+    def _retry(self) -> None:
+        """Start the stage again from its snapshot (model and optimizer, the rate included)."""
+        assert self.snapshot is not None  # _due retries only with one
+        best = "none" if self.best is None else f"{self.best:.4g}"
+        self.retried[self.stage] += 1
+        logger.warning(
+            "Curriculum: stage %d of %d (%d steps) has not passed in %d epochs (best %s %s, threshold %g): "
+            "starting it again from the state it started with (retry %d of %d)",
+            self.stage + 1,
+            len(self.lengths),
+            self.length,
+            self.epochs_in_stage,
+            self.metric,
+            best,
+            self.threshold,
+            self.retried[self.stage],
+            self.retries,
         )
-        return k >= self.min_epochs and passed
+        self.model.load_state_dict(self.snapshot["model"])
+        self.optimizer.load_state_dict(self.snapshot["optimizer"])
+        self.epochs_in_stage, self.best = 0, None
 
     def _apply(self, trainer: Engine, log: bool) -> None:
         run_state(trainer).curriculum_length = self.length
@@ -332,6 +419,9 @@ class Curriculum:
             "stage": self.stage,
             "epochs_in_stage": self.epochs_in_stage,
             "score": self.score,
+            "best": self.best,
+            "retried": list(self.retried),
+            "snapshot": self.snapshot,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -342,6 +432,10 @@ class Curriculum:
             )
         self.stage, self.epochs_in_stage = int(state["stage"]), int(state["epochs_in_stage"])
         self.score = state["score"]
+        # checkpoints written before retries existed have none of these
+        self.best = state.get("best")
+        self.retried = [int(v) for v in state.get("retried", [0] * len(self.lengths))]
+        self.snapshot = state.get("snapshot")
 
 
 def setup_curriculum(cfg: Any, n_steps: int) -> Curriculum | None:
@@ -367,6 +461,8 @@ def setup_curriculum(cfg: Any, n_steps: int) -> Curriculum | None:
         max_epochs=c.max_epochs,
         follow_tbptt=c.tbptt == "follow",
         lr_factor=c.lr_factor,
+        retry_after=c.retry_after,
+        retries=c.retries,
     )
 
 

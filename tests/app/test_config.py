@@ -65,7 +65,14 @@ BASE_RESOLVED = {
         "layout": "sequences",
         "stream": {"chunk_steps": None, "shuffle": True},
     },
-    "model": {"hidden_size": 128, "num_layers": 1, "dropout": 0.0, "init": "default", "chrono_t_max": 1000.0},
+    "model": {
+        "hidden_size": 128,
+        "num_layers": 1,
+        "dropout": 0.0,
+        "init": "default",
+        "chrono_t_max": 1000.0,
+        "chrono_fraction": 1.0,
+    },
     "train": {
         "epochs": 200,
         "batch_size": 40,
@@ -94,6 +101,8 @@ BASE_RESOLVED = {
             "max_epochs": None,
             "tbptt": "fixed",
             "lr_factor": 1.0,
+            "retry_after": None,
+            "retries": 0,
         },
     },
     "eval": {"batch_size": 40, "every": 1, "execution": "auto", "report": True, "warm_up_steps": 0},
@@ -389,7 +398,7 @@ def test_overrides_apply_with_yaml_typing():
         ({"foo": 1}, f"foo: unknown key; allowed here: {TOP_KEYS}"),
         (
             {"model": {"hidden": 3}},
-            "model.hidden: unknown key; allowed here: hidden_size, num_layers, dropout, init, chrono_t_max",
+            "model.hidden: unknown key; allowed here: hidden_size, num_layers, dropout, init, chrono_t_max, chrono_fraction",
         ),
         ({"data": {"train": {"seeds": 3}}}, "data.train.seeds: unknown key; allowed here: seed, mixtures"),
         ({"model": 3}, "model: 3 has the wrong type: expected a section (mapping)"),
@@ -402,6 +411,7 @@ def test_overrides_apply_with_yaml_typing():
         ({"train": {"lr": 0}}, "train.lr: 0 is out of range: must be > 0.0"),
         ({"model": {"dropout": 1.0}}, "model.dropout: 1.0 is out of range: must be < 1.0"),
         ({"model": {"chrono_t_max": 2}}, "model.chrono_t_max: 2 is out of range: must be > 2.0"),
+        ({"model": {"chrono_fraction": 0}}, "model.chrono_fraction: 0 is out of range: must be > 0.0"),
         ({"model": {"init": "xavier"}}, "model.init: 'xavier' is not allowed: choose one of 'default', 'chrono'"),
         ({"data": {"frequencies": [1.0, -3.0]}}, "data.frequencies[1]: -3.0 is out of range: must be > 0.0"),
         (

@@ -137,6 +137,9 @@ def test_the_epoch_rule_changes_the_stage_at_the_scheduled_epochs_and_the_model_
         "stage": 2,
         "epochs_in_stage": 3,
         "score": None,
+        "best": None,
+        "retried": [0, 0, 0],
+        "snapshot": None,
     }
 
 
@@ -254,6 +257,114 @@ def test_the_state_restores_the_stage_and_refuses_other_stages():
         curriculum.load_state_dict({"lengths": [10, T], "stage": 0, "epochs_in_stage": 0, "score": None})
 
 
+# --- retries: a stage that does not pass starts again from its start ------------------------------------------
+
+
+def _retry_run(script, epochs=None, **rule):
+    """The metric rule with retries on a real trainer (Adam), the validation's mse scripted per epoch.
+
+    Returns the lengths per epoch, the parameters and Adam's first moments at the end of every
+    epoch and at the start of every epoch, the learning rate per epoch, and the curriculum."""
+    model, _ = _engines()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=8, update="window")
+    evaluator = create_evaluator(model, build_metrics(names=("mse",)))
+    curriculum = Curriculum([10, 20, T], metric="mse", threshold=0.2, lr_factor=0.5, **rule)
+    curriculum.attach(trainer, evaluator, optimizer, model)
+    evaluator.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: e.state.metrics.__setitem__("mse", script[trainer.state.epoch - 1])
+    )
+    val = _loader(_sequences(seed=1), batch=4)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(val))
+
+    def params():
+        return [p.detach().clone() for p in model.parameters()]
+
+    def moments():
+        return [optimizer.state[p]["exp_avg"].clone() for p in model.parameters()]
+
+    started, ended = [], []
+    # after the curriculum's own EPOCH_STARTED handler (attached first), before the first batch
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: started.append((params(), moments() if ended else None)))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: ended.append((params(), moments())))
+    lengths = _per_epoch(trainer, lambda e: e.state.curriculum_length)
+    rates = _per_epoch(trainer, lambda e: optimizer.param_groups[0]["lr"])
+    trainer.run(_loader(_sequences()), max_epochs=epochs or len(script))
+    return lengths, started, ended, rates, curriculum
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_stage_that_does_not_pass_starts_again_from_the_model_and_optimizer_it_started_with(caplog):
+    # epoch 1 passes stage 1 (10 steps); stage 2 (20 steps) starts at epoch 2 from the state at the end of
+    # epoch 1; epochs 2-3 fail, so epoch 4 starts from that state again; epochs 4-5 fail too, and with one
+    # retry allowed the stage goes on from epoch 6; epoch 7 passes it
+    script = [0.1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.1, 0.5]
+    with caplog.at_level(logging.WARNING, logger="ignite_lstm"):
+        lengths, started, ended, rates, curriculum = _retry_run(script, retry_after=2, retries=1)
+    assert lengths == [10, 20, 20, 20, 20, 20, 20, T]
+    end_of_stage_1 = ended[0]
+    assert _same(started[1][0], end_of_stage_1[0])  # stage 2 starts from where stage 1 ended (no restore)
+    assert not _same(ended[2][0], end_of_stage_1[0])  # epochs 2-3 trained the model away from it
+    assert _same(started[3][0], end_of_stage_1[0]) and _same(started[3][1], end_of_stage_1[1])  # the retry
+    assert not _same(started[5][0], end_of_stage_1[0])  # no second retry: epoch 6 goes on from epoch 5
+    assert _same(started[5][0], ended[4][0])
+    assert rates == [0.01, 0.005, 0.005, 0.005, 0.005, 0.005, 0.005, 0.0025]  # the retry keeps the stage's rate
+    assert curriculum.retried == [0, 1, 0]
+    assert caplog.text.count("starting it again from the state it started with") == 1
+    assert "Curriculum: stage 2 of 3 (20 steps) has not passed in 2 epochs (best mse 0.5, threshold 0.2)" in caplog.text
+    assert curriculum.final and curriculum.snapshot is None  # the last stage is not retried: nothing kept
+
+
+def test_the_first_stage_is_never_retried_and_max_epochs_ends_a_stage_after_its_retries():
+    lengths, started, ended, _, curriculum = _retry_run([0.5] * 4, retry_after=1, retries=3)
+    assert lengths == [10] * 4 and curriculum.retried == [0, 0, 0]
+    assert all(_same(started[e][0], ended[e - 1][0]) for e in range(1, 4))  # never restored
+    # stage 2 from epoch 2: retried after epochs 3 and 5 (2 retries), then max_epochs 3 ends it after epoch 8
+    script = [0.1] + [0.5] * 8
+    lengths, started, ended, _, curriculum = _retry_run(script, retry_after=2, retries=2, max_epochs=3)
+    assert lengths == [10, 20, 20, 20, 20, 20, 20, 20, T]
+    assert [e for e in range(1, 9) if _same(started[e][0], ended[0][0])] == [1, 3, 5]
+    assert curriculum.retried == [0, 2, 0]
+
+
+def test_a_checkpoint_holds_the_stage_start_and_a_resumed_run_retries_from_it(tmp_path):
+    script = [0.1, 0.5, 0.5, 0.5]
+    _, _, ended, _, curriculum = _retry_run(script, retry_after=3, retries=1)
+    assert curriculum.epochs_in_stage == 3 and curriculum.retried == [0, 0, 0]  # the retry is due at epoch 5
+    torch.save(curriculum.state_dict(), tmp_path / "curriculum.pt")
+    # a new process: other weights, another optimizer state; the loaded snapshot is what the retry restores
+    model, _ = _engines(seed=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=8, update="window")
+    resumed = Curriculum([10, 20, T], metric="mse", threshold=0.2, lr_factor=0.5, retry_after=3, retries=1)
+    resumed.attach(trainer, None, optimizer, model)
+    resumed.load_state_dict(torch.load(tmp_path / "curriculum.pt", weights_only=True))
+    starts = []
+    trainer.add_event_handler(
+        Events.EPOCH_STARTED, lambda _: starts.append([p.detach().clone() for p in model.parameters()])
+    )
+    trainer.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "epoch", 4))  # as a resumed run at epoch 4
+    trainer.run(_loader(_sequences()), max_epochs=5)
+    assert resumed.retried == [0, 1, 0] and _same(starts[0], ended[0][0])
+    # Adam's steps: the snapshot's 4 (epoch 1: 2 batches x 2 windows of 10 steps), then epoch 5's 6 (2 x 3 of 20)
+    assert optimizer.param_groups[0]["lr"] == 0.005 and int(optimizer.state_dict()["state"][0]["step"]) == 4 + 6
+
+
+def test_retries_need_the_metric_rule_the_model_and_the_optimizer():
+    with pytest.raises(ValueError, match="Argument retry_after belongs to the metric rule"):
+        Curriculum([10, 20], epochs_per_stage=1, retry_after=2, retries=1)
+    with pytest.raises(ValueError, match=re.escape("Argument max_epochs (2) should be greater than retry_after (2)")):
+        Curriculum([10, 20], metric="mse", threshold=0.1, retry_after=2, retries=1, max_epochs=2)
+    with pytest.raises(ValueError, match="Argument retries should be a non-negative integer, got -1."):
+        Curriculum([10, 20], metric="mse", threshold=0.1, retries=-1)
+    model, trainer = _engines()
+    with pytest.raises(ValueError, match=re.escape("Arguments model and optimizer are needed: retry_after=2")):
+        Curriculum([10, 20], metric="mse", threshold=0.1, retry_after=2, retries=1).attach(trainer)
+
+
 # --- the config -------------------------------------------------------------------------------------------------
 
 
@@ -332,6 +443,26 @@ C = "train.curriculum"
             f"it: use none or plateau, or lr_factor 1.0",
         ),
         ({"start": 50, "epochs_per_stage": 1, "lr_factor": 1.5}, f"{C}.lr_factor: 1.5 is out of range: must be <= 1.0"),
+        (
+            {"start": 50, "epochs_per_stage": 1, "retry_after": 5, "retries": 1},
+            f"{C}.retry_after: 5 belongs to the metric rule (metric and threshold)",
+        ),
+        (
+            {"start": 50, "metric": "mse", "threshold": 0.1, "retries": 2},
+            f"{C}.retries: 2 needs {C}.retry_after (the epochs before a stage starts again)",
+        ),
+        (
+            {"start": 50, "metric": "mse", "threshold": 0.1, "min_epochs": 4, "retry_after": 3, "retries": 1},
+            f"{C}.retry_after: 3 must be >= min_epochs (4)",
+        ),
+        (
+            {"start": 50, "metric": "mse", "threshold": 0.1, "max_epochs": 3, "retry_after": 3, "retries": 1},
+            f"{C}.max_epochs: 3 must be greater than retry_after (3), or it ends every stage before its first retry",
+        ),
+        (
+            {"start": 50, "metric": "mse", "threshold": 0.1, "retries": -1},
+            f"{C}.retries: -1 is out of range: must be >= 0",
+        ),
     ],
 )
 def test_a_curriculum_that_cannot_run_is_refused_naming_the_key(curriculum, problem):

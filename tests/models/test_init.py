@@ -87,3 +87,28 @@ def test_t_max_must_exceed_two(t_max):
 def test_a_model_without_recurrent_cells_is_refused():
     with pytest.raises(ValueError, match="no nn.LSTM or nn.GRU"):
         chrono_init(nn.Linear(3, 4), 100)
+
+
+@pytest.mark.parametrize("cls", [StatefulLSTM, StatefulGRU])
+def test_a_fraction_of_the_units_gets_the_memories_and_the_others_keep_their_biases(cls):
+    model = cls(input_size=3, hidden_size=H).double()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    chrono_init(model, T_MAX, generator=torch.Generator().manual_seed(5), fraction=0.25)
+    k = 16  # round(0.25 * 64)
+    u = torch.rand(k, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * (T_MAX - 2) + 1
+    b_ih, b_hh = model.layers[0].bias_ih_l0, model.layers[0].bias_hh_l0
+    prefix = "layers.0."
+    # the chrono gate (an LSTM's forget gate, a GRU's update gate) of the first k units: log u; the rest as before
+    torch.testing.assert_close(b_ih[H : H + k] + b_hh[H : H + k], torch.log(u), rtol=1e-12, atol=0)
+    changed = torch.zeros(b_ih.shape[0], dtype=torch.bool)
+    changed[H : H + k] = True
+    if cls is StatefulLSTM:
+        changed[:k] = True  # the input gate mirrors it
+        torch.testing.assert_close(b_ih[:k], -torch.log(u), rtol=1e-12, atol=0)
+    for name, bias in ((f"{prefix}bias_ih_l0", b_ih), (f"{prefix}bias_hh_l0", b_hh)):
+        assert torch.equal(bias[~changed], before[name][~changed]), name
+    for name, p in model.named_parameters():
+        if "weight" in name:
+            assert torch.equal(p, before[name])
+    with pytest.raises(ValueError, match=r"Argument fraction should be in \(0, 1\], got 0"):
+        chrono_init(model, T_MAX, fraction=0)

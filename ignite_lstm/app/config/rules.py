@@ -236,6 +236,18 @@ def _check_curriculum(cfg: dict, problems: list[str], valid: Callable[..., bool]
         )
     elif _is_number(low) and _is_number(high) and high < low:
         problems.append(f"{key}.max_epochs: {high!r} must be >= min_epochs ({low!r})")
+    after, retries = c.get("retry_after"), c.get("retries")
+    if after is not None and metric is None:
+        problems.append(f"{key}.retry_after: {after!r} belongs to the metric rule (metric and threshold)")
+    elif _is_number(after) and _is_number(low) and after < low:
+        problems.append(f"{key}.retry_after: {after!r} must be >= min_epochs ({low!r})")
+    elif _is_number(after) and _is_number(high) and _is_number(retries) and retries > 0 and high <= after:
+        problems.append(
+            f"{key}.max_epochs: {high!r} must be greater than retry_after ({after!r}), or it ends every stage "
+            f"before its first retry"
+        )
+    if _is_number(retries) and retries > 0 and after is None:
+        problems.append(f"{key}.retries: {retries!r} needs {key}.retry_after (the epochs before a stage starts again)")
     schedule = _section(_section(cfg, "handlers"), "lr_scheduler").get("name", "cosine")
     if _is_number(c.get("lr_factor")) and c.get("lr_factor") != 1 and schedule not in ("none", "plateau"):
         problems.append(

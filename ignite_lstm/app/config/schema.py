@@ -103,6 +103,9 @@ class ModelConfig:
         choices=("default", "chrono"),
     )
     chrono_t_max: float = _f(1000.0, "chrono: the longest memory in steps (1 Hz at 1 kHz: 1000)", gt=2.0)
+    chrono_fraction: float = _f(
+        1.0, "chrono: the share of each layer's units that get it (the others keep torch's biases)", gt=0.0, le=1.0
+    )
 
 
 @dataclass
@@ -125,6 +128,10 @@ class CurriculumConfig:
         gt=0.0,
         le=1.0,
     )
+    retry_after: int | None = _f(
+        None, "metric rule: a stage after the first not passed after this many epochs starts again from its start", ge=1
+    )
+    retries: int = _f(0, "how many times each stage may start again (retry_after)", ge=0)
 
 
 @dataclass

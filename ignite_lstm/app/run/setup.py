@@ -152,7 +152,7 @@ def _curriculum(r: _Run) -> None:
     n_steps = r.data["datasets"]["train"].n_steps
     r.out.curriculum = curriculum = setup_curriculum(r.cfg, n_steps)
     if curriculum is not None:
-        curriculum.attach(r.trainer, r.val, r.optimizer)
+        curriculum.attach(r.trainer, r.val, r.optimizer, r.model)
         r.out.to_save["curriculum"] = curriculum
         r.trainer.add_event_handler(
             Events.EPOCH_COMPLETED,

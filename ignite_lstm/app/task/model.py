@@ -47,5 +47,5 @@ def setup_model(cfg: Any) -> StatefulLSTM:
     """
     model = StatefulLSTM(**model_args(cfg))
     if cfg.model.init == "chrono":
-        chrono_init(model, float(cfg.model.chrono_t_max))
+        chrono_init(model, float(cfg.model.chrono_t_max), fraction=float(cfg.model.chrono_fraction))
     return model
