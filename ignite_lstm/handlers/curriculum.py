@@ -177,6 +177,10 @@ class Curriculum:
             surface; a smaller step keeps what the shorter stages learned. It lives in
             the optimizer's ``param_groups``, so an optimizer checkpoint resumes it; a
             schedule that sets the rate every step (cosine, onecycle, ...) would undo it.
+        reset_optimizer: at every stage change the optimizer's per-parameter state (Adam's
+            moments, SGD's momentum) is cleared, its rate kept: the moments gathered on the
+            shorter stage's gradients would otherwise set the size of the first steps on the
+            longer one, whose gradients are several times larger (``attach`` needs the optimizer).
         retry_after: metric rule: a stage after the first that has not passed after this
             many epochs starts again from the state it started with (None: never;
             ``attach`` then needs the model and the optimizer). Counted from the stage's
@@ -211,6 +215,7 @@ class Curriculum:
         max_epochs: int | None = None,
         follow_tbptt: bool = False,
         lr_factor: float = 1.0,
+        reset_optimizer: bool = False,
         retry_after: int | None = None,
         retries: int = 0,
     ) -> None:
@@ -245,7 +250,7 @@ class Curriculum:
                     f"Argument max_epochs ({max_epochs}) should be greater than retry_after ({retry_after}): "
                     f"it would end every stage before its first retry."
                 )
-        self.retry_after, self.retries = retry_after, retries
+        self.retry_after, self.retries, self.reset_optimizer = retry_after, retries, bool(reset_optimizer)
         self.stage, self.epochs_in_stage, self.score = 0, 0, None
         self.retried = [0] * len(self.lengths)  # how many times each stage started again
         self.best: float | None = None  # the stage's best score since it (re)started, for the log
@@ -287,6 +292,10 @@ class Curriculum:
             raise ValueError(
                 f"Argument optimizer is needed: lr_factor={self.lr_factor} scales its learning rate at "
                 f"every stage change."
+            )
+        if self.reset_optimizer and optimizer is None:
+            raise ValueError(
+                "Argument optimizer is needed: reset_optimizer=True clears its state at every stage change."
             )
         if self.retry_after is not None and self.retries > 0 and (model is None or optimizer is None):
             raise ValueError(
@@ -332,6 +341,8 @@ class Curriculum:
             if self.lr_factor != 1.0:
                 for group in self.optimizer.param_groups:
                     group["lr"] *= self.lr_factor
+            if self.reset_optimizer:
+                self.optimizer.state.clear()  # torch optimizers build a parameter's state again at its next step
             self.snapshot = None  # the last stage is not retried
             if self.retry_after is not None and self.retries > 0 and not self.final:
                 self.snapshot = {
@@ -461,6 +472,7 @@ def setup_curriculum(cfg: Any, n_steps: int) -> Curriculum | None:
         max_epochs=c.max_epochs,
         follow_tbptt=c.tbptt == "follow",
         lr_factor=c.lr_factor,
+        reset_optimizer=c.reset_optimizer,
         retry_after=c.retry_after,
         retries=c.retries,
     )

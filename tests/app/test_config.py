@@ -101,6 +101,7 @@ BASE_RESOLVED = {
             "max_epochs": None,
             "tbptt": "fixed",
             "lr_factor": 1.0,
+            "reset_optimizer": False,
             "retry_after": None,
             "retries": 0,
         },

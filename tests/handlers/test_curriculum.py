@@ -158,6 +158,24 @@ def test_lr_factor_scales_the_learning_rate_once_at_every_stage_change_and_needs
         Curriculum([10, 20], epochs_per_stage=1, lr_factor=0)
 
 
+def test_reset_optimizer_clears_the_moments_at_every_stage_change_and_keeps_the_rate():
+    model, _ = _engines()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    trainer = create_trainer(model, optimizer, nn.MSELoss(), tbptt_steps=8, update="window")
+    with pytest.raises(ValueError, match=re.escape("Argument optimizer is needed: reset_optimizer=True clears")):
+        Curriculum([10, 20, T], epochs_per_stage=2, reset_optimizer=True).attach(trainer)
+    Curriculum([10, 20, T], epochs_per_stage=2, lr_factor=0.5, reset_optimizer=True).attach(
+        trainer, optimizer=optimizer
+    )
+    first = next(iter(model.parameters()))
+    steps = _per_epoch(trainer, lambda e: int(optimizer.state[first]["step"]))  # Adam's count since its state began
+    rates = _per_epoch(trainer, lambda e: optimizer.param_groups[0]["lr"])
+    trainer.run(_loader(_sequences()), max_epochs=6)
+    # windows of 8 per epoch: 2 batches x 2 (10 steps), x 3 (20 steps), x 5 (40 steps); the count restarts per stage
+    assert steps == [4, 8, 6, 12, 10, 20]
+    assert rates == [0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025]
+
+
 def test_the_window_follows_L_with_full_window_bptt_and_the_path_follows_the_window():
     model, trainer = _engines(tbptt_steps=1, update="sequence")
     assert trainer.state.execution == "fused-detached"

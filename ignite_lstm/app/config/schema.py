@@ -128,6 +128,7 @@ class CurriculumConfig:
         gt=0.0,
         le=1.0,
     )
+    reset_optimizer: bool = _f(False, "clear the optimizer's moments at every stage change (its rate is kept)")
     retry_after: int | None = _f(
         None, "metric rule: a stage after the first not passed after this many epochs starts again from its start", ge=1
     )
