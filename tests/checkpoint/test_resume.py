@@ -71,6 +71,7 @@ def test_the_training_checkpoint_holds_everything_needed_to_continue(reference):
         "dropout": 0.3,
         "init": "chrono",
         "chrono_t_max": 1000.0,
+        "chrono_fraction": 1.0,
     }
     assert last["config"]["train"]["epochs"] == 4 and last["config"]["data"]["dir"].endswith("data")
     best = next(checkpoints.glob("best_*.pt"))
