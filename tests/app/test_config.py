@@ -172,8 +172,6 @@ PRESET_CHANGES = {
         "train.curriculum.lr_factor": 0.5,
         "train.curriculum.metric": "mse_worst",
         "train.curriculum.reset_optimizer": True,
-        "train.curriculum.retries": 2,
-        "train.curriculum.retry_after": 200,
         "train.curriculum.start": 250,
         "train.curriculum.tbptt": "follow",
         "train.curriculum.threshold": 0.02,
