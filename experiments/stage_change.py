@@ -37,8 +37,8 @@ def _per_frequency(model, x, y):
     return [((out[i] - y[i]) ** 2).mean().item() for i in range(x.shape[0])]
 
 
-def run_variant(checkpoint, cfg, steps, variant, order, epochs):
-    """Train ``epochs`` epochs of ``steps`` steps from ``checkpoint``; the validation MSE per sequence."""
+def run_variant(checkpoint, cfg, train, val, variant, order, epochs):
+    """Train ``epochs`` epochs on ``train`` (x, y) from ``checkpoint``; the MSE per sequence of ``val``."""
     model = setup_model(cfg)
     model.load_state_dict(checkpoint["model"])
     optimizer = torch.optim.Adam(model.parameters())
@@ -48,9 +48,7 @@ def run_variant(checkpoint, cfg, steps, variant, order, epochs):
     for group in optimizer.param_groups:
         group["lr"] = lr
     clip = float(variant.split("=")[1]) if variant.startswith("clip=") else cfg.train.grad_clip
-    data = setup_data(cfg)["datasets"]
-    x, y = _stack(data["train"], steps)
-    vx, vy = _stack(data["val"], steps)
+    x, y = train
     g = torch.Generator().manual_seed(order)
     batch = cfg.train.batch_size
     for _ in range(epochs):
@@ -62,7 +60,7 @@ def run_variant(checkpoint, cfg, steps, variant, order, epochs):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
-    return _per_frequency(model, vx, vy)
+    return _per_frequency(model, *val)
 
 
 def main() -> None:
@@ -79,14 +77,15 @@ def main() -> None:
     cfg = OmegaConf.create(checkpoint["config"])
     model = setup_model(cfg)
     model.load_state_dict(checkpoint["model"])
-    vx, vy = _stack(setup_data(cfg)["datasets"]["val"], args.steps)
-    before = " ".join(f"{v:.4f}" for v in _per_frequency(model, vx, vy))
+    datasets = setup_data(cfg)["datasets"]  # once: every variant trains on the same arrays
+    train, val = _stack(datasets["train"], args.steps), _stack(datasets["val"], args.steps)
+    before = " ".join(f"{v:.4f}" for v in _per_frequency(model, *val))
     print(f"before any step on {args.steps} steps: validation MSE per frequency {before}")
     print("| variant | batch order | validation MSE per frequency after", args.epochs, "epochs |")
     print("|---|---|---|")
     for variant in args.variants:
         for order in args.orders:
-            mse = run_variant(checkpoint, cfg, args.steps, variant, order, args.epochs)
+            mse = run_variant(checkpoint, cfg, train, val, variant, order, args.epochs)
             print(f"| {variant} | {order} | {' '.join(f'{v:.4f}' for v in mse)} |", flush=True)
 
 

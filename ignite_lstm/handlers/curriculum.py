@@ -262,6 +262,11 @@ class Curriculum:
         return self.lengths[self.stage]
 
     @property
+    def retrying(self) -> bool:
+        """Whether a stage that does not pass may start again (``retry_after`` set and ``retries`` > 0)."""
+        return self.retry_after is not None and self.retries > 0
+
+    @property
     def final(self) -> bool:
         """Whether the current stage is the last one (the full length)."""
         return self.stage == len(self.lengths) - 1
@@ -297,7 +302,7 @@ class Curriculum:
             raise ValueError(
                 "Argument optimizer is needed: reset_optimizer=True clears its state at every stage change."
             )
-        if self.retry_after is not None and self.retries > 0 and (model is None or optimizer is None):
+        if self.retrying and (model is None or optimizer is None):
             raise ValueError(
                 f"Arguments model and optimizer are needed: retry_after={self.retry_after} restores them to "
                 f"a stage's start."
@@ -344,7 +349,7 @@ class Curriculum:
             if self.reset_optimizer:
                 self.optimizer.state.clear()  # torch optimizers build a parameter's state again at its next step
             self.snapshot = None  # the last stage is not retried
-            if self.retry_after is not None and self.retries > 0 and not self.final:
+            if self.retrying and not self.final:
                 self.snapshot = {
                     "model": copy.deepcopy(self.model.state_dict()),
                     "optimizer": copy.deepcopy(self.optimizer.state_dict()),
@@ -367,10 +372,8 @@ class Curriculum:
         passed = score is not None and math.isfinite(score) and self._beats(score, self.threshold)
         if k >= self.min_epochs and passed:
             return _ADVANCE
-        can_retry = self.snapshot is not None and self.retried[self.stage] < self.retries
-        if self.retry_after is not None and can_retry and k >= self.retry_after:
-            return _RETRY
-        return _STAY
+        due = self.retry_after is not None and k >= self.retry_after  # a snapshot exists only when retrying
+        return _RETRY if due and self.snapshot is not None and self.retried[self.stage] < self.retries else _STAY
 
     def _retry(self) -> None:
         """Start the stage again from its snapshot (model and optimizer, the rate included)."""
